@@ -1,0 +1,60 @@
+"""The ``ugcn`` command: a thin layer over the library.
+
+Each sub-command lives in ``ugcn/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
+parser(s) and sets ``run=<function(args) -> int>``. Errors in the user's input (``ValueError``,
+``FileNotFoundError``, ``FileExistsError``) become one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ugcn import __version__
+
+# Order = order in `ugcn --help`.
+COMMAND_MODULES = (
+)
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``ugcn <cmd>: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ugcn",
+        description="Uncertainty-driven graph networks for medical image segmentation "
+        "(GCN refinement of organ masks, lesion-wise uncertainty).",
+    )
+    parser.add_argument("--version", action="version", version=f"ugcn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+        print(f"ugcn {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ugcn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``ugcn`` command line (one module each, see :mod:`ugcn.cli`)."""
