@@ -1,1 +1,61 @@
-"""ugcn.uncertainty"""
+"""Monte Carlo sampling, streaming sample statistics and the registry of voxel-wise uncertainty estimators.
+
+Typical use::
+
+    result = mc_sample(volume_fn, image, jax.random.key(0), n_samples=20)
+    maps = estimator_maps(["entropy", "variance", "pcs"], result.stats)
+"""
+from ugcn.uncertainty.estimators import (
+    BUILTIN_ESTIMATORS,
+    DEFAULT_ESTIMATORS,
+    Estimator,
+    estimator_maps,
+    get_estimator,
+    list_estimators,
+    parse_estimator_names,
+    register_estimator,
+    registered_estimators,
+    unregister_estimator,
+)
+from ugcn.uncertainty.measures import (
+    class_variance,
+    entropy,
+    expectation,
+    expected_entropy,
+    mutual_information,
+    one_minus_pcs,
+    pcs,
+    variance,
+)
+from ugcn.uncertainty.sampling import MCResult, load_sample_maps, mc_sample, samples_from_probability_maps
+from ugcn.uncertainty.stats import SampleStats, accumulate, empty_stats, merge, stats_from_samples
+
+__all__ = [
+    "BUILTIN_ESTIMATORS",
+    "DEFAULT_ESTIMATORS",
+    "Estimator",
+    "MCResult",
+    "SampleStats",
+    "accumulate",
+    "class_variance",
+    "empty_stats",
+    "entropy",
+    "estimator_maps",
+    "expectation",
+    "expected_entropy",
+    "get_estimator",
+    "list_estimators",
+    "load_sample_maps",
+    "mc_sample",
+    "merge",
+    "mutual_information",
+    "one_minus_pcs",
+    "parse_estimator_names",
+    "pcs",
+    "register_estimator",
+    "registered_estimators",
+    "samples_from_probability_maps",
+    "stats_from_samples",
+    "unregister_estimator",
+    "variance",
+]

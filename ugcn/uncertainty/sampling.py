@@ -1,0 +1,185 @@
+"""Monte Carlo sampling of a stochastic segmentation function, and MC samples from other frameworks.
+
+:func:`mc_sample` runs the ``T`` stochastic passes as ONE compiled function: ``lax.scan`` over
+``ceil(T / chunk)`` chunks, ``vmap`` over the chunk's PRNG keys inside, and running
+:class:`SampleStats` reducing chunk after chunk, so memory grows with the chunk size, not with ``T``
+(unless the samples are kept). Pass ``t`` always uses ``jax.random.split(key, T)[t]``: results do not
+depend on the chunk size.
+
+:func:`samples_from_probability_maps` and :func:`load_sample_maps` accept the ``T`` probability maps of
+any framework (a 4D NIfTI ``(X, Y, Z, T)`` of foreground probabilities), so that the uncertainty
+estimators, method R and method L work on models that were not trained with ``ugcn``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugcn.io import PathLike, Volume, load_volume
+from ugcn.uncertainty.stats import SampleStats, accumulate, empty_stats
+
+VolumeFn = Callable[[jax.Array, jnp.ndarray], jnp.ndarray]
+
+
+class MCResult(NamedTuple):
+    """Result of :func:`mc_sample`.
+
+    Attributes:
+      stats: :class:`SampleStats` over the ``T`` passes, sums ``f32[X, Y, Z, C]``.
+      samples: ``f32[T, X, Y, Z, C]`` when ``keep_samples``, else ``None``.
+    """
+
+    stats: SampleStats
+    samples: Optional[jnp.ndarray]
+
+
+def _check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_sampler(volume_fn: VolumeFn, n_samples: int, chunk_size: int, keep_samples: bool) -> Callable:
+    """One jitted function per (volume_fn, T, chunk, keep); jit itself caches per input shape."""
+    n_chunks = math.ceil(n_samples / chunk_size)
+    padded = n_chunks * chunk_size
+    batched_fn = jax.vmap(volume_fn, in_axes=(0, None))
+
+    def run(key, image):
+        keys = jax.random.split(key, n_samples)
+        # Padding passes reuse real keys (any valid key works) and get weight 0 in the sums.
+        keys = jnp.concatenate([keys, keys[: padded - n_samples]], axis=0) if padded > n_samples else keys
+        weights = (jnp.arange(padded) < n_samples).astype(jnp.float32)
+        keys = keys.reshape((n_chunks, chunk_size) + keys.shape[1:])
+        weights = weights.reshape(n_chunks, chunk_size)
+        probs_shape = jax.eval_shape(volume_fn, keys[0, 0], image).shape
+        init = empty_stats(probs_shape)
+
+        def step(stats, chunk):
+            chunk_keys, chunk_weights = chunk
+            probs = batched_fn(chunk_keys, image).astype(jnp.float32)
+            stats = accumulate(stats, probs, chunk_weights)
+            return stats, (probs if keep_samples else None)
+
+        stats, collected = jax.lax.scan(step, init, (keys, weights))
+        if keep_samples:
+            collected = collected.reshape((padded,) + collected.shape[2:])[:n_samples]
+        return MCResult(stats, collected)
+
+    return jax.jit(run)
+
+
+def mc_sample(
+    volume_fn: VolumeFn,
+    image,
+    key: jax.Array,
+    *,
+    n_samples: int = 20,
+    chunk_size: int = 4,
+    keep_samples: bool = False,
+) -> MCResult:
+    """``T`` stochastic passes of ``volume_fn`` over ``image``, reduced to running statistics.
+
+    Args:
+      volume_fn: ``fn(key, image) -> probs f32[X, Y, Z, C]`` (``C >= 2``, class axis last), pure and
+        vmap-able over ``key`` (e.g. ``ugcn.segment.make_volume_fn(model, stochastic=True)``). Keep the
+        same function object between calls: the compiled sampler is cached per function.
+      image: ``f32[X, Y, Z]`` or ``f32[X, Y, Z, M]``.
+      key: a PRNG key; pass ``t`` uses ``jax.random.split(key, n_samples)[t]``.
+      n_samples: ``T >= 1``.
+      chunk_size: passes evaluated together by ``vmap`` (memory ~ chunk_size passes); clipped to ``T``.
+      keep_samples: also return all samples ``f32[T, X, Y, Z, C]`` (memory grows with ``T``).
+
+    Returns:
+      :class:`MCResult` ``(stats, samples or None)``.
+
+    Raises:
+      ValueError: bad ``n_samples``/``chunk_size``, a non-finite image, a ``volume_fn`` whose output has no
+        class axis, or non-finite probabilities.
+    """
+    n_samples = _check_positive_int(n_samples, "n_samples")
+    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
+    image = jnp.asarray(image, jnp.float32)
+    if image.ndim not in (3, 4):
+        raise ValueError(f"image must be [X, Y, Z] or [X, Y, Z, M], got shape {image.shape}")
+    if not bool(jnp.all(jnp.isfinite(image))):
+        raise ValueError("image holds NaN or infinite values")
+    out = jax.eval_shape(volume_fn, key, image)
+    if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] < 2:
+        raise ValueError(
+            f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {image.shape[:3]}, "
+            f"got shape {out.shape}"
+        )
+    result = _compiled_sampler(volume_fn, n_samples, chunk_size, bool(keep_samples))(key, image)
+    if not bool(jnp.all(jnp.isfinite(result.stats.sum_p))):
+        raise ValueError("volume_fn produced NaN or infinite probabilities")
+    return result
+
+
+def samples_from_probability_maps(maps, *, atol: float = 1e-2) -> np.ndarray:
+    """Turn ``T`` probability maps of any framework into class-probability samples.
+
+    Args:
+      maps: ``[T, X, Y, Z]`` foreground probabilities (binary; become ``[1 - p, p]``) or
+        ``[T, X, Y, Z, C]`` class probabilities (``C >= 2``, summing to 1 within ``atol``).
+
+    Returns:
+      ``f32[T, X, Y, Z, C]`` (numpy).
+
+    Raises:
+      ValueError: wrong number of dimensions, NaN/inf, values outside ``[0, 1]``, class probabilities that
+        do not sum to 1.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim not in (4, 5):
+        raise ValueError(
+            f"probability maps must be [T, X, Y, Z] (foreground) or [T, X, Y, Z, C], got shape {maps.shape}"
+        )
+    if maps.shape[0] < 1:
+        raise ValueError("probability maps hold no sample (T = 0)")
+    if not np.all(np.isfinite(maps)):
+        bad = int(maps.size - np.count_nonzero(np.isfinite(maps)))
+        raise ValueError(f"probability maps hold {bad} NaN or infinite values")
+    lo, hi = float(maps.min()), float(maps.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"probability maps must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}] "
+            "(apply the sigmoid/softmax before exporting logits)"
+        )
+    if maps.ndim == 4:
+        return np.stack([1.0 - maps, maps], axis=-1)
+    if maps.shape[-1] < 2:
+        raise ValueError(f"class axis must have C >= 2, got shape {maps.shape}")
+    worst = float(np.max(np.abs(maps.sum(-1) - 1.0)))
+    if worst > atol:
+        raise ValueError(f"class probabilities must sum to 1 at every voxel (off by up to {worst:.3g})")
+    return maps
+
+
+def load_sample_maps(path: PathLike) -> tuple[np.ndarray, Volume]:
+    """Read a 4D NIfTI ``(X, Y, Z, T)`` of ``T`` foreground probability maps (MC samples of any model).
+
+    Returns:
+      ``(samples f32[T, X, Y, Z, 2], volume)`` where ``volume`` is the file as read (its ``affine`` and
+      ``header`` are those of the maps).
+
+    Raises:
+      ValueError: not a readable NIfTI, not 4D, NaN/inf, values outside ``[0, 1]``.
+    """
+    volume = load_volume(path, ndim=(3, 4), allow_nonfinite=True)
+    if volume.array.ndim != 4:
+        raise ValueError(
+            f"{path}: expected a 4D NIfTI (X, Y, Z, T) of T probability maps, got a 3D volume of shape "
+            f"{volume.shape} (stack the MC samples along the 4th axis)"
+        )
+    try:
+        samples = samples_from_probability_maps(np.moveaxis(volume.array, -1, 0))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return samples, volume
