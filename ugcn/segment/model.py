@@ -1,0 +1,295 @@
+"""A trained segmentation model and its whole-volume inference functions.
+
+:func:`make_volume_fn` is the interface the uncertainty code builds on::
+
+    fn = make_volume_fn(model, stochastic=True)           # fn(key, image: f32[X,Y,Z]) -> f32[X,Y,Z,C]
+    samples = jax.jit(jax.vmap(fn, in_axes=(0, None)))(jax.random.split(key, 20), image)   # [T,X,Y,Z,C]
+
+The returned function is pure: normalisation (recorded in the model), slicing or patching, the network,
+blending and cropping all happen inside it, so it can be jitted and vmapped over keys. Under
+``vmap(fn, in_axes=(0, None))`` every value that does not depend on the key (normalised image, patch
+extraction, the first convolution and batch-norm before the first dropout) is computed once and shared by
+the T passes: vmap only batches what depends on the batched argument.
+
+- 2D model: all axial slices go through the network as one batch ``[Z, X, Y, M]`` (or in chunks of
+  ``batch_size`` slices), in-plane sizes padded (edge values) to multiples of ``2**depth``.
+- 3D model: overlapping patches on a fixed grid (stride = ``patch * (1 - overlap)``, the last patch flush
+  with the border), ``batch_size`` patches per network call inside a ``lax.scan``, probabilities blended
+  with Gaussian (or uniform) weights; volumes smaller than a patch are padded, then cropped back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ugcn.segment.normalize import Normalization
+from ugcn.segment.unet import UNet, UNetConfig, logits_to_probs
+
+VolumeFn = Callable[[jax.Array, jnp.ndarray], jnp.ndarray]
+
+DEFAULT_PATCH_BATCH = 8
+GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
+GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SegmentationModel:
+    """A U-Net with its trained variables and the preprocessing it was trained with.
+
+    Attributes:
+      config: the architecture.
+      params: flax parameter tree.
+      batch_stats: flax batch-norm running statistics tree.
+      normalization: intensity normalisation applied inside every inference function.
+      training: JSON-compatible summary of how it was trained (epochs, steps, final loss, ...).
+    """
+
+    config: UNetConfig
+    params: Any
+    batch_stats: Any
+    normalization: Normalization = Normalization()
+    training: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """``{"params": ..., "batch_stats": ...}`` for ``UNet(config).apply``."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def init_model(
+    config: UNetConfig, key: jax.Array, *, normalization: Optional[Normalization] = None
+) -> SegmentationModel:
+    """A freshly initialised model (random weights, batch-norm statistics 0/1).
+
+    Args:
+      config: the architecture.
+      key: PRNG key for the weights.
+      normalization: intensity normalisation (default: per-volume z-score, no clipping).
+    """
+    side = 2**config.depth
+    dummy = jnp.zeros((1,) + (side,) * config.dims + (config.in_channels,), jnp.float32)
+    variables = UNet(config).init({"params": key}, dummy, train=False, dropout=False)
+    return SegmentationModel(
+        config=config,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        normalization=normalization or Normalization(),
+    )
+
+
+def check_image(image: Any, config: UNetConfig, *, name: str = "image") -> None:
+    """Validate an image for a model: ``f32[X, Y, Z]`` (M = 1) or ``f32[X, Y, Z, M]``, finite.
+
+    Shapes are checked always (also on tracers); NaN/inf only on concrete arrays.
+
+    Raises:
+      ValueError: wrong number of dimensions, wrong number of channels, empty, or non-finite values.
+    """
+    shape = tuple(np.shape(image))
+    m = config.in_channels
+    if len(shape) == 3 and m != 1:
+        raise ValueError(f"{name}: the model expects {m} channels, i.e. shape [X, Y, Z, {m}]; got {shape}")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{name}: expected a 3D volume [X, Y, Z] or [X, Y, Z, M], got shape {shape}")
+    if len(shape) == 4 and shape[-1] != m:
+        raise ValueError(f"{name}: the model expects {m} channel(s) on the last axis; got shape {shape}")
+    if min(shape) < 1:
+        raise ValueError(f"{name}: empty volume of shape {shape}")
+    if not isinstance(image, jax.core.Tracer):
+        arr = np.asarray(image)
+        if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+            raise ValueError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name}: holds NaN or infinite values; fix or mask them before segmenting")
+
+
+def _with_channels(image: jnp.ndarray) -> jnp.ndarray:
+    image = jnp.asarray(image, jnp.float32)
+    return image[..., None] if image.ndim == 3 else image
+
+
+def _network_fn(model: SegmentationModel, stochastic: bool) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
+    """``net(x: f32[B, *spatial, M], key) -> probs f32[B, *spatial, C]`` in inference mode."""
+    unet = UNet(model.config)
+    variables = model.variables
+
+    def net(x: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        if stochastic:
+            logits = unet.apply(variables, x, train=False, dropout=True, rngs={"dropout": key})
+        else:
+            logits = unet.apply(variables, x, train=False, dropout=False)
+        return logits_to_probs(logits)
+
+    return net
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _chunked(net, x: jnp.ndarray, key: jax.Array, batch_size: Optional[int]) -> jnp.ndarray:
+    """Apply ``net`` to ``x: [B, ...]`` in chunks of ``batch_size`` (``lax.map``), one dropout key per chunk."""
+    b = x.shape[0]
+    if batch_size is None or batch_size >= b:
+        return net(x, key)
+    n = -(-b // batch_size)
+    pad = n * batch_size - b
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
+    xs = xs.reshape((n, batch_size) + x.shape[1:])
+    out = jax.lax.map(lambda args: net(args[0], args[1]), (xs, jax.random.split(key, n)))
+    return out.reshape((n * batch_size,) + out.shape[2:])[:b]
+
+
+def _slices_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional[int]) -> VolumeFn:
+    cfg, norm = model.config, model.normalization
+    net = _network_fn(model, stochastic)
+    step = 2**cfg.depth
+
+    def fn(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+        check_image(image, cfg)
+        x = norm(_with_channels(image))  # [X, Y, Z, M]
+        nx, ny, _, _ = x.shape
+        x = jnp.transpose(x, (2, 0, 1, 3))  # [Z, X, Y, M]: axial slices as a batch
+        x = jnp.pad(x, ((0, 0), (0, _round_up(nx, step) - nx), (0, _round_up(ny, step) - ny), (0, 0)), mode="edge")
+        probs = _chunked(net, x, key, batch_size)[:, :nx, :ny]  # [Z, X, Y, C]
+        return jnp.transpose(probs, (1, 2, 0, 3))
+
+    return fn
+
+
+def patch_starts(shape: tuple[int, int, int], patch: tuple[int, int, int], overlap: float) -> np.ndarray:
+    """Corners of a regular patch grid covering a (padded) volume.
+
+    Args:
+      shape: volume size, each ``>= patch``.
+      patch: patch size.
+      overlap: fraction in ``[0, 1)`` shared by neighbours; stride ``max(1, round(patch * (1 - overlap)))``.
+
+    Returns:
+      ``i32[N, 3]`` patch corners; the last patch on each axis ends flush with the border.
+    """
+    axes = []
+    for size, p in zip(shape, patch):
+        stride = max(1, int(round(p * (1.0 - overlap))))
+        starts = list(range(0, size - p + 1, stride))
+        if starts[-1] != size - p:
+            starts.append(size - p)
+        axes.append(np.asarray(starts, np.int32))
+    grid = np.meshgrid(*axes, indexing="ij")
+    return np.stack([g.ravel() for g in grid], axis=1).astype(np.int32)
+
+
+def blend_weights(patch: tuple[int, int, int], mode: str) -> np.ndarray:
+    """``f32[px, py, pz]`` blending weights: ``"uniform"`` ones, or a separable Gaussian (sigma = patch/8)
+    scaled to a maximum of 1 and floored at :data:`GAUSSIAN_FLOOR`."""
+    if mode == "uniform":
+        return np.ones(patch, np.float32)
+    w = np.ones((), np.float64)
+    for p in patch:
+        c = (p - 1) / 2.0
+        g = np.exp(-0.5 * ((np.arange(p) - c) / (p * GAUSSIAN_SIGMA_FRACTION)) ** 2)
+        w = np.multiply.outer(w, g)
+    w = w / w.max()
+    return np.maximum(w, GAUSSIAN_FLOOR).astype(np.float32)
+
+
+def _patches_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional[int]) -> VolumeFn:
+    cfg, norm = model.config, model.normalization
+    net = _network_fn(model, stochastic)
+    patch = cfg.patch
+    weights = blend_weights(patch, cfg.blend)
+    b = DEFAULT_PATCH_BATCH if batch_size is None else int(batch_size)
+
+    def fn(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+        check_image(image, cfg)
+        x = norm(_with_channels(image))  # [X, Y, Z, M]
+        size = x.shape[:3]
+        m = x.shape[3]
+        padded = tuple(max(s, p) for s, p in zip(size, patch))
+        x = jnp.pad(x, [(0, p - s) for s, p in zip(size, padded)] + [(0, 0)], mode="edge")
+        # The grid and the blending normaliser depend on shapes only: computed on the host at trace time.
+        starts = patch_starts(padded, patch, cfg.patch_overlap)
+        total = np.zeros(padded, np.float32)
+        for s in starts:
+            total[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]] += weights
+        n_patches = starts.shape[0]
+        batch = min(b, n_patches)
+        n_chunks = -(-n_patches // batch)
+        pad = n_chunks * batch - n_patches
+        valid = np.concatenate([np.ones(n_patches, np.float32), np.zeros(pad, np.float32)])
+        starts = np.concatenate([starts, np.repeat(starts[-1:], pad, axis=0)])
+        starts = jnp.asarray(starts.reshape(n_chunks, batch, 3))
+        valid = jnp.asarray(valid.reshape(n_chunks, batch))
+        w = jnp.asarray(weights)[..., None]
+        n_out = cfg.output_classes
+
+        def body(acc, inputs):
+            chunk_starts, chunk_valid, chunk_key = inputs
+            patches = jax.vmap(lambda s: jax.lax.dynamic_slice(x, (s[0], s[1], s[2], 0), patch + (m,)))(
+                chunk_starts
+            )
+            probs = net(patches, chunk_key) * w * chunk_valid[:, None, None, None, None]
+
+            def add(i, acc):
+                corner = (chunk_starts[i, 0], chunk_starts[i, 1], chunk_starts[i, 2], 0)
+                current = jax.lax.dynamic_slice(acc, corner, patch + (n_out,))
+                return jax.lax.dynamic_update_slice(acc, current + probs[i], corner)
+
+            return jax.lax.fori_loop(0, batch, add, acc), None
+
+        acc0 = jnp.zeros(padded + (n_out,), jnp.float32)
+        acc, _ = jax.lax.scan(body, acc0, (starts, valid, jax.random.split(key, n_chunks)))
+        probs = acc / jnp.asarray(total)[..., None]
+        return probs[: size[0], : size[1], : size[2]]
+
+    return fn
+
+
+def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Optional[int] = None) -> VolumeFn:
+    """Whole-volume class probabilities as a pure function of a PRNG key and an image.
+
+    Args:
+      model: a (trained) :class:`SegmentationModel`.
+      stochastic: ``True``: dropout on (one MC-dropout sample per key), batch-norm in inference mode.
+        ``False``: deterministic prediction; the key is ignored.
+      batch_size: slices (2D) or patches (3D) per network call; ``None``: all slices at once (2D),
+        :data:`DEFAULT_PATCH_BATCH` patches (3D). Lower it to save memory.
+
+    Returns:
+      ``fn(key, image) -> probs`` with ``image: f32[X, Y, Z]`` (or ``f32[X, Y, Z, M]``) and
+      ``probs: f32[X, Y, Z, C]``, C >= 2, class axis last, summing to 1. Pure, jit-able, and vmap-able over
+      ``key`` (``vmap(fn, in_axes=(0, None))`` gives T samples ``f32[T, X, Y, Z, C]``).
+
+    Raises (when called):
+      ValueError: wrong number of dimensions or channels; NaN/inf values (on concrete inputs).
+    """
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if model.config.dims == 2:
+        return _slices_fn(model, bool(stochastic), batch_size)
+    return _patches_fn(model, bool(stochastic), batch_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _deterministic_jit(model: SegmentationModel) -> VolumeFn:
+    return jax.jit(make_volume_fn(model, stochastic=False))
+
+
+def predict_probabilities(model: SegmentationModel, image: Any) -> np.ndarray:
+    """Deterministic (dropout off) class probabilities ``f32[X, Y, Z, C]`` of ``image: f32[X, Y, Z(, M)]``.
+
+    The inference function is jitted once per model and image shape.
+    """
+    check_image(image, model.config)
+    probs = _deterministic_jit(model)(jax.random.PRNGKey(0), jnp.asarray(image, jnp.float32))
+    return np.asarray(probs)
+
+
+def predict_mask(model: SegmentationModel, image: Any) -> np.ndarray:
+    """Deterministic label map ``u8[X, Y, Z]``: the most probable class (binary: foreground iff p > 0.5)."""
+    return np.argmax(predict_probabilities(model, image), axis=-1).astype(np.uint8)

@@ -1,0 +1,186 @@
+"""U-Nets with channel-wise (spatial) dropout for Monte Carlo dropout segmentation.
+
+Two architectures share one module, selected by :class:`UNetConfig` ``dims``:
+
+- ``dims=2`` (method R): a 2D U-Net on axial slices. Every conv is ``conv -> BN -> ReLU -> Dropout2d``,
+  i.e. dropout follows the batch-norm of *both* convs of every block, as in R's reference code.
+- ``dims=3`` (method L): a 3D U-Net on patches, ``(conv -> BN -> ReLU) x 2 -> Dropout3d`` at the end of
+  every encoder block (bottleneck included) and every decoder block.
+
+Dropout is channel-wise like PyTorch ``Dropout2d/3d``: one Bernoulli draw per (sample, channel) that zeroes
+the whole feature map (``nn.Dropout(broadcast_dims=spatial axes)``), survivors scaled by ``1/(1-rate)``.
+
+Batch-norm mode and dropout are separate switches, because MC dropout runs BN in inference mode (running
+statistics) with dropout on: ``UNet(cfg).apply(variables, x, train=False, dropout=True,
+rngs={"dropout": key})``. The network returns logits ``f32[B, *spatial, num_classes]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+DEFAULT_DROPOUT = {2: 0.3, 3: 0.2}
+DEFAULT_PATCH_SIZE = (32, 32, 32)
+BLEND_MODES = ("gaussian", "uniform")
+# PyTorch's BatchNorm momentum 0.1 == flax momentum 0.9: running statistics settle within tens of steps.
+BN_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a segmentation U-Net (JSON-serialisable via :meth:`to_dict` / :meth:`from_dict`).
+
+    Attributes:
+      dims: 2 (axial-slice U-Net, method R) or 3 (patch U-Net, method L).
+      in_channels: number of image modalities M.
+      num_classes: 1 = binary with a sigmoid output; > 1 = softmax over that many classes (0 = background).
+      base_features: feature maps of the first block; doubled after every down-sampling.
+      depth: number of down-samplings (2x max-pool); in-plane sizes are padded to multiples of ``2**depth``.
+      dropout_rate: channel-wise dropout rate; ``None`` = 0.3 for 2D (R), 0.2 for 3D (L).
+      patch_size: 3D only, ``(px, py, pz)`` each a multiple of ``2**depth``; ``None`` = (32, 32, 32).
+      patch_overlap: 3D inference: fraction of a patch shared by neighbouring patches, in ``[0, 1)``.
+      blend: 3D inference: ``"gaussian"`` (centre-weighted, sigma = patch/8) or ``"uniform"`` averaging.
+    """
+
+    dims: int = 2
+    in_channels: int = 1
+    num_classes: int = 1
+    base_features: int = 16
+    depth: int = 3
+    dropout_rate: Optional[float] = None
+    patch_size: Optional[tuple[int, int, int]] = None
+    patch_overlap: float = 0.5
+    blend: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"UNetConfig.dims must be 2 or 3, got {self.dims!r}")
+        for name in ("in_channels", "num_classes", "base_features", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
+        if self.dropout_rate is not None and not 0.0 <= float(self.dropout_rate) < 1.0:
+            raise ValueError(f"UNetConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        if self.patch_size is not None:
+            patch = tuple(int(p) for p in self.patch_size)
+            object.__setattr__(self, "patch_size", patch)
+            if self.dims != 3:
+                raise ValueError("UNetConfig.patch_size is for dims=3 only; leave it None for a 2D U-Net")
+            step = 2**self.depth
+            if len(patch) != 3 or any(p < step or p % step for p in patch):
+                raise ValueError(
+                    f"UNetConfig.patch_size must be 3 sizes, each a multiple of 2**depth = {step}; got {patch}"
+                )
+        if not 0.0 <= float(self.patch_overlap) < 1.0:
+            raise ValueError(f"UNetConfig.patch_overlap must be in [0, 1), got {self.patch_overlap!r}")
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"UNetConfig.blend must be one of {BLEND_MODES}, got {self.blend!r}")
+
+    @property
+    def rate(self) -> float:
+        """The dropout rate in use (the per-dims default when ``dropout_rate`` is ``None``)."""
+        return float(DEFAULT_DROPOUT[self.dims] if self.dropout_rate is None else self.dropout_rate)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """3D patch size in use (:data:`DEFAULT_PATCH_SIZE` when ``patch_size`` is ``None``)."""
+        if self.dims != 3:
+            raise ValueError("a 2D U-Net has no patch size")
+        return tuple(self.patch_size) if self.patch_size is not None else DEFAULT_PATCH_SIZE
+
+    @property
+    def output_classes(self) -> int:
+        """C of the probability maps: 2 for a sigmoid network, else ``num_classes``."""
+        return max(2, self.num_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        if out["patch_size"] is not None:
+            out["patch_size"] = list(out["patch_size"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys {unknown}; expected a subset of {sorted(names)}")
+        data = dict(data)
+        if data.get("patch_size") is not None:
+            data["patch_size"] = tuple(data["patch_size"])
+        return cls(**data)
+
+
+def channel_dropout(rate: float, dims: int) -> nn.Dropout:
+    """Dropout of whole feature maps (PyTorch ``Dropout2d``/``Dropout3d``) for ``[B, *spatial, C]`` inputs."""
+    return nn.Dropout(rate, broadcast_dims=tuple(range(1, dims + 1)))
+
+
+class ConvBlock(nn.Module):
+    """Two ``conv3 -> BN -> ReLU`` layers with channel-wise dropout.
+
+    ``dropout_each_conv=True`` puts dropout after each of the two convs (2D, method R); ``False`` puts one
+    dropout at the end of the block (3D, method L).
+    """
+
+    features: int
+    dims: int
+    rate: float
+    dropout_each_conv: bool
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool, dropout: bool) -> jnp.ndarray:
+        for i in range(2):
+            x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
+            x = nn.relu(x)
+            if self.dropout_each_conv or i == 1:
+                x = channel_dropout(self.rate, self.dims)(x, deterministic=not dropout)
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net returning logits.
+
+    Call: ``x: f32[B, *spatial, in_channels] -> f32[B, *spatial, num_classes]`` with every spatial size a
+    multiple of ``2**depth``. ``train`` switches batch-norm to batch statistics (and needs
+    ``mutable=["batch_stats"]``); ``dropout`` switches dropout on (and needs ``rngs={"dropout": key}``).
+    """
+
+    config: UNetConfig
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False) -> jnp.ndarray:
+        cfg = self.config
+        dims = cfg.dims
+        block = lambda level: ConvBlock(  # noqa: E731
+            cfg.base_features * 2**level, dims, cfg.rate, dropout_each_conv=(dims == 2)
+        )
+        skips = []
+        for level in range(cfg.depth):
+            x = block(level)(x, train=train, dropout=dropout)
+            skips.append(x)
+            x = nn.max_pool(x, (2,) * dims, strides=(2,) * dims)
+        x = block(cfg.depth)(x, train=train, dropout=dropout)
+        for level in reversed(range(cfg.depth)):
+            x = nn.ConvTranspose(cfg.base_features * 2**level, (2,) * dims, strides=(2,) * dims)(x)
+            x = jnp.concatenate([x, skips[level]], axis=-1)
+            x = block(level)(x, train=train, dropout=dropout)
+        return nn.Conv(cfg.num_classes, (1,) * dims)(x)
+
+
+def logits_to_probs(logits: jnp.ndarray) -> jnp.ndarray:
+    """Class probabilities with C >= 2 on the last axis.
+
+    ``logits: f32[..., K]``; K = 1 (sigmoid p) gives ``stack([1-p, p], -1)``, K > 1 gives ``softmax``.
+    Returns ``f32[..., max(2, K)]``.
+    """
+    if logits.shape[-1] == 1:
+        p = nn.sigmoid(logits[..., 0])
+        return jnp.stack([1.0 - p, p], axis=-1)
+    return nn.softmax(logits, axis=-1)
