@@ -1,0 +1,218 @@
+"""Method R's per-volume GCN fit (METHOD.md R9-R12) as one jitted program, and its vmapped batch form.
+
+Model (Kipf & Welling 2017): ``H = ReLU(Â X W1 + b1)``, dropout on ``H`` only, ``out = sigmoid(Â H W2 + b2)``.
+Because no dropout touches the input features, ``Â X`` is the same in every epoch and is computed once
+before the scan: layer 1 is then a dense ``(N×F)(F×32)`` product per epoch, and layer 2 applies ``W2``
+(32 -> 1) before propagating, so each epoch propagates a single channel per edge (forward and backward).
+
+Padding: a :class:`PaddedGraph` is padded to bucket sizes (:func:`bucket_size`) so that XLA compiles once
+per bucket and graphs of different sizes can be stacked for :func:`fit_batch`. Padding edges carry weight 0
+(they change no degree and carry no message), padding nodes are masked out of the loss. A volume's result
+does not depend on its padding or batch beyond float rounding: the dropout mask of node ``i`` in an epoch
+is drawn from counter ``i`` of a key that depends only on the volume's key and the epoch (jax's default
+``jax_threefry_partitionable`` random bits are counter-based: a longer draw extends a shorter one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ugcn.graph.gcn import gcn_normalize, propagate
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of the per-volume GCN fit (METHOD.md R10-R11 defaults). Hashable: a jit static.
+
+    Attributes:
+      epochs: full-batch training epochs.
+      hidden: hidden units.
+      learning_rate: Adam step size.
+      weight_decay: L2 coefficient added to the gradient (as PyTorch's Adam).
+      dropout: dropout rate on the hidden layer.
+    """
+
+    epochs: int = 200
+    hidden: int = 32
+    learning_rate: float = 1e-2
+    weight_decay: float = 1e-5
+    dropout: float = 0.5
+
+
+class PaddedGraph(NamedTuple):
+    """A voxel graph padded to static sizes (optionally stacked on a leading batch axis ``B``).
+
+    Attributes:
+      features: ``f32[(B,) N, F]``; padding rows 0.
+      labels: ``f32[(B,) N]`` targets in {0, 1}.
+      train_mask: ``bool[(B,) N]`` nodes in the loss (False on padding).
+      node_mask: ``bool[(B,) N]`` real nodes.
+      senders, receivers: ``i32[(B,) E]``; padding edges 0 -> 0.
+      weights: ``f32[(B,) E]``; padding edges 0.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    train_mask: np.ndarray
+    node_mask: np.ndarray
+    senders: np.ndarray
+    receivers: np.ndarray
+    weights: np.ndarray
+
+
+class FitResult(NamedTuple):
+    """Output of :func:`fit_gcn` (leading axis ``B`` for :func:`fit_batch`).
+
+    Attributes:
+      params: ``{"w1": f32[F, H], "b1": f32[H], "w2": f32[H, 1], "b2": f32[1]}``.
+      node_probs: ``f32[(B,) N]`` foreground probability of every (padded) node, dropout off.
+      losses: ``f32[(B,) epochs]`` training loss before each update (with dropout).
+    """
+
+    params: dict
+    node_probs: jnp.ndarray
+    losses: jnp.ndarray
+
+
+def bucket_size(n: int, minimum: int = 256) -> int:
+    """Smallest size ``>= n`` of the form ``m · 2^k`` with ``m in {4, 5, 6, 7}`` (at most 25% padding).
+
+    Four buckets per doubling keep recompilations rare while wasting little memory.
+    """
+    n = max(int(n), minimum, 1)
+    k = max(n.bit_length() - 3, 0)
+    m = -(-n // (1 << k))
+    return m << k
+
+
+def pad_graph(graph, n_nodes: int | None = None, n_edges: int | None = None) -> PaddedGraph:
+    """Pad a :class:`~ugcn.graph.voxel_graph.VoxelGraph` to ``n_nodes`` nodes and ``n_edges`` edges.
+
+    Args:
+      graph: any object with ``features f32[N, F]``, ``labels f32[N]``, ``train_mask bool[N]``,
+        ``senders/receivers i32[E]``, ``weights f32[E]``.
+      n_nodes, n_edges: target sizes (default: :func:`bucket_size` of the graph's own sizes).
+
+    Returns:
+      :class:`PaddedGraph` of numpy arrays.
+    """
+    n, e = graph.features.shape[0], graph.senders.shape[0]
+    n_nodes = bucket_size(n) if n_nodes is None else int(n_nodes)
+    n_edges = bucket_size(e) if n_edges is None else int(n_edges)
+    if n_nodes < n or n_edges < e:
+        raise ValueError(f"pad_graph: graph has {n} nodes/{e} edges, more than the bucket {n_nodes}/{n_edges}")
+
+    def pad(x, size, value=0):
+        x = np.asarray(x)
+        widths = [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+        return np.pad(x, widths, constant_values=value)
+
+    return PaddedGraph(
+        features=pad(graph.features.astype(np.float32), n_nodes),
+        labels=pad(graph.labels.astype(np.float32), n_nodes),
+        train_mask=pad(graph.train_mask.astype(bool), n_nodes, False),
+        node_mask=pad(np.ones(n, bool), n_nodes, False),
+        senders=pad(graph.senders.astype(np.int32), n_edges),
+        receivers=pad(graph.receivers.astype(np.int32), n_edges),
+        weights=pad(graph.weights.astype(np.float32), n_edges),
+    )
+
+
+def stack_graphs(graphs: Sequence, n_nodes: int | None = None, n_edges: int | None = None) -> PaddedGraph:
+    """Pad graphs to one common bucket (the largest's unless given) and stack them: ``[B, ...]`` arrays."""
+    if not graphs:
+        raise ValueError("stack_graphs: no graphs")
+    n_nodes = n_nodes or bucket_size(max(g.features.shape[0] for g in graphs))
+    n_edges = n_edges or bucket_size(max(g.senders.shape[0] for g in graphs))
+    padded = [pad_graph(g, n_nodes, n_edges) for g in graphs]
+    return PaddedGraph(*(np.stack(parts) for parts in zip(*padded)))
+
+
+def init_params(key: jax.Array, n_features: int, hidden: int) -> dict:
+    """Glorot-uniform weights, zero biases: ``w1 f32[F, H], b1 f32[H], w2 f32[H, 1], b2 f32[1]``."""
+    k1, k2 = jax.random.split(key)
+    glorot = jax.nn.initializers.glorot_uniform()
+    return {
+        "w1": glorot(k1, (n_features, hidden), jnp.float32),
+        "b1": jnp.zeros((hidden,), jnp.float32),
+        "w2": glorot(k2, (hidden, 1), jnp.float32),
+        "b2": jnp.zeros((1,), jnp.float32),
+    }
+
+
+def _keep_mask(key: jax.Array, n: int, hidden: int, rate: float) -> jnp.ndarray:
+    """Dropout keep mask ``f32[n, hidden]`` (row i depends only on key and i), scaled by ``1/(1-rate)``."""
+    if rate == 0.5 and hidden <= 32:
+        # One random uint32 per node gives its 32 fair coin flips: 32x fewer random numbers.
+        bits = jax.random.bits(key, (n,), jnp.uint32)
+        keep = (bits[:, None] >> jnp.arange(hidden, dtype=jnp.uint32)) & 1
+        return keep.astype(jnp.float32) * 2.0
+    keep = jax.random.uniform(key, (n, hidden)) >= rate
+    return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+def _logits(params: dict, ax: jnp.ndarray, norm, keep: jnp.ndarray | None) -> jnp.ndarray:
+    """``Â (ReLU(ÂX W1 + b1) ⊙ keep) W2 + b2`` -> ``f32[N]`` (ÂX precomputed)."""
+    h = jax.nn.relu(ax @ params["w1"] + params["b1"])
+    if keep is not None:
+        h = h * keep
+    return propagate(norm, (h @ params["w2"])[:, 0]) + params["b2"][0]
+
+
+def _fit(graph: PaddedGraph, key: jax.Array, config: FitConfig) -> FitResult:
+    n = graph.features.shape[0]
+    norm = gcn_normalize(graph.senders, graph.receivers, graph.weights, n)
+    ax = propagate(norm, graph.features)  # once: no dropout on the input features
+    init_key, drop_key = jax.random.split(key)
+    params = init_params(init_key, graph.features.shape[1], config.hidden)
+    optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
+    mask = graph.train_mask.astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+    labels = graph.labels
+
+    def loss_fn(p, keep):
+        z = _logits(p, ax, norm, keep)
+        bce = jax.nn.softplus(z) - labels * z  # -[y log σ(z) + (1-y) log(1-σ(z))]
+        return jnp.sum(bce * mask) / count
+
+    def epoch(carry, i):
+        p, state = carry
+        keep = _keep_mask(jax.random.fold_in(drop_key, i), n, config.hidden, config.dropout) if config.dropout > 0 else None
+        loss, grads = jax.value_and_grad(loss_fn)(p, keep)
+        updates, state = optimizer.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), loss
+
+    (params, _), losses = jax.lax.scan(epoch, (params, optimizer.init(params)), jnp.arange(config.epochs))
+    probs = jax.nn.sigmoid(_logits(params, ax, norm, None))
+    return FitResult(params, jnp.where(graph.node_mask, probs, 0.0), losses)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def fit_gcn(graph: PaddedGraph, key: jax.Array, config: FitConfig = FitConfig()) -> FitResult:
+    """Fit method R's GCN on one padded graph: ``config.epochs`` Adam steps in one ``lax.scan``.
+
+    Args:
+      graph: :class:`PaddedGraph` (no batch axis).
+      key: PRNG key (initialisation and dropout).
+      config: :class:`FitConfig` (static).
+
+    Returns:
+      :class:`FitResult` with ``node_probs f32[N]`` (0 on padding) and ``losses f32[epochs]``.
+    """
+    return _fit(graph, key, config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def fit_batch(graphs: PaddedGraph, keys: jax.Array, config: FitConfig = FitConfig()) -> FitResult:
+    """:func:`fit_gcn` vmapped over a stack of graphs (:func:`stack_graphs`) and keys ``[B]``.
+
+    One compiled program fits the whole batch; volume b's result equals ``fit_gcn(graphs[b], keys[b])``
+    up to float rounding.
+    """
+    return jax.vmap(lambda g, k: _fit(g, k, config))(graphs, keys)
