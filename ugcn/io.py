@@ -148,6 +148,13 @@ def check_finite(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: holds NaN or infinite values")
 
 
+def _umask_mode(mode: int = 0o666) -> int:
+    """``mode`` reduced by the process umask: what ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def save_volume(
     path: PathLike,
     array: np.ndarray,
@@ -194,6 +201,7 @@ def save_volume(
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs should be readable like any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -212,6 +220,7 @@ def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = True) -> P
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

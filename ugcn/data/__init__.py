@@ -1,4 +1,5 @@
 """ugcn.data: synthetic phantoms, dataset folder layouts and k-fold splits."""
+from ugcn.data.layout import LABEL_SUFFIXES, Case, Split, find_cases, kfold_splits, load_case, write_decathlon
 from ugcn.data.phantoms import (
     BRAIN_TISSUES,
     CT_HU,
@@ -12,6 +13,13 @@ from ugcn.data.phantoms import (
 
 __all__ = [
     "BRAIN_TISSUES",
+    "Case",
+    "LABEL_SUFFIXES",
+    "Split",
+    "find_cases",
+    "kfold_splits",
+    "load_case",
+    "write_decathlon",
     "CT_HU",
     "CT_TISSUES",
     "FLAIR_LEVELS",
