@@ -15,6 +15,7 @@ from ugcn import __version__
 
 # Order = order in `ugcn --help`.
 COMMAND_MODULES = (
+    "ugcn.commands.phantoms",
 )
 
 EXIT_USAGE = 2

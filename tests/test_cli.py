@@ -1,0 +1,152 @@
+"""The ``ugcn`` command line: help, version, phantoms, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ugcn import __version__
+from ugcn.cli import COMMAND_MODULES, main
+from ugcn.commands.phantoms import case_seed
+from ugcn.data import ct_phantom, find_cases, load_case
+from ugcn.io import save_volume
+
+SMALL = ["--shape", "24,24,16", "--quiet"]
+
+
+def _run(capsys, argv):
+    """``main(argv)`` in-process; SystemExit from argparse becomes its code."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_phantoms_command_is_registered():
+    assert "ugcn.commands.phantoms" in COMMAND_MODULES
+
+
+def test_help_lists_commands(capsys):
+    code, out, _ = _run(capsys, ["--help"])
+    assert code == 0
+    assert "phantoms" in out and "usage: ugcn" in out
+
+
+def test_version(capsys):
+    code, out, err = _run(capsys, ["--version"])
+    assert code == 0
+    assert __version__ in out + err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    code, _, err = _run(capsys, [])
+    assert code == 2 and "usage" in err
+
+
+def test_phantoms_ct_writes_three_readable_cases(tmp_path, capsys):
+    out_dir = tmp_path / "ct"
+    code, out, err = _run(capsys, ["phantoms", "ct", str(out_dir), "--n", "3", "--seed", "7", "--shape", "24,24,16"])
+    assert code == 0, err
+    assert out.strip().count("\n") == 0 and "3 ct phantom cases" in out
+    cases = find_cases(out_dir)
+    assert [c.name for c in cases] == ["ct_000", "ct_001", "ct_002"]
+    for i, case in enumerate(cases):
+        image, label = load_case(case)
+        expected = ct_phantom(case_seed(7, i), shape=(24, 24, 16))  # the documented seed rule: 7 * 1000 + i
+        np.testing.assert_allclose(image.array, expected.image, rtol=1e-6)
+        np.testing.assert_array_equal(label.array, expected.label)
+    meta = json.loads((out_dir / "dataset.json").read_text())
+    assert meta["numTraining"] == 3 and meta["labels"]["1"] == "spleen"
+
+
+def test_phantoms_brain(tmp_path, capsys):
+    code, _, err = _run(capsys, ["phantoms", "brain", str(tmp_path / "b"), "--n", "1", "--shape", "32,32,24", "--quiet"])
+    assert code == 0, err
+    (case,) = find_cases(tmp_path / "b")
+    assert case.name == "brain_000"
+    assert load_case(case)[1].array.sum() > 0
+
+
+def test_existing_output_refused_without_overwrite(tmp_path, capsys):
+    out_dir = str(tmp_path / "ds")
+    assert _run(capsys, ["phantoms", "ct", out_dir, "--n", "1", *SMALL])[0] == 0
+    before = sorted(p.name for p in Path(out_dir, "imagesTr").iterdir())
+    code, _, err = _run(capsys, ["phantoms", "ct", out_dir, "--n", "2", *SMALL])
+    assert code == 2
+    assert err.count("\n") == 1 and "--overwrite" in err and "Traceback" not in err
+    assert sorted(p.name for p in Path(out_dir, "imagesTr").iterdir()) == before
+    assert _run(capsys, ["phantoms", "ct", out_dir, "--n", "2", "--overwrite", *SMALL])[0] == 0
+    assert len(find_cases(out_dir)) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["phantoms", "ct", "X", "--n", "zero"],
+        ["phantoms", "liver", "X"],
+        ["phantoms", "ct"],
+        ["phantoms", "ct", "X", "--shape", "1,2"],
+        ["no-such-command"],
+        ["phantoms", "ct", "X", "--bogus"],
+    ],
+)
+def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv):
+    argv = [str(tmp_path / a) if a == "X" else a for a in argv]
+    code, _, err = _run(capsys, argv)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "error" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--n", "0"], ["--shape", "8,8,8", "--n", "1"]])
+def test_bad_values_one_line_exit_2(tmp_path, capsys, argv):
+    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "o"), "--quiet", *argv])
+    assert code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("ugcn phantoms: error:")
+    assert not (tmp_path / "o").exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind
+
+
+def test_corrupt_nifti_through_reader_gives_one_line(tmp_path):
+    # No other command of this helper reads NIfTI: check the error path of the data reader that commands use,
+    # and that the CLI's handler turns it into one line with exit code 2.
+    ds = tmp_path / "ds"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "labelsTr").mkdir()
+    (ds / "imagesTr" / "a.nii.gz").write_bytes(b"this is not a nifti file at all")
+    save_volume(ds / "labelsTr" / "a.nii.gz", np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    (case,) = find_cases(ds)
+    with pytest.raises(ValueError, match="a.nii.gz: cannot read NIfTI"):
+        load_case(case)
+
+
+def test_value_error_in_a_command_is_one_line(capsys, monkeypatch):
+    import ugcn.commands.phantoms as phantoms
+
+    def boom(args):
+        raise ValueError("/data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz shape (4, 4, 4)")
+
+    monkeypatch.setattr(phantoms, "run", boom)
+    code, _, err = _run(capsys, ["phantoms", "ct", "somewhere"])
+    assert code == 2
+    assert err == "ugcn phantoms: error: /data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz shape (4, 4, 4)\n"
+
+
+def test_entry_point_subprocess(tmp_path):
+    exe = Path(sys.executable).with_name("ugcn")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ugcn.cli"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ok = subprocess.run([*cmd, "phantoms", "brain", str(tmp_path / "b"), "--n", "1", "--shape", "32,32,24"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote 1 brain phantom cases" in ok.stdout
+    bad = subprocess.run([*cmd, "phantoms", "ct", str(tmp_path / "b"), "--n", "1", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
