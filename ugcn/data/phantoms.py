@@ -105,7 +105,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: tuple
     """Smooth random field ``f32[shape]`` of zero mean and unit std, with about ``cells`` blobs per axis.
 
     White noise on a coarse grid of knots, spread by separable Gaussian bumps (one small matrix per axis,
-    contracted with ``einsum``): smooth everywhere, and far cheaper than blurring full-size noise.
+    contracted axis by axis): smooth everywhere, and far cheaper than blurring full-size noise.
     """
     coarse = tuple(max(2, int(round(c))) + 3 for c in cells)
     knots = rng.standard_normal(coarse).astype(np.float32)
@@ -113,7 +113,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: tuple
     for n, c in zip(shape, coarse):
         pos = np.linspace(1.0, c - 2.0, n, dtype=np.float32)[:, None]
         mats.append(np.exp(-0.5 * ((pos - np.arange(c, dtype=np.float32)[None, :]) / 0.9) ** 2))
-    field = np.einsum("ia,jb,kc,abc->ijk", *mats, knots, optimize=True)
+    field = knots
+    for mat in mats:  # contract one axis at a time (BLAS matmuls); the contracted axis moves to the end
+        field = np.tensordot(field, mat, axes=(0, 1))
     field -= field.mean()
     return field / max(float(field.std()), 1e-6)
 
@@ -278,11 +280,12 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
 
     A deformed head ellipsoid holds an outer CSF rim, a folded cortical grey-matter ribbon, white matter,
     deep grey nuclei and two lateral ventricles (CSF, dark). Lesions: their number grows with the brain
-    volume (~25 at the default size, 10-40), their volumes follow a log-normal law clipped to 3-1000
-    voxels (long tail: many small, a few large), their centres lie in white matter with a preference for
-    the ventricles' surroundings (periventricular) and a minimum gap so that most are separate
-    26-connected components. Their contrast varies (some faint, close to grey matter). Then a slight blur,
-    a smooth multiplicative bias field (±~10 %) and Rician noise; zero outside the brain.
+    volume (~20 at the default size, 10-40), their volumes follow a log-normal law clipped to 3-1000
+    voxels at the default size (long tail: many small, a few large), their centres lie in white matter
+    (> 90 % of lesion voxels) with a preference for the ventricles' surroundings (periventricular) and a
+    minimum gap so that most are separate 26-connected components. Their contrast varies (some faint,
+    close to grey matter). Then a slight blur, a smooth multiplicative bias field (±~10 %) and Rician
+    noise; zero outside the brain.
 
     Args:
       seed: integer seed; the same seed gives identical arrays.
@@ -327,7 +330,7 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
     tissue[csf] = lv["csf"]
     tissue[~brain] = 0.0
 
-    lesions = _paint_lesions(rng, full, grid, white, ventricle, brain & ~csf, spacing)
+    lesions = _paint_lesions(rng, full, white, ventricle, brain & ~csf)
     lesion_mask = lesions > 0
     contrast = lesions  # per-voxel lesion contrast in (0, 1]
     image = tissue + contrast * (lv["lesion_max"] - tissue) * lesion_mask
@@ -343,22 +346,24 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
                    affine=phantom_affine(shape, spacing), tissue=tissue_map)
 
 
-def _paint_lesions(rng, full, grid, white, ventricle, allowed, spacing) -> np.ndarray:
+def _paint_lesions(rng, full, white, ventricle, allowed) -> np.ndarray:
     """Lesion contrast map ``f32[X, Y, Z]``: 0 outside lesions, the lesion's contrast in (0, 1] inside.
 
     Centres are drawn from white-matter voxels weighted towards the ventricles; each lesion is a deformed
-    ellipsoid of a log-normal volume, kept at least 2 voxels from earlier lesions (by bounding spheres).
+    ellipsoid of a log-normal volume (in voxels), kept at least 2 voxels from earlier lesions (by bounding spheres).
     """
     n_white = int(white.sum())
     if n_white == 0:
         raise ValueError("brain_phantom: no white matter; use a larger shape")
     n_lesions = int(np.clip(rng.poisson(28.0 * n_white / 30000.0), 10, 40))
-    volumes = np.clip(np.exp(rng.normal(np.log(25.0), 1.3, size=n_lesions)), 3.0, 1000.0)
-    volumes[rng.integers(n_lesions)] = rng.uniform(400.0, 1000.0)  # at least one large, confluent lesion
+    # The largest lesions shrink with the brain, so that small test volumes are not one big lesion.
+    max_volume = 1000.0 * min(1.0, n_white / 30000.0)
+    volumes = np.clip(np.exp(rng.normal(np.log(25.0), 1.3, size=n_lesions)), 3.0, max_volume)
+    volumes[rng.integers(n_lesions)] = rng.uniform(0.4, 1.0) * max_volume  # at least one large, confluent lesion
     volumes = np.sort(volumes)[::-1]  # place the large ones first, while there is room
     # Distance (voxels) from white-matter voxels to the nearest non-white voxel and to the ventricles.
-    depth = ndimage.distance_transform_edt(white, sampling=spacing)
-    to_ventricle = ndimage.distance_transform_edt(~ventricle, sampling=spacing)
+    depth = ndimage.distance_transform_edt(white)
+    to_ventricle = ndimage.distance_transform_edt(~ventricle)
     candidates = np.flatnonzero(white & (depth >= 1.0))
     cand_depth = depth.ravel()[candidates]
     cand_weight = 0.35 + np.exp(-to_ventricle.ravel()[candidates] / 4.0)
@@ -378,13 +383,17 @@ def _paint_lesions(rng, full, grid, white, ventricle, allowed, spacing) -> np.nd
         pool = candidates[deep] if deep.any() else candidates
         weight = cand_weight[deep] if deep.any() else cand_weight
         weight = weight / weight.sum()
-        for _ in range(30):  # rejection sampling of a centre that keeps the gap to earlier lesions
-            centre = np.array(np.unravel_index(rng.choice(pool, p=weight), full), dtype=np.float64)
-            centre += rng.uniform(-0.5, 0.5, size=3)
-            if all(np.linalg.norm(centre - c) > bound + r + 2.0 for c, r in zip(centres, reach)):
-                break
+        # Rejection sampling, vectorised: 30 candidate centres at once, keep the first that leaves the gap.
+        tries = np.stack(np.unravel_index(rng.choice(pool, size=30, p=weight), full), axis=1).astype(np.float64)
+        tries += rng.uniform(-0.5, 0.5, size=tries.shape)
+        if centres:
+            gaps = np.linalg.norm(tries[:, None, :] - np.asarray(centres)[None], axis=-1) - np.asarray(reach)[None]
+            ok = np.flatnonzero(np.all(gaps > bound + 2.0, axis=1))
+            if ok.size == 0:
+                continue
+            centre = tries[ok[0]]
         else:
-            continue
+            centre = tries[0]
         centres.append(centre)
         reach.append(bound)
         lo = np.maximum(np.floor(centre - bound).astype(int), 0)
@@ -395,9 +404,9 @@ def _paint_lesions(rng, full, grid, white, ventricle, allowed, spacing) -> np.nd
         radius = np.sqrt(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2)
         lumps = _smooth_noise(rng, radius.shape, (2, 2, 2)) if min(radius.shape) >= 2 else 0.0
         inside = (radius < 1.0 + 0.2 * lumps) & allowed[box]
-        if volume < 8 and not inside.any():  # tiny lesion off the grid points: keep its centre voxel
-            inside[tuple(np.clip(np.round(centre).astype(int) - lo, 0, np.asarray(radius.shape) - 1))] = allowed[box][
-                tuple(np.clip(np.round(centre).astype(int) - lo, 0, np.asarray(radius.shape) - 1))]
+        if not inside.any():  # a tiny lesion between grid points: keep the voxel nearest its centre
+            nearest = tuple(np.clip(np.round(centre).astype(int) - lo, 0, np.asarray(radius.shape) - 1))
+            inside[nearest] = allowed[box][nearest]
         level = rng.uniform(0.25, 1.0)
         contrast[box] = np.where(inside, np.float32(level), contrast[box])
     return contrast
