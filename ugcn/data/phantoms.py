@@ -26,7 +26,7 @@ __all__ = ["Phantom", "ct_phantom", "brain_phantom", "phantom_affine", "CT_HU", 
            "BRAIN_TISSUES"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare fields with numpy, not ==
 class Phantom:
     """A synthetic volume with its ground truth.
 
@@ -41,7 +41,7 @@ class Phantom:
     image: np.ndarray
     label: np.ndarray
     affine: np.ndarray
-    tissue: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+    tissue: Optional[np.ndarray] = dataclasses.field(default=None, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
