@@ -105,11 +105,13 @@ def mc_sample(
     """
     n_samples = _check_positive_int(n_samples, "n_samples")
     chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
-    image = jnp.asarray(image, jnp.float32)
-    if image.ndim not in (3, 4):
-        raise ValueError(f"image must be [X, Y, Z] or [X, Y, Z, M], got shape {image.shape}")
-    if not bool(jnp.all(jnp.isfinite(image))):
+    # Host-side checks: numpy costs one pass and, unlike eager jnp ops, no compilation.
+    host_image = np.asarray(image, np.float32)
+    if host_image.ndim not in (3, 4):
+        raise ValueError(f"image must be [X, Y, Z] or [X, Y, Z, M], got shape {host_image.shape}")
+    if not np.all(np.isfinite(host_image)):
         raise ValueError("image holds NaN or infinite values")
+    image = jnp.asarray(image, jnp.float32)
     out = jax.eval_shape(volume_fn, key, image)
     if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] < 2:
         raise ValueError(
@@ -117,7 +119,7 @@ def mc_sample(
             f"got shape {out.shape}"
         )
     result = _compiled_sampler(volume_fn, n_samples, chunk_size, bool(keep_samples))(key, image)
-    if not bool(jnp.all(jnp.isfinite(result.stats.sum_p))):
+    if not np.all(np.isfinite(np.asarray(result.stats.sum_p))):
         raise ValueError("volume_fn produced NaN or infinite probabilities")
     return result
 

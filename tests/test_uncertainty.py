@@ -1,0 +1,243 @@
+"""MC sampling (streaming vs all samples, keys, chunking), sample-map loading and the ``ugcn mcdo`` command."""
+import json
+
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ugcn.uncertainty import (
+    estimator_maps,
+    load_sample_maps,
+    mc_sample,
+    samples_from_probability_maps,
+    stats_from_samples,
+)
+
+SHAPE = (5, 4, 3)
+T = 7
+
+
+def toy_volume_fn(key, image):
+    """A stochastic 3-class 'segmenter': softmax of the image plus key-dependent noise, f32[X, Y, Z, 3]."""
+    noise = jax.random.normal(key, image.shape + (3,))
+    logits = jnp.stack([image, -image, 0.5 * image], -1) + noise
+    return jax.nn.softmax(logits, -1)
+
+
+def deterministic_fn(key, image):
+    """Ignores the key: every pass is the same binary prediction (with exact 0 and 1 voxels)."""
+    p = jnp.clip(image, 0.0, 1.0)
+    return jnp.stack([1.0 - p, p], -1)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return jnp.asarray(np.random.default_rng(0).normal(size=SHAPE), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_samples(image):
+    # Independent reference: one plain call per split key, no scan/vmap/chunks.
+    keys = jax.random.split(jax.random.key(42), T)
+    single = jax.jit(toy_volume_fn)
+    return np.stack([np.asarray(single(k, image)) for k in keys])
+
+
+def np_stats(samples):
+    s = np.asarray(samples, np.float64)
+    return {
+        "sum_p": s.sum(0),
+        "sum_p2": (s * s).sum(0),
+        "sum_plogp": np.where(s > 0, s * np.log(np.where(s > 0, s, 1.0)), 0.0).sum(0),
+    }
+
+
+@pytest.mark.parametrize("chunk", [1, 3, T])  # 3: T not a multiple of the chunk
+def test_streaming_equals_all_samples(image, reference_samples, chunk):
+    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=chunk)
+    assert result.samples is None
+    assert float(result.stats.count) == T
+    ref = np_stats(reference_samples)
+    for field in ("sum_p", "sum_p2", "sum_plogp"):
+        np.testing.assert_allclose(getattr(result.stats, field), ref[field], atol=2e-5, err_msg=field)
+
+
+def test_keep_samples(image, reference_samples):
+    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=3, keep_samples=True)
+    assert result.samples.shape == (T,) + SHAPE + (3,)
+    np.testing.assert_allclose(result.samples, reference_samples, atol=1e-6)
+    kept = stats_from_samples(result.samples)
+    np.testing.assert_allclose(kept.sum_p2, result.stats.sum_p2, atol=1e-5)
+
+
+def test_same_key_same_maps_different_key_different(image):
+    run = lambda seed: estimator_maps(  # noqa: E731
+        ["entropy", "variance"], mc_sample(toy_volume_fn, image, jax.random.key(seed), n_samples=T, chunk_size=3).stats
+    )
+    a, b, c = run(1), run(1), run(2)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+        assert not np.allclose(a[name], c[name])
+
+
+def test_deterministic_fn_has_zero_variance_and_mi(image):
+    img = jnp.asarray(np.random.default_rng(1).choice([0.0, 0.3, 1.0], size=SHAPE), jnp.float32)
+    result = mc_sample(deterministic_fn, img, jax.random.key(0), n_samples=T, chunk_size=3)
+    maps = estimator_maps(["variance", "mutual_information", "entropy", "expected_entropy"], result.stats)
+    np.testing.assert_allclose(maps["variance"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(maps["mutual_information"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(maps["entropy"], maps["expected_entropy"], atol=1e-5)
+    # exact 0/1 voxels: exactly zero entropy, no NaN
+    hard = np.asarray(img) != 0.3
+    assert np.all(np.asarray(maps["entropy"])[hard] == 0.0)
+
+
+def test_mc_sample_input_errors(image):
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="n_samples"):
+        mc_sample(toy_volume_fn, image, key, n_samples=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        mc_sample(toy_volume_fn, image, key, chunk_size=1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        mc_sample(toy_volume_fn, image.at[0, 0, 0].set(jnp.nan), key, n_samples=2)
+    with pytest.raises(ValueError, match="C >= 2"):
+        mc_sample(lambda k, x: x[..., None], image, key, n_samples=2)
+
+
+# --- probability maps from other frameworks --------------------------------------------------------------
+
+def write_nifti(path, array):
+    affine = np.diag([1.5, 2.0, 3.0, 1.0])
+    affine[:3, 3] = [10, -20, 5]
+    nib.save(nib.Nifti1Image(np.asarray(array, np.float32), affine), str(path))
+    return affine
+
+
+def test_samples_from_probability_maps():
+    fg = np.random.default_rng(2).random((3,) + SHAPE).astype(np.float32)
+    samples = samples_from_probability_maps(fg)
+    assert samples.shape == (3,) + SHAPE + (2,)
+    np.testing.assert_array_equal(samples[..., 1], fg)
+    np.testing.assert_allclose(samples[..., 0], 1 - fg)
+    multi = np.stack([fg, 1 - fg], -1)
+    np.testing.assert_array_equal(samples_from_probability_maps(multi), multi)
+    with pytest.raises(ValueError, match="sum to 1"):
+        samples_from_probability_maps(np.stack([fg, fg], -1))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        samples_from_probability_maps(fg * 2)
+    with pytest.raises(ValueError, match="NaN"):
+        samples_from_probability_maps(np.where(fg > 0.5, np.nan, fg))
+    with pytest.raises(ValueError, match="T, X, Y, Z"):
+        samples_from_probability_maps(fg[0])
+
+
+def test_load_sample_maps(tmp_path):
+    maps = np.random.default_rng(3).random(SHAPE + (4,)).astype(np.float32)  # (X, Y, Z, T) on disk
+    affine = write_nifti(tmp_path / "samples.nii.gz", maps)
+    samples, volume = load_sample_maps(tmp_path / "samples.nii.gz")
+    assert samples.shape == (4,) + SHAPE + (2,)
+    np.testing.assert_allclose(samples[..., 1], np.moveaxis(maps, -1, 0), atol=1e-6)
+    np.testing.assert_allclose(volume.affine, affine)
+
+
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.full(SHAPE + (3,), 1.5), r"\[0, 1\]"),
+        (np.full(SHAPE + (3,), -0.1), r"\[0, 1\]"),
+        (np.where(np.arange(60).reshape(SHAPE + (1,)) % 2, np.nan, 0.5) * np.ones(3), "NaN"),
+        (np.full(SHAPE, 0.5), "4D"),
+    ],
+)
+def test_load_sample_maps_errors(tmp_path, array, match):
+    path = tmp_path / "bad.nii.gz"
+    write_nifti(path, array)
+    with pytest.raises(ValueError, match=match) as err:
+        load_sample_maps(path)
+    assert "bad.nii.gz" in str(err.value)
+
+
+# --- the `ugcn mcdo` command ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mcdo_inputs(tmp_path_factory):
+    from ugcn.segment.checkpoint import save_model
+    from ugcn.segment.model import SegmentationModel, init_model
+    from ugcn.segment.unet import UNetConfig
+
+    root = tmp_path_factory.mktemp("mcdo")
+    config = UNetConfig(dims=2, base_features=4, depth=2)
+    # Random weights from the parameter SHAPES (numpy): compiling flax's init costs more than this whole test.
+    shapes = jax.eval_shape(lambda key: init_model(config, key).variables, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        name = str(path[-1].key)
+        if name in ("var", "scale"):
+            return np.ones(leaf.shape, np.float32)
+        if name in ("mean", "bias"):
+            return np.zeros(leaf.shape, np.float32)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(fill, shapes)
+    model = SegmentationModel(config, variables["params"], variables["batch_stats"])
+    save_model(model, root / "model")
+    affine = np.diag([0.8, 0.7, 2.5, 1.0])
+    affine[:3, 3] = [-30.0, 12.0, 4.0]
+    img = np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(img, affine), str(root / "img.nii.gz"))
+    return root, affine
+
+
+def test_mcdo_cli_end_to_end(mcdo_inputs):
+    from ugcn.cli import main
+
+    root, affine = mcdo_inputs
+    out = root / "out"
+    argv = ["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(out),
+            "--samples", "3", "--chunk", "2", "--seed", "1", "--estimators", "entropy,variance,pcs,mutual_information",
+            "--save-samples", "--quiet"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_samples"] == 3 and set(report["estimators"]) == {"entropy", "variance", "pcs",
+                                                                        "mutual_information"}
+    assert "mc_sampling_s" in report["timings"]
+    for name in ("prediction", "expectation", "entropy", "variance", "pcs", "mutual_information", "samples"):
+        img = nib.load(str(out / f"{name}.nii.gz"))
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5, err_msg=name)
+        assert img.shape[:3] == (24, 24, 24)
+    assert nib.load(str(out / "samples.nii.gz")).shape == (24, 24, 24, 3)
+    assert nib.load(str(out / "prediction.nii.gz")).get_data_dtype() == np.uint8
+    # the maps agree with the saved samples (independent numpy computation)
+    fg = np.moveaxis(np.asarray(nib.load(str(out / "samples.nii.gz")).dataobj), -1, 0).astype(np.float64)
+    np.testing.assert_allclose(nib.load(str(out / "variance.nii.gz")).get_fdata(), fg.var(0), atol=1e-5)
+    np.testing.assert_allclose(nib.load(str(out / "expectation.nii.gz")).get_fdata(), fg.mean(0), atol=1e-6)
+    assert not any(p.name.startswith(".mcdo") for p in out.iterdir())  # no temporary left-overs
+    assert main(argv) == 2  # existing outputs are refused without --overwrite (before any work)
+
+    # the same maps from the saved samples of "another framework"
+    out2 = root / "out2"
+    argv2 = ["mcdo", "--sample-maps", str(out / "samples.nii.gz"), "--out", str(out2), "--quiet"]
+    assert main(argv2) == 0
+    assert main(argv2) == 2
+    assert main(argv2 + ["--overwrite"]) == 0
+    np.testing.assert_allclose(
+        nib.load(str(out2 / "entropy.nii.gz")).get_fdata(), nib.load(str(out / "entropy.nii.gz")).get_fdata(),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(nib.load(str(out2 / "pcs.nii.gz")).affine, affine, atol=1e-5)
+
+
+def test_mcdo_cli_errors(mcdo_inputs, capsys):
+    from ugcn.cli import main
+
+    root, _ = mcdo_inputs
+    base = ["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(root / "e")]
+    assert main(base + ["--estimators", "entropyy"]) == 2
+    assert "unknown estimator" in capsys.readouterr().err
+    assert main(base + ["--samples", "0"]) == 2
+    assert main(["mcdo", "--image", str(root / "img.nii.gz"), "--out", str(root / "e")]) == 2
+    assert not (root / "e").exists()

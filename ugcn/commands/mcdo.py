@@ -1,0 +1,218 @@
+"""``ugcn mcdo``: Monte Carlo dropout of a trained model on one image, with voxel-wise uncertainty maps.
+
+Writes into ``--out``: ``prediction.nii.gz`` (deterministic pass, argmax, uint8), ``expectation.nii.gz``
+(foreground E for binary models, 4D ``(X, Y, Z, C)`` otherwise), one ``<estimator>.nii.gz`` per requested
+estimator, optionally the samples, and ``report.json`` (settings, timings, map summaries). All maps carry
+the image's affine and header. With ``--sample-maps`` the T probability maps of any other framework
+(a 4D NIfTI ``(X, Y, Z, T)``) replace the model; the prediction is then the argmax of E.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ugcn import __version__
+
+RESERVED = ("prediction", "expectation", "samples", "report")
+
+
+def register(subparsers) -> None:
+    from ugcn.uncertainty.estimators import DEFAULT_ESTIMATORS, list_estimators
+
+    p = subparsers.add_parser(
+        "mcdo",
+        help="Monte Carlo dropout: expectation and uncertainty maps of one image",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    src = p.add_argument_group("input (either --model and --image, or --sample-maps)")
+    src.add_argument("--model", metavar="MODEL_DIR", help="a model directory written by `ugcn train`")
+    src.add_argument("--image", metavar="IMG", help="image NIfTI, 3D (X, Y, Z) or 4D (X, Y, Z, modalities)")
+    src.add_argument(
+        "--sample-maps",
+        metavar="MAPS",
+        help="instead of a model: 4D NIfTI (X, Y, Z, T) of T foreground probability maps from any framework",
+    )
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    p.add_argument("--samples", type=int, default=20, metavar="T", help="number of MC passes (default 20)")
+    p.add_argument("--chunk", type=int, default=4, help="passes computed together; memory ~ chunk (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the dropout masks (default 0)")
+    p.add_argument(
+        "--estimators",
+        default=",".join(DEFAULT_ESTIMATORS),
+        help="comma-separated estimator names or 'package.module:function' specs "
+        f"(default {','.join(DEFAULT_ESTIMATORS)}; registered: {', '.join(list_estimators())})",
+    )
+    p.add_argument("--save-samples", action="store_true", help="also write the samples (4D NIfTI)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run)
+
+
+def estimator_filename(name: str) -> str:
+    """File stem of an estimator's map: the name with characters outside ``[A-Za-z0-9_.-]`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def _summary(values: np.ndarray, mask: np.ndarray) -> dict:
+    inside = values[mask]
+    out = {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+    out["mean_in_prediction"] = float(inside.mean()) if inside.size else None
+    return out
+
+
+def _plan_outputs(out_dir: Path, names: list[str], save_samples: bool, multiclass_samples: int, overwrite: bool):
+    files = {"prediction": "prediction.nii.gz", "expectation": "expectation.nii.gz"}
+    for name in names:
+        stem = estimator_filename(name)
+        if stem in RESERVED or any(v == f"{stem}.nii.gz" for v in files.values()):
+            raise ValueError(f"estimator {name!r} would overwrite another output ({stem}.nii.gz); rename it")
+        files[f"estimator:{name}"] = f"{stem}.nii.gz"
+    if save_samples:
+        if multiclass_samples:
+            for c in range(multiclass_samples):
+                files[f"samples:{c}"] = f"samples_class{c}.nii.gz"
+        else:
+            files["samples"] = "samples.nii.gz"
+    files["report"] = "report.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory")
+    existing = [f for f in files.values() if (out_dir / f).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{out_dir}: {', '.join(existing)} exist(s) already (pass --overwrite to replace)")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from ugcn.io import load_volume, save_volume
+    from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
+    from ugcn.uncertainty.measures import expectation
+    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if args.sample_maps and (args.model or args.image):
+        raise ValueError("give either --sample-maps or --model with --image, not both")
+    if not args.sample_maps and not (args.model and args.image):
+        raise ValueError("--model and --image are required (or give --sample-maps)")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
+    estimators = parse_estimator_names(args.estimators)
+    names = [e.name for e in estimators]
+    keep = args.save_samples or any(e.needs == "samples" for e in estimators)
+    out_dir = Path(args.out)
+    _plan_outputs(out_dir, names, False, 0, args.overwrite)  # fail early, before any heavy work
+
+    t = time.perf_counter()
+    if args.sample_maps:
+        samples_np, volume = load_sample_maps(args.sample_maps)
+        reference = volume
+        samples = jax.numpy.asarray(samples_np)
+        stats = stats_from_samples(samples)
+        n_samples = int(samples.shape[0])
+        timings["load_s"] = time.perf_counter() - t
+        mean = np.asarray(expectation(stats))
+        prediction = np.argmax(mean, axis=-1).astype(np.uint8)
+        source = {"sample_maps": str(args.sample_maps)}
+    else:
+        from ugcn.segment.checkpoint import load_model
+        from ugcn.segment.model import make_volume_fn, predict_probabilities
+
+        model = load_model(args.model)
+        reference = load_volume(args.image, ndim=(3, 4))
+        image = reference.array
+        timings["load_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prediction = np.argmax(predict_probabilities(model, image), axis=-1).astype(np.uint8)
+        timings["deterministic_pass_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        volume_fn = make_volume_fn(model, stochastic=True)
+        result = mc_sample(
+            volume_fn, image, jax.random.key(args.seed), n_samples=args.samples, chunk_size=args.chunk,
+            keep_samples=keep,
+        )
+        jax.block_until_ready(result)
+        stats, samples, n_samples = result.stats, result.samples, args.samples
+        timings["mc_sampling_s"] = time.perf_counter() - t  # includes compilation
+        mean = np.asarray(expectation(stats))
+        source = {"model": str(args.model), "image": str(args.image)}
+
+    num_classes = mean.shape[-1]
+    t = time.perf_counter()
+    maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples if keep else None).items()}
+    timings["estimators_s"] = time.perf_counter() - t
+
+    files = _plan_outputs(out_dir, names, args.save_samples, num_classes if num_classes > 2 else 0, args.overwrite)
+    affine, header = reference.affine, reference.header
+    arrays: dict[str, np.ndarray] = {
+        "prediction": prediction,
+        "expectation": mean[..., 1] if num_classes == 2 else mean,
+    }
+    for name in names:
+        arrays[f"estimator:{name}"] = maps[name]
+    if args.save_samples:
+        samples_host = np.asarray(samples)
+        if num_classes == 2:
+            arrays["samples"] = np.moveaxis(samples_host[..., 1], 0, -1)  # (X, Y, Z, T)
+        else:
+            for c in range(num_classes):
+                arrays[f"samples:{c}"] = np.moveaxis(samples_host[..., c], 0, -1)
+
+    by_name = {e.name: e for e in estimators}
+    fg = prediction > 0
+    report = {
+        "ugcn_version": __version__,
+        **source,
+        "shape": list(mean.shape[:3]),
+        "num_classes": int(num_classes),
+        "n_samples": n_samples,
+        "chunk": args.chunk,
+        "seed": args.seed,
+        "device": str(jax.devices()[0]),
+        "predicted_voxels": int(fg.sum()),
+        "estimators": {
+            name: {
+                "file": files[f"estimator:{name}"],
+                "description": by_name[name].description,
+                "value_range": by_name[name].value_range,
+                "higher_is_uncertain": by_name[name].higher_is_uncertain,
+                **_summary(maps[name], fg),
+            }
+            for name in names
+        },
+        "files": {k: v for k, v in files.items()},
+        "timings": timings,
+    }
+
+    # Everything goes to a temporary folder first and is moved into place at the end: no half outputs.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mcdo.", dir=out_dir))
+    try:
+        t = time.perf_counter()
+        for key, array in arrays.items():
+            save_volume(tmp / files[key], array, affine, header=header)
+        timings["write_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        (tmp / files["report"]).write_text(json.dumps(report, indent=2) + "\n")
+        for name in files.values():
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not args.quiet:
+        print(
+            f"mcdo: T={n_samples} passes, {num_classes} classes, {int(fg.sum())} predicted voxels; "
+            f"wrote {len(files)} files to {out_dir} in {timings['total_s']:.1f} s"
+        )
+    return 0
