@@ -1,0 +1,256 @@
+"""Benchmark of method R: voxel-graph construction, the 200-epoch GCN fit, vmapped batches, PyG.
+
+Run: ``python benchmarks/bench_refine.py [--size small|large]`` (small, the default, takes < 1 minute on a
+laptop CPU). Prints a table and merges its results into ``benchmarks/results/refine.json`` under the size.
+
+Measured (medians after a warm-up call that includes compilation):
+  - graph construction (numpy/scipy) at ~20k (and ~100k, large) nodes;
+  - the 200-epoch fit (one jitted ``lax.scan``) at the largest size, its time per epoch, the bytes an epoch
+    must move at least (model below) and the bandwidth that implies, against a measured memory bandwidth
+    (``numpy.copyto`` of a 256 MiB array: read + write);
+  - the vmapped batch fit with B = 1, 4 (and 16, large) graphs against B separate fits;
+  - PyTorch Geometric's ``GCNConv`` (edge weights, same graph, same epochs, same process), when ``torch``
+    and ``torch_geometric`` import (``pip install "ugcn[bench]"``).
+
+Bytes per epoch (float32/int32, N nodes, E directed edges, H hidden, F features): the forward and the
+backward pass each propagate one channel over the edges (sender and receiver index, coefficient, gathered
+value, scattered value: 20 bytes per edge), and the hidden layer is written and read about five times
+(``ÂX W1``, ReLU/dropout, ``· W2``, its gradient, ``(ÂX)^T dH``): ``2·20·E + 5·4·H·N + 4·F·N`` bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "refine.json"
+
+
+def sphere_case(radius: float, seed: int = 0):
+    """Synthetic organ: sphere with a wrong, uncertain boundary band (as tests/test_refine.py)."""
+    size = int(4 * radius)
+    shape = (size, size, max(int(3 * radius), 8))
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = np.array(shape, np.float32)[:, None, None, None] / 2
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    label = r < radius
+    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
+    fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])
+    fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])
+    prediction = (label | fp) & ~fn
+    wrong = fp | fn
+    expectation = np.where(prediction, 0.97, 0.03).astype(np.float32)
+    expectation[wrong] = np.where(prediction[wrong], 0.6, 0.4)
+    uncertainty = np.where(wrong, 0.95, 0.15).astype(np.float32)
+    return image, prediction, expectation, uncertainty, label
+
+
+def radius_for(nodes: int) -> float:
+    """Sphere radius giving about ``nodes`` graph nodes with the default settings (fitted empirically)."""
+    return 13.5 * (nodes / 20_000) ** (1 / 3)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second of ``np.copyto`` on 256 MiB (read + write counted)."""
+    a = np.ones(64 * 2**20, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    t = median_time(lambda: np.copyto(b, a), 5)
+    return 2 * a.nbytes / t
+
+
+def bytes_per_epoch(n: int, e: int, hidden: int = 32, features: int = 3) -> int:
+    return 2 * 20 * e + 5 * 4 * hidden * n + 4 * features * n
+
+
+def bench_graph(radius: float, repeats: int) -> dict:
+    from ugcn.graph.voxel_graph import build_voxel_graph
+
+    case = sphere_case(radius)[:4]
+    graph = build_voxel_graph(*case)
+    t = median_time(lambda: build_voxel_graph(*case), repeats)
+    return {"nodes": graph.n_nodes, "directed_edges": graph.n_edges, "seconds": t, "graph": graph}
+
+
+def bench_fit(graph, repeats: int, epochs: int = 200) -> dict:
+    import jax
+
+    from ugcn.refine.fit import FitConfig, fit_gcn, pad_graph
+
+    config = FitConfig(epochs=epochs)
+    padded = jax.device_put(pad_graph(graph))
+    key = jax.random.PRNGKey(0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fit_gcn(padded, key, config))
+    first = time.perf_counter() - t0
+    t = median_time(lambda: jax.block_until_ready(fit_gcn(padded, key, config)), repeats)
+    n, e = padded.features.shape[0], padded.senders.shape[0]
+    moved = bytes_per_epoch(n, e)
+    return {"nodes": graph.n_nodes, "padded_nodes": n, "padded_edges": e, "epochs": epochs,
+            "first_call_s": first, "seconds": t, "ms_per_epoch": 1e3 * t / epochs,
+            "bytes_per_epoch": moved, "achieved_GBps": moved * epochs / t / 1e9}
+
+
+def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
+    import jax
+
+    from ugcn.refine.fit import FitConfig, fit_batch, fit_gcn, pad_graph, stack_graphs
+
+    config = FitConfig(epochs=epochs)
+    rows = []
+    n_nodes = max(g.features.shape[0] for g in graphs)
+    n_edges = max(g.senders.shape[0] for g in graphs)
+    from ugcn.refine.fit import bucket_size
+
+    n_nodes, n_edges = bucket_size(n_nodes), bucket_size(n_edges)
+    for b in sizes:
+        chosen = [graphs[i % len(graphs)] for i in range(b)]
+        stacked = jax.device_put(stack_graphs(chosen, n_nodes, n_edges))
+        singles = [jax.device_put(pad_graph(g, n_nodes, n_edges)) for g in chosen]
+        keys = jax.random.split(jax.random.PRNGKey(0), b)
+        jax.block_until_ready(fit_batch(stacked, keys, config))
+        jax.block_until_ready(fit_gcn(singles[0], keys[0], config))
+        t_batch = median_time(lambda: jax.block_until_ready(fit_batch(stacked, keys, config)), repeats)
+        t_sep = median_time(
+            lambda: [jax.block_until_ready(fit_gcn(s, k, config)) for s, k in zip(singles, keys)], repeats
+        )
+        rows.append({"B": b, "nodes_each": int(chosen[0].features.shape[0]), "padded_nodes": n_nodes,
+                     "batch_s": t_batch, "separate_s": t_sep, "volumes_per_s": b / t_batch,
+                     "speedup": t_sep / t_batch})
+    return rows
+
+
+def bench_pyg(graph, repeats: int, epochs: int = 200):
+    """Same graph, GCNConv with edge weights, same epochs and optimiser, in this process; None if absent."""
+    try:
+        import torch
+        import torch.nn.functional as F
+        from torch_geometric.nn import GCNConv
+    except ImportError as err:
+        return {"skipped": f"torch/torch_geometric not importable ({err})"}
+
+    torch.manual_seed(0)
+    x = torch.from_numpy(graph.features)
+    edge_index = torch.from_numpy(np.stack([graph.senders, graph.receivers]).astype(np.int64))
+    weight = torch.from_numpy(graph.weights)
+    y = torch.from_numpy(graph.labels)
+    train = torch.from_numpy(graph.train_mask)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = GCNConv(x.shape[1], 32, cached=True)
+            self.conv2 = GCNConv(32, 1, cached=True)
+
+        def forward(self):
+            h = F.relu(self.conv1(x, edge_index, weight))
+            h = F.dropout(h, 0.5, self.training)
+            return self.conv2(h, edge_index, weight)[:, 0]
+
+    def run():
+        model = Net()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-5)
+        model.train()
+        for _ in range(epochs):
+            opt.zero_grad()
+            z = model()
+            loss = F.binary_cross_entropy_with_logits(z[train], y[train])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            return torch.sigmoid(model())
+
+    run()
+    t = median_time(run, repeats)
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": t,
+            "ms_per_epoch": 1e3 * t / epochs}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=("small", "large"), default="small")
+    args = parser.parse_args(argv)
+    import jax
+
+    large = args.size == "large"
+    repeats = 3
+    node_targets = [20_000, 100_000] if large else [20_000]
+    batch_sizes = [1, 4, 16] if large else [1, 4]
+    print(f"method R benchmark ({args.size}), jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+          f"{os.cpu_count()} CPUs")
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.2f} GB/s")
+
+    graphs = {}
+    print("\n| graph construction | nodes | directed edges | seconds |\n|---|---:|---:|---:|")
+    graph_rows = []
+    for target in node_targets:
+        row = bench_graph(radius_for(target), repeats)
+        graphs[target] = row.pop("graph")
+        graph_rows.append(row)
+        print(f"| ~{target // 1000}k nodes | {row['nodes']} | {row['directed_edges']} | {row['seconds']:.3f} |")
+
+    big = graphs[node_targets[-1]]
+    fit = bench_fit(big, repeats)
+    fit["bandwidth_fraction"] = fit["achieved_GBps"] * 1e9 / bandwidth
+    print("\n| 200-epoch fit | nodes | first call s | s | ms/epoch | MB/epoch (model) | GB/s | of bandwidth |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| ugcn (jax) | {fit['nodes']} | {fit['first_call_s']:.2f} | {fit['seconds']:.2f} | "
+          f"{fit['ms_per_epoch']:.2f} | {fit['bytes_per_epoch'] / 1e6:.1f} | {fit['achieved_GBps']:.2f} | "
+          f"{100 * fit['bandwidth_fraction']:.0f}% |")
+    pyg = bench_pyg(big, repeats)
+    if "seconds" in pyg:
+        pyg["ratio_pyg_over_ugcn"] = pyg["seconds"] / fit["seconds"]
+        print(f"| PyG GCNConv (torch {pyg['torch']}, {pyg['threads']} threads) | {fit['nodes']} | | "
+              f"{pyg['seconds']:.2f} | {pyg['ms_per_epoch']:.2f} | | | | ratio PyG/ugcn = "
+              f"{pyg['ratio_pyg_over_ugcn']:.2f}")
+    else:
+        print(f"PyG: {pyg['skipped']}")
+
+    small_graphs = [bench_graph(radius_for(3_000), 1)["graph"]] if not large else [graphs[20_000]]
+    batch = bench_batch(small_graphs, batch_sizes, 2 if large else repeats)
+    print("\n| vmapped batch | B | nodes each | batch s | B separate fits s | volumes/s | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in batch:
+        print(f"| fit_batch | {row['B']} | {row['nodes_each']} | {row['batch_s']:.2f} | {row['separate_s']:.2f} | "
+              f"{row['volumes_per_s']:.2f} | {row['speedup']:.2f} |")
+
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "python": sys.version.split()[0], "jax": jax.__version__, "numpy": np.__version__,
+                    "device": str(jax.devices()[0]), "load_average": list(os.getloadavg())},
+        "memory_bandwidth_GBps": bandwidth / 1e9,
+        "graph_construction": graph_rows,
+        "fit": fit,
+        "pyg": pyg,
+        "batch": batch,
+        "bytes_model": "2*20*E + 5*4*H*N + 4*F*N per epoch (float32/int32)",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged[args.size] = result
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
