@@ -294,6 +294,11 @@ class BudgetLadder:
         return self.base_nodes << k, self.base_edges << k
 
 
+#: The ladder used by default: fixed, so that every fit and every scoring run shares compiled steps.
+#: 26-neighbour lesion graphs have at most 26 (typically 10-20) edges per node, hence edges = 16 x nodes.
+DEFAULT_LADDER = BudgetLadder(256, 4096)
+
+
 def budget_ladder(graphs: LesionGraphs, batch_size: int) -> BudgetLadder:
     """A :class:`BudgetLadder` whose first rung is about twice the mean batch of ``batch_size`` graphs."""
     mean_nodes = float(np.mean(graphs.n_node)) if graphs.num_graphs else 1.0

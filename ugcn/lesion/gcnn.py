@@ -8,8 +8,9 @@ Two tasks:
 * ``"regression"``: 1 output, mean squared error on ``IoU_adj``; lesion uncertainty = ``1 - prediction``.
 
 Training: Adam with the learning rate decaying exponentially from 1e-2 to 1e-5 over the run, batches of 10
-graphs in a seeded random order each epoch. Batches are padded to the rungs of a power-of-two budget ladder
-(:func:`ugcn.graph.lesion_graph.budget_ladder`), so the jitted train step compiles once per rung; the learning rate is a step argument, so the compiled step is
+graphs in a seeded random order each epoch. Batches are padded to the rungs of a fixed power-of-two budget ladder
+(:data:`ugcn.graph.lesion_graph.DEFAULT_LADDER`), so the jitted train step compiles once per rung, and the
+compiled steps are shared by every fit and scoring run; the learning rate is a step argument, so the compiled step is
 shared by every fit with the same widths.
 
 Node features are standardised with the mean and standard deviation of the training nodes (stored with the
@@ -37,7 +38,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ugcn.graph.gcn import GraphConv, graph_normalize
-from ugcn.graph.lesion_graph import LesionGraphs, budget_ladder, padded_batch
+from ugcn.graph.lesion_graph import DEFAULT_LADDER, LesionGraphs, padded_batch
 from ugcn.io import write_text_atomic
 from ugcn.lesion.components import FP_EPSILON
 
@@ -243,7 +244,7 @@ def fit_gcnn(
     init, _, train_step = _compiled(hidden, config.outputs, task)
     rng = np.random.default_rng(seed)
     params, opt_state = init(jax.random.PRNGKey(seed), _init_graph(data.num_features))
-    ladder = budget_ladder(data, batch_size)
+    ladder = DEFAULT_LADDER
     steps_per_epoch = math.ceil(data.num_graphs / batch_size)
     total_steps = epochs * steps_per_epoch
     decay = optax.exponential_decay(lr_start, max(total_steps - 1, 1), lr_end / lr_start)
@@ -284,7 +285,7 @@ def predict_raw(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 6
     data = _standardized(graphs, model.feature_mean, model.feature_std)
     # Sort by size so that each batch lands in a tight bucket.
     order = np.argsort(data.n_node, kind="stable")
-    ladder = budget_ladder(data, batch_size)
+    ladder = DEFAULT_LADDER
     for start in range(0, data.num_graphs, batch_size):
         idx = order[start : start + batch_size]
         batch = padded_batch(data, idx, batch_size=batch_size, ladder=ladder)

@@ -1,0 +1,118 @@
+"""Protocol edge cases (no lesion, no FP, no validation lesion) and the fold loop with a fake U-Net."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import ugcn.lesion.protocol as protocol
+from ugcn.io import save_volume
+from ugcn.lesion.protocol import (
+    LesionProtocolConfig,
+    case_lesions,
+    evaluate_lesion_scores,
+    fit_lesion_methods,
+    merge_cases,
+    method_names,
+    score_lesion_methods,
+)
+
+NAMES = ("entropy", "variance", "one_minus_pcs")
+SHAPE = (16, 16, 12)
+
+
+def _maps(rng, shape=SHAPE):
+    return {n: rng.random(shape).astype(np.float32) for n in NAMES}
+
+
+def test_case_without_predicted_lesion_gives_no_rows():
+    rng = np.random.default_rng(0)
+    gt = np.zeros(SHAPE, np.uint8)
+    gt[3:5, 3:5, 3:5] = 1
+    c = case_lesions("empty", rng.random(SHAPE), np.zeros(SHAPE), _maps(rng), gt)
+    assert c.table.n == 0 and c.graphs.num_graphs == 0 and c.dice == 0.0
+    lesions = merge_cases([c])
+    assert lesions.n == 0
+    methods = fit_lesion_methods(lesions, gcnn_epochs=1)
+    assert methods.gcnn_classif is None
+    scores = score_lesion_methods(methods, lesions)
+    assert list(scores) == method_names(NAMES) and all(v.shape == (0,) for v in scores.values())
+    metrics = evaluate_lesion_scores(scores, lesions.is_fp, lesions.stats["voxels"])
+    assert all(math.isnan(m["auc"]) for m in metrics.values())
+
+
+def test_one_voxel_and_border_lesions_and_all_tp_fold():
+    rng = np.random.default_rng(1)
+    pred = np.zeros(SHAPE, np.uint8)
+    pred[0, 0, 0] = 1  # one voxel at the corner
+    pred[15, 5:8, 11] = 1  # on the border
+    pred[7:9, 7:9, 5:7] = 1
+    c = case_lesions("a", rng.random(SHAPE), pred, _maps(rng), pred.copy())
+    assert c.table.n == 3 and not c.table.is_fp.any() and c.dice == 1.0
+    lesions = merge_cases([c, c])
+    assert list(lesions.lesion) == [1, 2, 3, 1, 2, 3]
+    methods = fit_lesion_methods(lesions, gcnn_epochs=2)  # all TP: trains, MetaSeg falls back
+    scores = score_lesion_methods(methods, lesions)
+    assert all(np.all(np.isfinite(v)) for v in scores.values())
+    metrics = evaluate_lesion_scores(scores, lesions.is_fp, lesions.stats["voxels"])
+    assert all(math.isnan(m["auc"]) for m in metrics.values())  # no FP: undefined
+    assert metrics["size"]["spearman"] == pytest.approx(-1.0)
+
+
+def _write_cases(folder, n, seed):
+    rng = np.random.default_rng(seed)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for i in range(n):
+        label = np.zeros(SHAPE, np.uint8)
+        for _ in range(4):
+            x, y, z = rng.integers(1, 10, 3)
+            label[x : x + 3, y : y + 3, z : z + 2] = 1
+        image = 0.1 * rng.normal(size=SHAPE).astype(np.float32) + 2 * label
+        save_volume(folder / "imagesTr" / f"c{i}.nii.gz", image, np.eye(4))
+        save_volume(folder / "labelsTr" / f"c{i}.nii.gz", label, np.eye(4))
+
+
+def test_run_protocol_with_fake_unet(tmp_path, monkeypatch):
+    """The fold loop, aggregation and outputs, with the U-Net and MC dropout replaced by a fake."""
+
+    def fake_fit(images, labels, cfg, seed, progress):
+        return {"seed": seed}
+
+    def fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn):
+        rng = np.random.default_rng(int(abs(image).sum() * 1000) % 2**32)
+        gt = (image > 1.0).astype(np.uint8)  # the label
+        pred = gt.copy()
+        for _ in range(3):  # false positives with high entropy
+            x, y, z = rng.integers(1, 13, 3)
+            pred[x : x + 2, y : y + 2, z : z + 2] = 1
+        maps = {n: (0.3 * rng.random(image.shape) + 0.5 * (pred & ~gt.astype(bool))).astype(np.float32)
+                for n in estimators}
+        return pred, maps
+
+    monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
+    monkeypatch.setattr(protocol, "mc_uncertainty", fake_mc)
+    monkeypatch.setattr(protocol, "_stochastic_fn", lambda model: None)
+    data = tmp_path / "data"
+    _write_cases(data, 8, 0)
+    cfg = LesionProtocolConfig(folds=4, gcnn_epochs=3, mc_samples=2)
+    out = tmp_path / "out"
+    result = protocol.run_protocol(data, cfg, out_dir=out, progress=False)
+    assert [r["method"] for r in result.table] == method_names(NAMES)
+    assert len(result.folds) == 4 and all(f["test_cases"] == 2 for f in result.folds)
+    assert sum(f["tp"] + f["fp"] for f in result.folds) == len(result.lesions)
+    for name in ("results.csv", "results.json", "results.md", "folds.csv", "lesions.csv", "curves.png"):
+        assert (out / name).exists()
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["config"]["gcnn_epochs"] == 3
+    means = {r["method"]: r["auc_pct"] for r in result.table}
+    assert means["entropy_mean"] > 80  # the fake FPs carry high entropy
+    with pytest.raises(ValueError, match="not empty"):
+        protocol.run_protocol(data, cfg, out_dir=out, progress=False)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="mask_from"):
+        LesionProtocolConfig(mask_from="mode")
+    with pytest.raises(ValueError, match="estimators"):
+        LesionProtocolConfig(estimators=())

@@ -1,0 +1,572 @@
+"""Method L end to end: per-case lesion data, fitting and scoring every method, the 4-fold protocol.
+
+Layers (each usable alone):
+
+1. :func:`case_lesions` — arrays in (image, predicted mask, named uncertainty maps, optional ground truth),
+   lesions out: their table (size, centroid, ``IoU_adj``, TP/FP), graphs and baseline aggregations.
+   No dependency on how the maps were made.
+2. :func:`fit_lesion_methods` / :func:`score_lesion_methods` — fit the GCNN (classification and regression)
+   and MetaSeg on validation lesions; score lesions with every method (higher = more uncertain).
+3. :func:`evaluate_lesion_scores` — AUC of the accuracy-confidence curve and Spearman's rho against the
+   lesion size for every method.
+4. :func:`run_protocol` — from a data set folder: k folds (25 % test, the rest 80 % train / 20 %
+   validation); per fold a 3D U-Net trained on the train cases, T MC-dropout passes on validation and test
+   cases, lesions, fitting on validation lesions, scoring test lesions. Writes the results table (the layout
+   of the paper's Table 2: method -> AUC %, rho), per-fold Dice and TP/FP counts, every test lesion's
+   scores, and the curves, as CSV/JSON/Markdown/PNG.
+
+Conventions and edge cases:
+
+* The predicted mask is the MC expectation's most probable class (``mask_from="mean"``: E_fg > 0.5), or
+  the deterministic (dropout off) prediction with ``mask_from="deterministic"``.
+* A case with no predicted lesion contributes no rows (and its Dice is still counted).
+* A fold without any FP or without any TP test lesion has an undefined AUC (NaN); table AUCs are the mean
+  over the folds where it is defined, and ``folds_defined`` says how many. The pooled AUC ranks all test
+  lesions of all folds together.
+* A fold without validation lesions cannot fit the learned methods (GCNN, MetaSeg): their scores for that
+  fold are NaN, their AUC there is undefined, and a note says so.
+* One-voxel lesions and lesions at the volume border are ordinary lesions (dilation is clipped).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve, spearman
+from ugcn.evaluate.metrics import dice
+from ugcn.evaluate.plots import plot_accuracy_confidence
+from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS, LesionGraphs, build_lesion_graphs, concat_lesion_graphs
+from ugcn.lesion.baselines import (
+    MetaSeg,
+    baseline_method_names,
+    fit_metaseg,
+    lesion_statistics,
+    metaseg_features,
+    metaseg_scores,
+)
+from ugcn.lesion.components import FP_EPSILON, LesionTable, lesion_table
+from ugcn.lesion.gcnn import LesionModel, fit_gcnn, score_lesions
+
+MASK_SOURCES = ("mean", "deterministic")
+
+# --------------------------------------------------------------------------------------------------------
+# 1. One case
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseLesions:
+    """The lesions of one case.
+
+    Attributes:
+      name: case name.
+      table: :class:`LesionTable` (``n`` lesions; ``iou_adj``/``is_fp`` when ground truth was given).
+      graphs: :class:`LesionGraphs` with ``n`` graphs (graph ``g`` = lesion ``g + 1``).
+      stats: baseline aggregations ``{"<u>_mean", "<u>_logsum", "size", "voxels"}``, each ``[n]``.
+      dice: Dice of the predicted mask against the ground truth (NaN without ground truth).
+    """
+
+    name: str
+    table: LesionTable
+    graphs: LesionGraphs
+    stats: dict[str, np.ndarray]
+    dice: float = float("nan")
+
+
+def case_lesions(
+    name: str,
+    image: np.ndarray,
+    pred_mask: np.ndarray,
+    uncertainty: Mapping[str, np.ndarray],
+    gt_mask: Optional[np.ndarray] = None,
+    *,
+    affine: Optional[np.ndarray] = None,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    epsilon: float = FP_EPSILON,
+    logsum: str = "log_of_sum",
+) -> CaseLesions:
+    """Lesions, graphs, targets and baseline aggregations of one case.
+
+    Args:
+      name: case name (for tables).
+      image: ``f32[X, Y, Z]`` or ``f32[X, Y, Z, M]``.
+      pred_mask: ``[X, Y, Z]`` predicted lesion mask (non-zero = lesion).
+      uncertainty: name -> ``f32[X, Y, Z]`` voxel uncertainty maps (every name in ``estimators``).
+      gt_mask: ``[X, Y, Z]`` ground truth, optional.
+      affine: ``f64[4, 4]`` for millimetre centroids.
+      estimators: maps used as node features and baseline aggregations.
+      epsilon: FP threshold on ``IoU_adj``.
+      logsum: see :func:`ugcn.lesion.baselines.lesion_statistics`.
+    """
+    pred_mask = np.asarray(pred_mask)
+    if gt_mask is not None and np.shape(gt_mask) != pred_mask.shape:
+        raise ValueError(f"{name}: ground truth shape {np.shape(gt_mask)} != prediction {pred_mask.shape}")
+    table = lesion_table(pred_mask, gt_mask, affine=affine, epsilon=epsilon)
+    graphs = build_lesion_graphs(table.labels, table.n, image, pred_mask, uncertainty, estimators)
+    stats = lesion_statistics(table.labels, table.n, uncertainty, estimators, logsum=logsum)
+    score = dice(pred_mask, gt_mask) if gt_mask is not None else float("nan")
+    return CaseLesions(name, table, graphs, stats, score)
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionSet:
+    """The lesions of several cases, concatenated (``n`` lesions in all).
+
+    Attributes:
+      graphs: :class:`LesionGraphs` with ``n`` graphs.
+      stats: baseline aggregations, each ``[n]``.
+      iou_adj: ``f32[n]`` (NaN without ground truth).
+      is_fp: ``bool[n]``.
+      case: ``[n]`` case name of each lesion; ``lesion``: ``i64[n]`` lesion id within its case.
+    """
+
+    graphs: LesionGraphs
+    stats: dict[str, np.ndarray]
+    iou_adj: np.ndarray
+    is_fp: np.ndarray
+    case: np.ndarray
+    lesion: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.graphs.num_graphs
+
+
+def merge_cases(cases: Sequence[CaseLesions]) -> LesionSet:
+    """Concatenate the lesions of ``cases`` (which must use the same estimators)."""
+    if not cases:
+        raise ValueError("merge_cases: no cases")
+    keys = list(cases[0].stats)
+    n = [c.table.n for c in cases]
+    iou = [c.table.iou_adj if c.table.iou_adj is not None else np.full(c.table.n, np.nan, np.float32) for c in cases]
+    fp = [c.table.is_fp if c.table.is_fp is not None else np.zeros(c.table.n, bool) for c in cases]
+    return LesionSet(
+        graphs=concat_lesion_graphs([c.graphs for c in cases]),
+        stats={k: np.concatenate([c.stats[k] for c in cases]) for k in keys},
+        iou_adj=np.concatenate(iou).astype(np.float32),
+        is_fp=np.concatenate(fp).astype(bool),
+        case=np.repeat(np.array([c.name for c in cases], dtype=object), n),
+        lesion=np.concatenate([np.arange(1, k + 1) for k in n]).astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# 2. Fitting and scoring every method
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionMethods:
+    """Fitted learned methods (``None`` when there was nothing to fit on)."""
+
+    gcnn_classif: Optional[LesionModel]
+    gcnn_reg: Optional[LesionModel]
+    metaseg: Optional[MetaSeg]
+    estimators: tuple[str, ...]
+
+
+def method_names(estimators: Sequence[str] = DEFAULT_ESTIMATORS) -> list[str]:
+    """Every method, in the order of the paper's Table 2."""
+    return ["gcnn_classif", "gcnn_reg"] + baseline_method_names(estimators)
+
+
+def fit_lesion_methods(
+    val: LesionSet,
+    *,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    gcnn_epochs: int = 100,
+    gcnn_batch_size: int = 10,
+    seed: int = 0,
+    epsilon: float = FP_EPSILON,
+    progress: bool = False,
+) -> LesionMethods:
+    """Fit GCNN-classif, GCNN-reg and MetaSeg on validation lesions (nothing is fitted when there are none)."""
+    estimators = tuple(estimators)
+    if val.n == 0:
+        return LesionMethods(None, None, None, estimators)
+    if np.any(np.isnan(val.iou_adj)):
+        raise ValueError("fit_lesion_methods: validation lesions need ground truth (IoU_adj)")
+    common = dict(epochs=gcnn_epochs, seed=seed, batch_size=gcnn_batch_size, epsilon=epsilon, progress=progress)
+    classif = fit_gcnn(val.graphs, val.iou_adj, task="classification", **common)
+    reg = fit_gcnn(val.graphs, val.iou_adj, task="regression", **common)
+    meta = fit_metaseg(metaseg_features(val.stats, estimators), val.iou_adj, estimators=estimators, epsilon=epsilon)
+    return LesionMethods(classif, reg, meta, estimators)
+
+
+def score_lesion_methods(methods: LesionMethods, lesions: LesionSet) -> dict[str, np.ndarray]:
+    """Every method's lesion uncertainty ``f64[n]`` (higher = more uncertain); NaN for unfitted methods."""
+    n = lesions.n
+    est = methods.estimators
+    scores: dict[str, np.ndarray] = {}
+    for key, model in (("gcnn_classif", methods.gcnn_classif), ("gcnn_reg", methods.gcnn_reg)):
+        scores[key] = score_lesions(model, lesions.graphs).astype(np.float64) if model else np.full(n, np.nan)
+    for e in est:
+        scores[f"{e}_mean"] = np.asarray(lesions.stats[f"{e}_mean"], np.float64)
+        scores[f"{e}_logsum"] = np.asarray(lesions.stats[f"{e}_logsum"], np.float64)
+    scores["size"] = np.asarray(lesions.stats["size"], np.float64)
+    if methods.metaseg is not None:
+        scores.update(metaseg_scores(methods.metaseg, metaseg_features(lesions.stats, est)))
+    else:
+        scores["metaseg_classif"] = np.full(n, np.nan)
+        scores["metaseg_reg"] = np.full(n, np.nan)
+    return {name: scores[name] for name in method_names(est)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# 3. Evaluating rankings
+# --------------------------------------------------------------------------------------------------------
+
+
+def evaluate_lesion_scores(
+    scores: Mapping[str, np.ndarray], is_fp: np.ndarray, voxels: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """``{method: {"auc", "spearman", "curve"}}``; NaN scores (unfitted method) give NaN metrics, no curve."""
+    out = {}
+    for name, s in scores.items():
+        s = np.asarray(s, np.float64)
+        if s.size and np.all(np.isfinite(s)):
+            curve: Optional[AccuracyConfidence] = accuracy_confidence_curve(s, is_fp)
+            out[name] = {"auc": curve.auc, "spearman": spearman(s, voxels), "curve": curve}
+        else:
+            out[name] = {"auc": float("nan"), "spearman": float("nan"), "curve": None}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# 4. The k-fold protocol
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionProtocolConfig:
+    """Settings of :func:`run_protocol` (defaults: the paper's protocol with a CPU-sized U-Net).
+
+    Attributes:
+      folds, val_fraction, seed: k folds, validation share of the non-test cases, seed of everything.
+      estimators: voxel uncertainty maps (registry names of :mod:`ugcn.uncertainty`).
+      mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
+      mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
+      unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings).
+      gcnn_epochs, gcnn_batch_size: GCNN training.
+      epsilon: FP threshold on ``IoU_adj``.
+      logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
+    """
+
+    folds: int = 4
+    val_fraction: float = 0.2
+    seed: int = 0
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    mc_samples: int = 20
+    mc_chunk: int = 4
+    mask_from: str = "mean"
+    unet_base_features: int = 8
+    unet_depth: int = 2
+    unet_patch: Optional[tuple[int, int, int]] = None
+    unet_epochs: int = 10
+    unet_steps_per_epoch: int = 20
+    unet_batch_size: int = 4
+    unet_learning_rate: float = 1e-3
+    gcnn_epochs: int = 100
+    gcnn_batch_size: int = 10
+    epsilon: float = FP_EPSILON
+    logsum: str = "log_of_sum"
+
+    def __post_init__(self) -> None:
+        if self.mask_from not in MASK_SOURCES:
+            raise ValueError(f"mask_from must be one of {MASK_SOURCES}, got {self.mask_from!r}")
+        for name in ("folds", "mc_samples", "mc_chunk", "unet_epochs", "gcnn_epochs", "gcnn_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.estimators:
+            raise ValueError("estimators: give at least one uncertainty estimator")
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        if self.unet_patch is not None:
+            object.__setattr__(self, "unet_patch", tuple(int(p) for p in self.unet_patch))
+
+
+def mc_uncertainty(
+    model: Any,
+    image: np.ndarray,
+    key: Any,
+    *,
+    estimators: Sequence[str],
+    n_samples: int = 20,
+    chunk_size: int = 4,
+    mask_from: str = "mean",
+    volume_fn: Any = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """MC dropout on one image: ``(pred_mask u8[X, Y, Z], {estimator: f32[X, Y, Z]})``.
+
+    Args:
+      model: a ``ugcn.segment.SegmentationModel``.
+      image: ``f32[X, Y, Z]`` or ``f32[X, Y, Z, M]``.
+      key: a ``jax.random`` key.
+      volume_fn: the stochastic volume function of ``model`` (pass the same one for every image, so the
+        sampler compiles once).
+    """
+    from ugcn.segment import make_volume_fn, predict_mask
+    from ugcn.uncertainty import estimator_maps, mc_sample
+
+    if volume_fn is None:
+        volume_fn = make_volume_fn(model, stochastic=True)
+    result = mc_sample(volume_fn, image, key, n_samples=n_samples, chunk_size=chunk_size)
+    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), result.stats).items()}
+    if mask_from == "mean":
+        mean = np.asarray(result.stats.sum_p / result.stats.count)
+        pred = (np.argmax(mean, axis=-1) > 0).astype(np.uint8)
+    else:
+        pred = (predict_mask(model, image) > 0).astype(np.uint8)
+    return pred, maps
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolResult:
+    """What :func:`run_protocol` measured.
+
+    Attributes:
+      table: one dict per method: ``method, auc_pct (mean over folds), auc_pct_pooled, spearman,
+        folds_defined``.
+      folds: one dict per fold: ``fold, dice, tp, fp, val_lesions, train/val/test case counts``.
+      lesions: one dict per test lesion (fold, case, lesion, size, iou_adj, fp, every score).
+      curves: pooled accuracy-confidence curve of each method (``None`` when undefined).
+      notes: remarks on undefined quantities.
+      seconds: wall time.
+    """
+
+    table: list[dict]
+    folds: list[dict]
+    lesions: list[dict]
+    curves: dict[str, Optional[AccuracyConfidence]]
+    notes: list[str]
+    seconds: float
+
+    def markdown(self) -> str:
+        """The results as Markdown: methods table, per-fold table, notes."""
+        lines = ["| Method | AUC (%) | pooled AUC (%) | Spearman ρ | folds |", "|---|---:|---:|---:|---:|"]
+        for row in self.table:
+            lines.append(
+                f"| {row['method']} | {_fmt(row['auc_pct'])} | {_fmt(row['auc_pct_pooled'])} | "
+                f"{_fmt(row['spearman'], 2)} | {row['folds_defined']} |"
+            )
+        lines += ["", "| Fold | Dice | # TP lesions | # FP lesions | # val lesions |", "|---|---:|---:|---:|---:|"]
+        for f in self.folds:
+            lines.append(f"| {f['fold']} | {_fmt(f['dice'], 3)} | {f['tp']} | {f['fp']} | {f['val_lesions']} |")
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, np.float64)
+    return float(np.nanmean(arr)) if np.any(np.isfinite(arr)) else float("nan")
+
+
+def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bool):
+    from ugcn.segment import UNetConfig
+    from ugcn.segment.train import train_model
+
+    channels = 1 if images[0].ndim == 3 else images[0].shape[-1]
+    unet = UNetConfig(dims=3, in_channels=channels, num_classes=1, base_features=cfg.unet_base_features,
+                      depth=cfg.unet_depth, patch_size=cfg.unet_patch)
+    model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
+                           batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
+                           progress=progress)
+    return model
+
+
+def _stochastic_fn(model: Any):
+    from ugcn.segment import make_volume_fn
+
+    return make_volume_fn(model, stochastic=True)
+
+
+def run_protocol(
+    data_dir: Any,
+    config: LesionProtocolConfig = LesionProtocolConfig(),
+    *,
+    out_dir: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ProtocolResult:
+    """The k-fold lesion-uncertainty protocol on a labelled data set folder.
+
+    Args:
+      data_dir: a data set folder readable by ``ugcn.data.find_cases`` (Decathlon layout, ...).
+      config: :class:`LesionProtocolConfig`.
+      out_dir: where to write ``results.{csv,json,md}``, ``folds.csv``, ``lesions.csv`` and
+        ``curves.png`` (``None``: write nothing). Must not exist or be empty unless ``overwrite``.
+      overwrite: replace an existing ``out_dir``.
+      progress: progress bars.
+
+    Returns:
+      :class:`ProtocolResult`.
+    """
+    import jax
+
+    from ugcn.data import find_cases, kfold_splits, load_case
+
+    start = time.time()
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir), overwrite)
+    cases = find_cases(data_dir)
+    splits = kfold_splits(len(cases), config.folds, seed=config.seed, val_fraction=config.val_fraction)
+    loaded = []
+    for case in tqdm(cases, desc="load cases", disable=not progress, leave=False):
+        image, label = load_case(case)
+        loaded.append((case.name, image.array, label.array, image.affine))
+
+    names = method_names(config.estimators)
+    per_fold_metrics: list[dict[str, dict[str, Any]]] = []
+    fold_rows, lesion_rows, notes = [], [], []
+    pooled_scores = {m: [] for m in names}
+    pooled_fp, pooled_vox = [], []
+    for fold, split in enumerate(tqdm(splits, desc="folds", disable=not progress)):
+        fold_seed = config.seed * 1000 + fold
+        train = [loaded[i] for i in split.train]
+        model = _fit_unet([c[1] for c in train], [c[2] for c in train], config, fold_seed, progress)
+        volume_fn = _stochastic_fn(model)
+        key = jax.random.PRNGKey(fold_seed)
+
+        def lesions_of(indices, what):
+            out = []
+            for j, i in enumerate(tqdm(indices, desc=f"fold {fold} MC {what}", disable=not progress, leave=False)):
+                name, image, label, affine = loaded[i]
+                pred, maps = mc_uncertainty(
+                    model, image, jax.random.fold_in(key, int(i)), estimators=config.estimators,
+                    n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
+                    volume_fn=volume_fn,
+                )
+                out.append(case_lesions(name, image, pred, maps, label, affine=affine, estimators=config.estimators,
+                                        epsilon=config.epsilon, logsum=config.logsum))
+            return out
+
+        val_cases, test_cases = lesions_of(split.val, "val"), lesions_of(split.test, "test")
+        val, test = merge_cases(val_cases), merge_cases(test_cases)
+        if val.n == 0:
+            notes.append(f"fold {fold}: no validation lesion; GCNN and MetaSeg were not fitted (scores NaN)")
+        methods = fit_lesion_methods(val, estimators=config.estimators, gcnn_epochs=config.gcnn_epochs,
+                                     gcnn_batch_size=config.gcnn_batch_size, seed=fold_seed,
+                                     epsilon=config.epsilon, progress=progress)
+        scores = score_lesion_methods(methods, test)
+        metrics = evaluate_lesion_scores(scores, test.is_fp, test.stats["voxels"])
+        per_fold_metrics.append(metrics)
+        n_fp, n_tp = int(test.is_fp.sum()), int((~test.is_fp).sum())
+        if n_fp == 0 or n_tp == 0:
+            notes.append(f"fold {fold}: {n_tp} TP and {n_fp} FP test lesions; its AUC is undefined (NaN)")
+        fold_rows.append({
+            "fold": fold, "dice": _nanmean([c.dice for c in test_cases]), "tp": n_tp, "fp": n_fp,
+            "val_lesions": val.n, "val_fp": int(val.is_fp.sum()), "train_cases": len(split.train),
+            "val_cases": len(split.val), "test_cases": len(split.test),
+        })
+        for k in range(test.n):
+            row = {"fold": fold, "case": str(test.case[k]), "lesion": int(test.lesion[k]),
+                   "size": int(test.stats["voxels"][k]), "iou_adj": float(test.iou_adj[k]), "fp": bool(test.is_fp[k])}
+            row.update({m: float(scores[m][k]) for m in names})
+            lesion_rows.append(row)
+        for m in names:
+            pooled_scores[m].append(scores[m])
+        pooled_fp.append(test.is_fp)
+        pooled_vox.append(test.stats["voxels"])
+
+    pooled = evaluate_lesion_scores(
+        {m: np.concatenate(v) for m, v in pooled_scores.items()}, np.concatenate(pooled_fp), np.concatenate(pooled_vox)
+    )
+    table = []
+    for m in names:
+        aucs = [f[m]["auc"] for f in per_fold_metrics]
+        table.append({
+            "method": m,
+            "auc_pct": 100 * _nanmean(aucs),
+            "auc_pct_pooled": 100 * pooled[m]["auc"],
+            "spearman": _nanmean([f[m]["spearman"] for f in per_fold_metrics]),
+            "folds_defined": int(np.sum(np.isfinite(aucs))),
+            "auc_pct_per_fold": [100 * a for a in aucs],
+        })
+    result = ProtocolResult(table, fold_rows, lesion_rows, {m: pooled[m]["curve"] for m in names}, notes,
+                            time.time() - start)
+    if out_dir is not None:
+        write_protocol_outputs(result, Path(out_dir), config=config, overwrite=overwrite)
+    return result
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[k for k in rows[0] if not isinstance(rows[0][k], list)],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def write_protocol_outputs(
+    result: ProtocolResult, out_dir: Path, *, config: Optional[LesionProtocolConfig] = None, overwrite: bool = False
+) -> Path:
+    """Write ``results.csv/json/md``, ``folds.csv``, ``lesions.csv``, ``curves.png`` into ``out_dir``.
+
+    Everything is written into a temporary sibling folder that replaces ``out_dir`` at the end, so an
+    error never leaves half the results. JSON holds ``null`` for undefined (NaN) values.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        (tmp / "results.csv").write_text(_csv(result.table))
+        (tmp / "folds.csv").write_text(_csv(result.folds))
+        (tmp / "lesions.csv").write_text(_csv(result.lesions))
+        (tmp / "results.md").write_text(result.markdown())
+        payload = {"table": result.table, "folds": result.folds, "notes": result.notes,
+                   "seconds": result.seconds,
+                   "config": dataclasses.asdict(config) if config is not None else None}
+        (tmp / "results.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+        curves = {m: c for m, c in result.curves.items() if c is not None}
+        plot_accuracy_confidence(curves, tmp / "curves.png", title="Accuracy-confidence curves (pooled test lesions)")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / "x")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
