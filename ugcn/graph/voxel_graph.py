@@ -338,7 +338,8 @@ def build_voxel_graph(
       expectation: ``f32[X, Y, Z]`` MC foreground expectation ``E`` in [0, 1].
       uncertainty: ``f32[X, Y, Z]`` voxel uncertainty ``U`` (any estimator; ``tau`` is on its scale).
       tau: threshold (``"absolute"``) or quantile level in [0, 1] (``"quantile"``, over the ROI voxels).
-      dilation: box size of the dilation of ``U_τ`` along axes (0, 1, 2).
+      dilation: box size of the dilation of ``U_τ`` along array axes (0, 1, 2); the reference's
+        "5×7×7, rows×cols×slices" is axes (0, 1, 2) of the array as nibabel reads it, as here.
       k_random: random long-range partners per node (0: none).
       margin: voxels added around the ROI box (int or per axis), clipped to the volume.
       lam: diversity weight λ.
