@@ -116,3 +116,56 @@ def test_config_rejects_bad_values():
         LesionProtocolConfig(mask_from="mode")
     with pytest.raises(ValueError, match="estimators"):
         LesionProtocolConfig(estimators=())
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn):
+    rng = np.random.default_rng(int(abs(image).sum() * 1000) % 2**32)
+    gt = image > 1.0
+    pred = gt.copy()
+    for _ in range(3):
+        x, y, z = rng.integers(1, 13, 3)
+        pred[x : x + 2, y : y + 2, z : z + 2] = True
+    maps = {n: (0.3 * rng.random(image.shape) + 0.5 * (pred & ~gt)).astype(np.float32) for n in estimators}
+    return pred.astype(np.uint8), maps
+
+
+def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    import ugcn.segment
+    from ugcn.cli import main
+
+    monkeypatch.setattr(ugcn.segment, "load_model", lambda path: {"fake": str(path)})
+    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
+    monkeypatch.setattr(protocol, "_stochastic_fn", lambda model: None)
+    data = tmp_path / "data"
+    _write_cases(data, 3, 1)
+    lm = tmp_path / "lm"
+    args = ["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--epochs", "2", "--no-progress"]
+    assert main(args) == 0
+    assert (lm / "config.json").exists()
+    assert main(args) == 2  # refuses to overwrite
+    out = tmp_path / "scores"
+    image = data / "imagesTr" / "c0.nii.gz"
+    score = ["lesions", "score", "--image", str(image), "--model", "m", "--lesion-model", str(lm), "--out", str(out)]
+    assert main(score) == 0
+    rows = (out / "c0_lesions.csv").read_text().splitlines()
+    assert rows[0].startswith("lesion,size,centroid_x") and "gcnn_classif" in rows[0] and len(rows) > 1
+    labels = np.asarray(nib.load(out / "c0_lesion_labels.nii.gz").dataobj)
+    unc = np.asarray(nib.load(out / "c0_lesion_uncertainty.nii.gz").dataobj)
+    assert labels.max() == len(rows) - 1
+    assert np.all((unc > 0) == (labels > 0)) or np.all(unc[labels == 0] == 0)
+    assert main(score) == 2  # refuses to overwrite
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    from ugcn.cli import main
+
+    assert main(["lesions", "evaluate", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    rc = main(["lesions", "score", "--image", "x.nii.gz", "--model", "m", "--lesion-model", str(tmp_path), "--out", "o"])
+    assert rc == 2
+    assert "not a lesion model" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from ugcn import __version__
 COMMAND_MODULES = (
     "ugcn.commands.phantoms",
     "ugcn.commands.mcdo",
+    "ugcn.commands.lesions",
 )
 
 EXIT_USAGE = 2

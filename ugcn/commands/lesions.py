@@ -1,0 +1,251 @@
+"""``ugcn lesions fit|score|evaluate``: lesion-wise uncertainty (method L) from the command line.
+
+* ``fit``: MC dropout of a trained segmentation model on a labelled data set, lesions and their
+  ``IoU_adj`` targets, then a lesion GCNN (classification or regression) saved to ``--out``.
+* ``score``: one image -> a CSV with one row per predicted lesion (id, size, centroid, the GCNN score and
+  every aggregation baseline: mean/logsum of each estimator, size) and NIfTI maps where each lesion's voxels
+  hold its GCNN uncertainty, plus the lesion labels.
+* ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, fit on validation lesions, score
+  test lesions with every method): results table, per-fold Dice and TP/FP counts, curves.
+
+Also :func:`run_lesion_demo`, used by ``ugcn demo --task lesions``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
+
+TASKS = ("classification", "regression")
+
+
+def _estimators(values: Optional[Sequence[str]]) -> tuple[str, ...]:
+    if not values:
+        return DEFAULT_ESTIMATORS
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--estimators: give at least one estimator name")
+    return tuple(names)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mc-samples", type=int, default=20, metavar="T", help="MC dropout passes (default 20)")
+    p.add_argument("--mc-chunk", type=int, default=4, help="passes evaluated together (memory; default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of MC dropout and training (default 0)")
+    p.add_argument("--mask-from", choices=("mean", "deterministic"), default="mean",
+                   help="predicted mask: MC expectation (default) or the dropout-off prediction")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lesions", help="lesion-wise uncertainty with a graph network (method L)",
+        description="Lesion-wise uncertainty: connected components of the predicted mask, one graph per "
+        "lesion, a GCNN trained on validation lesions, and the mean/logsum/size/MetaSeg baselines.",
+    )
+    sub = parser.add_subparsers(dest="lesions_command", metavar="ACTION", parser_class=type(parser))
+    parser.set_defaults(run=lambda args: (parser.print_help(), 2)[1])
+
+    fit = sub.add_parser("fit", help="fit a lesion GCNN on a labelled data set with a trained U-Net")
+    fit.add_argument("--data", required=True, help="labelled data set folder (Decathlon layout, ...)")
+    fit.add_argument("--model", required=True, help="trained segmentation model folder (ugcn train)")
+    fit.add_argument("--out", required=True, help="output folder of the lesion model")
+    fit.add_argument("--task", choices=TASKS, default="classification")
+    fit.add_argument("--estimators", nargs="+", metavar="NAME",
+                     help=f"uncertainty maps used as node features (default {' '.join(DEFAULT_ESTIMATORS)})")
+    fit.add_argument("--epochs", type=int, default=100, help="GCNN epochs (default 100)")
+    _add_common(fit)
+    fit.set_defaults(run=run_fit)
+
+    score = sub.add_parser("score", help="score every predicted lesion of one image")
+    score.add_argument("--image", required=True, help="input image (.nii/.nii.gz)")
+    score.add_argument("--model", required=True, help="trained segmentation model folder")
+    score.add_argument("--lesion-model", required=True, help="lesion model folder (ugcn lesions fit)")
+    score.add_argument("--out", required=True, help="output folder")
+    _add_common(score)
+    score.set_defaults(run=run_score)
+
+    ev = sub.add_parser("evaluate", help="k-fold evaluation of every lesion-uncertainty method")
+    ev.add_argument("--data", required=True, help="labelled data set folder")
+    ev.add_argument("--out", required=True, help="output folder of the results")
+    ev.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
+    ev.add_argument("--val-fraction", type=float, default=0.2, help="validation share of non-test cases")
+    ev.add_argument("--estimators", nargs="+", metavar="NAME")
+    ev.add_argument("--epochs", type=int, default=10, help="U-Net epochs per fold (default 10)")
+    ev.add_argument("--steps-per-epoch", type=int, default=20, help="U-Net steps per epoch (default 20)")
+    ev.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step (default 4)")
+    ev.add_argument("--base-features", type=int, default=8, help="U-Net width (default 8)")
+    ev.add_argument("--depth", type=int, default=2, help="U-Net down-samplings (default 2)")
+    ev.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="U-Net patch size")
+    ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
+    ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="log_of_sum",
+                    help="logsum baseline: log of the voxel sum (default) or sum of voxel logs (Nair et al.)")
+    _add_common(ev)
+    ev.set_defaults(run=run_evaluate)
+
+
+def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
+    import jax
+
+    from ugcn.data import load_case
+    from ugcn.lesion.protocol import _stochastic_fn, case_lesions, mc_uncertainty
+    from tqdm.auto import tqdm
+
+    volume_fn = _stochastic_fn(model)
+    key = jax.random.PRNGKey(args.seed)
+    out = []
+    for i, case in enumerate(tqdm(cases, desc="MC dropout", disable=not progress)):
+        image, label = load_case(case)
+        pred, maps = mc_uncertainty(model, image.array, jax.random.fold_in(key, i), estimators=estimators,
+                                    n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                    volume_fn=volume_fn)
+        out.append(case_lesions(case.name, image.array, pred, maps, None if label is None else label.array,
+                                affine=image.affine, estimators=estimators))
+    return out
+
+
+def run_fit(args) -> int:
+    from ugcn.data import find_cases
+    from ugcn.lesion.gcnn import CONFIG_FILE, fit_gcnn, save_lesion_model
+    from ugcn.lesion.protocol import merge_cases
+    from ugcn.segment import load_model
+
+    out = Path(args.out)
+    if (out / CONFIG_FILE).exists() and not args.overwrite:
+        raise ValueError(f"{out}: holds a lesion model already (pass --overwrite to replace it)")
+    estimators = _estimators(args.estimators)
+    model = load_model(args.model)
+    cases = find_cases(args.data)
+    lesions = merge_cases(_lesions_of_cases(cases, model, estimators=estimators, args=args,
+                                            progress=not args.no_progress))
+    if lesions.n == 0:
+        raise ValueError(f"{args.data}: the model predicts no lesion in any case; nothing to fit on")
+    lesion_model = fit_gcnn(lesions.graphs, lesions.iou_adj, task=args.task, epochs=args.epochs, seed=args.seed,
+                            progress=not args.no_progress)
+    save_lesion_model(lesion_model, out, overwrite=args.overwrite)
+    print(f"lesion model ({args.task}) fitted on {lesions.n} lesions of {len(cases)} cases "
+          f"({int(lesions.is_fp.sum())} FP); written to {out}")
+    return 0
+
+
+def _model_estimators(feature_names: Sequence[str]) -> tuple[tuple[str, ...], int]:
+    names = list(feature_names)
+    if "label" not in names:
+        raise ValueError("the lesion model's feature names lack 'label'; was it made by ugcn lesions fit?")
+    at = names.index("label")
+    return tuple(names[at + 1 :]), at
+
+
+def run_score(args) -> int:
+    import jax
+
+    from ugcn.io import load_volume, nifti_stem, save_volume, write_text_atomic
+    from ugcn.lesion.gcnn import load_lesion_model, score_lesions
+    from ugcn.lesion.protocol import _stochastic_fn, case_lesions, mc_uncertainty
+    from ugcn.segment import load_model
+
+    lesion_model = load_lesion_model(args.lesion_model)
+    estimators, channels = _model_estimators(lesion_model.config.feature_names)
+    image = load_volume(args.image)
+    got = 1 if image.array.ndim == 3 else image.array.shape[-1]
+    if got != channels:
+        raise ValueError(f"{args.image}: {got} channel(s), the lesion model was fitted on {channels}")
+    out = Path(args.out)
+    stem = nifti_stem(args.image)
+    paths = [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz", out / f"{stem}_lesion_labels.nii.gz"]
+    for p in paths:
+        if p.exists() and not args.overwrite:
+            raise ValueError(f"{p}: exists already (pass --overwrite to replace it)")
+    model = load_model(args.model)
+    pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
+                                n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                volume_fn=_stochastic_fn(model))
+    case = case_lesions(stem, image.array, pred, maps, affine=image.affine, estimators=estimators)
+    gcnn = score_lesions(lesion_model, case.graphs)
+    name = "gcnn_classif" if lesion_model.config.task == "classification" else "gcnn_reg"
+    rows = case.table.rows()
+    for k, row in enumerate(rows):
+        row[name] = float(gcnn[k])
+        for e in estimators:
+            row[f"{e}_mean"] = float(case.stats[f"{e}_mean"][k])
+            row[f"{e}_logsum"] = float(case.stats[f"{e}_logsum"][k])
+        row["size_score"] = float(case.stats["size"][k])
+    fields = (["lesion", "size"] + [f"centroid_{a}" for a in "xyz"] + [f"centroid_{a}_mm" for a in "xyz"]
+              + [name] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    uncertainty = np.zeros(case.table.labels.shape, np.float32)
+    lesion_values = np.concatenate([[0.0], gcnn]).astype(np.float32)
+    uncertainty = lesion_values[case.table.labels]
+    save_volume(paths[1], uncertainty, image.affine, header=image.header, overwrite=args.overwrite)
+    save_volume(paths[2], case.table.labels.astype(np.int16), image.affine, header=image.header,
+                overwrite=args.overwrite)
+    write_text_atomic(paths[0], buf.getvalue())
+    print(f"{case.table.n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
+
+    config = LesionProtocolConfig(
+        folds=args.folds, val_fraction=args.val_fraction, seed=args.seed, estimators=_estimators(args.estimators),
+        mc_samples=args.mc_samples, mc_chunk=args.mc_chunk, mask_from=args.mask_from,
+        unet_base_features=args.base_features, unet_depth=args.depth,
+        unet_patch=tuple(args.patch) if args.patch else None, unet_epochs=args.epochs,
+        unet_steps_per_epoch=args.steps_per_epoch, unet_batch_size=args.batch_size,
+        gcnn_epochs=args.gcnn_epochs, logsum=args.logsum,
+    )
+    result = run_protocol(args.data, config, out_dir=args.out, overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    print(result.markdown())
+    print(f"written to {args.out} ({result.seconds:.0f} s)")
+    return 0
+
+
+def run_lesion_demo(out_dir, *, n_cases: int = 8, seed: int = 0, progress: bool = True,
+                    overwrite: bool = False, shape=(48, 48, 32)):
+    """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
+
+    Args:
+      out_dir: folder for ``data/`` (the phantoms, Decathlon layout) and ``results/``.
+      n_cases: number of phantoms (>= 8 so that every fold has train, validation and test cases).
+      seed: seeds the phantoms and the protocol.
+      progress: progress bars.
+      overwrite: replace an existing ``out_dir/data`` and ``out_dir/results``.
+      shape: phantom size (small, for CPU).
+
+    Returns:
+      :class:`ugcn.lesion.protocol.ProtocolResult`.
+    """
+    from ugcn.data import brain_phantom, write_decathlon
+    from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
+
+    if n_cases < 8:
+        raise ValueError(f"run_lesion_demo: n_cases must be at least 8 for 4 folds, got {n_cases}")
+    out_dir = Path(out_dir)
+    data = out_dir / "data"
+
+    def cases():
+        for i in range(n_cases):
+            ph = brain_phantom(seed * 1000 + i, shape=tuple(shape))
+            yield f"brain_{i:03d}", ph.image, ph.label, ph.affine
+
+    write_decathlon(data, cases(), name="ugcn brain phantoms", modality="FLAIR",
+                    labels={"0": "background", "1": "lesion"}, overwrite=overwrite)
+    config = LesionProtocolConfig(
+        folds=4, seed=seed, mc_samples=10, unet_base_features=8, unet_depth=2, unet_patch=tuple(shape),
+        unet_epochs=6, unet_steps_per_epoch=15, unet_batch_size=2, gcnn_epochs=30,
+    )
+    result = run_protocol(data, config, out_dir=out_dir / "results", overwrite=overwrite, progress=progress)
+    print(result.markdown())
+    return result
