@@ -4,6 +4,8 @@ Model (Kipf & Welling 2017): ``H = ReLU(Â X W1 + b1)``, dropout on ``H`` only, 
 Because no dropout touches the input features, ``Â X`` is the same in every epoch and is computed once
 before the scan: layer 1 is then a dense ``(N×F)(F×32)`` product per epoch, and layer 2 applies ``W2``
 (32 -> 1) before propagating, so each epoch propagates a single channel per edge (forward and backward).
+Measured on CPU, the edges are then no longer the cost: the ``N×32`` hidden layer is, which is why it is
+laid out node-minor (``[H, N]``, see :func:`_logits`).
 
 Batches: :func:`fit_batch` fits B volumes in one compiled program. It is a ``vmap`` in meaning (every
 volume has its own parameters, optimiser state, key and loss), but the B graphs are laid out as one
@@ -152,26 +154,27 @@ def init_params(key: jax.Array, n_features: int, hidden: int) -> dict:
 
 
 def _keep_mask(key: jax.Array, n: int, hidden: int, rate: float) -> jnp.ndarray:
-    """Dropout keep mask ``f32[n, hidden]`` (row i depends only on key and i), scaled by ``1/(1-rate)``."""
+    """Dropout keep mask ``f32[hidden, n]`` (column i depends only on key and i), scaled by ``1/(1-rate)``."""
     if rate == 0.5 and hidden <= 32:
         # One random uint32 per node gives its 32 fair coin flips: 32x fewer random numbers.
         bits = jax.random.bits(key, (n,), jnp.uint32)
-        keep = (bits[:, None] >> jnp.arange(hidden, dtype=jnp.uint32)) & 1
+        keep = (bits[None, :] >> jnp.arange(hidden, dtype=jnp.uint32)[:, None]) & 1
         return keep.astype(jnp.float32) * 2.0
-    keep = jax.random.uniform(key, (n, hidden)) >= rate
+    keep = jax.random.uniform(key, (n, hidden)).T >= rate
     return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-def _logits(params: dict, ax: jnp.ndarray, norm, keep: jnp.ndarray | None) -> jnp.ndarray:
+def _logits(params: dict, ax_t: jnp.ndarray, norm, keep: jnp.ndarray | None) -> jnp.ndarray:
     """``Â (ReLU(ÂX W1 + b1) ⊙ keep) W2 + b2`` for B graphs at once -> ``f32[B, N]``.
 
-    ``ax: f32[B, N, F]`` (precomputed ``ÂX``), params with a leading ``B`` axis, ``norm`` the
-    block-diagonal normalisation of the B graphs flattened to ``B·N`` nodes.
+    ``ax_t: f32[B, F, N]`` is ``(ÂX)ᵀ``, precomputed. The hidden layer is kept node-minor (``[B, H, N]``):
+    with F = 3 the products and their gradients (reductions over N) run ~3x faster on CPU than with the
+    usual ``[N, H]`` layout. ``norm`` is the block-diagonal normalisation of the B graphs (``B·N`` nodes).
     """
-    h = jax.nn.relu(jnp.einsum("bnf,bfh->bnh", ax, params["w1"]) + params["b1"][:, None, :])
+    h = jax.nn.relu(jnp.einsum("bfh,bfn->bhn", params["w1"], ax_t) + params["b1"][:, :, None])
     if keep is not None:
         h = h * keep
-    z = jnp.einsum("bnh,bh->bn", h, params["w2"][..., 0])
+    z = jnp.einsum("bh,bhn->bn", params["w2"][..., 0], h)
     b, n = z.shape
     return propagate(norm, z.reshape(b * n)).reshape(b, n) + params["b2"]
 
@@ -193,6 +196,7 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
     b, n, f = graphs.features.shape
     norm = _flat_norm(graphs)
     ax = propagate(norm, graphs.features.reshape(b * n, f)).reshape(b, n, f)  # once: no input dropout
+    ax_t = jnp.swapaxes(ax, 1, 2)
     split = jax.vmap(jax.random.split)(keys)
     init_keys, drop_keys = split[:, 0], split[:, 1]
     params = jax.vmap(lambda k: init_params(k, f, config.hidden))(init_keys)
@@ -202,7 +206,7 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
     labels = graphs.labels
 
     def loss_fn(p, keep):
-        z = _logits(p, ax, norm, keep)
+        z = _logits(p, ax_t, norm, keep)
         bce = jax.nn.softplus(z) - labels * z  # -[y log σ(z) + (1-y) log(1-σ(z))]
         per_graph = jnp.sum(bce * mask, axis=1) / count
         # Each graph's parameters only touch its own term: the sum's gradient is every fit's own gradient.
@@ -221,7 +225,7 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
         return (optax.apply_updates(p, updates), state), losses
 
     (params, _), losses = jax.lax.scan(epoch, (params, optimizer.init(params)), jnp.arange(config.epochs))
-    probs = jax.nn.sigmoid(_logits(params, ax, norm, None))
+    probs = jax.nn.sigmoid(_logits(params, ax_t, norm, None))
     return FitResult(params, jnp.where(graphs.node_mask, probs, 0.0), losses.T)
 
 
