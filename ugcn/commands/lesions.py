@@ -212,8 +212,15 @@ def run_evaluate(args) -> int:
     return 0
 
 
+#: The demo's CPU-sized protocol: a narrow 3D U-Net on whole 32x32x24 volumes, T = 10 MC passes.
+DEMO_SETTINGS = dict(
+    mc_samples=10, unet_base_features=4, unet_depth=2, unet_epochs=8, unet_steps_per_epoch=10,
+    unet_batch_size=2, unet_learning_rate=3e-3, gcnn_epochs=30,
+)
+
+
 def run_lesion_demo(out_dir, *, n_cases: int = 8, seed: int = 0, progress: bool = True,
-                    overwrite: bool = False, shape=(48, 48, 32)):
+                    overwrite: bool = False, shape=(32, 32, 24), **settings):
     """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
 
     Args:
@@ -222,7 +229,8 @@ def run_lesion_demo(out_dir, *, n_cases: int = 8, seed: int = 0, progress: bool 
       seed: seeds the phantoms and the protocol.
       progress: progress bars.
       overwrite: replace an existing ``out_dir/data`` and ``out_dir/results``.
-      shape: phantom size (small, for CPU).
+      shape: phantom size (small, for CPU; each a multiple of 4, >= 24).
+      settings: overrides of :data:`DEMO_SETTINGS` (any :class:`LesionProtocolConfig` field).
 
     Returns:
       :class:`ugcn.lesion.protocol.ProtocolResult`.
@@ -242,10 +250,7 @@ def run_lesion_demo(out_dir, *, n_cases: int = 8, seed: int = 0, progress: bool 
 
     write_decathlon(data, cases(), name="ugcn brain phantoms", modality="FLAIR",
                     labels={"0": "background", "1": "lesion"}, overwrite=overwrite)
-    config = LesionProtocolConfig(
-        folds=4, seed=seed, mc_samples=10, unet_base_features=8, unet_depth=2, unet_patch=tuple(shape),
-        unet_epochs=6, unet_steps_per_epoch=15, unet_batch_size=2, gcnn_epochs=30,
-    )
+    config = LesionProtocolConfig(folds=4, seed=seed, unet_patch=tuple(shape), **{**DEMO_SETTINGS, **settings})
     result = run_protocol(data, config, out_dir=out_dir / "results", overwrite=overwrite, progress=progress)
     print(result.markdown())
     return result

@@ -9,6 +9,20 @@ from ugcn.lesion.baselines import (
     metaseg_scores,
 )
 from ugcn.lesion.components import FP_EPSILON, LesionTable, adjusted_iou, label_lesions, lesion_table
+from ugcn.lesion.protocol import (
+    CaseLesions,
+    LesionMethods,
+    LesionProtocolConfig,
+    LesionSet,
+    ProtocolResult,
+    case_lesions,
+    evaluate_lesion_scores,
+    fit_lesion_methods,
+    merge_cases,
+    method_names,
+    run_protocol,
+    score_lesion_methods,
+)
 from ugcn.lesion.gcnn import (
     GCNN,
     GCNNConfig,
@@ -20,6 +34,18 @@ from ugcn.lesion.gcnn import (
 )
 
 __all__ = [
+    "CaseLesions",
+    "LesionMethods",
+    "LesionProtocolConfig",
+    "LesionSet",
+    "ProtocolResult",
+    "case_lesions",
+    "evaluate_lesion_scores",
+    "fit_lesion_methods",
+    "merge_cases",
+    "method_names",
+    "run_protocol",
+    "score_lesion_methods",
     "FP_EPSILON",
     "GCNN",
     "GCNNConfig",
