@@ -12,7 +12,7 @@ outputs and temporaries the compiled program allocates), with and without keepin
 Usage:  python benchmarks/bench_mcdo.py [--size small|large] [--repeats 3]
   small: base 8 U-Net,  volume 64x64x24, T = 20, chunk 4          (< 1 minute on an idle 2-core CPU)
   large: base 16 U-Net, volume 96x96x48, T = 20, chunks 1, 4, 20  (~10 minutes on a 2-core CPU)
-Writes benchmarks/results/mcdo.json.
+Writes (updates the entry of its size in) benchmarks/results/mcdo.json.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ugcn.segment.model import SegmentationModel, init_model, make_volume_fn
+from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
 from ugcn.uncertainty.sampling import _compiled_sampler
 from ugcn.uncertainty.stats import accumulate, empty_stats
@@ -38,23 +38,6 @@ SIZES = {
     "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,)),
     "large": dict(base=16, depth=3, shape=(96, 96, 48), samples=20, chunks=(1, 4, 20)),
 }
-
-
-def random_model(config: UNetConfig, seed: int = 0) -> SegmentationModel:
-    """He-initialised weights filled from the parameter shapes (no compilation of flax's init needed)."""
-    shapes = jax.eval_shape(lambda key: init_model(config, key).variables, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = str(path[-1].key)
-        if name in ("var", "scale"):
-            return np.ones(leaf.shape, np.float32)
-        if name in ("mean", "bias"):
-            return np.zeros(leaf.shape, np.float32)
-        return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-
-    v = jax.tree_util.tree_map_with_path(fill, shapes)
-    return SegmentationModel(config, v["params"], v["batch_stats"])
 
 
 def timed(fn, repeats: int) -> float:
@@ -85,7 +68,7 @@ def main(argv=None) -> int:
     cfg = SIZES[args.size]
     T = cfg["samples"]
     config = UNetConfig(dims=2, base_features=cfg["base"], depth=cfg["depth"])
-    model = random_model(config)
+    model = init_model(config, jax.random.PRNGKey(0))
     volume_fn = make_volume_fn(model, stochastic=True)
     image = jnp.asarray(np.random.default_rng(0).normal(size=cfg["shape"]), jnp.float32)
     key = jax.random.key(0)
@@ -145,7 +128,11 @@ def main(argv=None) -> int:
               f"{r['compile_seconds']:9.1f} {m.get('temp', 0) / 2**20:9.1f} {m.get('output', 0) / 2**20:8.1f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    # One file for both sizes: the other size's last result is kept.
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged = merged if isinstance(merged, dict) and "benchmark" not in merged else {}
+    merged[args.size] = result
+    out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -164,26 +164,12 @@ def test_load_sample_maps_errors(tmp_path, array, match):
 @pytest.fixture(scope="module")
 def mcdo_inputs(tmp_path_factory):
     from ugcn.segment.checkpoint import save_model
-    from ugcn.segment.model import SegmentationModel, init_model
+    from ugcn.segment.model import init_model
     from ugcn.segment.unet import UNetConfig
 
     root = tmp_path_factory.mktemp("mcdo")
     config = UNetConfig(dims=2, base_features=4, depth=2)
-    # Random weights from the parameter SHAPES (numpy): compiling flax's init costs more than this whole test.
-    shapes = jax.eval_shape(lambda key: init_model(config, key).variables, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = str(path[-1].key)
-        if name in ("var", "scale"):
-            return np.ones(leaf.shape, np.float32)
-        if name in ("mean", "bias"):
-            return np.zeros(leaf.shape, np.float32)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
-    model = SegmentationModel(config, variables["params"], variables["batch_stats"])
+    model = init_model(config, jax.random.PRNGKey(0))
     save_model(model, root / "model")
     affine = np.diag([0.8, 0.7, 2.5, 1.0])
     affine[:3, 3] = [-30.0, 12.0, 4.0]
