@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ugcn import __version__
-from ugcn.segment.model import SegmentationModel, init_model
+from ugcn.segment.model import SegmentationModel, variable_shapes
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.unet import UNetConfig
 
@@ -133,7 +133,7 @@ def load_model(directory: PathLike) -> SegmentationModel:
     params_path = directory / PARAMS_FILE
     if not params_path.is_file():
         raise ValueError(f"{directory}: missing {PARAMS_FILE}; the model directory is incomplete")
-    template = jax.eval_shape(lambda: init_model(config, jax.random.PRNGKey(0)).variables)
+    template = variable_shapes(config)
     try:
         state = flax.serialization.msgpack_restore(params_path.read_bytes())
     except Exception as err:  # msgpack raises several types on corrupt bytes

@@ -14,7 +14,7 @@ the T passes: vmap only batches what depends on the batched argument.
 - 2D model: all axial slices go through the network as one batch ``[Z, X, Y, M]`` (or in chunks of
   ``batch_size`` slices), in-plane sizes padded (edge values) to multiples of ``2**depth``.
 - 3D model: overlapping patches on a fixed grid (stride = ``patch * (1 - overlap)``, the last patch flush
-  with the border), ``batch_size`` patches per network call inside a ``lax.scan``, probabilities blended
+  with the border), all patches in one network call (or ``batch_size`` per call in a ``lax.scan``), blended
   with Gaussian (or uniform) weights; volumes smaller than a patch are padded, then cropped back.
 """
 from __future__ import annotations
@@ -26,13 +26,21 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.stats import truncnorm
 
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.unet import UNet, UNetConfig, logits_to_probs
 
+# Standard deviation of a unit normal truncated to [-2, 2] (flax's variance_scaling constant).
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
 VolumeFn = Callable[[jax.Array, jnp.ndarray], jnp.ndarray]
 
 DEFAULT_PATCH_BATCH = 8
+# 3D inference runs all patches in one network call when they hold at most this many voxels (128 patches
+# of 32^3); larger volumes go through a lax.scan over chunks of DEFAULT_PATCH_BATCH patches. One call is
+# preferred because XLA:CPU runs convolutions inside loops several times slower than at the top level.
+PATCH_VOXELS_PER_CALL = 2**22
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
 
@@ -61,19 +69,48 @@ class SegmentationModel:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+def variable_shapes(config: UNetConfig) -> dict[str, Any]:
+    """``{"params": ..., "batch_stats": ...}`` of ``jax.ShapeDtypeStruct`` leaves (nothing computed)."""
+    side = 2**config.depth
+    dummy = jax.ShapeDtypeStruct((1,) + (side,) * config.dims + (config.in_channels,), jnp.float32)
+    return jax.eval_shape(
+        lambda k, x: UNet(config).init({"params": k}, x, train=False, dropout=False),
+        jax.ShapeDtypeStruct((2,), jnp.uint32),
+        dummy,
+    )
+
+
 def init_model(
     config: UNetConfig, key: jax.Array, *, normalization: Optional[Normalization] = None
 ) -> SegmentationModel:
     """A freshly initialised model (random weights, batch-norm statistics 0/1).
+
+    Weights follow flax's defaults (LeCun truncated normal kernels, zero biases, unit BN scales), drawn
+    with numpy from a seed derived from ``key``: shapes come from ``jax.eval_shape``, so nothing is
+    compiled (XLA compiles a U-Net's random initialiser slowly on the CPU). Same key -> same weights.
 
     Args:
       config: the architecture.
       key: PRNG key for the weights.
       normalization: intensity normalisation (default: per-volume z-score, no clipping).
     """
-    side = 2**config.depth
-    dummy = jnp.zeros((1,) + (side,) * config.dims + (config.in_channels,), jnp.float32)
-    variables = UNet(config).init({"params": key}, dummy, train=False, dropout=False)
+    shapes = variable_shapes(config)
+    raw = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rng = np.random.default_rng([int(v) for v in np.asarray(raw).ravel()])
+
+    def init_leaf(path, leaf):
+        name = getattr(path[-1], "key", str(path[-1]))
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            std = np.sqrt(1.0 / fan_in) / TRUNCATED_NORMAL_STD
+            value = truncnorm.rvs(-2.0, 2.0, size=leaf.shape, random_state=rng) * std
+        elif name in ("scale", "var"):
+            value = np.ones(leaf.shape)
+        else:  # bias, mean
+            value = np.zeros(leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    variables = jax.tree_util.tree_map_with_path(init_leaf, shapes)
     return SegmentationModel(
         config=config,
         params=variables["params"],
@@ -113,10 +150,9 @@ def _with_channels(image: jnp.ndarray) -> jnp.ndarray:
     return image[..., None] if image.ndim == 3 else image
 
 
-def _network_fn(model: SegmentationModel, stochastic: bool) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
+def _network_fn(config: UNetConfig, variables: Any, stochastic: bool) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
     """``net(x: f32[B, *spatial, M], key) -> probs f32[B, *spatial, C]`` in inference mode."""
-    unet = UNet(model.config)
-    variables = model.variables
+    unet = UNet(config)
 
     def net(x: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         if stochastic:
@@ -145,13 +181,12 @@ def _chunked(net, x: jnp.ndarray, key: jax.Array, batch_size: Optional[int]) -> 
     return out.reshape((n * batch_size,) + out.shape[2:])[:b]
 
 
-def _slices_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional[int]) -> VolumeFn:
-    cfg, norm = model.config, model.normalization
-    net = _network_fn(model, stochastic)
+def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     step = 2**cfg.depth
 
-    def fn(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+    def fn(variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         check_image(image, cfg)
+        net = _network_fn(cfg, variables, stochastic)
         x = norm(_with_channels(image))  # [X, Y, Z, M]
         nx, ny, _, _ = x.shape
         x = jnp.transpose(x, (2, 0, 1, 3))  # [Z, X, Y, M]: axial slices as a batch
@@ -198,15 +233,13 @@ def blend_weights(patch: tuple[int, int, int], mode: str) -> np.ndarray:
     return np.maximum(w, GAUSSIAN_FLOOR).astype(np.float32)
 
 
-def _patches_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional[int]) -> VolumeFn:
-    cfg, norm = model.config, model.normalization
-    net = _network_fn(model, stochastic)
+def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     patch = cfg.patch
     weights = blend_weights(patch, cfg.blend)
-    b = DEFAULT_PATCH_BATCH if batch_size is None else int(batch_size)
 
-    def fn(key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+    def fn(variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         check_image(image, cfg)
+        net = _network_fn(cfg, variables, stochastic)
         x = norm(_with_channels(image))  # [X, Y, Z, M]
         size = x.shape[:3]
         m = x.shape[3]
@@ -218,7 +251,12 @@ def _patches_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional
         for s in starts:
             total[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]] += weights
         n_patches = starts.shape[0]
-        batch = min(b, n_patches)
+        if batch_size is not None:
+            batch = min(int(batch_size), n_patches)
+        elif n_patches * int(np.prod(patch)) <= PATCH_VOXELS_PER_CALL:
+            batch = n_patches
+        else:
+            batch = DEFAULT_PATCH_BATCH
         n_chunks = -(-n_patches // batch)
         pad = n_chunks * batch - n_patches
         valid = np.concatenate([np.ones(n_patches, np.float32), np.zeros(pad, np.float32)])
@@ -243,7 +281,11 @@ def _patches_fn(model: SegmentationModel, stochastic: bool, batch_size: Optional
             return jax.lax.fori_loop(0, batch, add, acc), None
 
         acc0 = jnp.zeros(padded + (n_out,), jnp.float32)
-        acc, _ = jax.lax.scan(body, acc0, (starts, valid, jax.random.split(key, n_chunks)))
+        keys = jax.random.split(key, n_chunks)
+        if n_chunks == 1:  # one network call at the top level of the program (see PATCH_VOXELS_PER_CALL)
+            acc, _ = body(acc0, (starts[0], valid[0], keys[0]))
+        else:
+            acc, _ = jax.lax.scan(body, acc0, (starts, valid, keys))
         probs = acc / jnp.asarray(total)[..., None]
         return probs[: size[0], : size[1], : size[2]]
 
@@ -257,8 +299,9 @@ def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Op
       model: a (trained) :class:`SegmentationModel`.
       stochastic: ``True``: dropout on (one MC-dropout sample per key), batch-norm in inference mode.
         ``False``: deterministic prediction; the key is ignored.
-      batch_size: slices (2D) or patches (3D) per network call; ``None``: all slices at once (2D),
-        :data:`DEFAULT_PATCH_BATCH` patches (3D). Lower it to save memory.
+      batch_size: slices (2D) or patches (3D) per network call; ``None``: all slices at once (2D); all
+        patches at once up to :data:`PATCH_VOXELS_PER_CALL` voxels, else :data:`DEFAULT_PATCH_BATCH` (3D).
+        Lower it to save memory.
 
     Returns:
       ``fn(key, image) -> probs`` with ``image: f32[X, Y, Z]`` (or ``f32[X, Y, Z, M]``) and
@@ -270,14 +313,22 @@ def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Op
     """
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if model.config.dims == 2:
-        return _slices_fn(model, bool(stochastic), batch_size)
-    return _patches_fn(model, bool(stochastic), batch_size)
+    fn = _volume_fn_of_variables(model.config, model.normalization, bool(stochastic), batch_size)
+    variables = model.variables
+    return lambda key, image: fn(variables, key, image)
 
 
-@functools.lru_cache(maxsize=8)
-def _deterministic_jit(model: SegmentationModel) -> VolumeFn:
-    return jax.jit(make_volume_fn(model, stochastic=False))
+def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
+    """``fn(variables, key, image) -> probs``: the volume function with the weights as an argument."""
+    build = _slices_fn if config.dims == 2 else _patches_fn
+    return build(config, norm, stochastic, batch_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _deterministic_jit(config: UNetConfig, norm: Normalization):
+    # Keyed by architecture and normalisation, weights passed as arguments: models that share a config
+    # (a checkpoint and its reload, successive training runs) share one compiled program per shape.
+    return jax.jit(_volume_fn_of_variables(config, norm, False, None))
 
 
 def predict_probabilities(model: SegmentationModel, image: Any) -> np.ndarray:
@@ -286,7 +337,8 @@ def predict_probabilities(model: SegmentationModel, image: Any) -> np.ndarray:
     The inference function is jitted once per model and image shape.
     """
     check_image(image, model.config)
-    probs = _deterministic_jit(model)(jax.random.PRNGKey(0), jnp.asarray(image, jnp.float32))
+    fn = _deterministic_jit(model.config, model.normalization)
+    probs = fn(model.variables, jax.random.PRNGKey(0), jnp.asarray(image, jnp.float32))
     return np.asarray(probs)
 
 
