@@ -16,6 +16,7 @@ from ugcn import __version__
 # Order = order in `ugcn --help`.
 COMMAND_MODULES = (
     "ugcn.commands.phantoms",
+    "ugcn.commands.train",
     "ugcn.commands.mcdo",
     "ugcn.commands.lesions",
 )
