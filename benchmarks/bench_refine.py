@@ -8,7 +8,8 @@ Measured (medians after a warm-up call that includes compilation):
   - the 200-epoch fit (one jitted ``lax.scan``) at the largest size, its time per epoch, the bytes an epoch
     must move at least (model below) and the bandwidth that implies, against a measured memory bandwidth
     (``numpy.copyto`` of a 256 MiB array: read + write);
-  - the vmapped batch fit with B = 1, 4 (and 16, large) graphs against B separate fits;
+  - the batch fit with B = 1, 4 (and 16, large) graphs, both strategies (parallel = block-diagonal vmap,
+    sequential = lax.map), against B separate fits;
   - PyTorch Geometric's ``GCNConv`` (edge weights, same graph, same epochs, same process), when ``torch``
     and ``torch_geometric`` import (``pip install "ugcn[bench]"``).
 
@@ -111,7 +112,7 @@ def bench_fit(graph, repeats: int, epochs: int = 200) -> dict:
 def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
     import jax
 
-    from ugcn.refine.fit import FitConfig, fit_batch, fit_gcn, pad_graph, stack_graphs
+    from ugcn.refine.fit import FitConfig, fit_batch, fit_gcn, pad_graph, resolve_strategy, stack_graphs
 
     config = FitConfig(epochs=epochs)
     rows = []
@@ -125,15 +126,18 @@ def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
         stacked = jax.device_put(stack_graphs(chosen, n_nodes, n_edges))
         singles = [jax.device_put(pad_graph(g, n_nodes, n_edges)) for g in chosen]
         keys = jax.random.split(jax.random.PRNGKey(0), b)
-        jax.block_until_ready(fit_batch(stacked, keys, config))
         jax.block_until_ready(fit_gcn(singles[0], keys[0], config))
-        t_batch = median_time(lambda: jax.block_until_ready(fit_batch(stacked, keys, config)), repeats)
         t_sep = median_time(
             lambda: [jax.block_until_ready(fit_gcn(s, k, config)) for s, k in zip(singles, keys)], repeats
         )
-        rows.append({"B": b, "nodes_each": int(chosen[0].features.shape[0]), "padded_nodes": n_nodes,
-                     "batch_s": t_batch, "separate_s": t_sep, "volumes_per_s": b / t_batch,
-                     "speedup": t_sep / t_batch})
+        row = {"B": b, "nodes_each": int(chosen[0].features.shape[0]), "padded_nodes": n_nodes,
+               "separate_s": t_sep, "auto": resolve_strategy("auto", b, n_nodes)}
+        for strategy in ("parallel", "sequential"):
+            jax.block_until_ready(fit_batch(stacked, keys, config, strategy=strategy))
+            t = median_time(lambda: jax.block_until_ready(fit_batch(stacked, keys, config, strategy=strategy)), repeats)
+            row[f"{strategy}_s"] = t
+            row[f"{strategy}_speedup"] = t_sep / t
+        rows.append(row)
     return rows
 
 
@@ -233,11 +237,13 @@ def main(argv=None) -> int:
 
     small_graphs = [bench_graph(radius_for(3_000), 1)["graph"]] if not large else [graphs[20_000]]
     batch = bench_batch(small_graphs, batch_sizes, 2 if large else repeats)
-    print("\n| vmapped batch | B | nodes each | batch s | B separate fits s | volumes/s | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| batch fit | B | nodes each | B separate fits s | parallel s (speed-up) | sequential s (speed-up) "
+          "| auto picks |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for row in batch:
-        print(f"| fit_batch | {row['B']} | {row['nodes_each']} | {row['batch_s']:.2f} | {row['separate_s']:.2f} | "
-              f"{row['volumes_per_s']:.2f} | {row['speedup']:.2f} |")
+        print(f"| fit_batch | {row['B']} | {row['nodes_each']} | {row['separate_s']:.2f} | "
+              f"{row['parallel_s']:.2f} ({row['parallel_speedup']:.2f}x) | "
+              f"{row['sequential_s']:.2f} ({row['sequential_speedup']:.2f}x) | {row['auto']} |")
 
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),

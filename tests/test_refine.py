@@ -2,7 +2,7 @@
 
 Few epochs (FAST) and few padding buckets, so the module compiles three programs in all: fit_gcn at
 SMALL_BUCKET, fit_gcn at the synthetic spheres' natural bucket (3072 nodes, 65536 edges: every pipeline
-and CLI test lands there) and fit_batch with B = 2 at that bucket.
+and CLI test lands there) and fit_batch with B = 2 at that bucket (plus its sequential strategy once).
 """
 import jax
 import numpy as np
@@ -102,10 +102,11 @@ def test_batch_equals_per_volume_fits_at_other_paddings(small_graphs):
     single_b = fit_gcn(pad_graph(b, *SMALL_BUCKET), keys[1], FAST)
     # A bigger common bucket than the single fits': the padding differs.
     stacked = stack_graphs([a, b], *SPHERE_BUCKET)
-    batch = fit_batch(stacked, keys, FAST)
-    for i, (g, single) in enumerate([(a, single_a), (b, single_b)]):
-        np.testing.assert_allclose(batch.node_probs[i, : g.n_nodes], single.node_probs[: g.n_nodes], atol=2e-4)
-        np.testing.assert_allclose(batch.losses[i], single.losses, rtol=1e-4, atol=1e-5)
+    for strategy in ("parallel", "sequential"):
+        batch = fit_batch(stacked, keys, FAST, strategy=strategy)
+        for i, (g, single) in enumerate([(a, single_a), (b, single_b)]):
+            np.testing.assert_allclose(batch.node_probs[i, : g.n_nodes], single.node_probs[: g.n_nodes], atol=2e-4)
+            np.testing.assert_allclose(batch.losses[i], single.losses, rtol=1e-4, atol=1e-5)
 
 
 def test_pad_graph_rejects_too_small_bucket(small_graphs):

@@ -1,10 +1,12 @@
 """Method R: uncertainty-driven GCN refinement of an organ segmentation, per volume (no CNN retraining)."""
 from ugcn.refine.crf import CRFUnavailableError, crf_available, dense_crf
-from ugcn.refine.fit import FitConfig, FitResult, PaddedGraph, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
+from ugcn.refine.fit import (
+    FitConfig, FitResult, PaddedGraph, bucket_size, fit_batch, fit_gcn, pad_graph, resolve_strategy, stack_graphs,
+)
 from ugcn.refine.pipeline import RefineConfig, RefineInput, RefineResult, refine_batch, refine_volume
 
 __all__ = [
     "CRFUnavailableError", "crf_available", "dense_crf",
-    "FitConfig", "FitResult", "PaddedGraph", "bucket_size", "fit_batch", "fit_gcn", "pad_graph", "stack_graphs",
+    "FitConfig", "FitResult", "PaddedGraph", "bucket_size", "fit_batch", "fit_gcn", "pad_graph", "resolve_strategy", "stack_graphs",
     "RefineConfig", "RefineInput", "RefineResult", "refine_batch", "refine_volume",
 ]

@@ -171,11 +171,14 @@ def _logits(params: dict, ax_t: jnp.ndarray, norm, keep: jnp.ndarray | None) -> 
     with F = 3 the products and their gradients (reductions over N) run ~3x faster on CPU than with the
     usual ``[N, H]`` layout. ``norm`` is the block-diagonal normalisation of the B graphs (``B·N`` nodes).
     """
-    h = jax.nn.relu(jnp.einsum("bfh,bfn->bhn", params["w1"], ax_t) + params["b1"][:, :, None])
-    if keep is not None:
-        h = h * keep
-    z = jnp.einsum("bh,bhn->bn", params["w2"][..., 0], h)
-    b, n = z.shape
+    b, _, n = ax_t.shape
+    z = []
+    for i in range(b):  # static B: XLA's CPU batched dot is ~3x slower than B plain 2-D products
+        h = jax.nn.relu(params["w1"][i].T @ ax_t[i] + params["b1"][i][:, None])
+        if keep is not None:
+            h = h * keep[i]
+        z.append(params["w2"][i, :, 0] @ h)
+    z = jnp.stack(z)
     return propagate(norm, z.reshape(b * n)).reshape(b, n) + params["b2"]
 
 
@@ -245,12 +248,47 @@ def fit_gcn(graph: PaddedGraph, key: jax.Array, config: FitConfig = FitConfig())
     return jax.tree_util.tree_map(lambda x: x[0], batched)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def fit_batch(graphs: PaddedGraph, keys: jax.Array, config: FitConfig = FitConfig()) -> FitResult:
-    """:func:`fit_gcn` vmapped over a stack of graphs (:func:`stack_graphs`) and keys ``[B]``.
+BATCH_STRATEGIES = ("auto", "parallel", "sequential")
+PARALLEL_CPU_LIMIT = 1 << 15  # B·N nodes up to which the parallel layout pays off on a CPU (measured)
 
-    One compiled program fits the whole batch; volume b's result equals ``fit_gcn(graphs[b], keys[b])``
-    up to float rounding. Semantically a ``vmap``; implemented as one block-diagonal graph of ``B·N``
-    nodes with per-volume parameters (see :func:`_flat_norm`), which is faster on CPU.
+
+def resolve_strategy(strategy: str, batch: int, n_nodes: int) -> str:
+    """The batch strategy ``"auto"`` stands for: ``"parallel"`` on accelerators and for small batches on a
+    CPU (B·N <= PARALLEL_CPU_LIMIT, where per-call overheads dominate), else ``"sequential"``."""
+    if strategy not in BATCH_STRATEGIES:
+        raise ValueError(f"strategy must be one of {BATCH_STRATEGIES}, got {strategy!r}")
+    if strategy != "auto":
+        return strategy
+    if jax.default_backend() != "cpu" or batch * n_nodes <= PARALLEL_CPU_LIMIT:
+        return "parallel"
+    return "sequential"
+
+
+@functools.partial(jax.jit, static_argnames=("config", "strategy"))
+def _fit_batch(graphs: PaddedGraph, keys: jax.Array, config: FitConfig, strategy: str) -> FitResult:
+    if strategy == "parallel":
+        return _fit(graphs, keys, config)
+
+    def one(args):
+        graph, key = args
+        out = _fit(jax.tree_util.tree_map(lambda x: x[None], graph), key[None], config)
+        return jax.tree_util.tree_map(lambda x: x[0], out)
+
+    return jax.lax.map(one, (graphs, keys))
+
+
+def fit_batch(
+    graphs: PaddedGraph, keys: jax.Array, config: FitConfig = FitConfig(), *, strategy: str = "auto"
+) -> FitResult:
+    """:func:`fit_gcn` over a stack of graphs (:func:`stack_graphs`) and keys ``[B]``, in ONE compiled program.
+
+    Volume b's result equals ``fit_gcn(graphs[b], keys[b])`` up to float rounding, whatever the strategy:
+      - ``"parallel"``: a ``vmap`` in meaning, laid out as one block-diagonal graph of ``B·N`` nodes with
+        per-volume parameters (:func:`_flat_norm`); best on accelerators and for small graphs.
+      - ``"sequential"``: ``lax.map`` of the single-volume fit; on a CPU each volume's working set then
+        stays in cache, which beats the parallel layout once ``B·N`` is large (measured: 0.7x -> 1.0x at
+        B = 4, N = 20k).
+      - ``"auto"`` (default): see :func:`resolve_strategy`.
     """
-    return _fit(graphs, keys, config)
+    b, n = graphs.node_mask.shape
+    return _fit_batch(graphs, keys, config, resolve_strategy(strategy, b, n))

@@ -299,6 +299,7 @@ def refine_batch(
     batch_size: Optional[int] = None,
     uncertainty_name: str = "uncertainty",
     progress: bool = True,
+    strategy: str = "auto",
 ) -> list:
     """Refine many volumes; the GCN fits run vmapped, ``batch_size`` volumes per compiled call.
 
@@ -312,6 +313,8 @@ def refine_batch(
       seeds: one seed per volume, or one int ``s`` meaning ``s, s+1, ...``.
       batch_size: volumes per vmapped fit (default: all of them).
       progress: tqdm bars over graph building and batches.
+      strategy: how :func:`~ugcn.refine.fit.fit_batch` lays out a batch (``"auto"``, ``"parallel"``,
+        ``"sequential"``); the results are the same.
 
     Returns:
       ``list[RefineResult]`` in input order.
@@ -337,7 +340,7 @@ def refine_batch(
             stacked = stack_graphs([preps[i].graph for i in filled], n_nodes, n_edges)
             keys = jax.numpy.stack([jax.random.PRNGKey(seeds[i]) for i in filled])
             t0 = time.perf_counter()
-            out = np.asarray(fit_batch(stacked, keys, config.fit).node_probs)
+            out = np.asarray(fit_batch(stacked, keys, config.fit, strategy=strategy).node_probs)
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for row, i in enumerate(chunk):
                 probs[i] = (out[row, : preps[i].graph.n_nodes], elapsed)
