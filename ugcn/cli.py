@@ -15,9 +15,11 @@ from ugcn import __version__
 
 # Order = order in `ugcn --help`.
 COMMAND_MODULES = (
+    "ugcn.commands.demo",
     "ugcn.commands.phantoms",
     "ugcn.commands.train",
     "ugcn.commands.mcdo",
+    "ugcn.commands.refine",
     "ugcn.commands.lesions",
 )
 
