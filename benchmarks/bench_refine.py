@@ -131,7 +131,7 @@ def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
             lambda: [jax.block_until_ready(fit_gcn(s, k, config)) for s, k in zip(singles, keys)], repeats
         )
         row = {"B": b, "nodes_each": int(chosen[0].features.shape[0]), "padded_nodes": n_nodes,
-               "separate_s": t_sep, "auto": resolve_strategy("auto", b, n_nodes)}
+               "separate_s": t_sep, "auto": resolve_strategy("auto")}
         for strategy in ("parallel", "sequential"):
             jax.block_until_ready(fit_batch(stacked, keys, config, strategy=strategy))
             t = median_time(lambda: jax.block_until_ready(fit_batch(stacked, keys, config, strategy=strategy)), repeats)
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         print(f"PyG: {pyg['skipped']}")
 
     small_graphs = [bench_graph(radius_for(3_000), 1)["graph"]] if not large else [graphs[20_000]]
-    batch = bench_batch(small_graphs, batch_sizes, 2 if large else repeats)
+    batch = bench_batch(small_graphs, batch_sizes, 2)
     print("\n| batch fit | B | nodes each | B separate fits s | parallel s (speed-up) | sequential s (speed-up) "
           "| auto picks |")
     print("|---|---:|---:|---:|---:|---:|---|")
