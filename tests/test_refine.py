@@ -279,3 +279,24 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys):
     assert (batch_out / "b" / "refined.nii.gz").exists()
     assert main(["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "labels" / "a.nii.gz"),
                  "--out", str(tmp_path / "bad")]) == 2  # a 3D file is not a set of sample maps
+
+
+@pytest.mark.slow
+def test_cli_refine_with_a_model(tmp_path):
+    """--model: deterministic prediction + MC dropout of a (tiny, untrained) ugcn model, any estimator."""
+    import json
+
+    from ugcn.cli import main
+    from ugcn.segment import UNetConfig, init_model, save_model
+
+    write_case(tmp_path / "in", "a", sphere_case())
+    save_model(init_model(UNetConfig(base_features=4, depth=2), jax.random.PRNGKey(0)), tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["refine", "--image", str(tmp_path / "in" / "a.nii.gz"), "--model", str(tmp_path / "model"),
+                 "--prediction", str(tmp_path / "in" / "predictions" / "a.nii.gz"), "--out", str(out),
+                 "--epochs", "30", "--n-samples", "2", "--chunk", "2", "--uncertainty", "variance",
+                 "--tau", "0.5", "--tau-mode", "quantile", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "refined" and report["uncertainty"] == "variance"
+    assert report["n_samples"] == 2 and report["model"] == str(tmp_path / "model")
+    assert (out / "refined.nii.gz").exists()
