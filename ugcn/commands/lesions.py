@@ -183,9 +183,8 @@ def run_score(args) -> int:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    uncertainty = np.zeros(case.table.labels.shape, np.float32)
-    lesion_values = np.concatenate([[0.0], gcnn]).astype(np.float32)
-    uncertainty = lesion_values[case.table.labels]
+    # Lesion k's voxels hold its score; background 0 (a lookup table indexed by the label map).
+    uncertainty = np.concatenate([[0.0], gcnn]).astype(np.float32)[case.table.labels]
     save_volume(paths[1], uncertainty, image.affine, header=image.header, overwrite=args.overwrite)
     save_volume(paths[2], case.table.labels.astype(np.int16), image.affine, header=image.header,
                 overwrite=args.overwrite)
@@ -215,11 +214,11 @@ def run_evaluate(args) -> int:
 #: The demo's CPU-sized protocol: a narrow 3D U-Net on whole 32x32x24 volumes, T = 10 MC passes.
 DEMO_SETTINGS = dict(
     mc_samples=10, unet_base_features=4, unet_depth=2, unet_epochs=8, unet_steps_per_epoch=10,
-    unet_batch_size=2, unet_learning_rate=3e-3, gcnn_epochs=30,
+    unet_batch_size=2, unet_learning_rate=1e-2, gcnn_epochs=30,
 )
 
 
-def run_lesion_demo(out_dir, *, n_cases: int = 8, seed: int = 0, progress: bool = True,
+def run_lesion_demo(out_dir, *, n_cases: int = 12, seed: int = 0, progress: bool = True,
                     overwrite: bool = False, shape=(32, 32, 24), **settings):
     """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
 
