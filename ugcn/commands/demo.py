@@ -30,8 +30,8 @@ def run(args) -> int:
         config = dataclasses.replace(QUICK if args.quick else DemoConfig(), seed=args.seed)
         run_refinement_demo(args.out / "refine", config, progress=progress)
     else:
-        from ugcn.lesion.protocol import run_lesion_demo
+        from ugcn.commands.lesions import run_lesion_demo
 
         run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 12, seed=args.seed,
-                        progress=progress)
+                        progress=progress, overwrite=True)
     return 0
