@@ -131,19 +131,20 @@ def test_multichannel_softmax_shapes():
 
 
 @pytest.fixture(scope="module")
-def samples2(model2, image):
-    fn = jax.jit(jax.vmap(make_volume_fn(model2, stochastic=True), in_axes=(0, None)))
+def samples2(trained2, image):
+    fn = jax.jit(jax.vmap(make_volume_fn(trained2[0], stochastic=True), in_axes=(0, None)))
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
     return np.asarray(fn(jnp.stack([keys[0], keys[1], keys[0]]), image))
 
 
-def test_dropout_on_differs_and_same_key_repeats(samples2, model2, image):
+def test_dropout_on_differs_and_same_key_repeats(samples2, trained2, image):
+    model = trained2[0]
     assert samples2.shape == (3,) + image.shape + (2,)
     np.testing.assert_allclose(samples2.sum(-1), 1.0, atol=1e-5)
     assert np.abs(samples2[0] - samples2[1]).max() > 1e-3
     np.testing.assert_array_equal(samples2[0], samples2[2])
     # vmapped sample == unbatched call with the same key
-    single = np.asarray(jax.jit(make_volume_fn(model2, stochastic=True))(jax.random.split(jax.random.PRNGKey(5), 3)[1], image))
+    single = np.asarray(jax.jit(make_volume_fn(model, stochastic=True))(jax.random.split(jax.random.PRNGKey(5), 3)[1], image))
     np.testing.assert_allclose(single, samples2[1], atol=1e-5)
 
 
@@ -155,11 +156,13 @@ def test_dropout_off_ignores_key(model2, image):
     np.testing.assert_allclose(a, predict_probabilities(model2, image), atol=1e-6)
 
 
-def test_3d_dropout_on_differs(model3):
-    img, _ = blob_volume(4, shape=(14, 12, 9))
-    fn = jax.jit(jax.vmap(make_volume_fn(model3, stochastic=True, batch_size=2), in_axes=(0, None)))
+def test_3d_dropout_on_differs(trained3):
+    model = trained3[0]  # patch (8, 8, 4): 4 patches, in chunks of 3 -> the lax.scan path
+    img, _ = blob_volume(4, shape=(12, 9, 6))
+    fn = jax.jit(jax.vmap(make_volume_fn(model, stochastic=True, batch_size=3), in_axes=(0, None)))
     s = np.asarray(fn(jax.random.split(jax.random.PRNGKey(0), 2), img))
-    assert s.shape == (2, 14, 12, 9, 2)
+    assert s.shape == (2, 12, 9, 6, 2)
+    np.testing.assert_allclose(s.sum(-1), 1.0, atol=1e-5)
     assert np.abs(s[0] - s[1]).max() > 1e-3
 
 
@@ -221,7 +224,7 @@ def trained2():
     vols = [blob_volume(s) for s in range(3)]
     model, history = train_model(
         [v[0] for v in vols], [v[1] for v in vols], CFG_TRAIN, epochs=3, steps_per_epoch=8, batch_size=4,
-        learning_rate=1e-2, seed=0, progress=False,
+        learning_rate=1e-2, seed=0, augmentation=NO_AUGMENTATION, progress=False,
     )
     return model, history
 
@@ -234,13 +237,19 @@ def test_training_lowers_loss(trained2):
     assert model.training["final_loss"] == loss[-1]
 
 
-def test_3d_training_runs():
+@pytest.fixture(scope="module")
+def trained3():
     cfg = UNetConfig(dims=3, base_features=2, depth=1, patch_size=(8, 8, 4))
     vols = [blob_volume(s, shape=(10, 9, 6)) for s in range(2)]
-    model, history = train_model(
+    return train_model(
         [v[0] for v in vols], [v[1] for v in vols], cfg, epochs=2, steps_per_epoch=1, batch_size=2,
         augmentation=NO_AUGMENTATION, progress=False,
     )
+
+
+def test_3d_training_runs(trained3):
+    model, history = trained3
+    cfg = model.config
     assert len(history["loss"]) == 2 and np.all(np.isfinite(history["loss"]))
     start = init_model(cfg, jax.random.PRNGKey(0))  # train_model's initial weights come from split(key(seed))
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(start.params), jax.tree_util.tree_leaves(model.params)))
@@ -316,17 +325,17 @@ def test_cli_train(tmp_path, trained2):
     from ugcn.cli import main
     from ugcn.data.layout import write_decathlon
 
-    vols = [blob_volume(s) for s in range(2)]
+    vols = [blob_volume(s) for s in range(3)]  # as in trained2: same data shapes, cached compiled step
     write_decathlon(tmp_path / "data", [(f"case_{i}", v[0], v[1] * 3, np.eye(4)) for i, v in enumerate(vols)],
                     name="blobs")
     out = tmp_path / "model"
     # Same settings as the trained2 fixture, so the cached training step is reused.
     args = ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--dims", "2", "--epochs", "1",
             "--steps-per-epoch", "2", "--batch-size", "4", "--learning-rate", "1e-2", "--base-features", "4",
-            "--depth", "1", "--quiet"]
+            "--depth", "1", "--augment", "none", "--quiet"]
     assert main(args) == 0
     model = load_model(out)
-    assert model.config == CFG_TRAIN and model.training["cases"] == ["case_0", "case_1"]
+    assert model.config == CFG_TRAIN and model.training["cases"] == ["case_0", "case_1", "case_2"]
     assert main(args) == 2  # exists already, no --overwrite
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m2")]) == 2
     assert not (tmp_path / "m2").exists()

@@ -38,8 +38,7 @@ VolumeFn = Callable[[jax.Array, jnp.ndarray], jnp.ndarray]
 
 DEFAULT_PATCH_BATCH = 8
 # 3D inference runs all patches in one network call when they hold at most this many voxels (128 patches
-# of 32^3); larger volumes go through a lax.scan over chunks of DEFAULT_PATCH_BATCH patches. One call is
-# preferred because XLA:CPU runs convolutions inside loops several times slower than at the top level.
+# of 32^3); larger volumes go through a lax.scan over chunks of DEFAULT_PATCH_BATCH patches to bound memory.
 PATCH_VOXELS_PER_CALL = 2**22
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
@@ -282,7 +281,7 @@ def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_si
 
         acc0 = jnp.zeros(padded + (n_out,), jnp.float32)
         keys = jax.random.split(key, n_chunks)
-        if n_chunks == 1:  # one network call at the top level of the program (see PATCH_VOXELS_PER_CALL)
+        if n_chunks == 1:
             acc, _ = body(acc0, (starts[0], valid[0], keys[0]))
         else:
             acc, _ = jax.lax.scan(body, acc0, (starts, valid, keys))

@@ -2,8 +2,7 @@
 
 One training step (:func:`make_train_step`) is pure; the jitted full step draws its batch from the
 device-resident data set with its own key, augments it, and updates the parameters. Steps run in a Python
-loop (XLA:CPU runs convolutions inside ``lax.scan`` several times slower); the loss is read back once per
-epoch.
+loop (XLA:CPU ran the training step ~7x slower inside ``lax.scan``); the loss is read back once per epoch.
 
 - 2D: every axial slice of every volume is a sample; a fraction ``foreground_fraction`` of the draws is
   taken among slices that hold foreground, the rest uniformly among all slices.
@@ -299,8 +298,9 @@ def _jitted_full_step(
     """``step(state, data, key) -> (state, loss)``: sample, augment, update; jitted, state donated.
 
     Cached by its settings so that repeated trainings (cross-validation folds, tests) compile once per
-    data shape. A Python loop over this step beats a ``lax.scan``: XLA:CPU runs convolutions inside a
-    while loop several times slower than at the top level of a program (~7x for the 2D demo U-Net).
+    data shape. A Python loop over this step beats a ``lax.scan``: XLA:CPU ran the whole training step
+    (forward and backward convolutions) ~7x slower inside a while loop than at the top level of a program
+    (2D demo U-Net, batch 8 of 96x96; forward-only inference showed no such difference).
     """
     train_step = make_train_step(config, optax.adam(learning_rate))
     augment = jax.vmap(lambda k, x, y, m: augment_sample(k, x, y, m, augmentation))
@@ -314,7 +314,8 @@ def _jitted_full_step(
     def full_step(state: TrainState, data, key: jax.Array):
         k_sample, k_aug, k_drop = jax.random.split(key, 3)
         batch = sampler(data, k_sample)
-        batch = Batch(*augment(jax.random.split(k_aug, batch_size), *batch))
+        if augmentation != NO_AUGMENTATION:  # skipping it also spares its compilation
+            batch = Batch(*augment(jax.random.split(k_aug, batch_size), *batch))
         return train_step(state, batch, k_drop)
 
     return full_step
