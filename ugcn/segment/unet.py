@@ -39,7 +39,10 @@ class UNetConfig:
       num_classes: 1 = binary with a sigmoid output; > 1 = softmax over that many classes (0 = background).
       base_features: feature maps of the first block; doubled after every down-sampling.
       depth: number of down-samplings (2x max-pool); in-plane sizes are padded to multiples of ``2**depth``.
-      dropout_rate: channel-wise dropout rate; ``None`` = 0.3 for 2D (R), 0.2 for 3D (L).
+      dropout_rate: channel-wise dropout rate; ``None`` = 0.3 for 2D (R), 0.2 for 3D (L). Very narrow
+        networks (``base_features`` 8) train poorly at 0.2-0.3 after every conv within a few hundred steps:
+        they settle on encoding the foreground as "all channels off" (robust to dropping channels), which
+        caps p at sigmoid(head bias) < 0.5. Use about 0.1 for tiny demo networks.
       patch_size: 3D only, ``(px, py, pz)`` each a multiple of ``2**depth``; ``None`` = (32, 32, 32).
       patch_overlap: 3D inference: fraction of a patch shared by neighbouring patches, in ``[0, 1)``.
       blend: 3D inference: ``"gaussian"`` (centre-weighted, sigma = patch/8) or ``"uniform"`` averaging.
