@@ -13,14 +13,18 @@ from ugcn.segment.model import (
     predict_probabilities,
 )
 from ugcn.segment.normalize import Normalization
+from ugcn.segment.train import NO_AUGMENTATION, Augmentation, dice_ce_loss, train_model
 from ugcn.segment.unet import UNet, UNetConfig, logits_to_probs
 
 __all__ = [
+    "Augmentation",
+    "NO_AUGMENTATION",
     "Normalization",
     "SegmentationModel",
     "UNet",
     "UNetConfig",
     "check_image",
+    "dice_ce_loss",
     "init_model",
     "is_model_dir",
     "load_model",
@@ -29,4 +33,5 @@ __all__ = [
     "predict_mask",
     "predict_probabilities",
     "save_model",
+    "train_model",
 ]
