@@ -21,6 +21,7 @@ from ugcn.data.phantoms import ct_phantom
 from ugcn.io import save_volume, write_text_atomic
 from ugcn.refine import RefineConfig, RefineInput, crf_available, refine_batch
 from ugcn.segment import UNetConfig, make_volume_fn, predict_probabilities, save_model
+from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import train_model
 from ugcn.uncertainty import estimator_maps, expectation, mc_sample
 
@@ -37,6 +38,9 @@ class DemoConfig:
     shape: tuple = (96, 96, 48)
     base_features: int = 8
     depth: int = 3
+    dropout_rate: float = 0.1  # METHOD.md's 0.3 is for full-width U-Nets; a base-8 net fails to train at 0.3
+    ct_window: tuple = (-160.0, 240.0)
+    learning_rate: float = 3e-3
     epochs: int = 12
     steps_per_epoch: int = 25
     batch_size: int = 8
@@ -67,18 +71,19 @@ def format_table(rows: Sequence[dict], columns: Sequence[str], first: str = "cas
     return "\n".join([head, rule, *body])
 
 
-def _slice_figure(path: Path, image, label, cnn, uncertainty, refined, title: str, uncertainty_name: str) -> None:
+def _slice_figure(path: Path, image, label, cnn, uncertainty, refined, title: str, uncertainty_name: str,
+                  window: tuple) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     z = int(np.argmax(np.count_nonzero(label, axis=(0, 1))))
-    panels = [("image", image, "gray"), ("ground truth", label, "gray"), ("CNN", cnn, "gray"),
-              (uncertainty_name, uncertainty, "magma"), ("GCN refined", refined, "gray")]
+    panels = [("image", image, "gray", window), ("ground truth", label, "gray", (0, 1)), ("CNN", cnn, "gray", (0, 1)),
+              (uncertainty_name, uncertainty, "magma", (None, None)), ("GCN refined", refined, "gray", (0, 1))]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
-    for ax, (name, vol, cmap) in zip(axes, panels):
-        ax.imshow(np.asarray(vol)[:, :, z].T, cmap=cmap, origin="lower")
+    for ax, (name, vol, cmap, (lo, hi)) in zip(axes, panels):
+        ax.imshow(np.asarray(vol)[:, :, z].T, cmap=cmap, origin="lower", vmin=lo, vmax=hi)
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle(f"{title}, axial slice {z}")
@@ -112,10 +117,12 @@ def run_refinement_demo(
 
     _say(log, f"[2/5] training a 2D U-Net (base {config.base_features}, depth {config.depth}) on "
               f"{config.n_train} volumes: {config.epochs} x {config.steps_per_epoch} steps")
-    unet = UNetConfig(dims=2, base_features=config.base_features, depth=config.depth)
+    unet = UNetConfig(dims=2, base_features=config.base_features, depth=config.depth,
+                      dropout_rate=config.dropout_rate)
     model, history = train_model([p.image for p in train], [p.label for p in train], unet, epochs=config.epochs,
                                  steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
-                                 seed=config.seed, progress=progress)
+                                 learning_rate=config.learning_rate, seed=config.seed,
+                                 normalization=Normalization(clip=tuple(config.ct_window)), progress=progress)
     save_model(model, out_dir / "model", overwrite=True)
 
     _say(log, f"[3/5] MC dropout: T = {config.n_samples} passes per test volume, uncertainty = {config.uncertainty}")
@@ -166,7 +173,7 @@ def run_refinement_demo(
     best = int(np.argmax([r["GCN"] - r["CNN"] for r in rows]))
     figure = out_dir / "slice.png"
     x, (e, u), r = inputs[best], maps[best], results[best]
-    _slice_figure(figure, x.image, x.label, r.cnn, u, r.refined, x.name, config.uncertainty)
+    _slice_figure(figure, x.image, x.label, r.cnn, u, r.refined, x.name, config.uncertainty, config.ct_window)
     _tau_figure(out_dir / "tau_sweep.png", sweep, means)
 
     summary = {
