@@ -264,3 +264,24 @@ def test_write_text_atomic(tmp_path):
     with pytest.raises(ValueError, match="exists already"):
         write_text_atomic(path, "d\n", overwrite=False)
     assert path.read_text() == "c\n"
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    from ugcn.io import atomic_directory
+
+    out = tmp_path / "out"
+    with atomic_directory(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    with pytest.raises(ValueError, match="not empty"):
+        with atomic_directory(out) as tmp:
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out, overwrite=True) as tmp:
+            (tmp / "b.txt").write_text("second")
+            raise RuntimeError("crash midway")
+    assert (out / "a.txt").read_text() == "first" and not (out / "b.txt").exists()
+    with atomic_directory(out, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left behind

@@ -10,11 +10,13 @@ stderr and exit code 2.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import nibabel as nib
 import numpy as np
@@ -227,3 +229,39 @@ def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = True) -> P
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a whole output folder in a hidden temporary sibling, then move it into place.
+
+    Usage::
+
+        with atomic_directory(out_dir, overwrite=args.overwrite) as tmp:
+            save_volume(tmp / "mask.nii.gz", ...)
+
+    On success ``out_dir`` holds exactly what was written to ``tmp``; an existing ``out_dir`` is replaced
+    (only with ``overwrite``; a non-empty one is refused otherwise) by first moving it aside, so that a
+    failing rename keeps one complete copy. On error the temporary folder is removed and ``out_dir`` is
+    untouched.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes a private folder
+        yield tmp
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / "previous")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -23,8 +21,8 @@ import numpy as np
 
 from ugcn.io import (
     PathLike,
-    _umask_mode,
     Volume,
+    atomic_directory,
     check_same_grid,
     is_nifti,
     load_mask,
@@ -97,14 +95,7 @@ def write_decathlon(
         non-finite images, no cases.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        os.chmod(tmp_dir, _umask_mode(0o777))  # mkdtemp makes a private folder
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp_dir:
         entries = []
         for case_name, image, label, affine in cases:
             case_name = str(case_name)
@@ -141,17 +132,6 @@ def write_decathlon(
             "test": [],
         }
         write_text_atomic(tmp_dir / "dataset.json", json.dumps(meta, indent=2) + "\n")
-        if out_dir.exists():
-            # Replace: move the old folder aside first, so that a failing rename keeps one complete copy.
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp_dir, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return [out_dir / "imagesTr" / e["file"] for e in entries]
 
 
