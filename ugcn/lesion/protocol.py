@@ -34,9 +34,6 @@ import dataclasses
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -46,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve, spearman
 from ugcn.evaluate.metrics import dice
+from ugcn.io import atomic_directory
 from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS, LesionGraphs, build_lesion_graphs, concat_lesion_graphs
 from ugcn.lesion.baselines import (
@@ -545,10 +543,7 @@ def write_protocol_outputs(
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_directory(out_dir, overwrite=True) as tmp:
         (tmp / "results.csv").write_text(_csv(result.table))
         (tmp / "folds.csv").write_text(_csv(result.folds))
         (tmp / "lesions.csv").write_text(_csv(result.lesions))
@@ -559,14 +554,4 @@ def write_protocol_outputs(
         (tmp / "results.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
         curves = {m: c for m, c in result.curves.items() if c is not None}
         plot_accuracy_confidence(curves, tmp / "curves.png", title="Accuracy-confidence curves (pooled test lesions)")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ugcn import __version__
+from ugcn.io import atomic_directory
 from ugcn.segment.model import SegmentationModel, variable_shapes
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.unet import UNetConfig
@@ -72,21 +71,9 @@ def save_model(model: SegmentationModel, directory: PathLike, *, overwrite: bool
         "training": _to_jsonable(model.training),
     }
     state = jax.device_get({"params": model.params, "batch_stats": model.batch_stats})
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory, overwrite=True) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / PARAMS_FILE).write_bytes(flax.serialization.to_bytes(state))
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            os.replace(directory, old / "model")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
