@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ugcn.evaluate.metrics import dice
-from ugcn.graph.voxel_graph import VoxelGraph, build_voxel_graph, largest_component
+from ugcn.graph.voxel_graph import VoxelGraph, build_voxel_graph
 from ugcn.refine.crf import CRFUnavailableError, dense_crf
 from ugcn.refine.fit import FitConfig, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
 
