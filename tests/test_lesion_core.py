@@ -209,8 +209,8 @@ def test_baselines_against_direct_numpy():
     names = ["entropy", "variance", "one_minus_pcs", "mi"]
     maps = {nm: rng.random(shape) for nm in names}
     maps["one_minus_pcs"][labels == 1] = 0.0  # exact zeros must not break the logs
-    st = lesion_statistics(labels, n, maps, names)
-    st_logs = lesion_statistics(labels, n, maps, names, logsum="sum_of_logs")
+    st = lesion_statistics(labels, n, maps, names, logsum="log_of_sum")
+    st_logs = lesion_statistics(labels, n, maps, names)  # default: sum of the logs
     for k in range(1, n + 1):
         sel = labels == k
         assert st["voxels"][k - 1] == sel.sum()

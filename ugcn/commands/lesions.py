@@ -85,8 +85,8 @@ def register(subparsers) -> None:
     ev.add_argument("--depth", type=int, default=2, help="U-Net down-samplings (default 2)")
     ev.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="U-Net patch size")
     ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
-    ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="log_of_sum",
-                    help="logsum baseline: log of the voxel sum (default) or sum of voxel logs (Nair et al.)")
+    ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
+                    help="logsum baseline: sum of voxel logs (default, Nair et al.) or log of the voxel sum")
     _add_common(ev)
     ev.set_defaults(run=run_evaluate)
 

@@ -3,10 +3,11 @@
 For every listed voxel-uncertainty estimator ``u`` (default entropy, variance, 1 - PCS):
 
 * ``<u>_mean``: mean of ``u`` over the lesion's voxels;
-* ``<u>_logsum``: by default the log of the sum of ``u`` over the lesion's voxels (METHOD.md). The paper
-  cites Nair et al. for the logsum and says it "assigns a higher uncertainty to small lesions", with
-  Spearman rho ~ -0.98 against size; that is the *sum of the logs* ``sum_v log u(v)``, available with
-  ``logsum="sum_of_logs"``. The log of the sum grows with the lesion, so it correlates positively with size.
+* ``<u>_logsum``: by default the *sum of the logs* ``sum_v log u(v)`` over the lesion's voxels (Nair et
+  al., cited by the paper, which says the logsum "assigns a higher uncertainty to small lesions" and
+  reports Spearman rho ~ -0.98 against size). METHOD.md's gloss "log of the sum" is available as
+  ``logsum="log_of_sum"``, but it grows with the lesion (rho ~ +1 against size, AUC far below 50 % on the
+  phantoms), which contradicts the published figures, so it is not the default.
 
 plus ``size`` (``1 / S``, S the voxel count) and the MetaSeg side learners: a logistic regression (TP/FP)
 and a linear regression (``IoU_adj``) on ``[mean of every listed estimator..., S]`` with standardised
@@ -40,7 +41,7 @@ def lesion_statistics(
     uncertainty: Mapping[str, np.ndarray],
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     *,
-    logsum: str = "log_of_sum",
+    logsum: str = "sum_of_logs",
 ) -> dict[str, np.ndarray]:
     """Mean, logsum and size scores of every lesion of one volume.
 
@@ -49,7 +50,7 @@ def lesion_statistics(
       n: number of lesions.
       uncertainty: name -> ``f32[X, Y, Z]`` voxel uncertainty (higher = more uncertain).
       estimators: which maps to aggregate.
-      logsum: ``"log_of_sum"`` (default, METHOD.md) or ``"sum_of_logs"`` (Nair et al.).
+      logsum: ``"sum_of_logs"`` (default, Nair et al., matches the paper's rho) or ``"log_of_sum"``.
 
     Returns:
       ``{"<u>_mean": f64[n], "<u>_logsum": f64[n], ... , "size": f64[n] (= 1/S), "voxels": i64[n] (= S)}``.

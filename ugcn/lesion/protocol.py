@@ -93,7 +93,7 @@ def case_lesions(
     affine: Optional[np.ndarray] = None,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     epsilon: float = FP_EPSILON,
-    logsum: str = "log_of_sum",
+    logsum: str = "sum_of_logs",
 ) -> CaseLesions:
     """Lesions, graphs, targets and baseline aggregations of one case.
 
@@ -279,7 +279,7 @@ class LesionProtocolConfig:
     gcnn_epochs: int = 100
     gcnn_batch_size: int = 10
     epsilon: float = FP_EPSILON
-    logsum: str = "log_of_sum"
+    logsum: str = "sum_of_logs"
 
     def __post_init__(self) -> None:
         if self.mask_from not in MASK_SOURCES:
