@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         (f"GCNN epoch, ugcn/JAX ({graphs.num_graphs} lesions, batches of 10)", t_jax),
     ]
     if t_pyg is not None:
-        rows.append((f"GCNN epoch, PyTorch Geometric (same graphs and batches)", t_pyg))
+        rows.append(("GCNN epoch, PyTorch Geometric (same graphs and batches)", t_pyg))
     print(f"\nmethod L benchmark ({args.size}); medians after warm-up")
     print(f"{'what':72s} {'seconds':>10s}")
     for name, sec in rows:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,21 +32,14 @@ from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
 from ugcn.uncertainty.sampling import _compiled_sampler
 from ugcn.uncertainty.stats import accumulate, empty_stats
+from common import median_time
+
 
 SIZES = {
     "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,)),
     "large": dict(base=16, depth=3, shape=(96, 96, 48), samples=20, chunks=(1, 4, 20)),
 }
 
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def memory(compiled) -> dict:
@@ -88,7 +80,7 @@ def main(argv=None) -> int:
             stats = update(stats, single(k, image))
         return jax.block_until_ready(stats)
 
-    t_loop = timed(loop, args.repeats)
+    t_loop = median_time(loop, args.repeats, warmup=True)
     rows.append(dict(method="python loop of single passes", chunk=1, keep_samples=False, seconds=t_loop,
                      compile_seconds=compile_single, memory=memory(single)))
 
@@ -98,7 +90,7 @@ def main(argv=None) -> int:
             compiled = _compiled_sampler(volume_fn, T, chunk, keep).lower(key, image).compile()
             compile_s = time.perf_counter() - t
             mem = memory(compiled)
-            seconds = timed(lambda: jax.block_until_ready(compiled(key, image)), args.repeats) if not keep else None
+            seconds = median_time(lambda: jax.block_until_ready(compiled(key, image)), args.repeats, warmup=True) if not keep else None
             rows.append(dict(method="mc_sample (scan x vmap)", chunk=chunk, keep_samples=keep, seconds=seconds,
                              compile_seconds=compile_s, memory=mem))
 

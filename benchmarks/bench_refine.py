@@ -21,17 +21,15 @@ value, scattered value: 20 bytes per edge), and the hidden layer is written and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from common import median_time, save_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "refine.json"
+
 
 
 def sphere_case(radius: float, seed: int = 0):
@@ -58,14 +56,6 @@ def radius_for(nodes: int) -> float:
     """Sphere radius giving about ``nodes`` graph nodes with the default settings (fitted empirically)."""
     return 13.5 * (nodes / 20_000) ** (1 / 2.7)
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def memory_bandwidth() -> float:
@@ -256,11 +246,7 @@ def main(argv=None) -> int:
         "batch": batch,
         "bytes_model": "2*20*E + 5*4*H*N + 4*F*N per epoch (float32/int32)",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    merged[args.size] = result
-    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"\nwrote {RESULTS}")
+    save_results("refine", args.size, result)
     return 0
 
 

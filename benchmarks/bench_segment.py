@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from ugcn.segment.model import init_model, make_volume_fn, predict_probabilities
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import Batch, TrainState, make_train_step, train_model
 from ugcn.segment.unet import UNetConfig
+from common import median_time
+
 
 SIZES = {
     "small": dict(base=8, depth=3, batch=8, side=96, scan_steps=5, train=None),
@@ -40,14 +41,6 @@ SIZES = {
                              learning_rate=3e-3, clip=(-160.0, 240.0))),
 }
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def step_timings(size: dict, repeats: int) -> dict:
