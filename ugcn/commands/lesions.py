@@ -213,7 +213,7 @@ def run_evaluate(args) -> int:
 
 #: The demo's CPU-sized protocol: a narrow 3D U-Net on whole 32x32x24 volumes, T = 10 MC passes.
 DEMO_SETTINGS = dict(
-    mc_samples=10, unet_base_features=4, unet_depth=2, unet_epochs=20, unet_steps_per_epoch=10,
+    mc_samples=10, unet_base_features=4, unet_dropout=0.1, unet_depth=2, unet_epochs=20, unet_steps_per_epoch=10,
     unet_batch_size=1, unet_learning_rate=1e-2, gcnn_epochs=30,
 )
 

@@ -256,7 +256,8 @@ class LesionProtocolConfig:
       estimators: voxel uncertainty maps (registry names of :mod:`ugcn.uncertainty`).
       mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
       mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
-      unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings).
+      unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
+        None = METHOD.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps).
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
@@ -276,6 +277,7 @@ class LesionProtocolConfig:
     unet_steps_per_epoch: int = 20
     unet_batch_size: int = 4
     unet_learning_rate: float = 1e-3
+    unet_dropout: Optional[float] = None
     gcnn_epochs: int = 100
     gcnn_batch_size: int = 10
     epsilon: float = FP_EPSILON
@@ -381,7 +383,7 @@ def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bo
 
     channels = 1 if images[0].ndim == 3 else images[0].shape[-1]
     unet = UNetConfig(dims=3, in_channels=channels, num_classes=1, base_features=cfg.unet_base_features,
-                      depth=cfg.unet_depth, patch_size=cfg.unet_patch)
+                      depth=cfg.unet_depth, patch_size=cfg.unet_patch, dropout_rate=cfg.unet_dropout)
     model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
                            batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
                            progress=progress)
