@@ -197,18 +197,9 @@ def save_volume(
         # Keep the qform/sform codes of the source image, with the new affine.
         img.set_qform(affine, code=int(hdr["qform_code"]) or 1)
         img.set_sform(affine, code=int(hdr["sform_code"]) or 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; outputs should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 
@@ -217,18 +208,30 @@ def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = True) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise ValueError(f"{path}: exists already (pass --overwrite to replace it)")
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike, *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    ``suffix`` keeps the extension that writers such as nibabel or matplotlib look at. The file gets the
+    permissions a plain ``open()`` would give (``mkstemp`` makes private 0600 files).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 @contextlib.contextmanager
