@@ -30,7 +30,7 @@ import numpy as np
 
 from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
-from ugcn.uncertainty.sampling import _compiled_sampler
+from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
 from ugcn.uncertainty.stats import accumulate, empty_stats
 from common import median_time
 
@@ -87,10 +87,11 @@ def main(argv=None) -> int:
     for chunk in cfg["chunks"]:
         for keep in (False, True):
             t = time.perf_counter()
-            compiled = _compiled_sampler(volume_fn, T, chunk, keep).lower(key, image).compile()
+            apply, variables = _split_weights(volume_fn)
+            compiled = _compiled_sampler(apply, T, chunk, keep).lower(variables, key, image).compile()
             compile_s = time.perf_counter() - t
             mem = memory(compiled)
-            seconds = median_time(lambda: jax.block_until_ready(compiled(key, image)), args.repeats, warmup=True) if not keep else None
+            seconds = median_time(lambda: jax.block_until_ready(compiled(variables, key, image)), args.repeats, warmup=True) if not keep else None
             rows.append(dict(method="mc_sample (scan x vmap)", chunk=chunk, keep_samples=keep, seconds=seconds,
                              compile_seconds=compile_s, memory=mem))
 

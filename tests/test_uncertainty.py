@@ -227,3 +227,28 @@ def test_mcdo_cli_errors(mcdo_inputs, capsys):
     assert main(base + ["--samples", "0"]) == 2
     assert main(["mcdo", "--image", str(root / "img.nii.gz"), "--out", str(root / "e")]) == 2
     assert not (root / "e").exists()
+
+
+def test_models_of_one_architecture_share_a_sampler_but_keep_their_weights():
+    """Two models with the same config reuse one compiled sampler, and each still gets its own weights."""
+    import jax
+    import numpy as np
+
+    from ugcn.segment import UNetConfig, init_model, make_volume_fn
+    from ugcn.uncertainty import mc_sample
+    from ugcn.uncertainty.sampling import _compiled_sampler
+
+    config = UNetConfig(dims=2, base_features=4, depth=2)
+    image = np.random.default_rng(0).normal(size=(16, 16, 4)).astype(np.float32)
+    model_a = init_model(config, jax.random.PRNGKey(1))
+    model_b = init_model(config, jax.random.PRNGKey(2))
+    key = jax.random.PRNGKey(0)
+    a = mc_sample(make_volume_fn(model_a, stochastic=True), image, key, n_samples=3, chunk_size=3)
+    misses = _compiled_sampler.cache_info().misses
+    b = mc_sample(make_volume_fn(model_b, stochastic=True), image, key, n_samples=3, chunk_size=3)
+    assert _compiled_sampler.cache_info().misses == misses
+    # Independent reference: three single passes of model B's own function.
+    fn_b = make_volume_fn(model_b, stochastic=True)
+    ref = sum(np.asarray(fn_b(k, image)) for k in jax.random.split(key, 3))
+    np.testing.assert_allclose(np.asarray(b.stats.sum_p), ref, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(a.stats.sum_p), np.asarray(b.stats.sum_p))

@@ -312,11 +312,27 @@ def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Op
     """
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    fn = _volume_fn_of_variables(model.config, model.normalization, bool(stochastic), batch_size)
-    variables = model.variables
-    return lambda key, image: fn(variables, key, image)
+    apply = _volume_fn_of_variables(model.config, model.normalization, bool(stochastic), batch_size)
+    return BoundVolumeFn(apply, model.variables)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoundVolumeFn:
+    """``fn(key, image) -> probs`` that keeps the weights apart from the computation.
+
+    ``apply(variables, key, image)`` is shared by every model with the same architecture and normalisation,
+    so samplers (:func:`ugcn.uncertainty.mc_sample`) compile it once and pass ``variables`` as an argument
+    instead of baking each model's weights into its own program.
+    """
+
+    apply: Callable[[Any, jax.Array, jnp.ndarray], jnp.ndarray]
+    variables: Any
+
+    def __call__(self, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+        return self.apply(self.variables, key, image)
+
+
+@functools.lru_cache(maxsize=32)
 def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     """``fn(variables, key, image) -> probs``: the volume function with the weights as an argument."""
     build = _slices_fn if config.dims == 2 else _patches_fn

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,26 +44,44 @@ def _check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def _split_weights(volume_fn: VolumeFn) -> tuple[Callable, Any]:
+    """``(apply(variables, key, image), variables)`` of a volume function.
+
+    Functions that carry their weights apart (``apply`` and ``variables`` attributes, as
+    ``ugcn.segment.make_volume_fn`` returns) share one compiled sampler per architecture, with the weights as
+    an argument; any other ``fn(key, image)`` gets a sampler of its own.
+    """
+    apply, variables = getattr(volume_fn, "apply", None), getattr(volume_fn, "variables", None)
+    if callable(apply) and variables is not None:
+        return apply, variables
+    return _ignoring_weights(volume_fn), None
+
+
 @functools.lru_cache(maxsize=16)
-def _compiled_sampler(volume_fn: VolumeFn, n_samples: int, chunk_size: int, keep_samples: bool) -> Callable:
-    """One jitted function per (volume_fn, T, chunk, keep); jit itself caches per input shape."""
+def _ignoring_weights(volume_fn: VolumeFn) -> Callable:
+    return lambda variables, key, image: volume_fn(key, image)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_sampler(apply: Callable, n_samples: int, chunk_size: int, keep_samples: bool) -> Callable:
+    """One jitted ``run(variables, key, image)`` per (apply, T, chunk, keep); jit caches per input shape."""
     n_chunks = math.ceil(n_samples / chunk_size)
     padded = n_chunks * chunk_size
-    batched_fn = jax.vmap(volume_fn, in_axes=(0, None))
+    batched_fn = jax.vmap(apply, in_axes=(None, 0, None))
 
-    def run(key, image):
+    def run(variables, key, image):
         keys = jax.random.split(key, n_samples)
         # Padding passes reuse real keys (any valid key works) and get weight 0 in the sums.
         keys = jnp.concatenate([keys, keys[: padded - n_samples]], axis=0) if padded > n_samples else keys
         weights = (jnp.arange(padded) < n_samples).astype(jnp.float32)
         keys = keys.reshape((n_chunks, chunk_size) + keys.shape[1:])
         weights = weights.reshape(n_chunks, chunk_size)
-        probs_shape = jax.eval_shape(volume_fn, keys[0, 0], image).shape
+        probs_shape = jax.eval_shape(lambda k, x: apply(variables, k, x), keys[0, 0], image).shape
         init = empty_stats(probs_shape)
 
         def step(stats, chunk):
             chunk_keys, chunk_weights = chunk
-            probs = batched_fn(chunk_keys, image).astype(jnp.float32)
+            probs = batched_fn(variables, chunk_keys, image).astype(jnp.float32)
             stats = accumulate(stats, probs, chunk_weights)
             return stats, (probs if keep_samples else None)
 
@@ -118,7 +136,8 @@ def mc_sample(
             f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {image.shape[:3]}, "
             f"got shape {out.shape}"
         )
-    result = _compiled_sampler(volume_fn, n_samples, chunk_size, bool(keep_samples))(key, image)
+    apply, variables = _split_weights(volume_fn)
+    result = _compiled_sampler(apply, n_samples, chunk_size, bool(keep_samples))(variables, key, image)
     if not np.all(np.isfinite(np.asarray(result.stats.sum_p))):
         raise ValueError("volume_fn produced NaN or infinite probabilities")
     return result
