@@ -30,7 +30,7 @@ def run(args) -> int:
         config = dataclasses.replace(QUICK if args.quick else DemoConfig(), seed=args.seed)
         run_refinement_demo(args.out / "refine", config, progress=progress)
     else:
-        from ugcn.commands.lesions import run_lesion_demo
+        from ugcn.demo import run_lesion_demo
 
         run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 12, seed=args.seed,
                         progress=progress, overwrite=True)

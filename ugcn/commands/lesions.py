@@ -8,7 +8,7 @@
 * ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, fit on validation lesions, score
   test lesions with every method): results table, per-fold Dice and TP/FP counts, curves.
 
-Also :func:`run_lesion_demo`, used by ``ugcn demo --task lesions``.
+The lesion demo (``ugcn demo --task lesions``) is :func:`ugcn.demo.run_lesion_demo`.
 """
 from __future__ import annotations
 
@@ -209,47 +209,3 @@ def run_evaluate(args) -> int:
     print(result.markdown())
     print(f"written to {args.out} ({result.seconds:.0f} s)")
     return 0
-
-
-#: The demo's CPU-sized protocol: a narrow 3D U-Net on whole 32x32x24 volumes, T = 10 MC passes.
-DEMO_SETTINGS = dict(
-    mc_samples=10, unet_base_features=4, unet_dropout=0.1, unet_depth=2, unet_epochs=20, unet_steps_per_epoch=10,
-    unet_batch_size=1, unet_learning_rate=1e-2, gcnn_epochs=30,
-)
-
-
-def run_lesion_demo(out_dir, *, n_cases: int = 12, seed: int = 0, progress: bool = True,
-                    overwrite: bool = False, shape=(32, 32, 24), **settings):
-    """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
-
-    Args:
-      out_dir: folder for ``data/`` (the phantoms, Decathlon layout) and ``results/``.
-      n_cases: number of phantoms (>= 8 so that every fold has train, validation and test cases).
-      seed: seeds the phantoms and the protocol.
-      progress: progress bars.
-      overwrite: replace an existing ``out_dir/data`` and ``out_dir/results``.
-      shape: phantom size (small, for CPU; each a multiple of 4, >= 24).
-      settings: overrides of :data:`DEMO_SETTINGS` (any :class:`LesionProtocolConfig` field).
-
-    Returns:
-      :class:`ugcn.lesion.protocol.ProtocolResult`.
-    """
-    from ugcn.data import brain_phantom, write_decathlon
-    from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
-
-    if n_cases < 8:
-        raise ValueError(f"run_lesion_demo: n_cases must be at least 8 for 4 folds, got {n_cases}")
-    out_dir = Path(out_dir)
-    data = out_dir / "data"
-
-    def cases():
-        for i in range(n_cases):
-            ph = brain_phantom(seed * 1000 + i, shape=tuple(shape))
-            yield f"brain_{i:03d}", ph.image, ph.label, ph.affine
-
-    write_decathlon(data, cases(), name="ugcn brain phantoms", modality="FLAIR",
-                    labels={"0": "background", "1": "lesion"}, overwrite=overwrite)
-    config = LesionProtocolConfig(folds=4, seed=seed, unet_patch=tuple(shape), **{**DEMO_SETTINGS, **settings})
-    result = run_protocol(data, config, out_dir=out_dir / "results", overwrite=overwrite, progress=progress)
-    print(result.markdown())
-    return result
