@@ -159,3 +159,31 @@ def test_corrupt_nifti_through_a_command_exits_2(tmp_path, capsys):
     code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2
     assert err.strip().count("\n") == 0 and "maps.nii.gz" in err and "Traceback" not in err
+
+
+def test_compilation_cache_location_follows_environment(monkeypatch, tmp_path):
+    from ugcn.cli import CACHE_ENV, compilation_cache_dir
+
+    for off in ("off", "0", "OFF", "no"):
+        monkeypatch.setenv(CACHE_ENV, off)
+        assert compilation_cache_dir() is None
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert compilation_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache_dir() == tmp_path / "xdg" / "ugcn" / "jax"
+
+
+def test_cli_run_switches_on_the_compilation_cache(monkeypatch, tmp_path):
+    import jax
+
+    from ugcn import cli
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv(cli.CACHE_ENV, str(tmp_path / "cache"))
+    try:
+        assert cli.main(["phantoms", "ct", str(tmp_path / "ct"), "--n", "1", "--shape", "32,32,16", "--quiet"]) == 0
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert (tmp_path / "cache").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

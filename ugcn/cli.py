@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ugcn import __version__
@@ -24,6 +26,37 @@ COMMAND_MODULES = (
 )
 
 EXIT_USAGE = 2
+CACHE_ENV = "UGCN_COMPILATION_CACHE"
+
+
+def compilation_cache_dir() -> Optional[Path]:
+    """Where the CLI keeps XLA's compiled programs between runs, or ``None`` when switched off.
+
+    ``UGCN_COMPILATION_CACHE`` = a folder, or ``off``/``0``; default ``$XDG_CACHE_HOME/ugcn/jax`` (or
+    ``~/.cache/ugcn/jax``). Compiling the fits and samplers takes most of a small CPU run; a repeat run
+    with the same shapes loads them instead.
+    """
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in ("off", "0", "false", "no"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ugcn" / "jax"
+
+
+def _enable_compilation_cache() -> None:
+    directory = compilation_cache_dir()
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home must not stop the run
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        _enable_compilation_cache()
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"ugcn {args.command}: error: {err}", file=sys.stderr)
