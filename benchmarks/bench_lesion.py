@@ -8,12 +8,11 @@
    batches when ``torch`` and ``torch_geometric`` import.
 
 Usage: ``python benchmarks/bench_lesion.py [--size small|large]``; prints a table and writes
-``benchmarks/results/lesion.json``. ``small`` (default) uses 2 volumes for the GCNN part; ``large`` 8.
+``benchmarks/results/lesion.json`` (under the size). ``small`` (default) uses 2 volumes for the GCNN part; ``large`` 8.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,9 @@ from ugcn.graph.lesion_graph import build_lesion_graphs, concat_lesion_graphs  #
 from ugcn.lesion.baselines import lesion_statistics  # noqa: E402
 from ugcn.lesion.components import lesion_table  # noqa: E402
 from ugcn.lesion.gcnn import fit_gcnn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import save_results  # noqa: E402
 
 SHAPE = (160, 192, 160)
 NAMES = ("entropy", "variance", "one_minus_pcs")
@@ -111,6 +113,7 @@ def bench_gcnn_pyg(graphs, targets, epochs: int, repeats: int):
     except Exception as err:  # not installed: report why
         return None, f"{type(err).__name__}: {err}"
 
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
@@ -181,9 +184,12 @@ def main(argv=None) -> int:
     else:
         print(f"PyTorch Geometric comparison skipped ({pyg_info})")
 
+    ratios = {"lesion extraction + graphs, seconds per 160x192x160 volume": ext["seconds_total"]}
+    if t_pyg is not None:
+        ratios["PyG / ugcn GCNN epoch"] = t_pyg / t_jax
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "jax_backend": jax.default_backend()},
+                    "jax_backend": jax.default_backend(), "load_average": list(os.getloadavg())},
         "versions": {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
                      "pyg": pyg_info},
         "size": args.size,
@@ -192,12 +198,10 @@ def main(argv=None) -> int:
                  "edges": int(graphs.senders.shape[0]), "epochs_timed": epochs,
                  "seconds_per_epoch_jax": t_jax, "seconds_per_epoch_pyg": t_pyg,
                  "ratio_pyg_over_jax": (t_pyg / t_jax) if t_pyg else None},
-        "note": "2-core CPU shared with other jobs while measured; compare ratios from the same run only",
+        "ratios": ratios,
+        "note": "compare ratios from the same run only",
     }
-    out = Path(__file__).resolve().parent / "results" / "lesion.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    save_results("lesion", args.size, result)
     return 0
 
 

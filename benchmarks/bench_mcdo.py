@@ -4,7 +4,11 @@ Compares, on the same machine in the same run:
   - ``mc_sample``: the T passes as ONE compiled function (lax.scan over chunks, vmap over the chunk's keys,
     streaming statistics), for a few chunk sizes;
   - a Python loop of T calls of the same single-pass function, jitted once, with a jitted running-sum update
-    (the streaming baseline without vmap/scan).
+    (the streaming baseline without vmap/scan);
+  - the same U-Net in PyTorch (CPU, eval-mode batch-norm, ``Dropout2d`` switched on: MC dropout), with the
+    JAX model's weights copied in (deterministic outputs are checked to agree), as a Python loop of T passes
+    and as chunks of passes stacked into one batch; same running sums, same threads as the machine's cores.
+    Skipped with a note when ``torch`` is not installed (``pip install "ugcn[bench]"``).
 Timings are medians of ``--repeats`` runs after one warm-up run (compilation excluded; compile times are
 reported separately). Memory is XLA's compiled ``memory_analysis()`` of each executable (bytes of arguments,
 outputs and temporaries the compiled program allocates), with and without keeping the T samples.
@@ -12,17 +16,15 @@ outputs and temporaries the compiled program allocates), with and without keepin
 Usage:  python benchmarks/bench_mcdo.py [--size small|large] [--repeats 3]
   small: base 8 U-Net,  volume 64x64x24, T = 20, chunk 4          (< 1 minute on an idle 2-core CPU)
   large: base 16 U-Net, volume 96x96x48, T = 20, chunks 1, 4, 20  (~10 minutes on a 2-core CPU)
-Writes (updates the entry of its size in) benchmarks/results/mcdo.json.
+Writes (updates the entry of its size in) benchmarks/results/mcdo.json; ``ratios`` holds the headline
+figures (vmapped JAX vs the JAX loop and vs the PyTorch loop).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
 from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
 from ugcn.uncertainty.stats import accumulate, empty_stats
-from common import median_time
+from common import machine_info, median_time, save_results
 
 
 SIZES = {
@@ -51,18 +53,157 @@ def memory(compiled) -> dict:
     return out
 
 
+def cpu_threads() -> int:
+    """Cores this process may use (XLA:CPU uses all of them; PyTorch is set to the same number)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def torch_unet(config: UNetConfig, variables):
+    """The same 2D U-Net in PyTorch, holding the JAX model's weights.
+
+    ``conv3x3 (no bias) -> BatchNorm -> ReLU -> Dropout2d`` twice per block, 2x max-pool, 2x2 transposed
+    conv (flax's kernel is applied flipped), skip concatenation, 1x1 head. ``eval()`` then dropout modules
+    back to ``train()`` gives MC dropout with batch-norm running statistics, as ``make_volume_fn``.
+    """
+    import torch
+    from torch import nn as tnn
+
+    params, stats = variables["params"], variables["batch_stats"]
+    rate = config.rate
+
+    def tensor(a, transpose=None):
+        a = np.array(a, np.float32)  # a writable copy
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(transpose) if transpose else a))
+
+    def block(name, c_in, c_out):
+        layers = []
+        for i in range(2):
+            conv = tnn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False)
+            bn = tnn.BatchNorm2d(c_out, eps=1e-5)
+            with torch.no_grad():
+                conv.weight.copy_(tensor(params[name][f"Conv_{i}"]["kernel"], (3, 2, 0, 1)))
+                bn.weight.copy_(tensor(params[name][f"BatchNorm_{i}"]["scale"]))
+                bn.bias.copy_(tensor(params[name][f"BatchNorm_{i}"]["bias"]))
+                bn.running_mean.copy_(tensor(stats[name][f"BatchNorm_{i}"]["mean"]))
+                bn.running_var.copy_(tensor(stats[name][f"BatchNorm_{i}"]["var"]))
+            layers += [conv, bn, tnn.ReLU(), tnn.Dropout2d(rate)]
+        return tnn.Sequential(*layers)
+
+    class UNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            f, d = config.base_features, config.depth
+            self.down = tnn.ModuleList(
+                [block(f"ConvBlock_{lv}", config.in_channels if lv == 0 else f * 2 ** (lv - 1), f * 2**lv)
+                 for lv in range(d)])
+            self.bottom = block(f"ConvBlock_{d}", f * 2 ** (d - 1), f * 2**d)
+            self.ups, self.up_blocks = tnn.ModuleList(), tnn.ModuleList()
+            for i, lv in enumerate(reversed(range(d))):
+                up = tnn.ConvTranspose2d(f * 2 ** (lv + 1), f * 2**lv, 2, stride=2)
+                with torch.no_grad():
+                    k = np.asarray(params[f"ConvTranspose_{i}"]["kernel"])[::-1, ::-1]
+                    up.weight.copy_(tensor(k, (2, 3, 0, 1)))
+                    up.bias.copy_(tensor(params[f"ConvTranspose_{i}"]["bias"]))
+                self.ups.append(up)
+                self.up_blocks.append(block(f"ConvBlock_{d + 1 + i}", f * 2 ** (lv + 1), f * 2**lv))
+            self.head = tnn.Conv2d(f, config.num_classes, 1)
+            with torch.no_grad():
+                self.head.weight.copy_(tensor(params["Conv_0"]["kernel"], (3, 2, 0, 1)))
+                self.head.bias.copy_(tensor(params["Conv_0"]["bias"]))
+
+        def forward(self, x):
+            skips = []
+            for blk in self.down:
+                x = blk(x)
+                skips.append(x)
+                x = torch.nn.functional.max_pool2d(x, 2)
+            x = self.bottom(x)
+            for up, blk, skip in zip(self.ups, self.up_blocks, reversed(skips)):
+                x = blk(torch.cat([up(x), skip], dim=1))
+            return self.head(x)
+
+    net = UNet().eval()
+    for m in net.modules():
+        if isinstance(m, tnn.Dropout2d):
+            m.train()  # MC dropout: dropout on, batch-norm on running statistics
+    return net
+
+
+def bench_torch(config: UNetConfig, variables, image: np.ndarray, T: int, chunk: int, repeats: int,
+                reference: np.ndarray) -> dict:
+    """PyTorch MC dropout of the same U-Net: Python loop of T passes, and chunks of passes as one batch."""
+    try:
+        import torch
+    except ImportError as err:
+        return {"skipped": f"torch not importable ({err}); pip install 'ugcn[bench]'"}
+    torch.set_num_threads(cpu_threads())
+    net = torch_unet(config, variables)
+    step = 2**config.depth
+    x = (image - image.mean()) / max(float(image.std()), 1e-6)  # the model's z-score normalisation
+    nx, ny, _ = x.shape
+    x = np.pad(x, ((0, -nx % step), (0, -ny % step), (0, 0)), mode="edge")
+    slices = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[:, None]))  # [Z, 1, X, Y]
+
+    def probs(batch):
+        p = torch.sigmoid(net(batch)[:, 0, :nx, :ny])
+        return torch.stack([1 - p, p], dim=-1)  # [B, X, Y, C]
+
+    with torch.no_grad():  # the weights copy is checked once, with dropout off
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout2d):
+                m.eval()
+        check = probs(slices).numpy().transpose(1, 2, 0, 3)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout2d):
+                m.train()
+    max_diff = float(np.abs(check - reference).max())
+
+    def accumulate_torch(sums, p):
+        sums[0] += p.sum(0)
+        sums[1] += (p * p).sum(0)
+        sums[2] += torch.special.xlogy(p, p).sum(0)
+
+    def loop():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            sums = [torch.zeros(slices.shape[0], nx, ny, 2) for _ in range(3)]
+            for _ in range(T):
+                accumulate_torch(sums, probs(slices)[None])
+        return sums
+
+    def chunked():
+        torch.manual_seed(0)
+        z = slices.shape[0]
+        with torch.no_grad():
+            sums = [torch.zeros(z, nx, ny, 2) for _ in range(3)]
+            for start in range(0, T, chunk):
+                n = min(chunk, T - start)  # n passes stacked on the batch axis: one Dropout2d draw each
+                p = probs(slices.repeat(n, 1, 1, 1)).reshape(n, z, nx, ny, 2)
+                accumulate_torch(sums, p)
+        return sums
+
+    t_loop = median_time(loop, repeats, warmup=True)
+    t_chunk = median_time(chunked, repeats, warmup=True)
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "loop_seconds": t_loop,
+            "chunk": chunk, "chunked_seconds": t_chunk, "max_abs_diff_deterministic": max_diff}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mcdo.json"))
     args = parser.parse_args(argv)
     cfg = SIZES[args.size]
     T = cfg["samples"]
     config = UNetConfig(dims=2, base_features=cfg["base"], depth=cfg["depth"])
     model = init_model(config, jax.random.PRNGKey(0))
+    # Random weights with unit batch-norm statistics saturate nothing: dropout changes the outputs.
     volume_fn = make_volume_fn(model, stochastic=True)
-    image = jnp.asarray(np.random.default_rng(0).normal(size=cfg["shape"]), jnp.float32)
+    host_image = np.random.default_rng(0).normal(size=cfg["shape"]).astype(np.float32)
+    image = jnp.asarray(host_image)
     key = jax.random.key(0)
     keys = jax.random.split(key, T)
     rows = []
@@ -81,7 +222,7 @@ def main(argv=None) -> int:
         return jax.block_until_ready(stats)
 
     t_loop = median_time(loop, args.repeats, warmup=True)
-    rows.append(dict(method="python loop of single passes", chunk=1, keep_samples=False, seconds=t_loop,
+    rows.append(dict(method="jax: python loop of single passes", chunk=1, keep_samples=False, seconds=t_loop,
                      compile_seconds=compile_single, memory=memory(single)))
 
     for chunk in cfg["chunks"]:
@@ -91,42 +232,62 @@ def main(argv=None) -> int:
             compiled = _compiled_sampler(apply, T, chunk, keep).lower(variables, key, image).compile()
             compile_s = time.perf_counter() - t
             mem = memory(compiled)
-            seconds = median_time(lambda: jax.block_until_ready(compiled(variables, key, image)), args.repeats, warmup=True) if not keep else None
-            rows.append(dict(method="mc_sample (scan x vmap)", chunk=chunk, keep_samples=keep, seconds=seconds,
-                             compile_seconds=compile_s, memory=mem))
+            seconds = None if keep else median_time(
+                lambda: jax.block_until_ready(compiled(variables, key, image)), args.repeats, warmup=True)
+            rows.append(dict(method="jax: mc_sample (scan x vmap)", chunk=chunk, keep_samples=keep,
+                             seconds=seconds, compile_seconds=compile_s, memory=mem))
+
+    reference = np.asarray(jax.jit(make_volume_fn(model, stochastic=False))(keys[0], image))
+    torch_result = bench_torch(config, model.variables, host_image, T, 4, args.repeats, reference)
+    if "skipped" not in torch_result:
+        rows.append(dict(method="torch: python loop of single passes", chunk=1, keep_samples=False,
+                         seconds=torch_result["loop_seconds"], compile_seconds=None, memory={}))
+        rows.append(dict(method="torch: passes stacked in one batch", chunk=torch_result["chunk"],
+                         keep_samples=False, seconds=torch_result["chunked_seconds"], compile_seconds=None,
+                         memory={}))
 
     for row in rows:
         row["speedup_vs_loop"] = (t_loop / row["seconds"]) if row["seconds"] else None
+    best = min((r for r in rows if r["method"].startswith("jax: mc_sample") and r["seconds"]),
+               key=lambda r: r["seconds"])
+    ratios = {"jax loop / jax vmapped (same T passes)": t_loop / best["seconds"]}
+    if "skipped" not in torch_result:
+        ratios["torch loop / jax vmapped"] = torch_result["loop_seconds"] / best["seconds"]
+        ratios["torch batched / jax vmapped"] = torch_result["chunked_seconds"] / best["seconds"]
+        ratios["torch loop / jax loop"] = torch_result["loop_seconds"] / t_loop
+    machine = machine_info()
+    machine["threads"] = cpu_threads()
+    machine["load_average_1min"] = os.getloadavg()[0]
     result = {
         "benchmark": "mcdo",
         "size": args.size,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "device": str(jax.devices()[0]),
-                    "load_average_1min": os.getloadavg()[0]},
-        "versions": {"python": sys.version.split()[0], "jax": jax.__version__, "numpy": np.__version__},
+        "machine": machine,
         "setup": {"unet": config.to_dict(), "volume": list(cfg["shape"]), "n_samples": T,
                   "repeats": args.repeats, "timing": "median after one warm-up, compilation excluded",
                   "memory": "XLA compiled memory_analysis(): argument + output + temp bytes"},
         "rows": rows,
+        "torch": torch_result,
+        "ratios": ratios,
     }
     print(f"T={T} passes, 2D U-Net base {cfg['base']} depth {cfg['depth']}, volume {cfg['shape']}, "
-          f"{result['machine']['device']}, load {result['machine']['load_average_1min']:.1f}")
-    print(f"{'method':32s} {'chunk':>5s} {'keep':>5s} {'median s':>9s} {'x loop':>7s} {'compile s':>9s} "
+          f"{machine['device']}, {machine['threads']} threads, load {machine['load_average_1min']:.1f}")
+    print(f"{'method':38s} {'chunk':>5s} {'keep':>5s} {'median s':>9s} {'x loop':>7s} {'compile s':>9s} "
           f"{'temp MiB':>9s} {'out MiB':>8s}")
     for r in rows:
         m = r["memory"]
         sec = f"{r['seconds']:9.3f}" if r["seconds"] else f"{'-':>9s}"
         spd = f"{r['speedup_vs_loop']:7.2f}" if r["speedup_vs_loop"] else f"{'-':>7s}"
-        print(f"{r['method']:32s} {r['chunk']:5d} {str(r['keep_samples']):>5s} {sec} {spd} "
-              f"{r['compile_seconds']:9.1f} {m.get('temp', 0) / 2**20:9.1f} {m.get('output', 0) / 2**20:8.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # One file for both sizes: the other size's last result is kept.
-    merged = json.loads(out.read_text()) if out.exists() else {}
-    merged = merged if isinstance(merged, dict) and "benchmark" not in merged else {}
-    merged[args.size] = result
-    out.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"wrote {out}")
+        comp = f"{r['compile_seconds']:9.1f}" if r["compile_seconds"] is not None else f"{'-':>9s}"
+        mem = f"{m.get('temp', 0) / 2**20:9.1f} {m.get('output', 0) / 2**20:8.1f}" if m else f"{'-':>9s} {'-':>8s}"
+        print(f"{r['method']:38s} {r['chunk']:5d} {str(r['keep_samples']):>5s} {sec} {spd} {comp} {mem}")
+    if "skipped" in torch_result:
+        print(f"PyTorch rows skipped: {torch_result['skipped']}")
+    else:
+        print(f"PyTorch {torch_result['torch']} with the same weights: max |p_torch - p_jax| (dropout off) = "
+              f"{torch_result['max_abs_diff_deterministic']:.1e}")
+    for name, value in ratios.items():
+        print(f"ratio {name}: {value:.2f}")
+    save_results("mcdo", args.size, result)
     return 0
 
 

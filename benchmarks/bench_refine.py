@@ -1,17 +1,20 @@
 """Benchmark of method R: voxel-graph construction, the 200-epoch GCN fit, vmapped batches, PyG.
 
-Run: ``python benchmarks/bench_refine.py [--size small|large]`` (small, the default, takes < 1 minute on a
-laptop CPU). Prints a table and merges its results into ``benchmarks/results/refine.json`` under the size.
+Run: ``python benchmarks/bench_refine.py [--size small|large]`` (small, the default, takes about a minute
+on a 2-core CPU; large a few minutes). Prints tables and merges its results into
+``benchmarks/results/refine.json`` under the size; ``ratios`` holds the headline figures.
 
 Measured (medians after a warm-up call that includes compilation):
-  - graph construction (numpy/scipy) at ~20k (and ~100k, large) nodes;
-  - the 200-epoch fit (one jitted ``lax.scan``) at the largest size, its time per epoch, the bytes an epoch
-    must move at least (model below) and the bandwidth that implies, against a measured memory bandwidth
-    (``numpy.copyto`` of a 256 MiB array: read + write);
-  - the batch fit with B = 1, 4 (and 16, large) graphs, both strategies (parallel = block-diagonal vmap,
+  - graph construction (numpy/scipy) at ~20k, ~100k and ~300k nodes, and the exponent b of time ~ nodes^b;
+  - the 200-epoch fit (one jitted ``lax.scan``) at ~20k nodes (large: also ~100k and ~300k, and its growth
+    exponent), its time per epoch, the bytes an epoch must move at least (model below) and the bandwidth
+    that implies, against the memory bandwidth measured in the same run (``numpy.copyto`` of a 256 MiB
+    array: read + write);
+  - the batch fit with B = 1, 4 (large: 16) graphs, both strategies (parallel = block-diagonal vmap,
     sequential = lax.map), against B separate fits;
-  - PyTorch Geometric's ``GCNConv`` (edge weights, same graph, same epochs, same process), when ``torch``
-    and ``torch_geometric`` import (``pip install "ugcn[bench]"``).
+  - PyTorch Geometric on the same graph in the same process (``GCNConv`` x 2, and the same algebra as ugcn:
+    ``ÂX`` once, then ``Linear`` + ``GCNConv(32, 1)``), a few epochs, per epoch, when ``torch`` and
+    ``torch_geometric`` import (``pip install "ugcn[bench]"``).
 
 Bytes per epoch (float32/int32, N nodes, E directed edges, H hidden, F features): the forward and the
 backward pass each propagate one channel over the edges (sender and receiver index, coefficient, gathered
@@ -131,23 +134,35 @@ def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
     return rows
 
 
-def bench_pyg(graph, repeats: int, epochs: int = 200):
-    """Same graph, GCNConv with edge weights, same epochs and optimiser, in this process; None if absent."""
+def bench_pyg(graph, repeats: int, epochs: int = 200) -> dict:
+    """The same fit in PyTorch Geometric on the same graph, in this process; ``{"skipped": why}`` if absent.
+
+    Two models, both 200-epoch-style full-batch fits with Adam (lr 1e-2, weight decay 1e-5), BCE on the
+    training nodes, hidden 32 with dropout 0.5, edge weights, cached normalisation:
+      - ``GCNConv x 2``: the textbook PyG model (layer 1 propagates its 32 hidden channels every epoch);
+      - ``same algebra``: ``ÂX`` precomputed once (as ugcn does), ``Linear`` then ``GCNConv(32, 1)``, so the
+        ratio to ugcn separates the framework from the algebra.
+    """
     try:
         import torch
         import torch.nn.functional as F
         from torch_geometric.nn import GCNConv
+        from torch_geometric.nn.conv.gcn_conv import gcn_norm
     except ImportError as err:
-        return {"skipped": f"torch/torch_geometric not importable ({err})"}
+        return {"skipped": f"torch/torch_geometric not importable ({err}); pip install 'ugcn[bench]'"}
 
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     torch.manual_seed(0)
     x = torch.from_numpy(graph.features)
+    n = x.shape[0]
     edge_index = torch.from_numpy(np.stack([graph.senders, graph.receivers]).astype(np.int64))
     weight = torch.from_numpy(graph.weights)
     y = torch.from_numpy(graph.labels)
     train = torch.from_numpy(graph.train_mask)
+    ei, w = gcn_norm(edge_index, weight, n, add_self_loops=True)
+    ax = torch.zeros_like(x).index_add_(0, ei[1], w[:, None] * x[ei[0]])  # ÂX once
 
-    class Net(torch.nn.Module):
+    class Textbook(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.conv1 = GCNConv(x.shape[1], 32, cached=True)
@@ -158,11 +173,21 @@ def bench_pyg(graph, repeats: int, epochs: int = 200):
             h = F.dropout(h, 0.5, self.training)
             return self.conv2(h, edge_index, weight)[:, 0]
 
-    def run():
-        model = Net()
+    class SameAlgebra(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin1 = torch.nn.Linear(x.shape[1], 32)
+            self.conv2 = GCNConv(32, 1, cached=True)
+
+        def forward(self):
+            h = F.dropout(F.relu(self.lin1(ax)), 0.5, self.training)
+            return self.conv2(h, edge_index, weight)[:, 0]
+
+    def run(model_cls, n_epochs):
+        model = model_cls()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-5)
         model.train()
-        for _ in range(epochs):
+        for _ in range(n_epochs):
             opt.zero_grad()
             z = model()
             loss = F.binary_cross_entropy_with_logits(z[train], y[train])
@@ -172,68 +197,121 @@ def bench_pyg(graph, repeats: int, epochs: int = 200):
         with torch.no_grad():
             return torch.sigmoid(model())
 
-    run_epochs, epochs = epochs, 2
-    run()  # warm-up (2 epochs)
-    epochs = run_epochs
-    t = median_time(run, repeats)
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "epochs": epochs, "seconds": t,
-            "ms_per_epoch": 1e3 * t / epochs}
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "epochs": epochs}
+    for name, cls in (("gcnconv", Textbook), ("same_algebra", SameAlgebra)):
+        run(cls, 2)  # warm-up
+        t = median_time(lambda: run(cls, epochs), repeats)
+        out[f"{name}_seconds"] = t
+        out[f"{name}_ms_per_epoch"] = 1e3 * t / epochs
+    return out
+
+
+def growth_exponent(sizes, seconds) -> float:
+    """``b`` of the least-squares fit ``seconds ~ a * sizes**b`` (log-log)."""
+    return float(np.polyfit(np.log(np.asarray(sizes, float)), np.log(np.asarray(seconds, float)), 1)[0])
+
+
+SIZES = {
+    # graph construction always at 20k, 100k and 300k nodes (it takes seconds); the fits grow with the size
+    "small": dict(graph_nodes=[20_000, 100_000, 300_000], fit_nodes=[20_000], pyg_nodes=20_000, pyg_epochs=10,
+                  batch_sizes=[1, 4], batch_nodes=3_000, repeats=3),
+    "large": dict(graph_nodes=[20_000, 100_000, 300_000], fit_nodes=[20_000, 100_000, 300_000],
+                  pyg_nodes=100_000, pyg_epochs=20, batch_sizes=[1, 4, 16], batch_nodes=20_000, repeats=3),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("small", "large"), default="small")
+    parser.add_argument("--size", choices=tuple(SIZES), default="small")
     parser.add_argument("--pyg-epochs", type=int, default=None,
-                        help="epochs timed for PyG (default: 0 = skip in the small run, 20 in the large run)")
+                        help="epochs timed for PyG, compared per epoch (default: 10 small, 20 large; 0 = skip)")
     args = parser.parse_args(argv)
     import jax
 
-    large = args.size == "large"
-    repeats = 3
-    node_targets = [20_000, 100_000] if large else [20_000]
-    batch_sizes = [1, 4, 16] if large else [1, 4]
+    spec = SIZES[args.size]
+    repeats = spec["repeats"]
     print(f"method R benchmark ({args.size}), jax {jax.__version__} on {jax.devices()[0].device_kind}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     bandwidth = memory_bandwidth()
-    print(f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.2f} GB/s")
+    print(f"memory bandwidth (numpy copy of 256 MiB, read+write): {bandwidth / 1e9:.2f} GB/s")
 
     graphs = {}
-    print("\n| graph construction | nodes | directed edges | seconds |\n|---|---:|---:|---:|")
+    print("\n| graph construction | nodes | directed edges | seconds | µs per node |\n|---|---:|---:|---:|---:|")
     graph_rows = []
-    for target in node_targets:
+    for target in spec["graph_nodes"]:
         row = bench_graph(radius_for(target), repeats)
-        graphs[target] = row.pop("graph")
+        graph = row.pop("graph")
+        if target in spec["fit_nodes"] or target == spec["pyg_nodes"] or target == spec["batch_nodes"]:
+            graphs[target] = graph
+        del graph
+        row["target_nodes"] = target
         graph_rows.append(row)
-        print(f"| ~{target // 1000}k nodes | {row['nodes']} | {row['directed_edges']} | {row['seconds']:.3f} |")
+        print(f"| ~{target // 1000}k nodes | {row['nodes']} | {row['directed_edges']} | {row['seconds']:.3f} | "
+              f"{1e6 * row['seconds'] / row['nodes']:.2f} |")
+    graph_exp = growth_exponent([r["nodes"] for r in graph_rows], [r["seconds"] for r in graph_rows])
+    print(f"graph construction time grows as nodes^{graph_exp:.2f}")
 
-    big = graphs[node_targets[-1]]
-    fit = bench_fit(big, repeats)
-    fit["bandwidth_fraction"] = fit["achieved_GBps"] * 1e9 / bandwidth
+    fits = []
     print("\n| 200-epoch fit | nodes | first call s | s | ms/epoch | MB/epoch (model) | GB/s | of bandwidth |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| ugcn (jax) | {fit['nodes']} | {fit['first_call_s']:.2f} | {fit['seconds']:.2f} | "
-          f"{fit['ms_per_epoch']:.2f} | {fit['bytes_per_epoch'] / 1e6:.1f} | {fit['achieved_GBps']:.2f} | "
-          f"{100 * fit['bandwidth_fraction']:.0f}% |")
-    # PyG is slow on small CPUs (and torch takes ~10 s to import): time a few epochs, compare per epoch.
-    pyg_epochs = args.pyg_epochs if args.pyg_epochs is not None else (20 if large else 0)
-    pyg = bench_pyg(big, 1, epochs=pyg_epochs) if pyg_epochs > 0 else {"skipped": "--pyg-epochs 0"}
-    if "seconds" in pyg:
-        pyg["ratio_pyg_over_ugcn_per_epoch"] = pyg["ms_per_epoch"] / fit["ms_per_epoch"]
-        print(f"| PyG GCNConv (torch {pyg['torch']}, {pyg['threads']} threads, {pyg['epochs']} epochs) | "
-              f"{fit['nodes']} | | {pyg['seconds']:.2f} | {pyg['ms_per_epoch']:.2f} | | | | "
-              f"PyG/ugcn per epoch = {pyg['ratio_pyg_over_ugcn_per_epoch']:.1f}x |")
-    else:
-        print(f"PyG: {pyg['skipped']}")
+    for target in spec["fit_nodes"]:
+        fit = bench_fit(graphs[target], repeats)
+        fit["bandwidth_fraction"] = fit["achieved_GBps"] * 1e9 / bandwidth
+        fits.append(fit)
+        print(f"| ugcn (jax) | {fit['nodes']} | {fit['first_call_s']:.2f} | {fit['seconds']:.2f} | "
+              f"{fit['ms_per_epoch']:.2f} | {fit['bytes_per_epoch'] / 1e6:.1f} | {fit['achieved_GBps']:.2f} | "
+              f"{100 * fit['bandwidth_fraction']:.0f}% |")
+    fit_exp = growth_exponent([f["nodes"] for f in fits], [f["seconds"] for f in fits]) if len(fits) > 1 else None
+    if fit_exp is not None:
+        print(f"fit time grows as nodes^{fit_exp:.2f}")
 
-    small_graphs = [bench_graph(radius_for(3_000), 1)["graph"]] if not large else [graphs[20_000]]
-    batch = bench_batch(small_graphs, batch_sizes, 2)
+    # PyG is slow on small CPUs (and torch takes seconds to import): time a few epochs, compare per epoch.
+    pyg_epochs = args.pyg_epochs if args.pyg_epochs is not None else spec["pyg_epochs"]
+    pyg_graph = graphs[spec["pyg_nodes"]]
+    pyg = bench_pyg(pyg_graph, 1, epochs=pyg_epochs) if pyg_epochs > 0 else {"skipped": "--pyg-epochs 0"}
+    ref = next((f for f in fits if f["nodes"] == pyg_graph.n_nodes), None)
+    if ref is None:
+        ref = bench_fit(pyg_graph, repeats)
+    if "skipped" not in pyg:
+        pyg["nodes"] = pyg_graph.n_nodes
+        pyg["ugcn_ms_per_epoch"] = ref["ms_per_epoch"]
+        pyg["ratio_gcnconv_over_ugcn"] = pyg["gcnconv_ms_per_epoch"] / ref["ms_per_epoch"]
+        pyg["ratio_same_algebra_over_ugcn"] = pyg["same_algebra_ms_per_epoch"] / ref["ms_per_epoch"]
+        print(f"\n| same graph ({pyg_graph.n_nodes} nodes), per epoch | ms/epoch | / ugcn |\n|---|---:|---:|")
+        print(f"| ugcn (jax, 200 epochs in one scan) | {ref['ms_per_epoch']:.2f} | 1.0 |")
+        print(f"| PyG GCNConv x 2 (torch {pyg['torch']}, {pyg['threads']} threads, {pyg['epochs']} epochs) | "
+              f"{pyg['gcnconv_ms_per_epoch']:.2f} | {pyg['ratio_gcnconv_over_ugcn']:.1f}x |")
+        print(f"| PyG, same algebra (ÂX once, Linear + GCNConv(32, 1)) | {pyg['same_algebra_ms_per_epoch']:.2f} | "
+              f"{pyg['ratio_same_algebra_over_ugcn']:.1f}x |")
+    else:
+        print(f"\nPyG comparison skipped: {pyg['skipped']}")
+
+    batch_graph = graphs.get(spec["batch_nodes"]) or bench_graph(radius_for(spec["batch_nodes"]), 1)["graph"]
+    batch = bench_batch([batch_graph], spec["batch_sizes"], 2)
     print("\n| batch fit | B | nodes each | B separate fits s | parallel s (speed-up) | sequential s (speed-up) "
-          "| auto picks |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "| s per volume (auto) | auto picks |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for row in batch:
+        row["seconds_per_volume_auto"] = row[f"{row['auto']}_s"] / row["B"]
         print(f"| fit_batch | {row['B']} | {row['nodes_each']} | {row['separate_s']:.2f} | "
               f"{row['parallel_s']:.2f} ({row['parallel_speedup']:.2f}x) | "
-              f"{row['sequential_s']:.2f} ({row['sequential_speedup']:.2f}x) | {row['auto']} |")
+              f"{row['sequential_s']:.2f} ({row['sequential_speedup']:.2f}x) | "
+              f"{row['seconds_per_volume_auto']:.3f} | {row['auto']} |")
+
+    largest = fits[-1]
+    ratios = {
+        "graph construction growth exponent (time ~ nodes^b)": graph_exp,
+        f"fit: fraction of memory bandwidth ({largest['nodes']} nodes)": largest["bandwidth_fraction"],
+    }
+    if fit_exp is not None:
+        ratios["fit growth exponent (time ~ nodes^b)"] = fit_exp
+    if "skipped" not in pyg:
+        ratios[f"PyG GCNConv / ugcn per epoch ({pyg['nodes']} nodes)"] = pyg["ratio_gcnconv_over_ugcn"]
+        ratios[f"PyG same algebra / ugcn per epoch ({pyg['nodes']} nodes)"] = pyg["ratio_same_algebra_over_ugcn"]
+    biggest_b = batch[-1]
+    ratios[f"B={biggest_b['B']} separate fits / fit_batch (auto)"] = biggest_b[f"{biggest_b['auto']}_speedup"]
+    for name, value in ratios.items():
+        print(f"ratio {name}: {value:.2f}")
 
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
@@ -241,10 +319,14 @@ def main(argv=None) -> int:
                     "device": str(jax.devices()[0]), "load_average": list(os.getloadavg())},
         "memory_bandwidth_GBps": bandwidth / 1e9,
         "graph_construction": graph_rows,
-        "fit": fit,
+        "graph_growth_exponent": graph_exp,
+        "fit": largest,
+        "fits": fits,
+        "fit_growth_exponent": fit_exp,
         "pyg": pyg,
         "batch": batch,
         "bytes_model": "2*20*E + 5*4*H*N + 4*F*N per epoch (float32/int32)",
+        "ratios": ratios,
     }
     save_results("refine", args.size, result)
     return 0
