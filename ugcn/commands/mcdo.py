@@ -4,7 +4,9 @@ Writes into ``--out``: ``prediction.nii.gz`` (deterministic pass, argmax, uint8)
 (foreground E for binary models, 4D ``(X, Y, Z, C)`` otherwise), one ``<estimator>.nii.gz`` per requested
 estimator, optionally the samples, and ``report.json`` (settings, timings, map summaries). All maps carry
 the image's affine and header. With ``--sample-maps`` the T probability maps of any other framework
-(a 4D NIfTI ``(X, Y, Z, T)``) replace the model; the prediction is then the argmax of E.
+(a 4D NIfTI ``(X, Y, Z, T)``) replace the model; the prediction is then the argmax of E. With
+``--source tta`` the samples come from test-time augmentation (flips and small shifts, dropout off) instead
+of MC dropout, so a model trained without dropout can be studied too.
 """
 from __future__ import annotations
 
@@ -44,6 +46,17 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=20, metavar="T", help="number of MC passes (default 20)")
     p.add_argument("--chunk", type=int, default=4, help="passes computed together; memory ~ chunk (default 4)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the dropout masks (default 0)")
+    p.add_argument(
+        "--source",
+        choices=("mc", "tta"),
+        default="mc",
+        help="sample source: mc = MC dropout passes (default); tta = test-time augmentation (flips and shifts "
+        "of the image, dropout off), for models without dropout",
+    )
+    p.add_argument(
+        "--tta-max-shift", type=int, default=2, metavar="S",
+        help="--source tta: in-plane shifts drawn from -S..S voxels (default 2)",
+    )
     p.add_argument(
         "--estimators",
         default=",".join(DEFAULT_ESTIMATORS),
@@ -109,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.chunk < 1:
         raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
+    if args.sample_maps and args.source != "mc":
+        raise ValueError("--source applies to --model with --image; --sample-maps brings its own samples")
+    if args.tta_max_shift < 0:
+        raise ValueError(f"--tta-max-shift must be >= 0, got {args.tta_max_shift}")
     estimators = parse_estimator_names(args.estimators)
     names = [e.name for e in estimators]
     keep = args.save_samples or any(e.needs == "samples" for e in estimators)
@@ -125,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         timings["load_s"] = time.perf_counter() - t
         mean = np.asarray(expectation(stats))
         prediction = np.argmax(mean, axis=-1).astype(np.uint8)
-        source = {"sample_maps": str(args.sample_maps)}
+        source = {"sample_maps": str(args.sample_maps), "source": "sample_maps"}
     else:
         from ugcn.segment.checkpoint import load_model
         from ugcn.segment.model import make_volume_fn, predict_probabilities
@@ -138,16 +155,28 @@ def run(args: argparse.Namespace) -> int:
         prediction = np.argmax(predict_probabilities(model, image), axis=-1).astype(np.uint8)
         timings["deterministic_pass_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        volume_fn = make_volume_fn(model, stochastic=True)
-        result = mc_sample(
-            volume_fn, image, jax.random.key(args.seed), n_samples=args.samples, chunk_size=args.chunk,
-            keep_samples=keep,
-        )
+        source = {"model": str(args.model), "image": str(args.image), "source": args.source}
+        if args.source == "tta":
+            from ugcn.uncertainty.tta import TRANSFORM_COLUMNS, tta_sample, tta_transforms
+
+            shifts = tuple(range(-args.tta_max_shift, args.tta_max_shift + 1))
+            result = tta_sample(
+                make_volume_fn(model, stochastic=False), image, seed=args.seed, n_samples=args.samples,
+                shifts=shifts, chunk_size=args.chunk, keep_samples=keep,
+            )
+            transforms = tta_transforms(args.samples, seed=args.seed, shifts=shifts)
+            source["tta"] = {"max_shift": args.tta_max_shift, "columns": list(TRANSFORM_COLUMNS),
+                             "transforms": transforms.tolist()}
+        else:
+            volume_fn = make_volume_fn(model, stochastic=True)
+            result = mc_sample(
+                volume_fn, image, jax.random.key(args.seed), n_samples=args.samples, chunk_size=args.chunk,
+                keep_samples=keep,
+            )
         jax.block_until_ready(result)
         stats, samples, n_samples = result.stats, result.samples, args.samples
-        timings["mc_sampling_s"] = time.perf_counter() - t  # includes compilation
+        timings[f"{args.source}_sampling_s"] = time.perf_counter() - t  # includes compilation
         mean = np.asarray(expectation(stats))
-        source = {"model": str(args.model), "image": str(args.image)}
 
     num_classes = mean.shape[-1]
     t = time.perf_counter()

@@ -7,8 +7,8 @@ them up here, so a new estimator is usable everywhere once registered::
 
     from ugcn.uncertainty import register_estimator
 
-    @register_estimator("margin", value_range=(0.0, 1.0), description="1 - (top1 - top2) of E")
-    def margin(stats):
+    @register_estimator("top2_margin", value_range=(0.0, 1.0), description="1 - (top1 - top2) of E")
+    def top2_margin(stats):
         top2 = jax.lax.top_k(stats.sum_p / stats.count, 2)[0]
         return 1.0 - (top2[..., 0] - top2[..., 1])
 
@@ -18,7 +18,10 @@ Without registering, ``get_estimator("my_package.my_module:margin")`` imports a 
 Built-ins (see :mod:`ugcn.uncertainty.measures`): ``entropy`` (bits, normalised by ``log2 C``, so max 1 for
 any ``C``, the scale of method R's ``τ = 0.8``), ``entropy_nats``, ``variance``, ``pcs`` (a confidence:
 ``higher_is_uncertain=False``), ``one_minus_pcs``, ``mutual_information`` and ``expected_entropy`` (bits,
-normalised like ``entropy``, so that ``entropy = mutual_information + expected_entropy``).
+normalised like ``entropy``, so that ``entropy = mutual_information + expected_entropy``), ``predictive_std``
+(``sqrt(variance)``, same foreground / class-mean convention), ``margin`` (``1 - (top1 - top2)`` of ``E``) and
+``variation_ratio`` (``1 -`` the modal hard label's share of the ``T`` samples; ``needs="samples"``). Every
+built-in is exact at ``p = 0`` and ``p = 1`` (no NaN).
 """
 from __future__ import annotations
 
@@ -318,6 +321,26 @@ register_estimator(
     fn=functools.partial(measures.expected_entropy, base=2.0, normalise=True),
     value_range=(0.0, 1.0),
     description="expected entropy mean_t H(p_t) (aleatoric), bits / log2(C)",
+)
+
+register_estimator(
+    "predictive_std",
+    fn=measures.predictive_std,
+    value_range=(0.0, 0.5),
+    description="standard deviation over samples, sqrt(variance) (foreground; class-mean variance for C > 2)",
+)
+register_estimator(
+    "margin",
+    fn=measures.margin,
+    value_range=(0.0, 1.0),
+    description="1 - (top1 - top2) of the expected class probabilities E",
+)
+register_estimator(
+    "variation_ratio",
+    fn=measures.variation_ratio,
+    needs="samples",
+    value_range=(0.0, 1.0),
+    description="1 - (count of the modal hard label)/T over the samples (max 1 - 1/C; needs the samples)",
 )
 
 BUILTIN_ESTIMATORS = tuple(list_estimators())

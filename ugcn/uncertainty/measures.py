@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
@@ -74,6 +75,44 @@ def variance(stats: SampleStats) -> jnp.ndarray:
     if stats.num_classes == 2:
         return var[..., 1]
     return var.mean(-1)
+
+
+def predictive_std(stats: SampleStats) -> jnp.ndarray:
+    """Standard deviation over samples, ``sqrt(variance(stats))``: ``f32[...]`` in ``[0, 0.5]``.
+
+    The square root of :func:`variance`, so the same convention: the foreground probability for ``C = 2``,
+    the mean over classes of the per-class variances for ``C > 2`` (the root of the class-averaged variance,
+    not the average of per-class standard deviations). Same ranking as ``variance``, on a probability scale.
+    """
+    return jnp.sqrt(variance(stats))
+
+
+def margin(stats: SampleStats) -> jnp.ndarray:
+    """Margin uncertainty ``1 - (E_(1) - E_(2))`` of the two largest expected class probabilities.
+
+    Returns ``f32[...]`` in ``[0, 1]``: 0 when one class has ``E = 1``, 1 when the top two tie. For
+    ``C = 2`` it is ``1 - |E_1 - E_0|``.
+    """
+    top2 = jax.lax.top_k(expectation(stats), 2)[0]
+    return jnp.clip(1.0 - (top2[..., 0] - top2[..., 1]), 0.0, 1.0)
+
+
+def variation_ratio(samples: jnp.ndarray) -> jnp.ndarray:
+    """Variation ratio ``1 - f_mode / T`` of the samples' hard labels (needs all samples).
+
+    Args:
+      samples: ``f32[T, ..., C]`` class probabilities.
+
+    Returns:
+      ``f32[...]`` in ``[0, 1 - 1/C]``: ``f_mode`` is how many of the ``T`` hard labels ``argmax_c p_t``
+      equal the most frequent one. Ties within a sample (``p_t`` with two equal largest classes) go to the
+      lowest class index (``argmax``); ties between modal labels do not matter, only their count does.
+    """
+    samples = jnp.asarray(samples)
+    labels = jnp.argmax(samples, axis=-1)  # [T, ...]
+    counts = jax.nn.one_hot(labels, samples.shape[-1], dtype=jnp.float32).sum(0)  # [..., C]
+    n = samples.shape[0]
+    return (n - counts.max(-1)) / n  # not 1 - max/n: XLA's x * (1/n) would leave -4e-8 for unanimous voxels
 
 
 def pcs(stats: SampleStats) -> jnp.ndarray:

@@ -62,35 +62,92 @@ def _ignoring_weights(volume_fn: VolumeFn) -> Callable:
     return lambda variables, key, image: volume_fn(key, image)
 
 
+def reduce_passes(
+    pass_fn: Callable, variables: Any, per_pass: Any, image: jnp.ndarray, n_samples: int, chunk_size: int,
+    keep_samples: bool,
+) -> MCResult:
+    """The ``T`` passes ``pass_fn(variables, per_pass[t], image)`` reduced chunk by chunk (traced, not jitted).
+
+    The shared core of every sample source (:func:`mc_sample`, :func:`ugcn.uncertainty.tta.tta_sample`):
+    ``lax.scan`` over ``ceil(T / chunk_size)`` chunks, ``vmap`` over a chunk's passes, running
+    :class:`SampleStats` (padding passes of the last chunk repeat real inputs and get weight 0).
+
+    Args:
+      pass_fn: ``fn(variables, inputs_t, image) -> probs f32[X, Y, Z, C]`` for one pass.
+      per_pass: pytree of arrays with leading axis ``T`` (a pass's PRNG key, transform, ...).
+      n_samples, chunk_size: ``T`` and the passes per ``vmap`` (``chunk_size <= T``), static.
+      keep_samples: also return all ``T`` samples.
+
+    Returns:
+      :class:`MCResult`.
+    """
+    n_chunks = math.ceil(n_samples / chunk_size)
+    padded = n_chunks * chunk_size
+    batched_fn = jax.vmap(pass_fn, in_axes=(None, 0, None))
+
+    def pad_and_chunk(x):
+        x = jnp.concatenate([x, x[: padded - n_samples]], axis=0) if padded > n_samples else x
+        return x.reshape((n_chunks, chunk_size) + x.shape[1:])
+
+    chunks = jax.tree_util.tree_map(pad_and_chunk, per_pass)
+    weights = (jnp.arange(padded) < n_samples).astype(jnp.float32).reshape(n_chunks, chunk_size)
+    first = jax.tree_util.tree_map(lambda x: x[0, 0], chunks)
+    probs_shape = jax.eval_shape(lambda i, x: pass_fn(variables, i, x), first, image).shape
+    init = empty_stats(probs_shape)
+
+    def step(stats, chunk):
+        chunk_inputs, chunk_weights = chunk
+        probs = batched_fn(variables, chunk_inputs, image).astype(jnp.float32)
+        stats = accumulate(stats, probs, chunk_weights)
+        return stats, (probs if keep_samples else None)
+
+    stats, collected = jax.lax.scan(step, init, (chunks, weights))
+    if keep_samples:
+        collected = collected.reshape((padded,) + collected.shape[2:])[:n_samples]
+    return MCResult(stats, collected)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_sampler(apply: Callable, n_samples: int, chunk_size: int, keep_samples: bool) -> Callable:
     """One jitted ``run(variables, key, image)`` per (apply, T, chunk, keep); jit caches per input shape."""
-    n_chunks = math.ceil(n_samples / chunk_size)
-    padded = n_chunks * chunk_size
-    batched_fn = jax.vmap(apply, in_axes=(None, 0, None))
 
     def run(variables, key, image):
         keys = jax.random.split(key, n_samples)
-        # Padding passes reuse real keys (any valid key works) and get weight 0 in the sums.
-        keys = jnp.concatenate([keys, keys[: padded - n_samples]], axis=0) if padded > n_samples else keys
-        weights = (jnp.arange(padded) < n_samples).astype(jnp.float32)
-        keys = keys.reshape((n_chunks, chunk_size) + keys.shape[1:])
-        weights = weights.reshape(n_chunks, chunk_size)
-        probs_shape = jax.eval_shape(lambda k, x: apply(variables, k, x), keys[0, 0], image).shape
-        init = empty_stats(probs_shape)
-
-        def step(stats, chunk):
-            chunk_keys, chunk_weights = chunk
-            probs = batched_fn(variables, chunk_keys, image).astype(jnp.float32)
-            stats = accumulate(stats, probs, chunk_weights)
-            return stats, (probs if keep_samples else None)
-
-        stats, collected = jax.lax.scan(step, init, (keys, weights))
-        if keep_samples:
-            collected = collected.reshape((padded,) + collected.shape[2:])[:n_samples]
-        return MCResult(stats, collected)
+        return reduce_passes(apply, variables, keys, image, n_samples, chunk_size, keep_samples)
 
     return jax.jit(run)
+
+
+def check_sampling_inputs(volume_fn: VolumeFn, image, key: jax.Array, n_samples, chunk_size) -> tuple:
+    """Validate the common inputs of a sample source; returns ``(image f32 jnp, n_samples, chunk_size)``.
+
+    Raises:
+      ValueError: bad ``n_samples``/``chunk_size``, an image that is not 3D/4D or not finite, a
+        ``volume_fn`` whose output is not ``[X, Y, Z, C]`` with ``C >= 2`` on the image grid.
+    """
+    n_samples = _check_positive_int(n_samples, "n_samples")
+    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
+    # Host-side checks: numpy costs one pass and, unlike eager jnp ops, no compilation.
+    host_image = np.asarray(image, np.float32)
+    if host_image.ndim not in (3, 4):
+        raise ValueError(f"image must be [X, Y, Z] or [X, Y, Z, M], got shape {host_image.shape}")
+    if not np.all(np.isfinite(host_image)):
+        raise ValueError("image holds NaN or infinite values")
+    image = jnp.asarray(image, jnp.float32)
+    out = jax.eval_shape(volume_fn, key, image)
+    if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] < 2:
+        raise ValueError(
+            f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {image.shape[:3]}, "
+            f"got shape {out.shape}"
+        )
+    return image, n_samples, chunk_size
+
+
+def check_finite_result(result: MCResult) -> MCResult:
+    """``ValueError`` when the summed probabilities hold NaN or inf; the result otherwise."""
+    if not np.all(np.isfinite(np.asarray(result.stats.sum_p))):
+        raise ValueError("volume_fn produced NaN or infinite probabilities")
+    return result
 
 
 def mc_sample(
@@ -121,26 +178,10 @@ def mc_sample(
       ValueError: bad ``n_samples``/``chunk_size``, a non-finite image, a ``volume_fn`` whose output has no
         class axis, or non-finite probabilities.
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
-    # Host-side checks: numpy costs one pass and, unlike eager jnp ops, no compilation.
-    host_image = np.asarray(image, np.float32)
-    if host_image.ndim not in (3, 4):
-        raise ValueError(f"image must be [X, Y, Z] or [X, Y, Z, M], got shape {host_image.shape}")
-    if not np.all(np.isfinite(host_image)):
-        raise ValueError("image holds NaN or infinite values")
-    image = jnp.asarray(image, jnp.float32)
-    out = jax.eval_shape(volume_fn, key, image)
-    if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] < 2:
-        raise ValueError(
-            f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {image.shape[:3]}, "
-            f"got shape {out.shape}"
-        )
+    image, n_samples, chunk_size = check_sampling_inputs(volume_fn, image, key, n_samples, chunk_size)
     apply, variables = _split_weights(volume_fn)
     result = _compiled_sampler(apply, n_samples, chunk_size, bool(keep_samples))(variables, key, image)
-    if not np.all(np.isfinite(np.asarray(result.stats.sum_p))):
-        raise ValueError("volume_fn produced NaN or infinite probabilities")
-    return result
+    return check_finite_result(result)
 
 
 def samples_from_probability_maps(maps, *, atol: float = 1e-2) -> np.ndarray:
