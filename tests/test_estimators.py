@@ -72,7 +72,7 @@ def test_measures_match_numpy(t, c):
     rng = np.random.default_rng(100 * t + c)
     samples = random_samples(rng, t, (6, 5, 3), c)
     ref = np_reference(samples)
-    maps = estimator_maps(list_estimators(), stats_from_samples(samples))
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
     for name in ("entropy", "entropy_nats", "expected_entropy", "mutual_information", "variance", "pcs",
                  "one_minus_pcs"):
         assert np.all(np.isfinite(maps[name])), name
@@ -85,7 +85,7 @@ def test_exact_zero_and_one_give_zero_uncertainty():
     samples = np.zeros((5, 3, 2, 1, 2), np.float32)
     samples[..., 1] = 1.0
     samples[:, 0, ..., 0], samples[:, 0, ..., 1] = 1.0, 0.0
-    maps = estimator_maps(list_estimators(), stats_from_samples(samples))
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
     for name in ("entropy", "entropy_nats", "expected_entropy", "mutual_information", "variance", "one_minus_pcs"):
         np.testing.assert_array_equal(maps[name], 0.0, err_msg=name)
     np.testing.assert_array_equal(maps["pcs"], 1.0)
@@ -96,7 +96,7 @@ def test_disagreeing_hard_samples_are_maximally_uncertain():
     samples = np.zeros((4, 2, 2, 2, 2), np.float32)
     samples[:2, ..., 1] = 1.0
     samples[2:, ..., 0] = 1.0
-    maps = estimator_maps(list_estimators(), stats_from_samples(samples))
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
     np.testing.assert_allclose(maps["entropy"], 1.0, atol=1e-6)
     np.testing.assert_allclose(maps["mutual_information"], 1.0, atol=1e-6)
     np.testing.assert_allclose(maps["expected_entropy"], 0.0, atol=1e-7)
