@@ -2,7 +2,7 @@
 
 Typical use::
 
-    result = mc_sample(volume_fn, image, jax.random.key(0), n_samples=20)
+    result = mc_sample(volume_fn, image, jax.random.key(0), n_samples=20)   # or tta_sample(...) without dropout
     maps = estimator_maps(["entropy", "variance", "pcs"], result.stats)
 """
 from ugcn.uncertainty.estimators import (
@@ -22,13 +22,17 @@ from ugcn.uncertainty.measures import (
     entropy,
     expectation,
     expected_entropy,
+    margin,
     mutual_information,
     one_minus_pcs,
     pcs,
+    predictive_std,
     variance,
+    variation_ratio,
 )
 from ugcn.uncertainty.sampling import MCResult, load_sample_maps, mc_sample, samples_from_probability_maps
 from ugcn.uncertainty.stats import SampleStats, accumulate, empty_stats, merge, stats_from_samples
+from ugcn.uncertainty.tta import tta_sample, tta_transforms
 
 __all__ = [
     "BUILTIN_ESTIMATORS",
@@ -46,16 +50,21 @@ __all__ = [
     "get_estimator",
     "list_estimators",
     "load_sample_maps",
+    "margin",
     "mc_sample",
     "merge",
     "mutual_information",
     "one_minus_pcs",
     "parse_estimator_names",
     "pcs",
+    "predictive_std",
     "register_estimator",
     "registered_estimators",
     "samples_from_probability_maps",
     "stats_from_samples",
+    "tta_sample",
+    "tta_transforms",
     "unregister_estimator",
     "variance",
+    "variation_ratio",
 ]
