@@ -83,8 +83,16 @@ def predictive_std(stats: SampleStats) -> jnp.ndarray:
     The square root of :func:`variance`, so the same convention: the foreground probability for ``C = 2``,
     the mean over classes of the per-class variances for ``C > 2`` (the root of the class-averaged variance,
     not the average of per-class standard deviations). Same ranking as ``variance``, on a probability scale.
+
+    The streaming variance ``E[p²] - E[p]²`` carries a float32 rounding error of a few ``eps · E[p²]``, which
+    the square root would blow up to ~1e-4 where the samples agree; variances below ``4 eps · E[p²]`` are
+    therefore taken as 0 (a deterministic model gives exactly 0, not rounding noise).
     """
-    return jnp.sqrt(variance(stats))
+    var = variance(stats)
+    second = stats.sum_p2 / stats.count
+    second = second[..., 1] if stats.num_classes == 2 else second.mean(-1)
+    noise = 4.0 * jnp.finfo(jnp.float32).eps * second
+    return jnp.sqrt(jnp.where(var > noise, var, 0.0))
 
 
 def margin(stats: SampleStats) -> jnp.ndarray:
