@@ -12,6 +12,11 @@ replaced), ``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``cnn.nii.gz`` 
 component), ``crf.nii.gz`` (``--crf``) and ``report.json`` (graph counts, timings, Dice per method with
 ``--label``). Files are written to a temporary folder and moved into place; nothing is overwritten
 without ``--overwrite``.
+
+``refine-batch`` is resumable and scales out: each case folder appears whole once its batch is done, a
+re-run skips the finished cases (same settings; ``--overwrite`` recomputes), ``--devices N`` spreads the GCN
+fits over N devices, and several processes started with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``
+and ``JAX_PROCESS_ID`` (or under SLURM) share the folder, each taking its own slice of the sorted images.
 """
 from __future__ import annotations
 
@@ -84,7 +89,11 @@ def register(subparsers) -> None:
     b.add_argument("--predictions", metavar="DIR", help="folder of predictions named like the images")
     b.add_argument("--labels", metavar="DIR", help="folder of ground truths named like the images")
     b.add_argument("--out", required=True, metavar="OUTDIR", help="output folder: one sub-folder per image")
-    b.add_argument("--batch-size", type=int, default=8, help="volumes per vmapped GCN fit (default 8)")
+    b.add_argument("--batch-size", type=int, default=8,
+                   help="volumes per compiled GCN fit, rounded up to a multiple of --devices (default 8); "
+                   "each batch is written as soon as it is done")
+    b.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="spread each batch over N devices of this process (default: all)")
     _add_common(b)
     b.set_defaults(run=run_refine_batch)
 
@@ -257,10 +266,65 @@ def run_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(config, args) -> dict:
+    """What a finished case must have been made with for a re-run to skip it (``report.json``)."""
+    return {"config": dataclasses.asdict(config), "seed": args.seed, "uncertainty": args.uncertainty,
+            "crf": bool(args.crf), "crf_unary": args.crf_unary, "n_samples": args.n_samples,
+            **{k: str(Path(v).resolve()) if v else None
+               for k, v in (("model", args.model), ("samples_dir", args.samples_dir),
+                            ("predictions", args.predictions), ("labels", args.labels))}}
+
+
+def _write_case(case_dir: Path, result, image, report: dict) -> None:
+    """One case's masks and report, built in a temporary folder that is renamed into place whole."""
+    from ugcn.io import atomic_directory, save_volume
+
+    with atomic_directory(case_dir, overwrite=True) as tmp:
+        written = []
+        for name, mask in result.masks().items():
+            save_volume(tmp / OUTPUT_FILES[name], mask.astype(np.uint8), image.affine, header=image.header)
+            written.append(OUTPUT_FILES[name])
+        report["files"] = written + [REPORT]
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _write_summary(out_dir: Path, stems: list) -> dict:
+    """``summary.json`` from every case's ``report.json`` (cases without one are listed as pending)."""
+    from ugcn.io import write_text_atomic
+
+    summary = {"ugcn_version": __version__, "volumes": {}, "pending": []}
+    for stem in stems:
+        path = out_dir / stem / REPORT
+        if not path.is_file():
+            summary["pending"].append(stem)
+            continue
+        rep = json.loads(path.read_text())
+        summary["volumes"][stem] = {"status": rep.get("status"), "dice": rep.get("dice"), "graph": rep.get("graph")}
+    with_dice = [v["dice"] for v in summary["volumes"].values() if v["dice"]]
+    if with_dice:
+        summary["mean_dice"] = {k: float(np.mean([d[k] for d in with_dice])) for k in with_dice[0]}
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def run_refine_batch(args: argparse.Namespace) -> int:
+    """Refine every image of a folder, resumably, over this process's devices and its share of the folder.
+
+    Each batch of ``--batch-size`` volumes is loaded (MC dropout or sample maps), refined with the GCN fits
+    spread over ``--devices`` and written per case before the next batch starts; cases whose folder is
+    finished are skipped, so an interrupted run continues where it stopped. With several processes
+    (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``, or SLURM), each process takes
+    ``sorted(images)[process_id::num_processes]`` and process 0 writes ``summary.json`` once all are done.
+    """
+    from ugcn.parallel import barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size
+    from ugcn.parallel import process_slice
+    from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
+
+    initialize_distributed()
+    import jax
     from tqdm.auto import tqdm
 
-    from ugcn.io import is_nifti, nifti_stem, write_text_atomic
+    from ugcn.io import is_nifti, nifti_stem
     from ugcn.refine.pipeline import refine_batch
 
     config = _config(args)
@@ -273,33 +337,44 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     if not images:
         raise ValueError(f"{folder}: no .nii/.nii.gz images")
     out_dir = Path(args.out)
-    stems = [nifti_stem(p) for p in images]
-    for stem in stems:
-        _check_outputs(out_dir / stem, args.crf, args.overwrite)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists() and not args.overwrite:
-        raise ValueError(f"{summary_path}: exists already (pass --overwrite to replace)")
-    model, volume_fn = _load_model(args)
-    loaded = []
-    for path, stem in zip(tqdm(images, desc="inputs", disable=args.quiet), stems):
-        t0 = time.perf_counter()
-        samples = _find(args.samples_dir, stem, "sample maps", ("", "_samples")) if args.samples_dir else None
-        x, image, source = load_refine_inputs(
-            args, path, samples, _find(args.predictions, stem, "prediction"), _find(args.labels, stem, "label"),
-            model, volume_fn,
-        )
-        loaded.append((x, image, source, time.perf_counter() - t0))
-    seeds = [args.seed] * len(loaded)
-    results = refine_batch([x for x, *_ in loaded], config=config, seeds=seeds, crf=args.crf,
-                           batch_size=args.batch_size, uncertainty_name=args.uncertainty, progress=not args.quiet)
-    summary = {"ugcn_version": __version__, "volumes": {}}
-    for stem, (x, image, source, mc_s), result in zip(stems, loaded, results):
-        _write(out_dir / stem, result, image, _report(result, source, config, args, mc_s))
-        summary["volumes"][stem] = {"status": result.status, "dice": result.dice, "graph": result.graph_stats}
-        if not args.quiet:
-            _print_summary(stem, result)
-    with_dice = [r.dice for r in results if r.dice]
-    if with_dice:
-        summary["mean_dice"] = {k: float(np.mean([d[k] for d in with_dice])) for k in with_dice[0]}
-    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory")
+    mesh = device_mesh(args.devices)
+    settings = normalized_settings(_settings(config, args))
+    mine = process_slice(images)
+    states = {p: case_state(out_dir / nifti_stem(p), settings, overwrite=args.overwrite) for p in mine}  # fail early
+    todo = [p for p in mine if states[p] == "todo"]
+    size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
+    if not args.quiet:
+        where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
+        print(f"refine-batch: {where}{len(todo)} of {len(mine)} volumes to refine ({len(mine) - len(todo)} "
+              f"finished, skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
+    model, volume_fn = _load_model(args) if todo else (None, None)
+    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
+    for batch in tqdm(batches, desc="batches", disable=args.quiet or len(batches) < 2):
+        loaded = []
+        for path in batch:
+            stem = nifti_stem(path)
+            t0 = time.perf_counter()
+            samples = _find(args.samples_dir, stem, "sample maps", ("", "_samples")) if args.samples_dir else None
+            x, image, source = load_refine_inputs(
+                args, path, samples, _find(args.predictions, stem, "prediction"), _find(args.labels, stem, "label"),
+                model, volume_fn,
+            )
+            loaded.append((stem, x, image, source, time.perf_counter() - t0))
+        # One seed for every volume: a case's result depends on neither the batch nor the device count, and
+        # equals what `ugcn refine --seed` gives for it alone.
+        results = refine_batch([x for _, x, *_ in loaded], config=config, seeds=[args.seed] * len(loaded),
+                               crf=args.crf, batch_size=size, uncertainty_name=args.uncertainty, progress=False,
+                               devices=mesh)
+        for (stem, x, image, source, mc_s), result in zip(loaded, results):
+            report = {**_report(result, source, config, args, mc_s), SETTINGS_KEY: settings}
+            _write_case(out_dir / stem, result, image, report)
+            if not args.quiet:
+                _print_summary(stem, result)
+    barrier("ugcn refine-batch: every process done")
+    if jax.process_index() == 0:
+        summary = _write_summary(out_dir, [nifti_stem(p) for p in images])
+        if summary["pending"] and not args.quiet:
+            print(f"refine-batch: {len(summary['pending'])} volume(s) still pending: {', '.join(summary['pending'])}")
     return 0

@@ -265,8 +265,20 @@ def fit_gcnn(
     return LesionModel(config, jax.device_get(params), mean, std, history)
 
 
-def predict_raw(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 64) -> np.ndarray:
-    """Network outputs per lesion: ``f32[G, 2]`` logits (classification) or ``f32[G, 1]`` (regression)."""
+@functools.lru_cache(maxsize=None)
+def _per_device_forward(hidden: int, outputs: int, task: str):
+    """``fn(params, batches [b, ...]) -> f32[b, slots, outputs]``: one device's padded batches in turn."""
+    _, forward, _ = _compiled(hidden, outputs, task)
+    return lambda params, batches: jax.lax.map(lambda graph: forward(params, graph), batches)
+
+
+def predict_raw(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 64, devices=None) -> np.ndarray:
+    """Network outputs per lesion: ``f32[G, 2]`` logits (classification) or ``f32[G, 1]`` (regression).
+
+    ``devices`` (a count or a :func:`ugcn.parallel.device_mesh`; default ``None``: one device) spreads the
+    padded batches over devices: D consecutive batches are padded to one common budget, stacked and split
+    along that stacking axis, one batch per device per call. The outputs do not depend on it.
+    """
     cfg = model.config
     if graphs.num_features != len(model.feature_mean):
         raise ValueError(
@@ -286,19 +298,36 @@ def predict_raw(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 6
     # Sort by size so that each batch lands in a tight bucket.
     order = np.argsort(data.n_node, kind="stable")
     ladder = DEFAULT_LADDER
-    for start in range(0, data.num_graphs, batch_size):
-        idx = order[start : start + batch_size]
-        batch = padded_batch(data, idx, batch_size=batch_size, ladder=ladder)
-        out[idx] = np.asarray(forward(model.params, batch))[: len(idx)]
+    batches = [order[start : start + batch_size] for start in range(0, data.num_graphs, batch_size)]
+    if devices is None:
+        for idx in batches:
+            batch = padded_batch(data, idx, batch_size=batch_size, ladder=ladder)
+            out[idx] = np.asarray(forward(model.params, batch))[: len(idx)]
+        return out
+    from ugcn.parallel import mesh_size, resolve_mesh, run_sharded
+
+    mesh = resolve_mesh(devices)
+    per_device = _per_device_forward(cfg.hidden, cfg.outputs, cfg.task)
+    for start in range(0, len(batches), mesh_size(mesh)):
+        group = batches[start : start + mesh_size(mesh)]
+        # Budgets grow node and edge counts together, so the largest rung holds every batch of the group.
+        budget = max(ladder.budget(int(data.n_node[i].sum()), int(data.n_edge[i].sum())) for i in group)
+        stacked = jax.tree_util.tree_map(
+            lambda *parts: np.stack(parts),
+            *[padded_batch(data, idx, batch_size=batch_size, budget=budget) for idx in group],
+        )
+        raw = np.asarray(run_sharded(per_device, mesh, stacked, shared=(model.params,)))
+        for idx, values in zip(group, raw):
+            out[idx] = values[: len(idx)]
     return out
 
 
-def score_lesions(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 64) -> np.ndarray:
+def score_lesions(model: LesionModel, graphs: LesionGraphs, *, batch_size: int = 64, devices=None) -> np.ndarray:
     """Lesion uncertainty ``f32[G]``: ``P(FP)`` (classification) or ``1 - predicted IoU_adj`` (regression).
 
-    Higher = more uncertain (more likely a false positive).
+    Higher = more uncertain (more likely a false positive). ``devices``: see :func:`predict_raw`.
     """
-    raw = predict_raw(model, graphs, batch_size=batch_size)
+    raw = predict_raw(model, graphs, batch_size=batch_size, devices=devices)
     if model.config.task == "classification":
         return np.asarray(jax.nn.softmax(jnp.asarray(raw), axis=-1)[:, 1], np.float32)
     return (1.0 - raw[:, 0]).astype(np.float32)

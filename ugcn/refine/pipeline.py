@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ugcn.evaluate.metrics import dice
 from ugcn.graph.voxel_graph import VoxelGraph, build_voxel_graph
+from ugcn.parallel.mesh import mesh_size, padded_size, resolve_mesh
 from ugcn.refine.crf import CRFUnavailableError, dense_crf
 from ugcn.refine.fit import FitConfig, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
 
@@ -300,6 +301,7 @@ def refine_batch(
     uncertainty_name: str = "uncertainty",
     progress: bool = True,
     strategy: str = "auto",
+    devices=None,
 ) -> list:
     """Refine many volumes; the GCN fits run vmapped, ``batch_size`` volumes per compiled call.
 
@@ -315,6 +317,9 @@ def refine_batch(
       progress: tqdm bars over graph building and batches.
       strategy: how :func:`~ugcn.refine.fit.fit_batch` lays out a batch (``"auto"``, ``"parallel"``,
         ``"sequential"``); the results are the same.
+      devices: spread each batch over this many devices (an int or a :func:`ugcn.parallel.device_mesh`;
+        ``batch_size`` is rounded up to a multiple of the device count); ``None``: one device. Results do
+        not depend on it beyond float rounding.
 
     Returns:
       ``list[RefineResult]`` in input order.
@@ -332,15 +337,16 @@ def refine_batch(
     todo = [i for i, p in enumerate(preps) if p.result is None]
     probs = {}
     if todo:
+        mesh = resolve_mesh(devices)
         n_nodes, n_edges = _buckets([preps[i].graph for i in todo], config)
-        size = batch_size or len(todo)
+        size = padded_size(min(batch_size or len(todo), len(todo)), mesh_size(mesh))
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         for chunk in tqdm(chunks, desc="fits", disable=not progress):
             filled = chunk + [chunk[0]] * (size - len(chunk))
             stacked = stack_graphs([preps[i].graph for i in filled], n_nodes, n_edges)
             keys = jax.numpy.stack([jax.random.PRNGKey(seeds[i]) for i in filled])
             t0 = time.perf_counter()
-            out = np.asarray(fit_batch(stacked, keys, config.fit, strategy=strategy).node_probs)
+            out = np.asarray(fit_batch(stacked, keys, config.fit, strategy=strategy, devices=mesh).node_probs)
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for row, i in enumerate(chunk):
                 probs[i] = (out[row, : preps[i].graph.n_nodes], elapsed)

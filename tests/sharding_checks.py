@@ -1,0 +1,204 @@
+"""Multi-device checks for tests/test_sharding.py, run in ONE subprocess with 4 forced host devices.
+
+Usage: ``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python tests/sharding_checks.py
+OUT.json WORKDIR``. Computes sharded and single-device results side by side and writes their differences
+(and a few facts about the shards) to ``OUT.json``; the assertions live in tests/test_sharding.py.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import jax  # noqa: E402
+
+from ugcn.parallel import describe, device_mesh, shard_batch, unpad  # noqa: E402
+
+
+def max_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def check_mesh(out: dict) -> None:
+    mesh = device_mesh()
+    tree = {"x": np.arange(15, dtype=np.float32).reshape(5, 3), "k": jax.random.split(jax.random.key(0), 5)}
+    sharded, n = shard_batch(tree, mesh)
+    shards = sharded["x"].addressable_shards
+    out["mesh"] = {
+        "devices": len(jax.devices()),
+        "mesh_size": int(mesh.shape["batch"]),
+        "padded": int(sharded["x"].shape[0]),
+        "true_count": n,
+        "shard_rows": sorted(int(s.data.shape[0]) for s in shards),
+        "shard_devices": len({s.device for s in shards}),
+        "padding_rows_copy_item0": bool(np.all(np.asarray(sharded["x"])[5:] == tree["x"][0])),
+        "unpad_equal": bool(np.array_equal(np.asarray(unpad(sharded, n)["x"]), tree["x"])),
+        "keys_equal": bool(np.array_equal(jax.random.key_data(unpad(sharded, n)["k"]), jax.random.key_data(tree["k"]))),
+        "describe": describe(mesh, 5),
+    }
+    try:
+        device_mesh(5)
+        out["mesh"]["too_many_raises"] = False
+    except ValueError:
+        out["mesh"]["too_many_raises"] = True
+
+
+def check_fit(out: dict) -> None:
+    from test_refine import sphere_case
+
+    from ugcn.graph.voxel_graph import build_voxel_graph
+    from ugcn.refine.fit import FitConfig, fit_batch, stack_graphs
+
+    config = FitConfig(epochs=20)
+    graphs = [build_voxel_graph(*sphere_case(shape=(16, 16, 12), radius=4.0 + 0.2 * i, seed=i)[:4],
+                                dilation=(1, 3, 3), k_random=4) for i in range(5)]
+    stacked = stack_graphs(graphs)
+    keys = jax.numpy.stack([jax.random.PRNGKey(10 + i) for i in range(5)])
+    single = fit_batch(stacked, keys, config)
+    out["fit"] = {"n_nodes": [g.n_nodes for g in graphs]}
+    for d in (4,):
+        sharded = fit_batch(stacked, keys, config, devices=d)
+        out["fit"][f"devices_{d}"] = {
+            "shape": list(sharded.node_probs.shape),
+            "probs_diff": max_diff(sharded.node_probs, single.node_probs),
+            "losses_diff": max_diff(sharded.losses, single.losses),
+            "params_diff": max(max_diff(a, b) for a, b in zip(jax.tree_util.tree_leaves(sharded.params),
+                                                              jax.tree_util.tree_leaves(single.params))),
+        }
+
+
+class ToyDropoutFn:
+    """A stochastic two-class 'network' with its weights apart (like ugcn.segment.BoundVolumeFn)."""
+
+    variables = {"w": np.float32(1.5), "b": np.float32(-0.2)}
+
+    @staticmethod
+    def apply(variables, key, image):
+        keep = jax.random.bernoulli(key, 0.7, image.shape).astype(image.dtype) / 0.7
+        z = variables["w"] * image * keep + variables["b"]
+        p = jax.nn.sigmoid(z)
+        return jax.numpy.stack([1 - p, p], -1)
+
+    def __call__(self, key, image):
+        return self.apply(self.variables, key, image)
+
+
+def check_mc(out: dict) -> None:
+    from ugcn.uncertainty.cohort import mc_sample_batch
+    from ugcn.uncertainty.sampling import mc_sample
+
+    fn = ToyDropoutFn()
+    images = np.random.default_rng(0).normal(size=(5, 8, 8, 4)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(3), 5)
+    batch = mc_sample_batch(fn, images, keys, n_samples=5, chunk_size=2, keep_samples=True, devices=4)
+    diffs = []
+    for b in range(5):
+        one = mc_sample(fn, images[b], keys[b], n_samples=5, chunk_size=2, keep_samples=True)
+        diffs.append(max(max_diff(batch.stats.sum_p[b], one.stats.sum_p), max_diff(batch.samples[b], one.samples)))
+    # Independent reference for one volume: the 5 passes by hand with the documented keys.
+    by_hand = jax.jit(jax.vmap(fn, in_axes=(0, None)))(jax.random.split(keys[2], 5), images[2])
+    out["mc"] = {"shape": list(batch.stats.sum_p.shape), "samples_shape": list(batch.samples.shape),
+                 "vs_mc_sample": max(diffs), "vs_by_hand": max_diff(batch.samples[2], by_hand),
+                 "count": np.asarray(batch.stats.count).tolist()}
+
+
+def check_lesions(out: dict) -> None:
+    from test_lesion_gcnn import _synthetic
+
+    from ugcn.lesion.gcnn import GCNNConfig, LesionModel, _compiled, _init_graph, score_lesions
+
+    test, _ = _synthetic(1, cells=4)  # 64 lesions: 5 batches of 14, two groups of (up to) 4 devices
+    config = GCNNConfig(feature_names=tuple(test.feature_names))
+    init, _, _ = _compiled(config.hidden, config.outputs, config.task)
+    params, _ = init(jax.random.PRNGKey(0), _init_graph(test.num_features))  # untrained: scoring only
+    model = LesionModel(config, params, test.nodes.mean(0), test.nodes.std(0) + 1e-3)
+    single = score_lesions(model, test, batch_size=14)
+    sharded = score_lesions(model, test, batch_size=14, devices=4)
+    out["lesions"] = {"n": int(test.num_graphs), "diff": max_diff(single, sharded)}
+
+
+def check_refine_batch(out: dict, work: Path) -> None:
+    """A clean run at 1 device vs an interrupted run at 4 devices resumed at 2 devices."""
+    import nibabel as nib
+
+    import ugcn.commands.refine as refine_cmd
+    from test_refine import sphere_case, write_case
+    from ugcn.cli import main
+
+    src = work / "in"
+    for i in range(5):
+        write_case(src, f"case{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))
+    common = ["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"), "--labels",
+              str(src / "labels"), "--epochs", "20", "--quiet"]
+    assert main(common + ["--out", str(work / "clean"), "--devices", "1", "--batch-size", "2"]) == 0
+
+    original = refine_cmd._write_case
+    calls = []
+
+    def failing_write(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append(args[0].name)
+        return original(*args, **kwargs)
+
+    resumed = work / "resumed"
+    refine_cmd._write_case = failing_write
+    try:
+        interrupted_code = main(common + ["--out", str(resumed), "--devices", "4", "--batch-size", "4"])
+    except KeyboardInterrupt:
+        interrupted_code = "KeyboardInterrupt"
+    finished = sorted(p.name for p in resumed.iterdir() if (p / "report.json").exists())
+    stamps = {name: (resumed / name / "report.json").stat().st_mtime_ns for name in finished}
+    calls.clear()
+
+    def counting_write(*args, **kwargs):
+        calls.append(args[0].name)
+        return original(*args, **kwargs)
+
+    refine_cmd._write_case = counting_write
+    try:
+        code = main(common + ["--out", str(resumed), "--devices", "2", "--batch-size", "2"])
+    finally:
+        refine_cmd._write_case = original
+    same_masks, same_reports = True, True
+    for i in range(5):
+        a, b = work / "clean" / f"case{i}", resumed / f"case{i}"
+        for f in sorted(p.name for p in a.glob("*.nii.gz")):
+            same_masks &= np.array_equal(nib.load(str(a / f)).get_fdata(), nib.load(str(b / f)).get_fdata())
+        ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
+        same_reports &= all(ra[k] == rb[k] for k in ("status", "dice", "graph", "voxels", "run_settings"))
+    summary = json.loads((resumed / "summary.json").read_text())
+    # Other settings on a finished folder: refused, nothing recomputed.
+    other = main(common + ["--out", str(resumed), "--epochs", "21"])
+    out["refine_batch"] = {
+        "interrupted_code": interrupted_code, "finished_before_resume": finished, "resume_code": code,
+        "rewritten_on_resume": sorted(calls),
+        "finished_untouched": all((resumed / n / "report.json").stat().st_mtime_ns == t for n, t in stamps.items()),
+        "same_masks": bool(same_masks), "same_reports": bool(same_reports),
+        "summary_volumes": sorted(summary["volumes"]), "summary_pending": summary["pending"],
+        "other_settings_code": other,
+    }
+
+
+def main() -> None:
+    out_path, work = Path(sys.argv[1]), Path(sys.argv[2])
+    assert "xla_force_host_platform_device_count=4" in os.environ.get("XLA_FLAGS", "")
+    out: dict = {"seconds": {}}
+    checks = (("mesh", check_mesh), ("fit", check_fit), ("mc", check_mc), ("lesions", check_lesions),
+              ("refine_batch", lambda o: check_refine_batch(o, work)))
+    for name, check in checks:
+        t = time.perf_counter()
+        check(out)
+        out["seconds"][name] = round(time.perf_counter() - t, 2)
+    out_path.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
