@@ -189,3 +189,11 @@ def test_two_processes_share_a_folder(tmp_path):
     assert all(r["status"] == "refined" for r in mine)
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["volumes"]) == ["case0", "case1", "case2"] and summary["pending"] == []
+
+
+def test_cli_rejects_more_devices_than_available(tmp_path, capsys):
+    from ugcn.cli import main
+
+    rc = main(["lesions", "score", "--image", "x.nii.gz", "--model", "m", "--lesion-model", str(tmp_path),
+               "--out", str(tmp_path / "o"), "--devices", "3"])
+    assert rc == 2 and "only 1 are available" in capsys.readouterr().err

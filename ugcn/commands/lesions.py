@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
 
 TASKS = ("classification", "regression")
+SCORE_BATCH = 64  # lesion graphs per GCNN call when scoring
 
 
 def _estimators(values: Optional[Sequence[str]]) -> tuple[str, ...]:
@@ -69,6 +71,8 @@ def register(subparsers) -> None:
     score.add_argument("--model", required=True, help="trained segmentation model folder")
     score.add_argument("--lesion-model", required=True, help="lesion model folder (ugcn lesions fit)")
     score.add_argument("--out", required=True, help="output folder")
+    score.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="spread the lesion batches over N devices of this process (default: all)")
     _add_common(score)
     score.set_defaults(run=run_score)
 
@@ -149,8 +153,11 @@ def run_score(args) -> int:
     from ugcn.io import load_volume, nifti_stem, save_volume, write_text_atomic
     from ugcn.lesion.gcnn import load_lesion_model, score_lesions
     from ugcn.lesion.protocol import _stochastic_fn, case_lesions, mc_uncertainty
+    from ugcn.parallel import describe, device_mesh
     from ugcn.segment import load_model
 
+    if args.devices is not None:
+        device_mesh(args.devices)  # a bad count fails before the heavy work
     lesion_model = load_lesion_model(args.lesion_model)
     estimators, channels = _model_estimators(lesion_model.config.feature_names)
     image = load_volume(args.image)
@@ -168,7 +175,10 @@ def run_score(args) -> int:
                                 n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
                                 volume_fn=_stochastic_fn(model))
     case = case_lesions(stem, image.array, pred, maps, affine=image.affine, estimators=estimators)
-    gcnn = score_lesions(lesion_model, case.graphs)
+    mesh = device_mesh(args.devices)
+    print(f"lesions score: {describe(mesh, math.ceil(case.table.n / SCORE_BATCH), 'lesion batch(es)')} "
+          f"(batches of up to {SCORE_BATCH} lesions)")
+    gcnn = score_lesions(lesion_model, case.graphs, batch_size=SCORE_BATCH, devices=mesh)
     name = "gcnn_classif" if lesion_model.config.task == "classification" else "gcnn_reg"
     rows = case.table.rows()
     for k, row in enumerate(rows):
