@@ -79,7 +79,7 @@ def test_transforms_deterministic_distinct_identity_first():
         tta_transforms(3, shifts=(0.5,))
 
 
-@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("chunk", [3])  # T = 7: the last chunk is padded
 def test_equivariant_model_inverts_exactly(image, chunk):
     result = tta_sample(intensity_model, image, seed=1, n_samples=7, chunk_size=chunk, keep_samples=True)
     plain = 1.0 / (1.0 + np.exp(-2.0 * image.astype(np.float64)))
@@ -98,7 +98,7 @@ def test_multimodal_image_and_z_axis(image):
     np.testing.assert_allclose(result.samples[..., 1], np.broadcast_to(plain, (5,) + SHAPE), atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [2, 6])
+@pytest.mark.parametrize("chunk", [4])  # T = 6: the last chunk is padded
 def test_position_dependent_model_matches_numpy_loop(image, chunk):
     t = 6
     result = tta_sample(position_model, image, seed=5, n_samples=t, chunk_size=chunk, keep_samples=True)
