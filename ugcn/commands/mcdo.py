@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("--samples", type=int, default=20, metavar="T", help="number of MC passes (default 20)")
     p.add_argument("--chunk", type=int, default=4, help="passes computed together; memory ~ chunk (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the dropout masks (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (--source mc) or of the TTA transforms (default 0)")
     p.add_argument(
         "--source",
         choices=("mc", "tta"),

@@ -17,7 +17,8 @@ Rolling inside the padded canvas moves only padding across the border, so for a 
 flips and translations (a per-voxel function of the intensity, a circular convolution) every sample equals
 the un-augmented prediction exactly; a real U-Net differs through its border handling and pooling grid.
 The ``T`` transforms are a deterministic function of the seed (:func:`tta_transforms`); the first one is the
-identity by default. Compilation follows :func:`mc_sample`: one jitted sampler per architecture (weights
+identity by default (no flip, no shift; when shifts are allowed the model still sees the edge-padded
+canvas, so near the border it can differ slightly from a plain prediction of the unpadded image). Compilation follows :func:`mc_sample`: one jitted sampler per architecture (weights
 passed as an argument), ``vmap`` over a chunk of transforms inside a ``lax.scan`` over chunks.
 """
 from __future__ import annotations
