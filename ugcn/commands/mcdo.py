@@ -34,9 +34,11 @@ def register(subparsers) -> None:
         help="Monte Carlo dropout: expectation and uncertainty maps of one image",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    src = p.add_argument_group("input (either --model and --image, or --sample-maps)")
+    src = p.add_argument_group("input (--model with --image or --images, or --sample-maps)")
     src.add_argument("--model", metavar="MODEL_DIR", help="a model directory written by `ugcn train`")
     src.add_argument("--image", metavar="IMG", help="image NIfTI, 3D (X, Y, Z) or 4D (X, Y, Z, modalities)")
+    src.add_argument("--images", metavar="DIR", help="instead of --image: every image of a folder, one sub-folder "
+                     "of --out each (resumable, volumes sharded over --devices)")
     src.add_argument(
         "--sample-maps",
         metavar="MAPS",
@@ -64,6 +66,10 @@ def register(subparsers) -> None:
         f"(default {','.join(DEFAULT_ESTIMATORS)}; registered: {', '.join(list_estimators())})",
     )
     p.add_argument("--save-samples", action="store_true", help="also write the samples (4D NIfTI)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="--images: spread the volumes over N devices of this process (default: all)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="--images: volumes per compiled call, rounded up to a multiple of --devices (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=run)
@@ -112,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
     from ugcn.uncertainty.stats import stats_from_samples
 
+    if args.images:
+        from ugcn.commands.mcdo_cohort import run_folder
+
+        return run_folder(args)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if args.sample_maps and (args.model or args.image):
