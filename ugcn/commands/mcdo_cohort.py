@@ -1,0 +1,148 @@
+"""``ugcn mcdo --images DIR``: MC dropout of a whole folder, volumes sharded over devices, resumable.
+
+Each image gets ``OUT/<stem>/`` with the files of a single-image ``ugcn mcdo`` run (same seed: same maps),
+written whole once its batch is done; ``OUT/summary.json`` lists every case. Images of one shape are
+stacked in batches of ``--batch-size`` (rounded up to a multiple of ``--devices``) and sampled with
+:func:`ugcn.uncertainty.cohort.mc_sample_batch`: each device runs the T passes of its share of the volumes.
+A re-run skips the finished cases; several processes (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``, or SLURM) each take their slice of the sorted images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ugcn import __version__
+
+
+def _write_summary(out_dir: Path, stems: list) -> dict:
+    from ugcn.io import write_text_atomic
+
+    summary = {"ugcn_version": __version__, "volumes": {}, "pending": []}
+    for stem in stems:
+        path = out_dir / stem / "report.json"
+        if not path.is_file():
+            summary["pending"].append(stem)
+            continue
+        rep = json.loads(path.read_text())
+        summary["volumes"][stem] = {"predicted_voxels": rep.get("predicted_voxels"),
+                                    "estimators": {k: v.get("mean_in_prediction")
+                                                   for k, v in rep.get("estimators", {}).items()}}
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_folder(args: argparse.Namespace) -> int:
+    """The folder mode of ``ugcn mcdo`` (``--images``); see the module docstring."""
+    from ugcn.parallel import (
+        barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size, process_slice,
+    )
+
+    initialize_distributed()
+    import jax
+    import jax.numpy as jnp
+    import nibabel as nib
+    from tqdm.auto import tqdm
+
+    from ugcn.commands.mcdo import _plan_outputs, _summary
+    from ugcn.io import atomic_directory, is_nifti, load_volume, nifti_stem, save_volume
+    from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
+    from ugcn.uncertainty.cohort import mc_sample_batch
+    from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
+    from ugcn.uncertainty.measures import expectation
+
+    if args.image or args.sample_maps or not args.model:
+        raise ValueError("--images takes --model (not --image or --sample-maps)")
+    if getattr(args, "source", "mc") != "mc":
+        raise ValueError("--images supports MC dropout (--source mc) only")
+    for name in ("samples", "chunk", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    estimators = parse_estimator_names(args.estimators)
+    names = [e.name for e in estimators]
+    keep = args.save_samples or any(e.needs == "samples" for e in estimators)
+    folder, out_dir = Path(args.images), Path(args.out)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory")
+    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
+    if not images:
+        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    mesh = device_mesh(args.devices)
+    settings = normalized_settings({"model": str(Path(args.model).resolve()), "samples": args.samples,
+                                    "seed": args.seed, "estimators": names, "save_samples": args.save_samples})
+    mine = process_slice(images)
+    todo = [p for p in mine if case_state(out_dir / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
+    size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
+    if not args.quiet:
+        where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
+        print(f"mcdo: {where}{len(todo)} of {len(mine)} volumes to sample ({len(mine) - len(todo)} finished, "
+              f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
+    by_shape = defaultdict(list)  # stacking needs one shape; the header alone tells it
+    for path in todo:
+        by_shape[tuple(nib.load(str(path)).shape)].append(path)
+    batches = [group[k : k + size] for group in by_shape.values() for k in range(0, len(group), size)]
+    if batches:
+        from ugcn.segment.checkpoint import load_model
+        from ugcn.segment.model import make_volume_fn, predict_probabilities
+
+        model = load_model(args.model)
+        volume_fn = make_volume_fn(model, stochastic=True)
+    key = jax.random.key(args.seed)  # every volume's key, as `ugcn mcdo --image` would use it
+    for batch in tqdm(batches, desc="batches", disable=args.quiet or len(batches) < 2):
+        t = time.perf_counter()
+        volumes = [load_volume(p, ndim=(3, 4)) for p in batch]
+        load_s = (time.perf_counter() - t) / len(batch)
+        t = time.perf_counter()
+        result = mc_sample_batch(volume_fn, np.stack([v.array for v in volumes]), jnp.stack([key] * len(batch)),
+                                 n_samples=args.samples, chunk_size=args.chunk, keep_samples=keep, devices=mesh)
+        jax.block_until_ready(result)
+        mc_s = (time.perf_counter() - t) / len(batch)
+        for i, (path, volume) in enumerate(zip(batch, volumes)):
+            t_case = time.perf_counter()
+            stats = jax.tree_util.tree_map(lambda x: x[i], result.stats)
+            samples = result.samples[i] if keep else None
+            prediction = np.argmax(predict_probabilities(model, volume.array), axis=-1).astype(np.uint8)
+            mean = np.asarray(expectation(stats))
+            maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples).items()}
+            num_classes = mean.shape[-1]
+            files = _plan_outputs(out_dir / nifti_stem(path) / ".plan", names, args.save_samples,
+                                  num_classes if num_classes > 2 else 0, True)
+            arrays = {"prediction": prediction, "expectation": mean[..., 1] if num_classes == 2 else mean}
+            arrays.update({f"estimator:{n}": maps[n] for n in names})
+            if args.save_samples:
+                host = np.asarray(samples)
+                if num_classes == 2:
+                    arrays["samples"] = np.moveaxis(host[..., 1], 0, -1)
+                else:
+                    arrays.update({f"samples:{c}": np.moveaxis(host[..., c], 0, -1) for c in range(num_classes)})
+            fg = prediction > 0
+            by_name = {e.name: e for e in estimators}
+            report = {
+                "ugcn_version": __version__, "model": str(args.model), "image": str(path),
+                "shape": list(mean.shape[:3]), "num_classes": int(num_classes), "n_samples": args.samples,
+                "chunk": args.chunk, "seed": args.seed, "devices": describe(mesh, len(batch)),
+                "predicted_voxels": int(fg.sum()),
+                "estimators": {n: {"file": files[f"estimator:{n}"], "description": by_name[n].description,
+                                   "value_range": by_name[n].value_range,
+                                   "higher_is_uncertain": by_name[n].higher_is_uncertain, **_summary(maps[n], fg)}
+                               for n in names},
+                "files": dict(files),
+                "timings": {"load_s": load_s, "mc_sampling_s": mc_s},  # per volume, batch shared
+                SETTINGS_KEY: settings,
+            }
+            with atomic_directory(out_dir / nifti_stem(path), overwrite=True) as tmp:
+                for name, array in arrays.items():
+                    save_volume(tmp / files[name], array, volume.affine, header=volume.header)
+                report["timings"]["write_and_maps_s"] = time.perf_counter() - t_case
+                (tmp / files["report"]).write_text(json.dumps(report, indent=2) + "\n")
+    barrier("ugcn mcdo --images: every process done")
+    if jax.process_index() == 0:
+        summary = _write_summary(out_dir, [nifti_stem(p) for p in images])
+        if not args.quiet:
+            print(f"mcdo: {len(summary['volumes'])} of {len(images)} volumes done, written to {out_dir}")
+    return 0
