@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "ugcn.commands.mcdo",
     "ugcn.commands.refine",
     "ugcn.commands.lesions",
+    "ugcn.commands.estimators",
 )
 
 EXIT_USAGE = 2

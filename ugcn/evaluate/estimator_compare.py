@@ -1,0 +1,1061 @@
+"""Compare voxel-wise uncertainty estimators on the same Monte Carlo samples (``ugcn estimators compare``).
+
+For every estimator of the registry (:mod:`ugcn.uncertainty.estimators`), on the same samples of the same
+cases, four criteria:
+
+1. **Voxel-level error detection**: AUROC and AUPRC (average precision, as
+   ``sklearn.metrics.average_precision_score`` defines it) of the uncertainty map against the voxels where
+   the prediction is wrong. Exact: ranks from one sort, tied values averaged (AUROC =
+   ``P(u_err > u_ok) + ½ P(u_err = u_ok)``; AP steps once per distinct value).
+2. **Calibration**: the expected calibration error (ECE, 15 equal-width bins ``(b/15, (b+1)/15]`` of the
+   confidence, weighted by bin counts) and the reliability diagram of the *expectation* (confidence
+   ``max_c E_c`` vs correctness): one curve for all estimators, since they share ``E``. Per estimator,
+   ``ece_confidence`` is the ECE of the confidence its map implies, ``1 - ũ``, with ``ũ`` the uncertainty
+   rescaled to ``[0, 1]`` by its declared value range (or by its observed range over the evaluation region
+   when it declares none): it says whether the estimator's scale reads as a probability of being right.
+3. **Method R**: mean Dice (over the cases) of the GCN-refined mask with the estimator as ``U``, at the
+   default threshold and at the best of a sweep. Default: ``entropy`` uses METHOD.md's absolute
+   ``τ = 0.8``; any other estimator has no absolute scale that matches, so it uses ``tau_mode="quantile"``
+   at the level ``q̄`` that leaves as many voxels labelled as entropy at ``τ = 0.8`` does: ``q̄`` = the share
+   of ROI voxels with entropy ``<= 0.8``, pooled over the cases. The sweep is over quantile levels for every
+   estimator (entropy included); "best" is the level with the highest mean Dice on these same cases (an
+   oracle choice, like the τ sweep of the paper).
+4. **Method L**: the accuracy-confidence AUC of the lesions (connected components of the prediction),
+   ranked by the estimator's mean over each lesion (``l_auc_mean``, all lesions pooled), and by a lesion
+   GCNN (classification, P(FP)) trained with this estimator as its only uncertainty feature
+   (``l_auc_gcnn``: k-fold over the cases (:func:`ugcn.data.kfold_splits`); each fold's GCNN is trained on
+   the lesions of its non-test cases (training and validation cases together: the segmentation model is
+   fixed, so nothing else is trained on them) and scores its test cases; the AUC pools every test lesion).
+
+Conventions:
+
+* Maps are oriented with :meth:`Estimator.as_uncertainty` first (PCS becomes ``1 - PCS``), so higher
+  always means more uncertain, for every criterion.
+* The prediction is the expectation's most probable class (binary: ``E_fg > 0.5``); it is what is wrong or
+  right, what method R refines and where method L's lesions come from. With ``C = 2`` classes any non-zero
+  label is foreground.
+* Evaluation region of criteria 1-2 (``region``): ``"box"`` (default) is the bounding box of
+  (prediction ∪ label) grown by ``region_margin`` voxels, per case (far background is trivially right and
+  would flatter every estimator); ``"volume"`` is every voxel. Voxels of all cases are pooled (concatenated)
+  before ranking.
+* Undefined quantities are NaN with a note (no error voxel; method R on a multi-class model; too few cases
+  or lesions for method L), never an exception.
+
+The voxel-level measures of all ``K`` estimators come from one compiled call (:func:`voxel_measures`: the
+maps stacked ``[K, V]``, ``vmap`` over the estimator axis), and all maps of a case from one compiled
+:func:`~ugcn.uncertainty.estimators.estimator_maps` call: one pass over the samples, not one per estimator.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ugcn.io import atomic_directory, atomic_file
+from ugcn.uncertainty.estimators import Estimator, estimator_maps, get_estimator, list_estimators
+
+ECE_BINS = 15
+REGIONS = ("box", "volume")
+DEFAULT_R_SWEEP = (0.8, 0.9, 0.95, 0.98, 0.99)
+ENTROPY_TAU = 0.8
+CRITERIA = ("auroc", "auprc", "ece_confidence", "r_dice_default", "r_dice_best", "l_auc_mean", "l_auc_gcnn")
+#: Criteria where lower is better (the rest: higher is better).
+LOWER_IS_BETTER = ("ece_confidence",)
+ALL = "all"
+
+__all__ = [
+    "CompareConfig",
+    "CaseSamples",
+    "CaseMaps",
+    "VoxelMeasures",
+    "EstimatorComparison",
+    "resolve_estimators",
+    "auroc_auprc",
+    "reliability",
+    "voxel_measures",
+    "case_maps",
+    "compare_estimators",
+    "cases_from_samples_dir",
+    "cases_from_model",
+    "find_sample_file",
+    "write_comparison",
+    "plot_comparison",
+    "quick_model",
+    "quick_cases",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Settings and inputs
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """Settings of :func:`compare_estimators`.
+
+    Attributes:
+      region: ``"box"`` or ``"volume"`` (see the module docstring); ``region_margin``: voxels around the box.
+      ece_bins: equal-width confidence bins of the ECE and reliability diagram.
+      method_r: run method R (criterion 3).
+      r_sweep: quantile levels of the τ sweep.
+      r_epochs: GCN epochs per fit (METHOD.md: 200).
+      r_k_random, r_margin: method R's random edges per node and ROI margin.
+      method_l: run method L (criterion 4).
+      l_folds: folds of the GCNN evaluation (clipped to the number of cases).
+      gcnn_epochs, gcnn_batch_size: lesion GCNN training.
+      epsilon: FP threshold on ``IoU_adj``.
+      seed: seeds the R fits, folds and GCNNs.
+    """
+
+    region: str = "box"
+    region_margin: int = 4
+    ece_bins: int = ECE_BINS
+    method_r: bool = True
+    r_sweep: tuple[float, ...] = DEFAULT_R_SWEEP
+    r_epochs: int = 200
+    r_k_random: int = 16
+    r_margin: int = 0
+    method_l: bool = True
+    l_folds: int = 4
+    gcnn_epochs: int = 30
+    gcnn_batch_size: int = 10
+    epsilon: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.region not in REGIONS:
+            raise ValueError(f"region must be one of {REGIONS}, got {self.region!r}")
+        for name in ("ece_bins", "r_epochs", "gcnn_epochs", "gcnn_batch_size", "l_folds"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if int(self.region_margin) < 0 or int(self.r_margin) < 0 or int(self.r_k_random) < 0:
+            raise ValueError("region_margin, r_margin and r_k_random must be >= 0")
+        sweep = tuple(float(q) for q in self.r_sweep)
+        if not sweep or any(not 0.0 <= q <= 1.0 for q in sweep):
+            raise ValueError(f"r_sweep: give quantile levels in [0, 1], got {self.r_sweep!r}")
+        object.__setattr__(self, "r_sweep", sweep)
+
+
+class CaseSamples(NamedTuple):
+    """One labelled case with its Monte Carlo statistics (what :func:`compare_estimators` consumes).
+
+    Attributes:
+      name: case name.
+      image: ``f32[X, Y, Z]`` or ``f32[X, Y, Z, M]``.
+      label: ``[X, Y, Z]`` integer ground truth.
+      stats: :class:`~ugcn.uncertainty.stats.SampleStats` with sums ``f32[X, Y, Z, C]``.
+      samples: ``f32[T, X, Y, Z, C]`` or ``None`` (required only by estimators with ``needs="samples"``).
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    stats: Any
+    samples: Optional[Any] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseMaps:
+    """A case reduced to what the criteria need (samples dropped).
+
+    Attributes:
+      name: case name.
+      image: ``f32[X, Y, Z(, M)]``.
+      label: ``u8[X, Y, Z]`` class indices (binary: 0/1).
+      expectation: ``f32[X, Y, Z, C]`` MC expectation.
+      prediction: ``u8[X, Y, Z]`` ``argmax_c E_c``.
+      maps: estimator name -> ``f32[X, Y, Z]`` uncertainty (oriented: higher = more uncertain).
+      entropy: ``f32[X, Y, Z]`` binary entropy in bits (method R's default-τ rule).
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    expectation: np.ndarray
+    prediction: np.ndarray
+    maps: dict
+    entropy: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.expectation.shape[-1])
+
+
+def resolve_estimators(spec: Union[None, str, Sequence[Union[str, Estimator]]] = None) -> list[Estimator]:
+    """The estimators to compare: names, ``module:function`` specs, :class:`Estimator` objects, or ``"all"``.
+
+    ``None`` (or ``"all"``) = every registered estimator at call time; ``"all"`` may be combined with more,
+    e.g. ``"all,my_pkg.my_mod:margin"``. Import specs are resolved first (a module may register estimators
+    when imported), then ``"all"`` is expanded. Duplicates (same name, or an import spec naming a function
+    that is registered already) are dropped, keeping the first.
+
+    Raises:
+      ValueError: an unknown name or a failing import spec.
+    """
+    if spec is None:
+        items: list = [ALL]
+    elif isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+    else:
+        items = list(spec)
+    if not items:
+        raise ValueError("no estimator given; use 'all' or names such as entropy,variance")
+    resolved = [None if (isinstance(i, str) and i == ALL) else get_estimator(i) for i in items]
+    out: list[Estimator] = []
+    registry = {name: get_estimator(name) for name in list_estimators()}
+    for item, est in zip(items, resolved):
+        group = list(registry.values()) if est is None else [est]
+        for e in group:
+            if any(e.name == o.name or e.fn is o.fn for o in out):
+                continue
+            if e.name not in registry:  # an import spec naming a registered function: use the registered one
+                same = [r for r in registry.values() if r.fn is e.fn]
+                if same:
+                    e = same[0]
+                    if any(e.name == o.name for o in out):
+                        continue
+            out.append(e)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Voxel-level measures: one compiled call for all estimators
+# --------------------------------------------------------------------------------------------------------
+
+
+def _tie_groups(scores: jnp.ndarray, positive: jnp.ndarray, negative: jnp.ndarray):
+    """Positive and negative counts ``i32[V]`` per group of equal scores, groups in descending score order."""
+    order = jnp.argsort(-scores, stable=True)
+    s = scores[order]
+    new = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
+    group = jnp.cumsum(new.astype(jnp.int32)) - 1
+    n = scores.shape[0]
+    pos = jax.ops.segment_sum(positive[order], group, num_segments=n)
+    neg = jax.ops.segment_sum(negative[order], group, num_segments=n)
+    return pos, neg
+
+
+def auroc_auprc(scores: jnp.ndarray, positive: jnp.ndarray, weights: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Exact AUROC and average precision of ``scores`` for the ``positive`` voxels (jit/vmap-able).
+
+    Args:
+      scores: ``f32[V]`` (higher = more likely positive), finite.
+      positive: ``bool[V]`` the positives (here: voxels where the prediction is wrong).
+      weights: ``bool[V]`` voxels that count (False: padding or outside the region).
+
+    Returns:
+      ``(auroc f32[], ap f32[])``. AUROC = ``P(s_pos > s_neg) + ½ P(s_pos = s_neg)`` (ties averaged, as
+      ``sklearn.metrics.roc_auc_score``); AP = ``Σ_k (R_k - R_{k-1}) P_k`` over the distinct score values in
+      descending order (``sklearn.metrics.average_precision_score``). NaN without positives (both) or
+      without negatives (AUROC).
+    """
+    weights = weights.astype(bool)
+    pos_w = (positive.astype(bool) & weights).astype(jnp.int32)
+    neg_w = (~positive.astype(bool) & weights).astype(jnp.int32)
+    pos, neg = _tie_groups(scores, pos_w, neg_w)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    cum_pos, cum_neg = jnp.cumsum(pos), jnp.cumsum(neg)
+    above = (cum_pos - pos).astype(jnp.float32)  # positives with a strictly higher score
+    fp, fn = n_pos.astype(jnp.float32), n_neg.astype(jnp.float32)
+    auroc = jnp.sum(neg.astype(jnp.float32) * (above + 0.5 * pos.astype(jnp.float32))) / (fp * fn)
+    seen = (cum_pos + cum_neg).astype(jnp.float32)
+    precision = jnp.where(seen > 0, cum_pos.astype(jnp.float32) / jnp.maximum(seen, 1.0), 0.0)
+    ap = jnp.sum(pos.astype(jnp.float32) * precision) / fp
+    auroc = jnp.where((n_pos > 0) & (n_neg > 0), auroc, jnp.nan)
+    ap = jnp.where(n_pos > 0, ap, jnp.nan)
+    return auroc, ap
+
+
+def reliability(confidence: jnp.ndarray, correct: jnp.ndarray, weights: jnp.ndarray, n_bins: int = ECE_BINS):
+    """Reliability bins and expected calibration error (jit/vmap-able; ``n_bins`` static).
+
+    Bin ``b`` holds confidences in ``(b/B, (b+1)/B]`` (0 goes to bin 0).
+
+    Args:
+      confidence: ``f32[V]`` in ``[0, 1]``.
+      correct: ``bool[V]``.
+      weights: ``bool[V]`` voxels that count.
+
+    Returns:
+      ``(ece f32[], count f32[B], mean_confidence f32[B], accuracy f32[B])``; empty bins hold NaN means.
+      ECE = ``Σ_b n_b/n |acc_b - conf_b|`` (NaN when no voxel counts).
+    """
+    w = weights.astype(jnp.float32)
+    conf = jnp.clip(confidence.astype(jnp.float32), 0.0, 1.0)
+    index = jnp.clip(jnp.ceil(conf * n_bins).astype(jnp.int32) - 1, 0, n_bins - 1)
+    count = jax.ops.segment_sum(w, index, num_segments=n_bins)
+    conf_sum = jax.ops.segment_sum(w * conf, index, num_segments=n_bins)
+    acc_sum = jax.ops.segment_sum(w * correct.astype(jnp.float32), index, num_segments=n_bins)
+    total = count.sum()
+    ece = jnp.where(total > 0, jnp.sum(jnp.abs(acc_sum - conf_sum)) / jnp.maximum(total, 1.0), jnp.nan)
+    safe = jnp.maximum(count, 1.0)
+    mean_conf = jnp.where(count > 0, conf_sum / safe, jnp.nan)
+    accuracy = jnp.where(count > 0, acc_sum / safe, jnp.nan)
+    return ece, count, mean_conf, accuracy
+
+
+class VoxelMeasures(NamedTuple):
+    """Result of :func:`voxel_measures` (numpy).
+
+    Attributes:
+      auroc, auprc: ``f32[K]`` error detection of each map.
+      ece_confidence: ``f32[K]`` ECE of each map's implied confidence ``1 - ũ``.
+      ece_expectation: ``f32[]`` ECE of ``max_c E_c``.
+      bins_count, bins_confidence, bins_accuracy: ``f32[K + 1, B]`` reliability bins; row 0 is the
+        expectation, row ``k + 1`` map ``k``.
+      n_voxels, n_errors: voxels counted and wrong ones among them.
+    """
+
+    auroc: np.ndarray
+    auprc: np.ndarray
+    ece_confidence: np.ndarray
+    ece_expectation: float
+    bins_count: np.ndarray
+    bins_confidence: np.ndarray
+    bins_accuracy: np.ndarray
+    n_voxels: int
+    n_errors: int
+
+
+@functools.partial(jax.jit, static_argnames=("n_bins",))
+def _voxel_measures(maps, errors, weights, confidence, lo, hi, n_bins: int):
+    auroc, ap = jax.vmap(auroc_auprc, in_axes=(0, None, None))(maps, errors, weights)
+    # Implied confidence 1 - ũ: rescale by the declared range, or the observed one (NaN bounds).
+    big = jnp.finfo(jnp.float32).max
+    seen_lo = jnp.min(jnp.where(weights[None], maps, big), axis=1)
+    seen_hi = jnp.max(jnp.where(weights[None], maps, -big), axis=1)
+    lo = jnp.where(jnp.isnan(lo), seen_lo, lo)
+    hi = jnp.where(jnp.isnan(hi), seen_hi, hi)
+    scaled = (maps - lo[:, None]) / jnp.maximum(hi - lo, 1e-12)[:, None]
+    implied = jnp.concatenate([confidence[None], 1.0 - jnp.clip(scaled, 0.0, 1.0)], axis=0)
+    rel = jax.vmap(functools.partial(reliability, n_bins=n_bins), in_axes=(0, None, None))
+    ece, count, mean_conf, acc = rel(implied, ~errors, weights)
+    return auroc, ap, ece, count, mean_conf, acc
+
+
+def voxel_measures(
+    maps: np.ndarray,
+    errors: np.ndarray,
+    confidence: np.ndarray,
+    *,
+    weights: Optional[np.ndarray] = None,
+    value_ranges: Optional[Sequence[Optional[tuple[float, float]]]] = None,
+    n_bins: int = ECE_BINS,
+) -> VoxelMeasures:
+    """Error detection and calibration of ``K`` uncertainty maps at once (one compiled call).
+
+    The voxel axis is padded to a size bucket (weights 0 on the padding), so data sets of similar size
+    share one compiled program.
+
+    Args:
+      maps: ``f32[K, V]`` uncertainties (higher = more uncertain), finite.
+      errors: ``bool[V]`` voxels where the prediction is wrong.
+      confidence: ``f32[V]`` the expectation's ``max_c E_c``.
+      weights: ``bool[V]`` voxels that count (default all).
+      value_ranges: per map ``(lo, hi)`` of the oriented uncertainty, or ``None`` to use its observed range.
+      n_bins: ECE bins.
+
+    Returns:
+      :class:`VoxelMeasures`.
+    """
+    from ugcn.refine.fit import bucket_size
+
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 2:
+        raise ValueError(f"maps must be [K, V], got shape {maps.shape}")
+    k, v = maps.shape
+    errors = np.asarray(errors, bool).reshape(-1)
+    confidence = np.asarray(confidence, np.float32).reshape(-1)
+    weights = np.ones(v, bool) if weights is None else np.asarray(weights, bool).reshape(-1)
+    if errors.shape != (v,) or confidence.shape != (v,) or weights.shape != (v,):
+        raise ValueError(f"errors, confidence and weights must have {v} voxels like the maps")
+    if not np.all(np.isfinite(maps)):
+        raise ValueError("uncertainty maps hold NaN or infinite values")
+    ranges = list(value_ranges) if value_ranges is not None else [None] * k
+    if len(ranges) != k:
+        raise ValueError(f"value_ranges: {len(ranges)} entries for {k} maps")
+    lo = np.array([np.nan if r is None else r[0] for r in ranges], np.float32)
+    hi = np.array([np.nan if r is None else r[1] for r in ranges], np.float32)
+    size = bucket_size(max(v, 1), 1024)
+    pad = size - v
+
+    def padded(a, value):
+        return np.concatenate([a, np.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
+
+    out = _voxel_measures(
+        jnp.asarray(np.pad(maps, ((0, 0), (0, pad)))), jnp.asarray(padded(errors, False)),
+        jnp.asarray(padded(weights, False)), jnp.asarray(padded(confidence, 0.0)), jnp.asarray(lo),
+        jnp.asarray(hi), n_bins=int(n_bins),
+    )
+    auroc, ap, ece, count, mean_conf, acc = (np.asarray(x) for x in out)
+    return VoxelMeasures(auroc, ap, ece[1:], float(ece[0]), count, mean_conf, acc, int(weights.sum()),
+                         int((errors & weights).sum()))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per case: every map in one compiled call
+# --------------------------------------------------------------------------------------------------------
+
+
+def case_maps(case: CaseSamples, estimators: Sequence[Estimator]) -> CaseMaps:
+    """All estimators' maps of one case (one :func:`estimator_maps` call), oriented, plus ``E`` and ``Ŷ``.
+
+    Raises:
+      ValueError: label/statistics shape mismatch, label values outside the classes, a map with NaN.
+    """
+    from ugcn.uncertainty.measures import expectation
+
+    entropy = get_estimator("entropy")
+    wanted = list(estimators) + ([] if any(e.name == entropy.name for e in estimators) else [entropy])
+    samples = case.samples if any(e.needs == "samples" for e in wanted) else None
+    maps = estimator_maps(wanted, case.stats, samples)
+    e = np.asarray(expectation(case.stats), np.float32)
+    shape, c = e.shape[:-1], e.shape[-1]
+    label = np.asarray(case.label)
+    if label.shape != shape:
+        raise ValueError(f"{case.name}: label shape {label.shape} differs from the samples' {shape}")
+    if c == 2:
+        label = (label != 0).astype(np.uint8)
+    elif label.min() < 0 or label.max() >= c:
+        raise ValueError(f"{case.name}: label values {label.min()}..{label.max()} outside the {c} classes")
+    oriented = {}
+    for est in estimators:
+        m = np.asarray(est.as_uncertainty(maps[est.name]), np.float32)
+        if not np.all(np.isfinite(m)):
+            raise ValueError(f"{case.name}: estimator {est.name!r} gives NaN or infinite values")
+        oriented[est.name] = m
+    return CaseMaps(case.name, np.asarray(case.image, np.float32), label.astype(np.uint8), e,
+                    np.argmax(e, axis=-1).astype(np.uint8), oriented, np.asarray(maps[entropy.name], np.float32))
+
+
+def _region(case: CaseMaps, config: CompareConfig) -> Optional[np.ndarray]:
+    """``bool[X, Y, Z]`` evaluation region, or ``None`` when the box is empty."""
+    if config.region == "volume":
+        return np.ones(case.prediction.shape, bool)
+    from ugcn.graph.voxel_graph import bounding_box
+
+    fg = (case.prediction != 0) | (case.label != 0)
+    if not fg.any():
+        return None
+    region = np.zeros(fg.shape, bool)
+    region[bounding_box(fg, int(config.region_margin))] = True
+    return region
+
+
+# --------------------------------------------------------------------------------------------------------
+# Methods R and L
+# --------------------------------------------------------------------------------------------------------
+
+
+def _matched_quantile(cases: Sequence[CaseMaps], margin: int) -> float:
+    """Share of ROI voxels (pooled over cases) with entropy <= 0.8: method R's default quantile level."""
+    from ugcn.graph.voxel_graph import bounding_box, largest_component
+
+    below = total = 0
+    for c in cases:
+        lcc = largest_component(c.prediction != 0)
+        if not lcc.any():
+            continue
+        u = c.entropy[bounding_box(lcc, margin)]
+        below += int(np.count_nonzero(u <= ENTROPY_TAU))
+        total += int(u.size)
+    return below / total if total else 1.0
+
+
+def _method_r(cases, estimators, config: CompareConfig, progress: bool):
+    from ugcn.refine.fit import FitConfig
+    from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch
+
+    notes: list[str] = []
+    names = [e.name for e in estimators]
+    empty = {n: {"r_dice_default": math.nan, "r_default_tau": "", "r_dice_best": math.nan,
+                 "r_best_quantile": math.nan} for n in names}
+    if any(c.num_classes != 2 for c in cases):
+        notes.append("method R refines a binary segmentation; these samples have more than 2 classes (R: NaN)")
+        return empty, {}, notes
+    usable = [c for c in cases if np.any(c.prediction)]
+    if not usable:
+        notes.append("method R: every prediction is empty (R: NaN)")
+        return empty, {}, notes
+    if len(usable) < len(cases):
+        notes.append(f"method R: {len(cases) - len(usable)} case(s) with an empty prediction left out")
+    base = RefineConfig(k_random=config.r_k_random, margin=config.r_margin, fit=FitConfig(epochs=config.r_epochs))
+    q_default = _matched_quantile(usable, config.r_margin)
+
+    def mean_dice(name, cfg):
+        inputs = [RefineInput(c.image, c.prediction != 0, c.expectation[..., 1], c.maps[name], c.label, c.name)
+                  for c in usable]
+        results = refine_batch(inputs, config=cfg, seeds=config.seed, uncertainty_name=name, progress=False)
+        return float(np.mean([r.dice["refined"] for r in results])), results
+
+    out: dict[str, dict] = {}
+    baselines: dict[str, float] = {}
+    bar = tqdm(estimators, desc="method R", disable=not progress, leave=False)
+    for est in bar:
+        if est.name == "entropy":
+            cfg, tau_text = dataclasses.replace(base, tau=ENTROPY_TAU), f"abs {ENTROPY_TAU:g}"
+        else:
+            cfg, tau_text = dataclasses.replace(base, tau=q_default, tau_mode="quantile"), f"q {q_default:.4f}"
+        default, results = mean_dice(est.name, cfg)
+        if not baselines:
+            baselines = {
+                "r_dice_cnn": float(np.mean([r.dice["cnn"] for r in results])),
+                "r_dice_expectation": float(np.mean([r.dice["expectation_mask"] for r in results])),
+                "r_matched_quantile": q_default,
+            }
+            kept = sum(int(r.cnn.sum() < np.count_nonzero(c.prediction)) for r, c in zip(results, usable))
+            if kept:
+                notes.append(f"method R refines the largest connected component; {kept} case(s) predict several "
+                             "components (lesions?), so R's Dice there covers only the largest one")
+        sweep = []
+        for q in config.r_sweep:
+            sweep.append(mean_dice(est.name, dataclasses.replace(base, tau=q, tau_mode="quantile"))[0])
+        best = int(np.argmax(sweep))
+        out[est.name] = {"r_dice_default": default, "r_default_tau": tau_text, "r_dice_best": sweep[best],
+                         "r_best_quantile": config.r_sweep[best], "r_sweep_dice": sweep}
+    return out, baselines, notes
+
+
+def _method_l(cases, estimators, config: CompareConfig, progress: bool):
+    from ugcn.data.layout import kfold_splits
+    from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
+    from ugcn.lesion.gcnn import fit_gcnn, score_lesions
+    from ugcn.lesion.protocol import case_lesions, merge_cases
+
+    names = [e.name for e in estimators]
+    notes: list[str] = []
+    out = {n: {"l_auc_mean": math.nan, "l_auc_gcnn": math.nan} for n in names}
+    lesions = [case_lesions(c.name, c.image, c.prediction != 0, c.maps, c.label != 0, estimators=names,
+                            epsilon=config.epsilon)
+               for c in tqdm(cases, desc="lesions", disable=not progress, leave=False)]
+    data = merge_cases(lesions)
+    n_fp, n_tp = int(data.is_fp.sum()), int((~data.is_fp).sum())
+    info = {"l_lesions": data.n, "l_fp_lesions": n_fp, "l_tp_lesions": n_tp}
+    if n_fp == 0 or n_tp == 0:
+        notes.append(f"method L: {n_tp} TP and {n_fp} FP lesions; the accuracy-confidence AUC needs both (L: NaN)")
+        return out, info, notes
+    if min(n_fp, n_tp) < 5:
+        notes.append(f"method L: only {n_tp} TP and {n_fp} FP lesions; its AUCs are very noisy")
+    for name in names:
+        out[name]["l_auc_mean"] = accuracy_confidence_auc(data.stats[f"{name}_mean"], data.is_fp)
+
+    n_cases = len(cases)
+    folds = min(int(config.l_folds), n_cases)
+    try:
+        # Training and validation cases both train the GCNN here, so the split's validation share is moot;
+        # 0.5 keeps kfold_splits valid down to 3 cases.
+        splits = kfold_splits(n_cases, folds, seed=config.seed, val_fraction=0.5)
+    except ValueError:
+        notes.append(f"method L: {n_cases} case(s) are too few for a k-fold GCNN evaluation (GCNN AUC: NaN)")
+        return out, info, notes
+    info["l_folds"] = folds
+    case_index = {c.name: i for i, c in enumerate(cases)}
+    lesion_case = np.array([case_index[str(n)] for n in data.case], np.int64)
+    width = data.graphs.num_features - len(names)  # intensities + predicted label
+    base_cols = list(range(width))
+    scores = {n: np.full(data.n, np.nan) for n in names}
+    for fold, split in enumerate(tqdm(splits, desc="method L folds", disable=not progress, leave=False)):
+        test = np.flatnonzero(np.isin(lesion_case, split.test))
+        train = np.flatnonzero(~np.isin(lesion_case, split.test))
+        if test.size == 0:
+            continue
+        if train.size == 0:
+            notes.append(f"method L fold {fold}: no lesion in the training cases; its test lesions are left out "
+                         "of the GCNN AUC")
+            continue
+        train_graphs, test_graphs = data.graphs.select(train), data.graphs.select(test)
+        for k, name in enumerate(names):
+            cols = base_cols + [width + k]
+            model = fit_gcnn(_columns(train_graphs, cols), data.iou_adj[train], task="classification",
+                             epochs=config.gcnn_epochs, batch_size=config.gcnn_batch_size,
+                             seed=config.seed * 1000 + fold, epsilon=config.epsilon)
+            scores[name][test] = score_lesions(model, _columns(test_graphs, cols))
+    scored = np.isfinite(scores[names[0]])
+    info["l_gcnn_scored_lesions"] = int(scored.sum())
+    for name in names:
+        out[name]["l_auc_gcnn"] = accuracy_confidence_auc(scores[name][scored], data.is_fp[scored]) \
+            if scored.any() else math.nan
+    if scored.any() and not (data.is_fp[scored].any() and (~data.is_fp[scored]).any()):
+        notes.append("method L: the GCNN-scored lesions lack FP or TP lesions (GCNN AUC: NaN)")
+    return out, info, notes
+
+
+def _columns(graphs, cols: list[int]):
+    return dataclasses.replace(graphs, nodes=np.ascontiguousarray(graphs.nodes[:, cols]),
+                               feature_names=tuple(graphs.feature_names[c] for c in cols))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EstimatorComparison:
+    """What :func:`compare_estimators` measured.
+
+    Attributes:
+      rows: one dict per estimator: ``estimator, needs, higher_is_uncertain, value_range, description``
+        and the criteria ``auroc, auprc, ece_confidence, r_dice_default, r_default_tau, r_dice_best,
+        r_best_quantile, l_auc_mean, l_auc_gcnn`` (NaN when undefined; see ``notes``).
+      summary: data set level figures: cases, voxels, error rate, ``ece_expectation``, R baselines
+        (``r_dice_cnn``, ``r_dice_expectation``, ``r_matched_quantile``), lesion counts.
+      reliability: ``{"name": [...], "count", "confidence", "accuracy": [K + 1][B]}``, row 0 = expectation.
+      notes: remarks on undefined quantities.
+      config: the :class:`CompareConfig`.
+      timings: seconds per stage.
+    """
+
+    rows: list[dict]
+    summary: dict
+    reliability: dict
+    notes: list[str]
+    config: CompareConfig
+    timings: dict
+
+    def row(self, name: str) -> dict:
+        """The row of estimator ``name``."""
+        for r in self.rows:
+            if r["estimator"] == name:
+                return r
+        raise ValueError(f"no estimator {name!r} in the comparison (have {[r['estimator'] for r in self.rows]})")
+
+    def ranking(self, criterion: str) -> list[str]:
+        """Estimator names, best first, by ``criterion`` (NaN last; ECE: lower is better)."""
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        sign = 1.0 if criterion in LOWER_IS_BETTER else -1.0
+
+        def key(r):
+            v = r[criterion]
+            return (1, 0.0) if v is None or not math.isfinite(v) else (0, sign * v)
+
+        return [r["estimator"] for r in sorted(self.rows, key=key)]
+
+    def markdown(self) -> str:
+        """The table (one row per estimator) and the data-set figures, as Markdown."""
+        head = ("| estimator | needs | AUROC | AUPRC | ECE(1-ũ) | R Dice default (τ) | R Dice best (q) "
+                "| L AUC mean | L AUC GCNN |")
+        lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in self.rows:
+            tau = f" ({r['r_default_tau']})" if r.get("r_default_tau") else ""
+            q = r.get("r_best_quantile")
+            best_q = f" ({q:g})" if isinstance(q, float) and math.isfinite(q) else ""
+            lines.append(
+                f"| {r['estimator']} | {r['needs']} | {_fmt(r['auroc'])} | {_fmt(r['auprc'])} | "
+                f"{_fmt(r['ece_confidence'])} | {_fmt(r['r_dice_default'])}{tau} | {_fmt(r['r_dice_best'])}{best_q} | "
+                f"{_fmt(r['l_auc_mean'])} | {_fmt(r['l_auc_gcnn'])} |"
+            )
+        s = self.summary
+        lines.append("")
+        lines.append(f"{s['cases']} cases, {s['voxels']} voxels in the region ({s['region']}), error rate "
+                     f"{_fmt(s['error_rate'], 4)} (= AUPRC of a random map); ECE of the expectation "
+                     f"{_fmt(s['ece_expectation'], 4)}.")
+        if "r_dice_cnn" in s:
+            lines.append(f"Method R baselines: Dice CNN {_fmt(s['r_dice_cnn'])}, E>0.5 {_fmt(s['r_dice_expectation'])}; "
+                         f"default quantile for non-entropy estimators {_fmt(s['r_matched_quantile'], 4)}.")
+        if "l_lesions" in s:
+            lines.append(f"Method L: {s['l_lesions']} lesions ({s['l_tp_lesions']} TP, {s['l_fp_lesions']} FP).")
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        """JSON-serialisable payload: rows, summary, reliability, notes, settings, versions, timings."""
+        return _jsonable({
+            "rows": self.rows, "summary": self.summary, "reliability": self.reliability, "notes": self.notes,
+            "settings": dataclasses.asdict(self.config), "versions": _versions(), "timings_s": self.timings,
+        })
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _versions() -> dict:
+    import sklearn  # noqa: F401  (a dependency of the package; version for the record)
+
+    from ugcn import __version__
+
+    return {"ugcn": __version__, "jax": jax.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "device": str(jax.devices()[0])}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    return value
+
+
+def compare_estimators(
+    cases: Iterable[CaseSamples],
+    estimators: Union[None, str, Sequence[Union[str, Estimator]]] = None,
+    config: CompareConfig = CompareConfig(),
+    *,
+    progress: bool = True,
+) -> EstimatorComparison:
+    """Compare uncertainty estimators on the same samples (every criterion of the module docstring).
+
+    Args:
+      cases: :class:`CaseSamples`, consumed once (a generator keeps one case's samples in memory at a time).
+      estimators: see :func:`resolve_estimators` (default: every registered estimator).
+      config: :class:`CompareConfig`.
+      progress: progress bars over cases, estimators and folds.
+
+    Returns:
+      :class:`EstimatorComparison`.
+
+    Raises:
+      ValueError: no case, unknown estimators, a case whose samples an estimator needs but lacks, bad shapes.
+    """
+    ests = resolve_estimators(estimators)
+    names = [e.name for e in ests]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    reduced: list[CaseMaps] = []
+    for case in tqdm(cases, desc="cases", disable=not progress, leave=False):
+        if case.samples is None and any(e.needs == "samples" for e in ests):
+            needing = [e.name for e in ests if e.needs == "samples"]
+            raise ValueError(f"{case.name}: estimator(s) {', '.join(needing)} need the samples; keep them "
+                             "(with a model: keep_samples=True) or leave these estimators out")
+        reduced.append(case_maps(case, ests))
+    if not reduced:
+        raise ValueError("compare_estimators: no case to compare on")
+    timings["maps"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    parts = {"maps": [], "errors": [], "confidence": []}
+    for c in reduced:
+        region = _region(c, config)
+        if region is None:
+            notes.append(f"{c.name}: empty prediction and label; left out of the voxel measures (box region)")
+            continue
+        parts["maps"].append(np.stack([c.maps[n][region] for n in names]))
+        parts["errors"].append((c.prediction != c.label)[region])
+        parts["confidence"].append(c.expectation.max(axis=-1)[region])
+    if parts["maps"]:
+        vm = voxel_measures(
+            np.concatenate(parts["maps"], axis=1), np.concatenate(parts["errors"]),
+            np.concatenate(parts["confidence"]), value_ranges=[_oriented_range(e) for e in ests],
+            n_bins=config.ece_bins,
+        )
+    else:
+        k, b = len(names), config.ece_bins
+        nan = np.full(k, np.nan, np.float32)
+        vm = VoxelMeasures(nan, nan, nan, math.nan, np.zeros((k + 1, b)), np.full((k + 1, b), np.nan),
+                           np.full((k + 1, b), np.nan), 0, 0)
+    if vm.n_errors == 0:
+        notes.append("no voxel of the region is wrong: error detection (AUROC, AUPRC) is undefined")
+    elif vm.n_errors == vm.n_voxels:
+        notes.append("every voxel of the region is wrong: AUROC is undefined")
+    timings["voxel_measures"] = time.perf_counter() - t0
+    del parts
+
+    rows = []
+    for k, est in enumerate(ests):
+        rows.append({
+            "estimator": est.name, "needs": est.needs, "higher_is_uncertain": est.higher_is_uncertain,
+            "value_range": list(est.value_range) if est.value_range is not None else None,
+            "auroc": float(vm.auroc[k]), "auprc": float(vm.auprc[k]), "ece_confidence": float(vm.ece_confidence[k]),
+            "r_dice_default": math.nan, "r_default_tau": "", "r_dice_best": math.nan, "r_best_quantile": math.nan,
+            "l_auc_mean": math.nan, "l_auc_gcnn": math.nan, "description": est.description,
+        })
+    summary = {
+        "cases": len(reduced), "region": config.region, "voxels": vm.n_voxels, "error_voxels": vm.n_errors,
+        "error_rate": vm.n_errors / vm.n_voxels if vm.n_voxels else math.nan,
+        "ece_expectation": vm.ece_expectation, "num_classes": reduced[0].num_classes,
+    }
+    if config.method_r:
+        t0 = time.perf_counter()
+        r_out, r_base, r_notes = _method_r(reduced, ests, config, progress)
+        for row in rows:
+            row.update(r_out.get(row["estimator"], {}))
+        summary.update(r_base)
+        notes += r_notes
+        timings["method_r"] = time.perf_counter() - t0
+    if config.method_l:
+        t0 = time.perf_counter()
+        l_out, l_info, l_notes = _method_l(reduced, ests, config, progress)
+        for row in rows:
+            row.update(l_out[row["estimator"]])
+        summary.update(l_info)
+        notes += l_notes
+        timings["method_l"] = time.perf_counter() - t0
+    reliability_bins = {
+        "name": ["expectation"] + names,
+        "count": vm.bins_count, "confidence": vm.bins_confidence, "accuracy": vm.bins_accuracy,
+        "edges": [b / config.ece_bins for b in range(config.ece_bins + 1)],
+    }
+    return EstimatorComparison(rows, summary, _jsonable(reliability_bins), notes, config, timings)
+
+
+def _oriented_range(est: Estimator) -> Optional[tuple[float, float]]:
+    """Value range of ``est.as_uncertainty(map)`` (``None`` when unknown)."""
+    if est.value_range is None:
+        return None
+    lo, hi = est.value_range
+    return (lo, hi) if est.higher_is_uncertain else (0.0, hi - lo)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources of samples
+# --------------------------------------------------------------------------------------------------------
+
+
+def find_sample_file(samples_dir: Union[str, Path], case_name: str) -> Path:
+    """The 4D sample maps of a case: ``<case>.nii.gz``, ``<case>_samples.nii.gz`` (or ``.nii``), as
+    ``ugcn refine-batch --samples-dir`` reads them."""
+    folder = Path(samples_dir)
+    for suffix in ("", "_samples"):
+        for ext in (".nii.gz", ".nii"):
+            path = folder / f"{case_name}{suffix}{ext}"
+            if path.exists():
+                return path
+    raise ValueError(f"{folder}: no sample maps for case {case_name!r} (expected {case_name}.nii.gz or "
+                     f"{case_name}_samples.nii.gz, a 4D NIfTI (X, Y, Z, T))")
+
+
+def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) -> Iterator[CaseSamples]:
+    """Cases of a labelled data set folder with their samples read from a folder of 4D NIfTI maps.
+
+    Yields :class:`CaseSamples` one at a time (``samples`` kept only when ``keep_samples``). All files are
+    looked up before the first case is read, so a missing file fails fast.
+    """
+    from ugcn.data.layout import find_cases, load_case
+    from ugcn.io import check_same_grid
+    from ugcn.uncertainty.sampling import load_sample_maps
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    folder = Path(samples_dir)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder of sample maps")
+    cases = find_cases(data_dir)
+    files = [find_sample_file(folder, c.name) for c in cases]
+
+    def generate():
+        for case, path in zip(cases, files):
+            image, label = load_case(case)
+            samples, volume = load_sample_maps(path)
+            check_same_grid(image, volume, what="sample maps")
+            samples = jnp.asarray(samples)
+            yield CaseSamples(case.name, image.array, label.array, stats_from_samples(samples),
+                              samples if keep_samples else None)
+
+    return generate()
+
+
+SOURCES = ("mc", "tta")
+
+
+def cases_from_model(
+    data, model, *, n_samples: int = 20, chunk_size: int = 4, seed: int = 0, keep_samples: bool = False,
+    source: str = "mc", tta_max_shift: int = 2,
+) -> Iterator[CaseSamples]:
+    """Cases with ``T`` stochastic passes of a trained model: MC dropout or test-time augmentation.
+
+    Args:
+      data: a labelled data set folder, or an iterable of ``(name, image, label)`` tuples.
+      model: a ``SegmentationModel`` or a model folder (``ugcn train``).
+      n_samples, chunk_size: passes and passes computed together.
+      seed: case ``i`` uses ``jax.random.fold_in(PRNGKey(seed), i)`` (MC); TTA uses the transforms of
+        ``seed`` (:func:`ugcn.uncertainty.tta.tta_transforms`) for every case.
+      keep_samples: keep ``f32[T, X, Y, Z, C]`` (needed by ``needs="samples"`` estimators).
+      source: ``"mc"`` (dropout on) or ``"tta"`` (dropout off; flips and in-plane shifts up to
+        ``tta_max_shift`` voxels).
+    """
+    from ugcn.segment import load_model, make_volume_fn
+    from ugcn.uncertainty.sampling import mc_sample
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if int(tta_max_shift) < 0:
+        raise ValueError(f"tta_max_shift must be >= 0, got {tta_max_shift}")
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    volume_fn = make_volume_fn(model, stochastic=source == "mc")
+    if isinstance(data, (str, Path)):
+        from ugcn.data.layout import find_cases, load_case
+
+        found = find_cases(data)
+
+        def items():
+            for case in found:
+                image, label = load_case(case)
+                yield case.name, image.array, label.array
+    else:
+        def items():
+            yield from data
+
+    def generate():
+        key = jax.random.PRNGKey(seed)
+        for i, (name, image, label) in enumerate(items()):
+            case_key = jax.random.fold_in(key, i)
+            if source == "tta":
+                from ugcn.uncertainty.tta import tta_sample
+
+                result = tta_sample(volume_fn, image, case_key, seed=seed, n_samples=n_samples,
+                                    shifts=tuple(range(-int(tta_max_shift), int(tta_max_shift) + 1)),
+                                    chunk_size=chunk_size, keep_samples=keep_samples)
+            else:
+                result = mc_sample(volume_fn, image, case_key, n_samples=n_samples, chunk_size=chunk_size,
+                                   keep_samples=keep_samples)
+            yield CaseSamples(name, image, label, result.stats, result.samples)
+
+    return generate()
+
+
+#: Tiny 2D (axial-slice) U-Net of ``--quick``: trains in about a CPU minute and finds most phantom lesions
+#: (a 3D U-Net this small needs several times the steps to find any).
+QUICK_UNET = dict(dims=2, base_features=8, depth=2, dropout_rate=0.1, epochs=12, steps_per_epoch=10, batch_size=8,
+                  learning_rate=3e-3)
+QUICK_SHAPE = (32, 32, 24)
+#: Phantom seeds of ``--quick`` (far from ``ugcn phantoms``' ``S * 1000 + i`` for small S).
+QUICK_TRAIN_SEED, QUICK_EVAL_SEED = 910_000, 920_000
+
+
+def quick_cases(n_cases: int = 8, *, shape=QUICK_SHAPE, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, image, label)`` of ``n_cases`` brain phantoms for ``--quick`` (distinct from its training ones)."""
+    from ugcn.data.phantoms import brain_phantom
+
+    out = []
+    for i in range(int(n_cases)):
+        ph = brain_phantom(QUICK_EVAL_SEED + 100 * seed + i, shape=tuple(shape))
+        out.append((f"brain_{i:03d}", ph.image, ph.label))
+    return out
+
+
+def quick_model(*, n_train: int = 4, shape=QUICK_SHAPE, seed: int = 0, progress: bool = True):
+    """A tiny MC-dropout U-Net (:data:`QUICK_UNET`) trained on ``n_train`` brain phantoms (``--quick``)."""
+    from ugcn.data.phantoms import brain_phantom
+    from ugcn.segment import UNetConfig
+    from ugcn.segment.train import train_model
+
+    phantoms = [brain_phantom(QUICK_TRAIN_SEED + 100 * seed + i, shape=tuple(shape)) for i in range(n_train)]
+    q = QUICK_UNET
+    unet = UNetConfig(dims=q["dims"], num_classes=1, base_features=q["base_features"], depth=q["depth"],
+                      dropout_rate=q["dropout_rate"])
+    model, _ = train_model([p.image for p in phantoms], [p.label for p in phantoms], unet, epochs=q["epochs"],
+                           steps_per_epoch=q["steps_per_epoch"], batch_size=q["batch_size"],
+                           learning_rate=q["learning_rate"], seed=seed, progress=progress)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("estimator", "needs", "higher_is_uncertain", "auroc", "auprc", "ece_confidence", "r_dice_default",
+               "r_default_tau", "r_dice_best", "r_best_quantile", "l_auc_mean", "l_auc_gcnn", "description")
+OUTPUT_FILES = ("comparison.csv", "comparison.json", "comparison.md", "comparison.png")
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if isinstance(r.get(k), float) and not math.isfinite(r[k]) else r.get(k))
+                         for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def plot_comparison(result: EstimatorComparison, path: Union[str, Path]) -> Path:
+    """One panel per criterion (bars per estimator) plus the reliability diagram; written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [r["estimator"] for r in result.rows]
+    panels = [
+        ("Error detection: AUROC", [("auroc", None)], (0.0, 1.0)),
+        ("Error detection: AUPRC", [("auprc", None)], (0.0, 1.0)),
+        ("ECE of implied confidence 1-ũ (lower better)", [("ece_confidence", None)], (0.0, None)),
+        ("Method R: mean Dice", [("r_dice_default", "default τ"), ("r_dice_best", "best τ")], (0.0, 1.0)),
+        ("Method L: accuracy-confidence AUC", [("l_auc_mean", "mean"), ("l_auc_gcnn", "GCNN")], (0.0, 1.0)),
+    ]
+    fig = Figure(figsize=(15, 8.5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(2, 3, i + 1) for i in range(6)]
+    x = np.arange(len(names))
+    for ax, (title, series, (lo, hi)) in zip(axes, panels):
+        width = 0.8 / len(series)
+        for j, (key, label) in enumerate(series):
+            values = np.array([r[key] if r[key] is not None else np.nan for r in result.rows], float)
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
+            for xi, v in zip(x, values):
+                if not np.isfinite(v):
+                    ax.text(xi + (j - (len(series) - 1) / 2) * width, 0.01, "n/a", ha="center", fontsize=6,
+                            rotation=90)
+        if key == "auroc":
+            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
+        if key == "auprc" and math.isfinite(result.summary.get("error_rate", math.nan)):
+            ax.axhline(result.summary["error_rate"], color="0.5", linestyle=":", linewidth=1)
+        if key == "r_dice_best" and "r_dice_cnn" in result.summary:
+            ax.axhline(result.summary["r_dice_cnn"], color="0.3", linestyle="--", linewidth=1, label="CNN")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(lo, hi)
+        ax.grid(axis="y", alpha=0.3)
+        if any(label for _, label in series):
+            ax.legend(fontsize=7)
+    ax = axes[5]
+    rel = result.reliability
+    conf = np.array(rel["confidence"][0], float)
+    acc = np.array(rel["accuracy"][0], float)
+    ok = np.isfinite(conf) & np.isfinite(acc)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax.plot(conf[ok], acc[ok], "o-", label=f"expectation (ECE {_fmt(result.summary['ece_expectation'], 4)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence max_c E_c", fontsize=8)
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.set_title("Reliability diagram of the expectation", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Uncertainty estimators on {result.summary['cases']} cases ({result.summary['voxels']} voxels)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_comparison(result: EstimatorComparison, out_dir: Union[str, Path], *, overwrite: bool = False,
+                     extra: Optional[dict] = None) -> Path:
+    """Write ``comparison.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (built in a temporary folder
+    and moved into place; an existing non-empty ``out_dir`` is replaced only with ``overwrite``).
+
+    Args:
+      extra: more JSON fields (e.g. the data source), merged into ``comparison.json``.
+    """
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "comparison.csv").write_text(_csv(result.rows))
+        payload = result.to_json()
+        if extra:
+            payload.update(_jsonable(extra))
+        (tmp / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (tmp / "comparison.md").write_text(result.markdown())
+        plot_comparison(result, tmp / "comparison.png")
+    return Path(out_dir)
