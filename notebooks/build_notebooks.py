@@ -144,7 +144,11 @@ for ax, (name, mask) in zip(axes, panels):
 plt.show()"""),
     ("md", """## 6. Sweep over τ
 
-A lower τ marks more voxels as uncertain: more unlabelled nodes for the GCN to infer."""),
+A lower τ marks more voxels as uncertain: more unlabelled nodes for the GCN to infer.
+
+At the tiny default sizes the U-Net is barely trained and uncertain over much of the organ, so many nodes
+are unlabelled and the GCN has little reliable supervision: do not judge the method by these numbers. The
+README's results section shows the demo at larger sizes (`make demo`)."""),
     ("code", """sweep = []
 for tau in TAU_SWEEP:
     r = ugcn.refine_volume(image, prediction, expectation, entropy, label=label,

@@ -1,0 +1,298 @@
+"""Regenerate the results section of README.md from the benchmark JSON and the demo's summary.
+
+Usage: ``python benchmarks/readme_results.py [--size auto|small|large] [--demo ugcn-demo] [--check]``
+
+Reads ``benchmarks/results/*.json`` (written by ``make bench`` / ``benchmarks/run_all.py``) and the
+refinement demo's ``<demo>/refine/summary.json`` (written by ``make demo`` / ``ugcn demo``; the lesion demo's
+``<demo>/lesions/results/results.json`` too when present), copies the demo's figures into ``docs/figures/``
+and rewrites ONLY the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md.
+Nothing in that region is typed by hand. ``--check`` exits 1 when the README is not up to date (and
+writes nothing). Missing inputs are skipped with a note in the generated text.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+FIGURES = ROOT / "docs" / "figures"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+KNOWN = ("mcdo", "refine", "lesion", "segment")
+MAX_FIGURE_BYTES = 200_000
+
+sys.path.insert(0, str(HERE))
+from run_all import headline_ratios, size_entry  # noqa: E402
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(head: list[str], rows: list[list], align: str = "") -> list[str]:
+    align = align or "l" + "r" * (len(head) - 1)
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+
+
+def load(topic: str, size: str):
+    """``(result, size used)`` of ``results/<topic>.json``; ``auto`` prefers large, then small."""
+    path = RESULTS / f"{topic}.json"
+    if not path.exists():
+        return None, None
+    data = json.loads(path.read_text())
+    for s in (("large", "small") if size == "auto" else (size,)):
+        entry = size_entry(data, s)
+        if entry is not None:
+            return entry, s
+    return None, None
+
+
+def machine_line(entries: list[dict]) -> str:
+    for e in entries:
+        m = e.get("machine", {})
+        if m:
+            cpus = m.get("cpus") or m.get("cpu_count")
+            jax_v = m.get("jax") or e.get("versions", {}).get("jax")
+            return (f"Machine: {m.get('platform', '?')}, {cpus} CPU cores, JAX {jax_v} on "
+                    f"{m.get('device', m.get('jax_backend', 'cpu'))}.")
+    return ""
+
+
+def mcdo_section(r: dict, size: str) -> list[str]:
+    s = r["setup"]
+    u = s["unet"]
+    out = [f"**MC dropout** ({size}): T = {s['n_samples']} passes of a 2D U-Net (base {u['base_features']}, depth "
+           f"{u['depth']}) over a {'x'.join(map(str, s['volume']))} volume; median seconds after warm-up, "
+           "compilation excluded.", ""]
+    rows = [[row["method"], row["chunk"], row["seconds"], row["speedup_vs_loop"]]
+            for row in r["rows"] if row.get("seconds")]
+    out += table(["implementation", "passes per call", "seconds", "speed-up vs JAX loop"], rows)
+    t = r.get("torch", {})
+    if "skipped" in t:
+        out += ["", f"PyTorch rows skipped: {t['skipped']}."]
+    elif t:
+        out += ["", f"PyTorch {t['torch']} ({t['threads']} threads) runs the same network with the JAX weights "
+                f"copied in (outputs agree to {t['max_abs_diff_deterministic']:.0e} with dropout off)."]
+    return out
+
+
+def refine_section(r: dict, size: str) -> list[str]:
+    out = [f"**Method R graph construction and GCN fit** ({size}); memory bandwidth measured in the same run "
+           f"(numpy copy): {r['memory_bandwidth_GBps']:.1f} GB/s.", ""]
+    rows = [[f"~{g.get('target_nodes', g['nodes']) // 1000}k", g["nodes"], g["directed_edges"], g["seconds"]]
+            for g in r["graph_construction"]]
+    out += table(["graph", "nodes", "directed edges", "seconds"], rows)
+    out += ["", f"Construction time grows as nodes^{r['graph_growth_exponent']:.2f} (least-squares fit)."]
+    fits = r.get("fits") or [r["fit"]]
+    rows = [[f["nodes"], f["ms_per_epoch"], f["seconds"], f["bytes_per_epoch"] / 1e6, f["achieved_GBps"],
+             f"{100 * f['bandwidth_fraction']:.0f}%"] for f in fits]
+    out += ["", "200-epoch fit (one jitted `lax.scan`); the bytes an epoch must move (model in "
+            "`benchmarks/bench_refine.py`) against the measured bandwidth:", ""]
+    out += table(["nodes", "ms / epoch", "200 epochs s", "MB / epoch", "GB/s", "of bandwidth"], rows)
+    if r.get("fit_growth_exponent") is not None:
+        out += ["", f"Fit time grows as nodes^{r['fit_growth_exponent']:.2f}."]
+    p = r.get("pyg", {})
+    if "skipped" in p:
+        out += ["", f"PyTorch Geometric comparison skipped: {p['skipped']}."]
+    elif p:
+        out += ["", f"Same graph ({p['nodes']} nodes) in PyTorch Geometric (torch {p['torch']}, {p['threads']} "
+                f"threads, {p['epochs']} epochs timed), per epoch:", ""]
+        out += table(["implementation", "ms / epoch", "x ugcn"], [
+            ["ugcn (JAX)", p["ugcn_ms_per_epoch"], 1.0],
+            ["PyG `GCNConv` x 2", p["gcnconv_ms_per_epoch"], p["ratio_gcnconv_over_ugcn"]],
+            ["PyG, same algebra (ÂX once, `Linear` + `GCNConv(32, 1)`)", p["same_algebra_ms_per_epoch"],
+             p["ratio_same_algebra_over_ugcn"]],
+        ])
+    b = r.get("batch", [])
+    if b:
+        out += ["", "Batch of B volumes in one program (`fit_batch`) vs B separate fits:", ""]
+        out += table(["B", "nodes each", "B separate fits s", "parallel (vmap) s", "sequential (lax.map) s",
+                      "auto picks"],
+                     [[x["B"], x["nodes_each"], x["separate_s"], x["parallel_s"], x["sequential_s"], x["auto"]]
+                      for x in b], align="lrrrrl")
+    return out
+
+
+def lesion_section(r: dict, size: str) -> list[str]:
+    e, g = r["extraction"], r["gcnn"]
+    rows = [[f"lesion extraction + graphs + baselines ({e['lesions']} lesions, {'x'.join(map(str, e['volume']))})",
+             e["seconds_total"]],
+            ["of which components + IoU_adj + table", e["seconds_components_iou"]],
+            [f"GCNN epoch, ugcn ({g['lesions']} lesion graphs, batches of 10)", g["seconds_per_epoch_jax"]]]
+    if g.get("seconds_per_epoch_pyg"):
+        rows.append(["GCNN epoch, PyTorch Geometric (same graphs and batches)", g["seconds_per_epoch_pyg"]])
+    out = [f"**Method L** ({size}):", ""] + table(["step", "seconds"], rows)
+    if g.get("ratio_pyg_over_jax"):
+        out += ["", f"PyG / ugcn epoch time: {g['ratio_pyg_over_jax']:.2f}x."]
+    return out
+
+
+def segment_section(r: dict, size: str) -> list[str]:
+    st = r["step"]
+    out = [f"**U-Net training step** ({size}, batch {'x'.join(map(str, st['batch']))}): "
+           f"{st['loop_step_s']:.3f} s per step from a Python loop, {st['scan_step_s']:.3f} s inside `lax.scan` "
+           f"({st['scan_over_loop']:.2f}x)."]
+    tr = r.get("train_model")
+    if tr:
+        out[-1] += (f" `train_model` on {tr['n_train']} CT phantoms, {tr['steps']} steps: {tr['train_s']:.0f} s, "
+                    f"held-out Dice {tr['dice_heldout_deterministic']:.3f}.")
+    return out
+
+
+SECTIONS = {"mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section}
+
+
+WRITE_FIGURES = True  # False under --check: nothing is written
+
+
+def copy_figure(src: Path, name: str, notes: list[str]):
+    """Copy a demo PNG into docs/figures (when small enough); return its README-relative path or None."""
+    if not src.exists():
+        return None
+    if src.stat().st_size > MAX_FIGURE_BYTES:
+        notes.append(f"{src} is larger than {MAX_FIGURE_BYTES // 1000} kB: not copied")
+        return None
+    dest = FIGURES / name
+    if WRITE_FIGURES and (not dest.exists() or dest.read_bytes() != src.read_bytes()):
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return dest.relative_to(ROOT).as_posix()
+
+
+def demo_section(demo: Path, notes: list[str]) -> list[str]:
+    path = demo / "refine" / "summary.json"
+    if not path.exists():
+        notes.append(f"no demo summary at {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} (run `make demo`)")
+        return []
+    s = json.loads(path.read_text())
+    c = s["config"]
+    methods = [m for m in ("CNN", "E>0.5", "CRF", "GCN", "GCN-unlabelled") if any(r.get(m) is not None for r in s["dice"])]
+    out = [f"**Refinement demo** (`make demo`, {s['seconds']:.0f} s): {c['n_train']} training and {c['n_test']} test "
+           f"CT phantoms {'x'.join(map(str, c['shape']))}, a 2D U-Net (base {c['base_features']}, dropout "
+           f"{c['dropout_rate']}) trained for {c['epochs'] * c['steps_per_epoch']} steps, T = {c['n_samples']} MC "
+           f"passes, {c['uncertainty']} with τ = {c['tau']}. Dice per test volume:", ""]
+    rows = [[r["case"], r.get("nodes", "")] + [r.get(m) for m in methods] for r in s["dice"]]
+    rows.append(["mean", ""] + [s["mean_dice"].get(m) for m in methods])
+    out += table(["case", "graph nodes"] + methods, rows)
+    sweep = s.get("tau_sweep", [])
+    if sweep:
+        out += ["", "Mean Dice over the test volumes for each τ:", ""]
+        out += table(["τ", "GCN", "GCN-unlabelled", "unlabelled nodes"],
+                     [[x["tau"], x["GCN"], x["GCN-unlabelled"], x["unlabelled nodes"]] for x in sweep])
+    figs = [(copy_figure(demo / "refine" / "slice.png", "demo_refine_slice.png", notes), "demo slice"),
+            (copy_figure(demo / "refine" / "tau_sweep.png", "demo_tau_sweep.png", notes), "tau sweep")]
+    figs = [f"![{alt}]({p})" for p, alt in figs if p]
+    if figs:
+        out += [""] + figs
+    return out
+
+
+def lesion_demo_section(demo: Path, notes: list[str]) -> list[str]:
+    path = demo / "lesions" / "results" / "results.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = data.get("table") or data.get("methods") or []
+    if not rows:
+        return []
+    out = ["**Lesion demo** (`ugcn demo --task lesions`, 4-fold protocol on brain phantoms):", ""]
+    out += table(["method", "AUC (%)", "pooled AUC (%)", "Spearman ρ", "folds"],
+                 [[r["method"], r.get("auc_pct"), r.get("auc_pct_pooled"), r.get("spearman"), r.get("folds_defined")]
+                  for r in rows])
+    folds = data.get("folds") or []
+    if folds:
+        dices = ", ".join(fmt(f.get("dice"), 3) for f in folds)
+        counts = ", ".join(f"{f.get('tp')} / {f.get('fp')}" for f in folds)
+        out += ["", f"U-Net Dice per fold: {dices}; TP / FP test lesions per fold: {counts}."]
+    curves = copy_figure(demo / "lesions" / "results" / "curves.png", "demo_lesion_curves.png", notes)
+    if curves:
+        out += ["", f"![accuracy-confidence curves]({curves})"]
+    return out
+
+
+def generate(size: str, demo: Path) -> str:
+    notes: list[str] = []
+    lines = ["_Generated by `python benchmarks/readme_results.py` from `benchmarks/results/*.json` and the demo's "
+             "`summary.json`; do not edit by hand._", ""]
+    demo_lines = demo_section(demo, notes)
+    if demo_lines:
+        lines += demo_lines + [""]
+    lesion_lines = lesion_demo_section(demo, notes)
+    if lesion_lines:
+        lines += lesion_lines + [""]
+    entries, bench = [], []
+    for topic in KNOWN:
+        entry, used = load(topic, size)
+        if entry is None:
+            notes.append(f"no {size if size != 'auto' else ''} results for {topic} (run `make bench`)".replace("  ", " "))
+            continue
+        entries.append(entry)
+        try:
+            bench += SECTIONS[topic](entry, used) + [""]
+        except (KeyError, TypeError) as err:  # an older results file: show its ratios only
+            bench += [f"**{topic}** ({used}): " + ", ".join(f"{k} {v:.3g}" for k, v in headline_ratios(topic, used).items())
+                      + f" (older results format: {err!r})", ""]
+    for path in sorted(RESULTS.glob("*.json")):  # any other benchmark (e.g. added later): its ratios
+        topic = path.stem
+        if topic in KNOWN:
+            continue
+        entry, used = load(topic, size)
+        ratios = headline_ratios(topic, used) if entry is not None else {}
+        if ratios:
+            entries.append(entry)
+            bench += [f"**{topic}** ({used}):", ""] + table(["ratio", "value"], [[k, float(v)] for k, v in ratios.items()]) + [""]
+    if bench:
+        lines += ["### Benchmarks", "", "Medians of repeated runs after warm-up; every ratio compares runs made in "
+                  "the same process. " + machine_line(entries), ""] + bench
+    if notes:
+        lines += ["Not shown: " + "; ".join(notes) + "."]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines)
+
+
+def rewrite(readme: str, body: str) -> str:
+    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
+        raise SystemExit(f"README.md must hold exactly one {START} ... {END} region")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{body}\n{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("auto", "small", "large"), default="auto",
+                        help="which benchmark size to show (auto: large when present, else small)")
+    parser.add_argument("--demo", type=Path, default=ROOT / "ugcn-demo", help="the demo's output folder")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    args = parser.parse_args(argv)
+    global WRITE_FIGURES
+    WRITE_FIGURES = not args.check
+    readme = args.readme.read_text()
+    new = rewrite(readme, generate(args.size, args.demo))
+    if args.check:
+        print("README results are up to date" if new == readme else "README results are out of date")
+        return 0 if new == readme else 1
+    if new != readme:
+        tmp = args.readme.with_name(args.readme.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(args.readme)
+        print(f"rewrote the results section of {args.readme}")
+    else:
+        print(f"{args.readme}: results section already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
