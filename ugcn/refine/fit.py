@@ -11,7 +11,9 @@ Batches: :func:`fit_batch` fits B volumes in one compiled program. Its "parallel
 in meaning (every volume has its own parameters, optimiser state, key and loss), laid out as one
 block-diagonal graph of ``B·N`` nodes, so propagation stays a single 1-D gather and segment sum (a
 vmapped scatter is slow on CPU); its "sequential" strategy (``lax.map``, the CPU default) keeps each
-volume's working set in cache. :func:`fit_gcn` is the same program with B = 1.
+volume's working set in cache. :func:`fit_gcn` is the same program with B = 1. With ``devices``, the batch
+is split along its volume axis over a device mesh (:mod:`ugcn.parallel`) and each device runs that same
+batch program on its share: no volume spans two devices, so nothing is communicated.
 
 Padding: a :class:`PaddedGraph` is padded to bucket sizes (:func:`bucket_size`) so that XLA compiles once
 per bucket and graphs of different sizes can be stacked for :func:`fit_batch`. Padding edges carry weight 0
