@@ -14,7 +14,6 @@ from ugcn.evaluate.estimator_compare import (
     CaseSamples,
     CompareConfig,
     compare_estimators,
-    reliability,
     resolve_estimators,
     voxel_measures,
 )
@@ -62,12 +61,15 @@ def test_voxel_measures_match_sklearn_with_ties_and_weights():
     np.testing.assert_allclose(out.bins_count[0], counts)  # no value lies on a bin edge here
 
 
-def test_undefined_measures_are_nan():
-    maps = np.array([[0.1, 0.2, 0.3]], np.float32)
-    out = voxel_measures(maps, np.zeros(3, bool), np.full(3, 0.9, np.float32))
-    assert math.isnan(out.auroc[0]) and math.isnan(out.auprc[0])
-    ece, count, _, acc = reliability(jnp.array([0.0, 1.0]), jnp.array([True, False]), jnp.array([True, True]), 15)
-    assert count[0] == 1 and count[-1] == 1 and float(ece) == pytest.approx(1.0) and float(acc[-1]) == 0.0
+def test_undefined_measures_are_nan_and_bin_edges():
+    v = 3000  # the shapes of the test above: no recompilation
+    maps = np.random.default_rng(1).random((3, v)).astype(np.float32)
+    conf = np.where(np.arange(v) < v // 2, 0.0, 1.0).astype(np.float32)
+    out = voxel_measures(maps, np.zeros(v, bool), conf)  # nothing is wrong
+    assert np.all(np.isnan(out.auroc)) and np.all(np.isnan(out.auprc))
+    # confidence 0 falls in the first bin, 1 in the last; all correct: ECE = 0.5 * |1 - 0| + 0.5 * |1 - 1|
+    assert out.bins_count[0, 0] == v // 2 and out.bins_count[0, -1] == v - v // 2
+    assert out.ece_expectation == pytest.approx(0.5)
 
 
 # --- a phantom built so that one estimator knows where the prediction is wrong --------------------------
@@ -144,7 +146,7 @@ def phantom():
     return [_phantom_case(i) for i in range(4)]
 
 
-CONFIG = CompareConfig(region="volume", r_epochs=30, r_sweep=(0.9, 0.97), gcnn_epochs=3, l_folds=2)
+CONFIG = CompareConfig(region="volume", r_epochs=30, r_sweep=(0.95,), gcnn_epochs=3, l_folds=2)
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +231,14 @@ def test_cli_compare_with_samples_dir(dataset, registered, capsys):
     out = dataset / "out"
     argv = ["estimators", "compare", "--data", str(dataset / "data"), "--samples-dir", str(dataset / "samples"),
             "--out", str(out), "--estimators", "entropy,pcs,one_minus_pcs,cmp_noise,cmp_spread", "--region", "volume",
-            "--r-epochs", "30", "--r-sweep", "0.9,0.97", "--gcnn-epochs", "3", "--folds", "2"]
+            "--no-r", "--gcnn-epochs", "3", "--folds", "2"]  # method R runs in the library test above
     assert main(argv + ["--quiet"]) == 0
     assert capsys.readouterr().out == ""
     with open(out / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["estimator"] for r in rows] == ["entropy", "pcs", "one_minus_pcs", "cmp_noise", "cmp_spread"]
     assert rows[4]["needs"] == "samples" and rows[1]["higher_is_uncertain"] == "False"
+    assert rows[0]["r_dice_default"] == "" and rows[0]["l_auc_gcnn"] != ""  # --no-r: empty cells, not errors
     payload = json.loads((out / "comparison.json").read_text())
     assert payload["source"]["samples_dir"].endswith("samples") and payload["versions"]["jax"] == jax.__version__
     # pcs is a confidence: oriented as 1 - pcs, it ranks voxels exactly as one_minus_pcs

@@ -38,6 +38,8 @@ Conventions:
   (prediction ∪ label) grown by ``region_margin`` voxels, per case (far background is trivially right and
   would flatter every estimator); ``"volume"`` is every voxel. Voxels of all cases are pooled (concatenated)
   before ranking.
+* Memory: every case keeps its ``K`` oriented maps (``4 K`` bytes per voxel) until the end, since methods
+  R and L need them whole; the pooled voxel measures hold ``[K, V]`` for the region's ``V`` voxels.
 * Undefined quantities are NaN with a note (no error voxel; method R on a multi-class model; too few cases
   or lesions for method L), never an exception.
 
@@ -56,7 +58,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -685,8 +687,6 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _versions() -> dict:
-    import sklearn  # noqa: F401  (a dependency of the package; version for the record)
-
     from ugcn import __version__
 
     return {"ugcn": __version__, "jax": jax.__version__, "numpy": np.__version__,
@@ -734,7 +734,11 @@ def compare_estimators(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     reduced: list[CaseMaps] = []
-    for case in tqdm(cases, desc="cases", disable=not progress, leave=False):
+    try:
+        total = len(cases)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    for case in tqdm(cases, desc="cases", total=total, disable=not progress, leave=False):
         if case.samples is None and any(e.needs == "samples" for e in ests):
             needing = [e.name for e in ests if e.needs == "samples"]
             raise ValueError(f"{case.name}: estimator(s) {', '.join(needing)} need the samples; keep them "
@@ -824,6 +828,21 @@ def _oriented_range(est: Estimator) -> Optional[tuple[float, float]]:
 # --------------------------------------------------------------------------------------------------------
 
 
+class _CaseStream:
+    """A one-pass iterable of :class:`CaseSamples` that knows its length (for progress bars)."""
+
+    def __init__(self, generator: Iterator[CaseSamples], length: Optional[int]):
+        self._generator, self._length = generator, length
+
+    def __iter__(self) -> Iterator[CaseSamples]:
+        return self._generator
+
+    def __len__(self) -> int:
+        if self._length is None:
+            raise TypeError("the number of cases is not known in advance")
+        return self._length
+
+
 def find_sample_file(samples_dir: Union[str, Path], case_name: str) -> Path:
     """The 4D sample maps of a case: ``<case>.nii.gz``, ``<case>_samples.nii.gz`` (or ``.nii``), as
     ``ugcn refine-batch --samples-dir`` reads them."""
@@ -837,7 +856,7 @@ def find_sample_file(samples_dir: Union[str, Path], case_name: str) -> Path:
                      f"{case_name}_samples.nii.gz, a 4D NIfTI (X, Y, Z, T))")
 
 
-def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) -> Iterator[CaseSamples]:
+def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) -> Iterable[CaseSamples]:
     """Cases of a labelled data set folder with their samples read from a folder of 4D NIfTI maps.
 
     Yields :class:`CaseSamples` one at a time (``samples`` kept only when ``keep_samples``). All files are
@@ -863,7 +882,7 @@ def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) 
             yield CaseSamples(case.name, image.array, label.array, stats_from_samples(samples),
                               samples if keep_samples else None)
 
-    return generate()
+    return _CaseStream(generate(), len(cases))
 
 
 SOURCES = ("mc", "tta")
@@ -872,7 +891,7 @@ SOURCES = ("mc", "tta")
 def cases_from_model(
     data, model, *, n_samples: int = 20, chunk_size: int = 4, seed: int = 0, keep_samples: bool = False,
     source: str = "mc", tta_max_shift: int = 2,
-) -> Iterator[CaseSamples]:
+) -> Iterable[CaseSamples]:
     """Cases with ``T`` stochastic passes of a trained model: MC dropout or test-time augmentation.
 
     Args:
@@ -899,12 +918,15 @@ def cases_from_model(
         from ugcn.data.layout import find_cases, load_case
 
         found = find_cases(data)
+        length: Optional[int] = len(found)
 
         def items():
             for case in found:
                 image, label = load_case(case)
                 yield case.name, image.array, label.array
     else:
+        length = len(data) if hasattr(data, "__len__") else None
+
         def items():
             yield from data
 
@@ -923,7 +945,7 @@ def cases_from_model(
                                    keep_samples=keep_samples)
             yield CaseSamples(name, image, label, result.stats, result.samples)
 
-    return generate()
+    return _CaseStream(generate(), length)
 
 
 #: Tiny 2D (axial-slice) U-Net of ``--quick``: trains in about a CPU minute and finds most phantom lesions
