@@ -85,14 +85,14 @@ entropy = np.asarray(ugcn.estimator_maps(["entropy"], mc.stats)["entropy"])
 print(f"entropy: max {entropy.max():.2f} bits, {np.count_nonzero(entropy > TAU)} voxels above tau = {TAU}")
 
 panels = [("image", image, "gray"), ("ground truth", label, "gray"), ("CNN Ŷ", prediction, "gray"),
-          ("expectation E", expectation, "viridis"), ("entropy U (bits)", entropy, "magma")]
-fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+          ("expectation E", expectation, "viridis"), ("entropy U (bits)", entropy, "magma"),
+          (f"U > tau = {TAU}", entropy > TAU, "gray")]
+fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3))
 for ax, (name, vol, cmap) in zip(axes, panels):
     ax.imshow(np.asarray(vol, np.float32)[:, :, z].T, cmap=cmap, origin="lower")
     ax.set_title(name)
     ax.axis("off")
-axes[-1].contour((entropy[:, :, z] > TAU).T, levels=[0.5], colors="cyan", linewidths=0.8)
-fig.suptitle(f"axial slice {z} (cyan: U > tau)")
+fig.suptitle(f"axial slice {z}")
 plt.show()"""),
     ("md", """## 4. The voxel graph
 
@@ -110,10 +110,11 @@ axes[0].set_title("node degree")
 axes[1].hist(graph.weights, bins=50)
 axes[1].set_title("edge weights")
 node_map = np.zeros(image.shape, np.int8)
-coords = tuple(graph.node_coords.T)
-node_map[coords] = np.where(graph.label_mask, 1, 2)
-axes[2].imshow(node_map[:, :, z].T, origin="lower", cmap="viridis", vmin=0, vmax=2)
-axes[2].set_title(f"slice {z}: labelled (green) / unlabelled (yellow) nodes")
+node_map[tuple(graph.node_coords.T)] = np.where(graph.label_mask, 1, 2)
+rx, ry, rz = graph.roi                                           # the ROI box (slices)
+zz = min(max(z, rz.start), rz.stop - 1)
+axes[2].imshow(node_map[rx, ry, zz].T, origin="lower", cmap="viridis", vmin=0, vmax=2, interpolation="nearest")
+axes[2].set_title(f"ROI, slice {zz}: labelled (teal),\nunlabelled (yellow) nodes", fontsize=9)
 axes[2].axis("off")
 plt.show()"""),
     ("md", """## 5. GCN refinement and baselines
