@@ -130,11 +130,12 @@ def _binary_mask(path: Path, image) -> np.ndarray:
 
 
 def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None, label_path=None, model=None,
-                       volume_fn=None):
+                       volume_fn=None, mc_result=None):
     """Read one volume's inputs and compute ``E`` and ``U``: ``(RefineInput, image Volume, source dict)``.
 
     With ``samples_path`` the MC samples are read from it; otherwise ``model`` gives the deterministic
-    prediction and ``volume_fn`` (its stochastic volume function, made once per model) the MC passes.
+    prediction and ``volume_fn`` (its stochastic volume function, made once per model) the MC passes, unless
+    ``mc_result`` (this volume's ``MCResult``, e.g. from a sharded cohort run) already holds them.
     """
     import jax
     import jax.numpy as jnp
@@ -166,8 +167,10 @@ def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None
                              f"{probs.shape[-1]} classes")
         prediction = probs[..., 1] > 0.5
         needs = estimator.needs == "samples"
-        result = mc_sample(volume_fn, image.array, jax.random.PRNGKey(args.seed),
-                           n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=needs)
+        if mc_result is None:
+            mc_result = mc_sample(volume_fn, image.array, jax.random.PRNGKey(args.seed),
+                                  n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=needs)
+        result = mc_result
         stats, samples = result.stats, result.samples
         source["model"] = str(args.model)
         source["n_samples"] = args.n_samples
@@ -307,6 +310,33 @@ def _write_summary(out_dir: Path, stems: list) -> dict:
     return summary
 
 
+def _cohort_mc(args, paths, volume_fn, mesh) -> dict:
+    """MC dropout of a batch of images over the mesh's devices (same-shaped images stacked together):
+    ``{path: (MCResult of that volume, seconds per volume)}``; each volume's key is ``PRNGKey(--seed)``, as
+    ``ugcn refine`` uses, so the results equal the one-volume ones."""
+    import jax
+
+    from ugcn.io import load_volume
+    from ugcn.uncertainty.cohort import mc_sample_batch
+    from ugcn.uncertainty.estimators import parse_estimator_names
+
+    (estimator,) = parse_estimator_names([args.uncertainty])
+    images = {p: load_volume(p, ndim=(3, 4)).array for p in paths}
+    groups: dict = {}
+    for p, array in images.items():
+        groups.setdefault(array.shape, []).append(p)
+    out = {}
+    for group in groups.values():
+        t0 = time.perf_counter()
+        keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))
+        result = mc_sample_batch(volume_fn, np.stack([images[p] for p in group]), keys, n_samples=args.n_samples,
+                                 chunk_size=args.chunk, keep_samples=estimator.needs == "samples", devices=mesh)
+        seconds = (time.perf_counter() - t0) / len(group)
+        for i, p in enumerate(group):
+            out[p] = (jax.tree_util.tree_map(lambda x: x[i], result), seconds)
+    return out
+
+
 def run_refine_batch(args: argparse.Namespace) -> int:
     """Refine every image of a folder, resumably, over this process's devices and its share of the folder.
 
@@ -352,16 +382,18 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     model, volume_fn = _load_model(args) if todo else (None, None)
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     for batch in tqdm(batches, desc="batches", disable=args.quiet or len(batches) < 2):
+        mc = _cohort_mc(args, batch, volume_fn, mesh) if model is not None else {}
         loaded = []
         for path in batch:
             stem = nifti_stem(path)
             t0 = time.perf_counter()
             samples = _find(args.samples_dir, stem, "sample maps", ("", "_samples")) if args.samples_dir else None
+            mc_result, mc_s = mc.get(path, (None, 0.0))
             x, image, source = load_refine_inputs(
                 args, path, samples, _find(args.predictions, stem, "prediction"), _find(args.labels, stem, "label"),
-                model, volume_fn,
+                model, volume_fn, mc_result,
             )
-            loaded.append((stem, x, image, source, time.perf_counter() - t0))
+            loaded.append((stem, x, image, source, time.perf_counter() - t0 + mc_s))
         # One seed for every volume: a case's result depends on neither the batch nor the device count, and
         # equals what `ugcn refine --seed` gives for it alone.
         results = refine_batch([x for _, x, *_ in loaded], config=config, seeds=[args.seed] * len(loaded),
