@@ -1,6 +1,6 @@
 """Regenerate the results section of README.md from the benchmark JSON and the demo's summary.
 
-Usage: ``python benchmarks/readme_results.py [--size auto|small|large] [--demo ugcn-demo] [--check]``
+Usage: ``python benchmarks/readme_results.py [--size small|large|auto] [--demo ugcn-demo] [--check]``
 
 Reads ``benchmarks/results/*.json`` (written by ``make bench`` / ``benchmarks/run_all.py``) and the
 refinement demo's ``<demo>/refine/summary.json`` (written by ``make demo`` / ``ugcn demo``; the lesion demo's
@@ -58,14 +58,28 @@ def load(topic: str, size: str):
 
 
 def machine_line(entries: list[dict]) -> str:
+    """One sentence: the machine of the first entry, and the range of 1-minute load averages recorded."""
+    loads = []
+    for e in entries:
+        m = e.get("machine", {})
+        load = m.get("load_average_1min", m.get("load_average"))
+        load = load[0] if isinstance(load, list) and load else load
+        if isinstance(load, (int, float)):
+            loads.append(float(load))
+    line = ""
     for e in entries:
         m = e.get("machine", {})
         if m:
             cpus = m.get("cpus") or m.get("cpu_count")
             jax_v = m.get("jax") or e.get("versions", {}).get("jax")
-            return (f"Machine: {m.get('platform', '?')}, {cpus} CPU cores, JAX {jax_v} on "
+            line = (f"Machine: {m.get('platform', '?')}, {cpus} CPU cores, JAX {jax_v} on "
                     f"{m.get('device', m.get('jax_backend', 'cpu'))}.")
-    return ""
+            break
+    if loads:
+        line += (f" 1-minute load average when measured: {min(loads):.1f}-{max(loads):.1f} (a load above the core "
+                 "count means other work shared the cores: absolute times are then pessimistic, and on this machine "
+                 "PyTorch's times grew more under load than JAX's, so the PyTorch ratios are noisy).")
+    return line
 
 
 def mcdo_section(r: dict, size: str) -> list[str]:
@@ -271,8 +285,9 @@ def rewrite(readme: str, body: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("auto", "small", "large"), default="auto",
-                        help="which benchmark size to show (auto: large when present, else small)")
+    parser.add_argument("--size", choices=("small", "large", "auto"), default="small",
+                        help="which benchmark size to show (default small, as `make bench`; auto: large when "
+                        "present, else small)")
     parser.add_argument("--demo", type=Path, default=ROOT / "ugcn-demo", help="the demo's output folder")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
