@@ -189,13 +189,39 @@ def check_mcdo_folder(out: dict, work: Path) -> None:
     }
 
 
+def check_lesions_folder(out: dict, work: Path) -> None:
+    """``ugcn lesions score --images`` at 4 devices vs ``--image`` (the model and images of check_mcdo_folder)."""
+    from ugcn.cli import main
+    from ugcn.lesion.gcnn import GCNNConfig, LesionModel, _compiled, _init_graph, save_lesion_model
+
+    names = ("intensity_0", "label", "entropy", "variance", "one_minus_pcs")
+    config = GCNNConfig(feature_names=names)
+    init, _, _ = _compiled(config.hidden, config.outputs, config.task)
+    params, _ = init(jax.random.PRNGKey(1), _init_graph(len(names)))
+    save_lesion_model(LesionModel(config, params, np.zeros(5, np.float32), np.ones(5, np.float32)), work / "lm")
+    common = ["lesions", "score", "--model", str(work / "model"), "--lesion-model", str(work / "lm"),
+              "--mc-samples", "3", "--mc-chunk", "2", "--no-progress"]
+    folder = main(common + ["--images", str(work / "images"), "--out", str(work / "ls"), "--devices", "4"])
+    single = main(common + ["--image", str(work / "images" / "c4.nii.gz"), "--out", str(work / "ls4")])
+    csv_a, csv_b = ((d / "c4_lesions.csv").read_text().splitlines() for d in (work / "ls" / "c4", work / "ls4"))
+    values = [np.array([[float(v) for v in row.split(",")] for row in rows[1:]]) for rows in (csv_a, csv_b)]
+    summary = json.loads((work / "ls" / "summary.json").read_text())
+    # Per column: the sharded and the single-device MC sums differ in float rounding, which the variance
+    # (a difference of near-equal sums) and the logs of tiny values amplify; the test checks the others.
+    columns = {name: max_diff(values[0][:, j], values[1][:, j]) for j, name in enumerate(csv_b[0].split(","))} \
+        if len(csv_a) == len(csv_b) else None
+    out["lesions_folder"] = {"codes": [folder, single], "lesions": len(csv_b) - 1, "same_header": csv_a[0] == csv_b[0],
+                             "column_diffs": columns, "volumes": sorted(summary["volumes"])}
+
+
 def main() -> None:
     out_path, work = Path(sys.argv[1]), Path(sys.argv[2])
     assert "xla_force_host_platform_device_count=4" in os.environ.get("XLA_FLAGS", "")
     out: dict = {"seconds": {}}
     checks = (("mesh", check_mesh), ("fit", check_fit), ("lesions", check_lesions),
               ("refine_batch", lambda o: check_refine_batch(o, work)),
-              ("mcdo_folder", lambda o: check_mcdo_folder(o, work)))
+              ("mcdo_folder", lambda o: check_mcdo_folder(o, work)),
+              ("lesions_folder", lambda o: check_lesions_folder(o, work)))
     for name, check in checks:
         t = time.perf_counter()
         check(out)

@@ -159,6 +159,14 @@ def test_refine_batch_with_a_model_equals_refine(four_devices):
     assert r["same_graph"] and r["same_masks"]
 
 
+def test_lesions_score_folder_mode_equals_single_image(four_devices):
+    r = four_devices["lesions_folder"]
+    assert r["codes"] == [0, 0] and r["volumes"] == [f"c{i}" for i in range(5)] and r["same_header"]
+    assert r["lesions"] > 0 and r["column_diffs"] is not None
+    for name in ("lesion", "size", "centroid_x", "centroid_z_mm", "gcnn_classif", "entropy_mean", "one_minus_pcs_mean"):
+        assert r["column_diffs"][name] < 1e-5, (name, r["column_diffs"])
+
+
 # --- two processes (jax.distributed on localhost) ------------------------------------------------------------
 
 def _free_port() -> int:

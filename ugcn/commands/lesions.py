@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import math
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -67,12 +67,17 @@ def register(subparsers) -> None:
     fit.set_defaults(run=run_fit)
 
     score = sub.add_parser("score", help="score every predicted lesion of one image")
-    score.add_argument("--image", required=True, help="input image (.nii/.nii.gz)")
+    score.add_argument("--image", help="input image (.nii/.nii.gz)")
+    score.add_argument("--images", metavar="DIR", help="instead of --image: every image of a folder, one "
+                       "sub-folder of --out each (resumable, MC dropout and scoring spread over --devices)")
+    score.add_argument("--batch-size", type=int, default=8,
+                       help="--images: volumes per compiled MC call, rounded up to a multiple of --devices")
     score.add_argument("--model", required=True, help="trained segmentation model folder")
     score.add_argument("--lesion-model", required=True, help="lesion model folder (ugcn lesions fit)")
     score.add_argument("--out", required=True, help="output folder")
     score.add_argument("--devices", type=int, default=None, metavar="N",
-                       help="spread the lesion batches over N devices of this process (default: all)")
+                       help="spread the volumes (--images) and lesion batches over N devices of this process "
+                       "(default: all)")
     _add_common(score)
     score.set_defaults(run=run_score)
 
@@ -147,37 +152,27 @@ def _model_estimators(feature_names: Sequence[str]) -> tuple[tuple[str, ...], in
     return tuple(names[at + 1 :]), at
 
 
-def run_score(args) -> int:
-    import jax
+def _score_paths(out: Path, stem: str) -> list:
+    return [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz", out / f"{stem}_lesion_labels.nii.gz"]
 
-    from ugcn.io import load_volume, nifti_stem, save_volume, write_text_atomic
-    from ugcn.lesion.gcnn import load_lesion_model, score_lesions
-    from ugcn.lesion.protocol import _stochastic_fn, case_lesions, mc_uncertainty
-    from ugcn.parallel import describe, device_mesh
-    from ugcn.segment import load_model
 
-    if args.devices is not None:
-        device_mesh(args.devices)  # a bad count fails before the heavy work
-    lesion_model = load_lesion_model(args.lesion_model)
-    estimators, channels = _model_estimators(lesion_model.config.feature_names)
-    image = load_volume(args.image)
+def _check_channels(path, image, channels: int) -> None:
     got = 1 if image.array.ndim == 3 else image.array.shape[-1]
     if got != channels:
-        raise ValueError(f"{args.image}: {got} channel(s), the lesion model was fitted on {channels}")
-    out = Path(args.out)
-    stem = nifti_stem(args.image)
-    paths = [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz", out / f"{stem}_lesion_labels.nii.gz"]
-    for p in paths:
-        if p.exists() and not args.overwrite:
-            raise ValueError(f"{p}: exists already (pass --overwrite to replace it)")
-    model = load_model(args.model)
-    pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
-                                n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
-                                volume_fn=_stochastic_fn(model))
+        raise ValueError(f"{path}: {got} channel(s), the lesion model was fitted on {channels}")
+
+
+def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Path, overwrite: bool) -> int:
+    """Lesions of one case, their GCNN and baseline scores, written as ``_score_paths(out, stem)``.
+
+    Returns the number of lesions.
+    """
+    from ugcn.io import save_volume, write_text_atomic
+    from ugcn.lesion.gcnn import score_lesions
+    from ugcn.lesion.protocol import case_lesions
+
+    paths = _score_paths(out, stem)
     case = case_lesions(stem, image.array, pred, maps, affine=image.affine, estimators=estimators)
-    mesh = device_mesh(args.devices)
-    print(f"lesions score: {describe(mesh, math.ceil(case.table.n / SCORE_BATCH), 'lesion batch(es)')} "
-          f"(batches of up to {SCORE_BATCH} lesions)")
     gcnn = score_lesions(lesion_model, case.graphs, batch_size=SCORE_BATCH, devices=mesh)
     name = "gcnn_classif" if lesion_model.config.task == "classification" else "gcnn_reg"
     rows = case.table.rows()
@@ -195,11 +190,126 @@ def run_score(args) -> int:
     writer.writerows(rows)
     # Lesion k's voxels hold its score; background 0 (a lookup table indexed by the label map).
     uncertainty = np.concatenate([[0.0], gcnn]).astype(np.float32)[case.table.labels]
-    save_volume(paths[1], uncertainty, image.affine, header=image.header, overwrite=args.overwrite)
+    save_volume(paths[1], uncertainty, image.affine, header=image.header, overwrite=overwrite)
     save_volume(paths[2], case.table.labels.astype(np.int16), image.affine, header=image.header,
-                overwrite=args.overwrite)
+                overwrite=overwrite)
     write_text_atomic(paths[0], buf.getvalue())
-    print(f"{case.table.n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
+    return case.table.n
+
+
+def run_score(args) -> int:
+    import jax
+
+    from ugcn.io import load_volume, nifti_stem
+    from ugcn.lesion.gcnn import load_lesion_model
+    from ugcn.lesion.protocol import _stochastic_fn, mc_uncertainty
+    from ugcn.parallel import describe, device_mesh
+    from ugcn.segment import load_model
+
+    if bool(args.image) == bool(args.images):
+        raise ValueError("give either --image or --images")
+    if args.images:
+        return run_score_folder(args)
+    mesh = device_mesh(args.devices)  # a bad count fails before the heavy work
+    lesion_model = load_lesion_model(args.lesion_model)
+    estimators, channels = _model_estimators(lesion_model.config.feature_names)
+    image = load_volume(args.image)
+    _check_channels(args.image, image, channels)
+    out = Path(args.out)
+    stem = nifti_stem(args.image)
+    paths = _score_paths(out, stem)
+    for p in paths:
+        if p.exists() and not args.overwrite:
+            raise ValueError(f"{p}: exists already (pass --overwrite to replace it)")
+    model = load_model(args.model)
+    pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
+                                n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                volume_fn=_stochastic_fn(model))
+    print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
+    n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite)
+    print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
+    return 0
+
+
+def run_score_folder(args) -> int:
+    """``lesions score --images DIR``: every image, MC dropout of each batch sharded over the devices (same-shaped
+    volumes stacked), one resumable ``OUT/<stem>/`` per case (the files of ``--image`` plus ``report.json``),
+    ``OUT/summary.json``; several processes each take their slice of the sorted images."""
+    from ugcn.parallel import (
+        barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size, process_slice,
+    )
+
+    initialize_distributed()
+    import jax
+    from tqdm.auto import tqdm
+
+    from ugcn import __version__
+    from ugcn.io import atomic_directory, is_nifti, load_volume, nifti_stem, write_text_atomic
+    from ugcn.lesion.gcnn import load_lesion_model
+    from ugcn.lesion.protocol import _stochastic_fn
+    from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
+    from ugcn.segment import load_model, predict_mask
+    from ugcn.uncertainty.cohort import mc_sample_batch
+    from ugcn.uncertainty.estimators import estimator_maps
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    folder, out = Path(args.images), Path(args.out)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory")
+    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
+    if not images:
+        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    mesh = device_mesh(args.devices)
+    settings = normalized_settings({
+        "model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),
+        "mc_samples": args.mc_samples, "seed": args.seed, "mask_from": args.mask_from})
+    mine = process_slice(images)
+    todo = [p for p in mine if case_state(out / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
+    size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
+    where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
+    print(f"lesions score: {where}{len(todo)} of {len(mine)} volumes to score ({len(mine) - len(todo)} finished, "
+          f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
+    if todo:
+        lesion_model = load_lesion_model(args.lesion_model)
+        estimators, channels = _model_estimators(lesion_model.config.feature_names)
+        model = load_model(args.model)
+        volume_fn = _stochastic_fn(model)
+    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
+    for batch in tqdm(batches, desc="batches", disable=args.no_progress or len(batches) < 2):
+        volumes = {p: load_volume(p) for p in batch}
+        groups: dict = {}
+        for p, v in volumes.items():
+            _check_channels(p, v, channels)
+            groups.setdefault(v.array.shape, []).append(p)
+        for group in groups.values():
+            keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))  # as `--image` uses
+            result = mc_sample_batch(volume_fn, np.stack([volumes[p].array for p in group]), keys,
+                                     n_samples=args.mc_samples, chunk_size=args.mc_chunk, devices=mesh)
+            for i, p in enumerate(group):
+                stats = jax.tree_util.tree_map(lambda x: x[i], result.stats)
+                maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), stats).items()}
+                if args.mask_from == "mean":
+                    pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
+                else:
+                    pred = (predict_mask(model, volumes[p].array) > 0).astype(np.uint8)
+                stem = nifti_stem(p)
+                with atomic_directory(out / stem, overwrite=True) as tmp:
+                    n = _score_case(stem, volumes[p], pred, maps, lesion_model, estimators, mesh, tmp, False)
+                    report = {"ugcn_version": __version__, "image": str(p), "lesions": n,
+                              "files": [q.name for q in _score_paths(tmp, stem)], SETTINGS_KEY: settings}
+                    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    barrier("ugcn lesions score --images: every process done")
+    if jax.process_index() == 0:
+        summary = {"volumes": {}, "pending": []}
+        for p in images:
+            report = out / nifti_stem(p) / "report.json"
+            if report.is_file():
+                summary["volumes"][nifti_stem(p)] = {"lesions": json.loads(report.read_text())["lesions"]}
+            else:
+                summary["pending"].append(nifti_stem(p))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        print(f"lesions score: {len(summary['volumes'])} of {len(images)} volumes done, written to {out}")
     return 0
 
 
