@@ -95,7 +95,10 @@ def mcdo_section(r: dict, size: str) -> list[str]:
     if "skipped" in t:
         out += ["", f"PyTorch rows skipped: {t['skipped']}."]
     elif t:
-        out += ["", f"PyTorch {t['torch']} ({t['threads']} threads) runs the same network with the JAX weights "
+        threads = (f"timed with {' and '.join(str(n) for n in sorted(t['by_threads'], key=int, reverse=True))} "
+                   f"threads, the faster kept: {t['threads']} for the loop, {t.get('chunk_threads', t['threads'])} "
+                   "for the batch" if t.get("by_threads") else f"{t['threads']} threads")
+        out += ["", f"PyTorch {t['torch']} ({threads}) runs the same network with the JAX weights "
                 f"copied in (outputs agree to {t['max_abs_diff_deterministic']:.0e} with dropout off)."]
     return out
 
@@ -119,8 +122,10 @@ def refine_section(r: dict, size: str) -> list[str]:
     if "skipped" in p:
         out += ["", f"PyTorch Geometric comparison skipped: {p['skipped']}."]
     elif p:
-        out += ["", f"Same graph ({p['nodes']} nodes) in PyTorch Geometric (torch {p['torch']}, {p['threads']} "
-                f"threads, {p['epochs']} epochs timed), per epoch:", ""]
+        threads = ("the faster of " + " and ".join(str(n) for n in sorted(p["by_threads"], key=int, reverse=True))
+                   + " threads" if p.get("by_threads") else f"{p['threads']} threads")
+        out += ["", f"Same graph ({p['nodes']} nodes) in PyTorch Geometric (torch {p['torch']}, {threads}, "
+                f"{p['epochs']} epochs timed), per epoch:", ""]
         out += table(["implementation", "ms / epoch", "x ugcn"], [
             ["ugcn (JAX)", p["ugcn_ms_per_epoch"], 1.0],
             ["PyG `GCNConv` x 2", p["gcnconv_ms_per_epoch"], p["ratio_gcnconv_over_ugcn"]],
