@@ -114,7 +114,7 @@ node_map[tuple(graph.node_coords.T)] = np.where(graph.label_mask, 1, 2)
 rx, ry, rz = graph.roi                                           # the ROI box (slices)
 zz = min(max(z, rz.start), rz.stop - 1)
 axes[2].imshow(node_map[rx, ry, zz].T, origin="lower", cmap="viridis", vmin=0, vmax=2, interpolation="nearest")
-axes[2].set_title(f"ROI, slice {zz}: labelled (teal),\nunlabelled (yellow) nodes", fontsize=9)
+axes[2].set_title(f"ROI, slice {zz}: labelled (teal),\\nunlabelled (yellow) nodes", fontsize=9)
 axes[2].axis("off")
 plt.show()"""),
     ("md", """## 5. GCN refinement and baselines
