@@ -4,7 +4,9 @@
   ``IoU_adj`` targets, then a lesion GCNN (classification or regression) saved to ``--out``.
 * ``score``: one image -> a CSV with one row per predicted lesion (id, size, centroid, the GCNN score and
   every aggregation baseline: mean/logsum of each estimator, size) and NIfTI maps where each lesion's voxels
-  hold its GCNN uncertainty, plus the lesion labels.
+  hold its GCNN uncertainty, plus the lesion labels. ``--images DIR`` scores a whole folder: one resumable
+  sub-folder per image, MC dropout and lesion batches spread over ``--devices``, and several processes
+  (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``) each taking a slice of the images.
 * ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, fit on validation lesions, score
   test lesions with every method): results table, per-fold Dice and TP/FP counts, curves.
 
