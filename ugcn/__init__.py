@@ -19,12 +19,16 @@ _PUBLIC = {
                      "load_model"],
     "ugcn.segment.train": ["train_model"],
     "ugcn.uncertainty": ["mc_sample", "stats_from_samples", "expectation", "estimator_maps",
-                         "register_estimator", "get_estimator", "list_estimators", "load_sample_maps"],
+                         "register_estimator", "get_estimator", "list_estimators", "load_sample_maps",
+                         "tta_sample"],
+    "ugcn.uncertainty.cohort": ["mc_sample_batch"],
     "ugcn.graph": ["GraphConv", "gcn_normalize", "propagate", "build_voxel_graph", "build_lesion_graphs"],
     "ugcn.refine": ["RefineConfig", "refine_volume", "refine_batch", "fit_gcn", "fit_batch", "dense_crf"],
     "ugcn.lesion": ["label_lesions", "adjusted_iou", "case_lesions", "fit_gcnn", "score_lesions",
                     "LesionProtocolConfig", "run_protocol"],
     "ugcn.evaluate": ["dice", "accuracy_confidence_curve", "accuracy_confidence_auc", "spearman"],
+    "ugcn.evaluate.estimator_compare": ["compare_estimators", "CompareConfig", "CaseSamples"],
+    "ugcn.parallel": ["device_mesh", "shard_batch", "unpad", "initialize_distributed", "process_slice"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 
