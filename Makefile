@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench results notebooks install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py $(if $(SIZE),--size $(SIZE))
+
+# Rewrites the README's results section from benchmarks/results/*.json and ugcn-demo/ (run after bench, demo).
+results: $(STAMP)
+	$(BIN)/python benchmarks/readme_results.py
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/build_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
