@@ -300,3 +300,19 @@ def test_cli_refine_with_a_model(tmp_path):
     assert report["status"] == "refined" and report["uncertainty"] == "variance"
     assert report["n_samples"] == 2 and report["model"] == str(tmp_path / "model")
     assert (out / "refined.nii.gz").exists()
+
+
+def test_cli_lam_reaches_the_edge_weights(tmp_path, capsys):
+    import json
+
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    write_case(src, "a", sphere_case())
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--epochs", "5", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "bad"), "--lam", "-1"]) == 2
+    assert "--lam" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "o"), "--lam", "0"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["config"]["lam"] == 0.0

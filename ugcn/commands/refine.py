@@ -53,6 +53,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="absolute: U > tau; quantile: U above its tau-quantile over the ROI (default absolute)")
     g.add_argument("--margin", type=int, default=0, help="voxels added around the ROI box (default 0)")
     g.add_argument("--k-random", type=int, default=16, help="random long-range edges per node (default 16)")
+    g.add_argument("--lam", type=float, default=0.5,
+                   help="weight of the diversity term in the edge weights (default 0.5; 0 drops it)")
     g.add_argument("--epochs", type=int, default=200, help="GCN training epochs (default 200)")
     g.add_argument("--max-nodes", type=int, default=2_000_000, help="node budget per volume (default 2e6)")
     g.add_argument("--crf", action="store_true", help="also run the dense-CRF baseline (needs ugcn[crf])")
@@ -106,7 +108,10 @@ def _config(args):
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    if not args.lam >= 0:
+        raise ValueError(f"--lam must be >= 0, got {args.lam}")
     return RefineConfig(tau=args.tau, tau_mode=args.tau_mode, margin=args.margin, k_random=args.k_random,
+                        lam=args.lam,
                         max_nodes=args.max_nodes, crf_unary=args.crf_unary, fit=FitConfig(epochs=args.epochs))
 
 
