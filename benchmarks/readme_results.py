@@ -23,7 +23,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 FIGURES = ROOT / "docs" / "figures"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KNOWN = ("mcdo", "refine", "lesion", "segment")
+KNOWN = ("mcdo", "refine", "lesion", "segment", "scaling")
 MAX_FIGURE_BYTES = 200_000
 
 sys.path.insert(0, str(HERE))
@@ -168,7 +168,20 @@ def segment_section(r: dict, size: str) -> list[str]:
     return out
 
 
-SECTIONS = {"mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section}
+def scaling_section(r: dict, size: str) -> list[str]:
+    st = r["settings"]
+    rows = [[row["devices"], row["median_s"], row["volumes_per_s"], row["speedup"], row["efficiency"],
+             row["max_diff_vs_1_device"]] for row in r["rows"]]
+    out = [f"**Scaling over devices** ({size}): the sharded cohort fit of {st['volumes']} volumes "
+           f"(~{st['nodes']} nodes, {st['epochs']} epochs) on {r['platform']} devices.", ""]
+    out += table(["devices", "seconds", "volumes / s", "speed-up", "efficiency", "max diff vs 1 device"], rows)
+    if r.get("note"):
+        out += ["", r["note"][0].upper() + r["note"][1:] + "."]
+    return out
+
+
+SECTIONS = {"mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section,
+            "scaling": scaling_section}
 
 
 WRITE_FIGURES = True  # False under --check: nothing is written

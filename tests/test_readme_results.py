@@ -45,7 +45,7 @@ def test_generate_from_results_and_demo(gen, tmp_path, monkeypatch):
     (results / "segment.json").write_text(json.dumps({"small": {
         "machine": {"platform": "TestOS", "cpus": 2, "jax": "0.0", "device": "cpu:0"},
         "step": {"batch": [8, 96, 96], "loop_step_s": 0.1, "scan_step_s": 0.2, "scan_over_loop": 2.0}}}))
-    (results / "scaling.json").write_text(json.dumps({"small": {"ratios": {"4 devices / 1 device": 3.5}}}))
+    (results / "future_benchmark.json").write_text(json.dumps({"small": {"ratios": {"4 devices / 1 device": 3.5}}}))
     demo = tmp_path / "demo" / "refine"
     demo.mkdir(parents=True)
     (demo / "summary.json").write_text(json.dumps({
