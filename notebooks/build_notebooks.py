@@ -168,6 +168,20 @@ ax.set_xlabel("tau (entropy threshold, bits)")
 ax.set_ylabel("Dice")
 ax.legend(fontsize=8)
 plt.show()"""),
+    ("md", """## 7. Ablation: which edges help?
+
+METHOD.md's edge weight adds a diversity term `λ·div(E_i, E_j)` (λ = 0.5), which is *largest* between a
+confident foreground and a confident background node, and every node gets k = 16 random long-range edges.
+On the demo's phantoms (96×96×48, `make demo`) dropping either helped: mean GCN Dice 0.704 (defaults),
+0.736 (λ = 0), 0.742 (k = 0), 0.750 (both), against 0.748 for the CNN. Both are settings
+(`RefineConfig(lam=..., k_random=...)`, `ugcn refine --lam 0 --k-random 0`); the defaults stay the paper's."""),
+    ("code", """variants = {"defaults": {}, "lam = 0": {"lam": 0.0}, "k_random = 0": {"k_random": 0},
+            "lam = 0, k_random = 0": {"lam": 0.0, "k_random": 0}}
+print("| edges | GCN Dice | GCN (unlabelled only) |\\n|---|---:|---:|")
+for name, change in variants.items():
+    r = ugcn.refine_volume(image, prediction, expectation, entropy, label=label,
+                           config=ugcn.RefineConfig(tau=TAU, **change), seed=SEED)
+    print(f"| {name} | {r.dice['refined']:.3f} | {r.dice['refined_unlabelled']:.3f} |")"""),
     ("md", """## Your own model
 
 Method R needs only T probability maps: with MC samples `f32[T, X, Y, Z, C]` from any framework,
