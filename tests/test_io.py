@@ -285,3 +285,18 @@ def test_atomic_directory_replaces_only_on_success(tmp_path):
         (tmp / "b.txt").write_text("second")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left behind
+
+
+def test_image_folder_lists_visible_niftis_and_explains_failures(tmp_path):
+    from ugcn.io import image_folder, nifti_files
+
+    for name in ("b.nii.gz", "a.nii", ".hidden.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dir.nii.gz").mkdir()
+    assert [p.name for p in image_folder(tmp_path)] == ["a.nii", "b.nii.gz"]
+    assert nifti_files(tmp_path / "missing") == []
+    with pytest.raises(ValueError, match="not a directory"):
+        image_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .nii"):
+        image_folder(tmp_path / "empty")

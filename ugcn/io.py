@@ -62,6 +62,25 @@ def is_nifti(path: PathLike) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
+def nifti_files(folder: PathLike) -> list[Path]:
+    """Visible ``.nii``/``.nii.gz`` files directly in ``folder``, sorted by name (``[]`` if it is no folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+
+
+def image_folder(folder: PathLike) -> list[Path]:
+    """The images of an input folder (:func:`nifti_files`); a ``ValueError`` if it is no folder or has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a directory")
+    images = nifti_files(folder)
+    if not images:
+        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    return images
+
+
 def nifti_stem(path: PathLike) -> str:
     """File name without its ``.nii``/``.nii.gz`` suffix."""
     name = Path(path).name

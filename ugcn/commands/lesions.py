@@ -246,7 +246,7 @@ def run_score_folder(args) -> int:
     from tqdm.auto import tqdm
 
     from ugcn import __version__
-    from ugcn.io import atomic_directory, is_nifti, load_volume, nifti_stem, write_text_atomic
+    from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, write_text_atomic
     from ugcn.lesion.gcnn import load_lesion_model
     from ugcn.lesion.protocol import _stochastic_fn
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
@@ -257,11 +257,7 @@ def run_score_folder(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     folder, out = Path(args.images), Path(args.out)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory")
-    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
-    if not images:
-        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    images = image_folder(folder)
     mesh = device_mesh(args.devices)
     settings = normalized_settings({
         "model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),

@@ -50,7 +50,7 @@ def run_folder(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ugcn.commands.mcdo import _plan_outputs, _summary
-    from ugcn.io import atomic_directory, is_nifti, load_volume, nifti_stem, save_volume
+    from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, save_volume
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
@@ -67,11 +67,7 @@ def run_folder(args: argparse.Namespace) -> int:
     names = [e.name for e in estimators]
     keep = args.save_samples or any(e.needs == "samples" for e in estimators)
     folder, out_dir = Path(args.images), Path(args.out)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory")
-    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
-    if not images:
-        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    images = image_folder(folder)
     mesh = device_mesh(args.devices)
     settings = normalized_settings({"model": str(Path(args.model).resolve()), "samples": args.samples,
                                     "seed": args.seed, "estimators": names, "save_samples": args.save_samples})

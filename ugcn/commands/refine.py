@@ -359,18 +359,14 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     import jax
     from tqdm.auto import tqdm
 
-    from ugcn.io import is_nifti, nifti_stem
+    from ugcn.io import image_folder, nifti_stem
     from ugcn.refine.pipeline import refine_batch
 
     config = _config(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     folder = Path(args.images)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a directory")
-    images = sorted(p for p in folder.iterdir() if is_nifti(p) and not p.name.startswith("."))
-    if not images:
-        raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    images = image_folder(folder)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a directory")

@@ -24,9 +24,9 @@ from ugcn.io import (
     Volume,
     atomic_directory,
     check_same_grid,
-    is_nifti,
     load_mask,
     load_volume,
+    nifti_files,
     nifti_stem,
     save_volume,
     write_text_atomic,
@@ -140,13 +140,6 @@ def write_decathlon(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _niftis(folder: Path) -> list[Path]:
-    """Visible NIfTI files directly in ``folder``, sorted by name."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-
-
 def _case_name(image_path: Path) -> str:
     """Case name of an image file: its stem without a trailing ``_0000`` modality suffix."""
     stem = nifti_stem(image_path)
@@ -163,11 +156,11 @@ def _check_unique(cases: list[Case], folder: Path) -> list[Case]:
 
 def _pair_folders(folder: Path, images_dir: Path, labels_dir: Path, require_labels: bool) -> list[Case]:
     """Pair images and labels of two folders by case name (label files named like the case)."""
-    images = _niftis(images_dir)
+    images = nifti_files(images_dir)
     if not images:
         raise ValueError(f"{images_dir}: no NIfTI images (.nii or .nii.gz) found")
     labels = {}
-    for path in _niftis(labels_dir):
+    for path in nifti_files(labels_dir):
         key = _case_name(path)
         if key in labels:
             raise ValueError(f"{labels_dir}: several label files for case {key}")
@@ -220,7 +213,7 @@ def _from_dataset_json(folder: Path, require_labels: bool) -> list[Case]:
 
 
 def _flat_folder(folder: Path, require_labels: bool) -> list[Case]:
-    files = _niftis(folder)
+    files = nifti_files(folder)
     labels: dict[str, Path] = {}
     images: list[Path] = []
     for path in files:
