@@ -300,3 +300,15 @@ def test_image_folder_lists_visible_niftis_and_explains_failures(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .nii"):
         image_folder(tmp_path / "empty")
+
+
+def test_jsonable_gives_strict_json():
+    import json
+
+    from ugcn.io import jsonable
+
+    value = {1: np.float32(0.5), "a": np.array([[1, 2]], np.int64), "nan": float("nan"),
+             "t": (np.inf, np.bool_(True)), "arr_nan": np.array([np.nan, 2.0])}
+    out = jsonable(value)
+    assert out == {"1": 0.5, "a": [[1, 2]], "nan": None, "t": [None, True], "arr_nan": [None, 2.0]}
+    json.dumps(out, allow_nan=False)  # raises on any NaN left behind

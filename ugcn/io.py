@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import nibabel as nib
 import numpy as np
@@ -220,6 +221,22 @@ def save_volume(
     with atomic_file(path, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` made strict-JSON safe for result files: numpy arrays and scalars become Python lists and
+    numbers, dict keys strings, and NaN/inf ``None`` (JSON has no NaN)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = True) -> Path:

@@ -217,19 +217,26 @@ def _check_outputs(out_dir: Path, crf: bool, overwrite: bool) -> list:
     return names
 
 
-def _write(out_dir: Path, result, image, report: dict) -> None:
+def _write_outputs(folder: Path, result, image, report: dict) -> list[str]:
+    """Every mask of ``result`` and ``report.json`` (listing them) into ``folder``; the file names."""
     from ugcn.io import save_volume
 
+    written = []
+    for name, mask in result.masks().items():
+        save_volume(folder / OUTPUT_FILES[name], mask.astype(np.uint8), image.affine, header=image.header)
+        written.append(OUTPUT_FILES[name])
+    report["files"] = written + [REPORT]
+    (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report["files"]
+
+
+def _write(out_dir: Path, result, image, report: dict) -> None:
+    """``ugcn refine``: the outputs built in a temporary folder, then moved into ``out_dir`` file by file
+    (``out_dir`` may hold other files, which stay)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".refine.", dir=out_dir))
     try:
-        written = []
-        for name, mask in result.masks().items():
-            save_volume(tmp / OUTPUT_FILES[name], mask.astype(np.uint8), image.affine, header=image.header)
-            written.append(OUTPUT_FILES[name])
-        report["files"] = written + [REPORT]
-        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        for name in report["files"]:
+        for name in _write_outputs(tmp, result, image, report):
             os.replace(tmp / name, out_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -285,15 +292,10 @@ def _settings(config, args) -> dict:
 
 def _write_case(case_dir: Path, result, image, report: dict) -> None:
     """One case's masks and report, built in a temporary folder that is renamed into place whole."""
-    from ugcn.io import atomic_directory, save_volume
+    from ugcn.io import atomic_directory
 
     with atomic_directory(case_dir, overwrite=True) as tmp:
-        written = []
-        for name, mask in result.masks().items():
-            save_volume(tmp / OUTPUT_FILES[name], mask.astype(np.uint8), image.affine, header=image.header)
-            written.append(OUTPUT_FILES[name])
-        report["files"] = written + [REPORT]
-        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        _write_outputs(tmp, result, image, report)
 
 
 def _write_summary(out_dir: Path, stems: list) -> dict:

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ugcn.io import atomic_directory, atomic_file
+from ugcn.io import atomic_directory, atomic_file, jsonable
 from ugcn.uncertainty.estimators import Estimator, estimator_maps, get_estimator, list_estimators
 
 ECE_BINS = 15
@@ -676,7 +676,7 @@ class EstimatorComparison:
 
     def to_json(self) -> dict:
         """JSON-serialisable payload: rows, summary, reliability, notes, settings, versions, timings."""
-        return _jsonable({
+        return jsonable({
             "rows": self.rows, "summary": self.summary, "reliability": self.reliability, "notes": self.notes,
             "settings": dataclasses.asdict(self.config), "versions": _versions(), "timings_s": self.timings,
         })
@@ -692,20 +692,6 @@ def _versions() -> dict:
     return {"ugcn": __version__, "jax": jax.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "device": str(jax.devices()[0])}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
 
 
 def compare_estimators(
@@ -812,7 +798,7 @@ def compare_estimators(
         "count": vm.bins_count, "confidence": vm.bins_confidence, "accuracy": vm.bins_accuracy,
         "edges": [b / config.ece_bins for b in range(config.ece_bins + 1)],
     }
-    return EstimatorComparison(rows, summary, _jsonable(reliability_bins), notes, config, timings)
+    return EstimatorComparison(rows, summary, jsonable(reliability_bins), notes, config, timings)
 
 
 def _oriented_range(est: Estimator) -> Optional[tuple[float, float]]:
@@ -1076,7 +1062,7 @@ def write_comparison(result: EstimatorComparison, out_dir: Union[str, Path], *, 
         (tmp / "comparison.csv").write_text(_csv(result.rows))
         payload = result.to_json()
         if extra:
-            payload.update(_jsonable(extra))
+            payload.update(jsonable(extra))
         (tmp / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
         (tmp / "comparison.md").write_text(result.markdown())
         plot_comparison(result, tmp / "comparison.png")

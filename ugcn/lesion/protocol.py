@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve, spearman
 from ugcn.evaluate.metrics import dice
-from ugcn.io import atomic_directory
+from ugcn.io import atomic_directory, jsonable
 from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS, LesionGraphs, build_lesion_graphs, concat_lesion_graphs
 from ugcn.lesion.baselines import (
@@ -523,18 +523,6 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    return value
-
-
 def write_protocol_outputs(
     result: ProtocolResult, out_dir: Path, *, config: Optional[LesionProtocolConfig] = None, overwrite: bool = False
 ) -> Path:
@@ -553,7 +541,7 @@ def write_protocol_outputs(
         payload = {"table": result.table, "folds": result.folds, "notes": result.notes,
                    "seconds": result.seconds,
                    "config": dataclasses.asdict(config) if config is not None else None}
-        (tmp / "results.json").write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+        (tmp / "results.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
         curves = {m: c for m, c in result.curves.items() if c is not None}
         plot_accuracy_confidence(curves, tmp / "curves.png", title="Accuracy-confidence curves (pooled test lesions)")
     return out_dir
