@@ -170,7 +170,7 @@ ax.legend(fontsize=8)
 plt.show()"""),
     ("md", """## 7. Ablation: which edges help?
 
-METHOD.md's edge weight adds a diversity term `λ·div(E_i, E_j)` (λ = 0.5), which is *largest* between a
+docs/method.md's edge weight adds a diversity term `λ·div(E_i, E_j)` (λ = 0.5), which is *largest* between a
 confident foreground and a confident background node, and every node gets k = 16 random long-range edges.
 On the demo's phantoms (96×96×48, `make demo`) dropping either helped: mean GCN Dice 0.704 (defaults),
 0.736 (λ = 0), 0.742 (k = 0), 0.750 (both), against 0.748 for the CNN. Both are settings

@@ -22,7 +22,7 @@ from ugcn.uncertainty import (
 from ugcn.uncertainty import estimators as estimators_module
 
 
-# --- numpy references, straight from the definitions in METHOD.md ----------------------------------------
+# --- numpy references, straight from the definitions in docs/method.md ----------------------------------------
 
 def np_xlogx(p):
     p = np.asarray(p, np.float64)

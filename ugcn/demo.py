@@ -1,6 +1,6 @@
 """The demos (``ugcn demo``): method R on CT phantoms and method L on brain phantoms, in a few CPU minutes.
 
-Steps: make CT phantoms; train a small 2D U-Net on a few of them (the low-data regime, where METHOD.md
+Steps: make CT phantoms; train a small 2D U-Net on a few of them (the low-data regime, where docs/method.md
 reports the largest gains); T MC-dropout passes on each test volume; refine every test volume with the
 vmapped GCN fit; compare Dice of the CNN, ``E > 0.5``, the dense CRF and the GCN; sweep τ; write NIfTI
 outputs, a CSV/JSON report and a PNG of one slice.
@@ -38,7 +38,7 @@ class DemoConfig:
     shape: tuple = (96, 96, 48)
     base_features: int = 8
     depth: int = 3
-    dropout_rate: float = 0.1  # METHOD.md's 0.3 is for full-width U-Nets; a base-8 net fails to train at 0.3
+    dropout_rate: float = 0.1  # docs/method.md's 0.3 is for full-width U-Nets; a base-8 net fails to train at 0.3
     ct_window: tuple = (-160.0, 240.0)
     learning_rate: float = 3e-3
     epochs: int = 12

@@ -45,7 +45,7 @@ REPORT = "report.json"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("method R settings (METHOD.md defaults)")
+    g = p.add_argument_group("method R settings (docs/method.md defaults)")
     g.add_argument("--uncertainty", default="entropy", metavar="NAME",
                    help="uncertainty estimator: a registered name or 'package.module:function' (default entropy, bits)")
     g.add_argument("--tau", type=float, default=0.8, help="uncertainty threshold (default 0.8)")

@@ -14,7 +14,7 @@ cases, four criteria:
    rescaled to ``[0, 1]`` by its declared value range (or by its observed range over the evaluation region
    when it declares none): it says whether the estimator's scale reads as a probability of being right.
 3. **Method R**: mean Dice (over the cases) of the GCN-refined mask with the estimator as ``U``, at the
-   default threshold and at the best of a sweep. Default: ``entropy`` uses METHOD.md's absolute
+   default threshold and at the best of a sweep. Default: ``entropy`` uses docs/method.md's absolute
    ``τ = 0.8``; any other estimator has no absolute scale that matches, so it uses ``tau_mode="quantile"``
    at the level ``q̄`` that leaves as many voxels labelled as entropy at ``τ = 0.8`` does: ``q̄`` = the share
    of ROI voxels with entropy ``<= 0.8``, pooled over the cases. The sweep is over quantile levels for every
@@ -113,7 +113,7 @@ class CompareConfig:
       ece_bins: equal-width confidence bins of the ECE and reliability diagram.
       method_r: run method R (criterion 3).
       r_sweep: quantile levels of the τ sweep.
-      r_epochs: GCN epochs per fit (METHOD.md: 200).
+      r_epochs: GCN epochs per fit (docs/method.md: 200).
       r_k_random, r_margin: method R's random edges per node and ROI margin.
       method_l: run method L (criterion 4).
       l_folds: folds of the GCNN evaluation (clipped to the number of cases).

@@ -1,4 +1,4 @@
-"""The voxel graph of method R (METHOD.md, R steps 1-8), built with vectorised numpy/scipy.
+"""The voxel graph of method R (docs/method.md, R steps 1-8), built with vectorised numpy/scipy.
 
 From the deterministic prediction ``Ŷ``, the MC expectation ``E`` and an uncertainty map ``U`` (any
 estimator; its scale decides what ``tau`` means), :func:`build_voxel_graph` returns the nodes, features,
@@ -201,7 +201,7 @@ def edge_weights(
     *,
     lam: float = 0.5,
 ) -> np.ndarray:
-    """METHOD.md R8 weights of undirected edges ``(i, j)``.
+    """docs/method.md R8 weights of undirected edges ``(i, j)``.
 
     Args:
       intensity: ``f32[N, M]`` normalised intensities (squared differences summed over channels).

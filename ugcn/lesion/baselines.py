@@ -5,7 +5,7 @@ For every listed voxel-uncertainty estimator ``u`` (default entropy, variance, 1
 * ``<u>_mean``: mean of ``u`` over the lesion's voxels;
 * ``<u>_logsum``: by default the *sum of the logs* ``sum_v log u(v)`` over the lesion's voxels (Nair et
   al., cited by the paper, which says the logsum "assigns a higher uncertainty to small lesions" and
-  reports Spearman rho ~ -0.98 against size). METHOD.md's gloss "log of the sum" is available as
+  reports Spearman rho ~ -0.98 against size). The reading "log of the sum" is available as
   ``logsum="log_of_sum"``, but it grows with the lesion (rho ~ +1 against size, AUC far below 50 % on the
   phantoms), which contradicts the published figures, so it is not the default.
 

@@ -257,7 +257,7 @@ class LesionProtocolConfig:
       mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
       mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
       unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
-        None = METHOD.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps).
+        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps).
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).

@@ -1,4 +1,4 @@
-"""3D fully connected CRF baseline of method R (METHOD.md R13), with pydensecrf (the ``crf`` extra).
+"""3D fully connected CRF baseline of method R (docs/method.md R13), with pydensecrf (the ``crf`` extra).
 
 As the reference: unary ``-log([1 - Ŷ, Ŷ] + 1e-15)`` on the ROI, a Gaussian pairwise term (compat 3)
 whose spatial scales are the ROI shape itself (the reference passes the ROI shape as ``sdims``, i.e. an

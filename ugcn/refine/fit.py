@@ -1,4 +1,4 @@
-"""Method R's per-volume GCN fit (METHOD.md R9-R12) as one jitted program, and its vmapped batch form.
+"""Method R's per-volume GCN fit (docs/method.md R9-R12) as one jitted program, and its vmapped batch form.
 
 Model (Kipf & Welling 2017): ``H = ReLU(Â X W1 + b1)``, dropout on ``H`` only, ``out = sigmoid(Â H W2 + b2)``.
 Because no dropout touches the input features, ``Â X`` is the same in every epoch and is computed once
@@ -38,7 +38,7 @@ from ugcn.graph.gcn import gcn_normalize, propagate
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyper-parameters of the per-volume GCN fit (METHOD.md R10-R11 defaults). Hashable: a jit static.
+    """Hyper-parameters of the per-volume GCN fit (docs/method.md R10-R11 defaults). Hashable: a jit static.
 
     Attributes:
       epochs: full-batch training epochs.

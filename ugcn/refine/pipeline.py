@@ -7,7 +7,7 @@ uncertainty map is whatever estimator the caller chose, and ``tau`` is on its sc
 
 Outputs (all ``u8[X, Y, Z]``, 0 outside the ROI):
   - ``refined``: GCN prediction ``out > threshold`` on every node; ROI voxels that are not nodes are 0
-    (METHOD.md R12, as the reference).
+    (docs/method.md R12, as the reference).
   - ``refined_unlabelled``: ``Ŷ`` with only the unlabelled (uncertain) nodes replaced by the GCN.
   - ``expectation_mask``: ``E > 0.5`` inside the ROI (restricted to the ROI like every other method).
   - ``cnn``: ``Ŷ``, the largest 26-connected component of the prediction.
@@ -45,7 +45,7 @@ MASK_NAMES = ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf")
 
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
-    """Every setting of method R (METHOD.md defaults).
+    """Every setting of method R (docs/method.md defaults).
 
     Attributes:
       tau, tau_mode, dilation, k_random, margin, lam, feature_norm, row_normalize, val_fraction,
