@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ugcn import __version__
+from ugcn.commands.options import resolve_options
 
 # Order = order in `ugcn --help`.
 COMMAND_MODULES = (
@@ -61,7 +62,13 @@ def _enable_compilation_cache() -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``ugcn <cmd>: error: ...``) and exit code 2."""
+    """argparse with one-line errors (``ugcn <cmd>: error: ...``), exit code 2, and plain-text help (the
+    descriptions come from docstrings; their reST markup is removed)."""
+
+    def format_help(self) -> str:
+        from ugcn.config import plain_text
+
+        return plain_text(super().format_help())
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -87,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        resolve_options(args)  # every generated option checked, --config applied, before any work
         _enable_compilation_cache()
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:

@@ -1,0 +1,284 @@
+"""Command-line options made from config dataclasses, checked in one place, and ``--config FILE``.
+
+A command adds the fields of a config dataclass as flags with :func:`add_config_options` (type, default,
+help and bounds from the field metadata, see :mod:`ugcn.config`); :func:`resolve_options`, called by
+``ugcn.cli.main`` before the command runs, builds the config back, checks every value and stores the
+config on ``args`` under the name the command chose. A value comes from, in order: the flag given on the
+command line, the file of ``--config`` (a ``report.json`` of an earlier run, or any JSON of the same
+settings), the dataclass default. A bad value, wherever it came from, is one line naming the flag (or the
+file's key) and exit code 2: ``ugcn refine: error: --seed must be a non-negative integer, got -1``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ugcn.config import (
+    FieldType,
+    attribute_docs,
+    bounds,
+    check_value,
+    config_fields,
+    describe_bounds,
+    field_type,
+    plain_text,
+    setting,
+)
+
+SETS = "_option_sets"  # parser default: the option sets of a command, resolved by resolve_options
+CONFIG_FLAG = "config"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How many stochastic passes, how many at a time, and the seed (every command that samples).
+
+    Attributes:
+      n_samples: T stochastic passes (MC dropout or test-time augmentation).
+      chunk: passes computed together (memory grows with it).
+      seed: seed of every random choice (dropout masks, TTA transforms, graph, fits).
+    """
+
+    n_samples: int = setting(20, min=1, metavar="T")
+    chunk: int = setting(4, min=1)
+    seed: int = setting(0, min=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One flag: the path of its field in the config (``("fit", "epochs")``), the field and its type."""
+
+    path: tuple[str, ...]
+    flag: str
+    dest: str
+    field: dataclasses.Field
+    type: FieldType
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSet:
+    """The flags of one config dataclass: built into ``args.<name>``; ``record``: where a report records
+    the config (a key, or ``None`` for the report's top level), read by ``--config``."""
+
+    cls: type
+    name: str
+    options: tuple[Option, ...]
+    record: Optional[str]
+    defaults: tuple[tuple[tuple[str, ...], Any], ...] = ()
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not (math.isfinite(value) and value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _parser_of(t: FieldType):
+    parse = {int: _parse_int, float: _parse_float}.get(t.base, str)
+    if not t.optional:
+        return parse
+
+    def optional(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    return optional
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) if value and isinstance(value[0], str) else " ".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def _leaves(cls: type, path: tuple, prefix: str, flags: dict, exclude: set, docs_of: dict):
+    for f in config_fields(cls):
+        if f.metadata.get("cli", True) is False:
+            continue
+        key = ".".join(path + (f.name,))
+        if key in exclude or f.name in exclude and not path:
+            continue
+        t = field_type(cls, f)
+        if dataclasses.is_dataclass(t.base):
+            inner = f.metadata.get("prefix", f"{f.name.replace('_', '-')}-")
+            yield from _leaves(t.base, path + (f.name,), prefix + inner, flags, exclude, docs_of)
+            continue
+        flag = flags.get(key) or prefix + f.metadata.get("flag", f.name.replace("_", "-"))
+        docs_of[key] = attribute_docs(cls).get(f.name, "")
+        yield Option(path + (f.name,), flag, flag.replace("-", "_"), f, t)
+
+
+def _get(config_or_dict: Any, path: Sequence[str]) -> Any:
+    value = config_or_dict
+    for name in path:
+        value = value[name] if isinstance(value, dict) else getattr(value, name)
+    return value
+
+
+def _has(data: dict, path: Sequence[str]) -> bool:
+    for name in path:
+        if not isinstance(data, dict) or name not in data:
+            return False
+        data = data[name]
+    return True
+
+
+def _help(option: Option, doc: str, default: Any) -> str:
+    text = option.field.metadata.get("help") or doc or option.field.name.replace("_", " ")
+    text = plain_text(text).rstrip(".")
+    extra = []
+    choices = option.field.metadata.get("choices")
+    if option.type.base in (int, float):
+        b = bounds(option.field, option.type)
+        if b:
+            extra.append(describe_bounds(option.type, b))
+    extra.append(f"default {_show_default(default)}")
+    if choices is None and option.type.base is str and option.type.length is not None:
+        extra.append("comma-separated")
+    return f"{text} ({'; '.join(extra)})".replace("%", "%%")
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    name: str,
+    title: Optional[str] = None,
+    record: Optional[str] = None,
+    flags: Optional[dict[str, str]] = None,
+    exclude: Sequence[str] = (),
+    defaults: Optional[dict[str, Any]] = None,
+) -> OptionSet:
+    """Add one flag per field of the config dataclass ``cls`` (nested configs flattened) to ``parser``.
+
+    Args:
+      name: ``args.<name>`` receives the built config (after :func:`resolve_options`).
+      title: heading of the flags in ``--help`` (default: the class's first docstring line).
+      record: where a ``report.json`` records this config (``--config`` reads it from there); ``None`` =
+        the fields sit at the report's top level.
+      flags: ``{"field" or "outer.inner": "flag-name"}`` overrides of the generated names.
+      exclude: fields (or dotted paths) left off the command line; they keep their defaults.
+      defaults: this command's defaults where they differ from the dataclass's (``{"field": value}``).
+
+    Every flag's value lands in ``args.<flag with _>`` too, resolved and checked.
+    """
+    docs: dict[str, str] = {}
+    options = tuple(_leaves(cls, (), "", dict(flags or {}), set(exclude), docs))
+    overrides = tuple((tuple(k.split(".")), v) for k, v in (defaults or {}).items())
+    base = cls()
+    group_title = title or plain_text((cls.__doc__ or cls.__name__).strip().splitlines()[0]).rstrip(".")
+    group = parser.add_argument_group(group_title)
+    for opt in options:
+        default = dict(overrides).get(opt.path, _get(base, opt.path))
+        kwargs: dict[str, Any] = dict(dest=opt.dest, default=argparse.SUPPRESS,
+                                      help=_help(opt, docs[".".join(opt.path)], default))
+        if opt.type.base is bool and opt.type.length is None:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _parser_of(opt.type)
+            kwargs["metavar"] = opt.field.metadata.get("metavar") or (
+                "NAME" if opt.type.base is str else "N" if opt.type.base is int else "X")
+            choices = opt.field.metadata.get("choices")
+            if choices is not None and opt.type.length is None:
+                kwargs["choices"] = choices
+                kwargs.pop("metavar")
+            if opt.type.length is not None:
+                kwargs["nargs"] = opt.type.length if opt.type.length >= 0 else "+"
+        group.add_argument(f"--{opt.flag}", **kwargs)
+    option_set = OptionSet(cls, name, options, record, overrides)
+    parser.set_defaults(**{SETS: (parser.get_default(SETS) or ()) + (option_set,)})
+    return option_set
+
+
+def add_config_file_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``: take every setting not given on the command line from a recorded run."""
+    parser.add_argument(f"--{CONFIG_FLAG}", metavar="FILE", default=None,
+                        help="rerun a recorded configuration: the report.json of an earlier run (or a JSON file of "
+                        "the same settings); flags given here override it")
+
+
+def _read_config_file(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--config {path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a JSON object (a report.json), got {type(data).__name__}")
+    return data
+
+
+def _split(value: Any, t: FieldType) -> Any:
+    """Comma-separated text values of a tuple-of-text option split into items (``a,b c`` -> a, b, c)."""
+    if t.length is None or t.base is not str or not isinstance(value, (list, tuple)):
+        return value
+    return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+
+
+def _build(cls: type, values: dict[tuple, Any], prefix: tuple = ()) -> Any:
+    kwargs = {}
+    for f in config_fields(cls):
+        t = field_type(cls, f)
+        if dataclasses.is_dataclass(t.base):
+            kwargs[f.name] = _build(t.base, values, prefix + (f.name,))
+        elif prefix + (f.name,) in values:
+            kwargs[f.name] = values[prefix + (f.name,)]
+    return cls(**kwargs)
+
+
+def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Build and check every config of the command (see the module docstring); returns ``args``.
+
+    Raises ``ValueError`` with one line naming the flag (or the ``--config`` key) of a bad value.
+    """
+    sets: tuple[OptionSet, ...] = getattr(args, SETS, None) or ()
+    path = getattr(args, CONFIG_FLAG, None)
+    recorded = _read_config_file(path) if path else None
+    for option_set in sets:
+        section = None
+        if recorded is not None:
+            section = recorded if option_set.record is None else recorded.get(option_set.record)
+            if section is not None and not isinstance(section, dict):
+                raise ValueError(f"--config {path}: {option_set.record!r} is not a JSON object of settings")
+        base, overrides = option_set.cls(), dict(option_set.defaults)
+        values: dict[tuple, Any] = {}
+        for opt in option_set.options:
+            if hasattr(args, opt.dest):
+                value, name = _split(getattr(args, opt.dest), opt.type), f"--{opt.flag}"
+            elif section is not None and _has(section, opt.path):
+                value = _get(section, opt.path)
+                key = ".".join(((option_set.record,) if option_set.record else ()) + opt.path)
+                name = f"--config {path}: {key}"
+            else:
+                value, name = overrides.get(opt.path, _get(base, opt.path)), f"--{opt.flag}"
+            value = check_value(name, value, opt.field, opt.type)
+            values[opt.path] = value
+            setattr(args, opt.dest, value)
+        try:
+            config = _build(option_set.cls, values)
+        except ValueError as err:
+            raise ValueError(f"{err} (check the {option_set.cls.__name__} settings)") from None
+        setattr(args, option_set.name, config)
+    return args
+
