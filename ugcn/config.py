@@ -15,7 +15,8 @@ Metadata keys (all optional):
   cli: False keeps the field off the command line.
   metavar: the value's name in ``--help``.
 
-A numeric field without bounds whose default is >= 0 must be >= 0; a float must always be finite.
+A numeric field without bounds whose default is >= 0 must be >= 0; a float must always be finite. A field
+of another type (say, a tuple of records) gets no flag and no check.
 """
 from __future__ import annotations
 
@@ -98,6 +99,15 @@ def _numeric(t: FieldType) -> bool:
     return t.base in (int, float)
 
 
+SCALARS = (int, float, str, bool)
+
+
+def expressible(t: FieldType) -> bool:
+    """Whether a field of type ``t`` can be written on a command line (numbers, text, switches and tuples of
+    them); other fields (e.g. a tuple of records) keep their defaults there and are not checked here."""
+    return t.base in SCALARS
+
+
 def bounds(field: dataclasses.Field, t: FieldType) -> dict:
     """The bounds of a numeric field: its metadata, or ``min=0`` when it has none and its default is >= 0."""
     meta = {k: field.metadata[k] for k in ("min", "max", "gt", "lt") if k in field.metadata}
@@ -152,6 +162,8 @@ def check_value(name: str, value: Any, field: dataclasses.Field, t: FieldType) -
     Raises ``ValueError("<name> must be ..., got <value>")`` when it is the wrong type, out of bounds, not
     finite or not one of the choices.
     """
+    if not expressible(t):
+        return tuple(value) if t.length is not None and isinstance(value, list) else value
     if value is None:
         if t.optional:
             return None
@@ -210,12 +222,16 @@ def config_to_dict(config: Any) -> dict:
     out = {}
     for f in config_fields(type(config)):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            value = config_to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
+        out[f.name] = _jsonable(value)
     return out
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def config_from_dict(cls: type, data: dict, *, where: str = "") -> Any:
@@ -224,16 +240,19 @@ def config_from_dict(cls: type, data: dict, *, where: str = "") -> Any:
     raises ``ValueError`` naming ``<where><field>``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where or cls.__name__}: expected a JSON object of settings, got {type(data).__name__}")
-    kwargs = {}
-    for f in config_fields(cls):
-        if f.name not in data:
-            continue
-        t = field_type(cls, f)
-        if _is_config(t.base):
-            kwargs[f.name] = config_from_dict(t.base, data[f.name], where=f"{where}{f.name}.")
-        else:
-            kwargs[f.name] = check_value(f"{where}{f.name}", data[f.name], f, t)
+    kwargs = {f.name: field_from_record(cls, f, data[f.name], where) for f in config_fields(cls) if f.name in data}
     return cls(**kwargs)
+
+
+def field_from_record(cls: type, field: dataclasses.Field, value: Any, where: str = "") -> Any:
+    """The value of ``field`` of ``cls`` from its JSON record (nested configs and tuples of records rebuilt),
+    checked; a bad value raises ``ValueError`` naming ``<where><field>``."""
+    t = field_type(cls, field)
+    if _is_config(t.base) and t.length is None:
+        return config_from_dict(t.base, value, where=f"{where}{field.name}.")
+    if _is_config(t.base) and isinstance(value, (list, tuple)):  # a tuple of records
+        return tuple(config_from_dict(t.base, item, where=f"{where}{field.name}[{i}].") for i, item in enumerate(value))
+    return check_value(f"{where}{field.name}", value, field, t)
 
 
 _ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`]*)`")

@@ -40,6 +40,7 @@ class Toy:
     mode: str = setting("absolute", choices=("absolute", "quantile"))
     row_normalize: bool = False
     hidden_thing: int = setting(3, cli=False)
+    records: tuple = (Fit(epochs=1),)  # not expressible on a command line: no flag, default kept
     fit: Fit = setting(Fit(), prefix="gcn-")
 
 
@@ -108,6 +109,7 @@ def test_hidden_fields_have_no_flag_and_keep_their_default():
     with pytest.raises(SystemExit):
         _parser().parse_args(["--hidden-thing", "4"])
     assert _resolve([]).toy.hidden_thing == 3
+    assert _resolve([]).toy.records == (Fit(epochs=1),)
 
 
 def test_help_is_plain_text_with_defaults_and_bounds():
@@ -129,6 +131,17 @@ def test_config_file_supplies_unset_values_and_flags_override(tmp_path):
     assert args.toy == Toy(tau=0.4, margin=6, dilation=(1, 1, 1), max_nodes=None, names=("a",), mode="quantile",
                            row_normalize=False, fit=Fit(epochs=9, rate=0.5))
     assert args.sampling == Sampling(n_samples=5, chunk=4, seed=3)  # top-level keys; chunk not recorded
+
+
+def test_config_round_trip_includes_fields_without_a_flag(tmp_path):
+    from ugcn.config import config_to_dict
+
+    recorded = Toy(tau=0.3, hidden_thing=9, records=(Fit(epochs=2), Fit(epochs=3, rate=0.2)), fit=Fit(epochs=4))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"config": config_to_dict(recorded), "seed": 1}))
+    args = _resolve(["--config", str(path)])
+    assert args.toy == recorded
+    assert args.sampling == Sampling(n_samples=8, chunk=4, seed=1)
 
 
 def test_config_file_values_are_checked_and_named(tmp_path):

@@ -23,7 +23,9 @@ from ugcn.config import (
     bounds,
     check_value,
     config_fields,
+    field_from_record,
     describe_bounds,
+    expressible,
     field_type,
     plain_text,
     setting,
@@ -69,6 +71,7 @@ class OptionSet:
     options: tuple[Option, ...]
     record: Optional[str]
     defaults: tuple[tuple[tuple[str, ...], Any], ...] = ()
+    excluded: frozenset = frozenset()
 
 
 def _parse_int(text: str) -> int:
@@ -119,9 +122,11 @@ def _leaves(cls: type, path: tuple, prefix: str, flags: dict, exclude: set, docs
         if key in exclude or f.name in exclude and not path:
             continue
         t = field_type(cls, f)
-        if dataclasses.is_dataclass(t.base):
+        if dataclasses.is_dataclass(t.base) and t.length is None:
             inner = f.metadata.get("prefix", f"{f.name.replace('_', '-')}-")
             yield from _leaves(t.base, path + (f.name,), prefix + inner, flags, exclude, docs_of)
+            continue
+        if not expressible(t):
             continue
         flag = flags.get(key) or prefix + f.metadata.get("flag", f.name.replace("_", "-"))
         docs_of[key] = attribute_docs(cls).get(f.name, "")
@@ -205,7 +210,7 @@ def add_config_options(
             if opt.type.length is not None:
                 kwargs["nargs"] = opt.type.length if opt.type.length >= 0 else "+"
         group.add_argument(f"--{opt.flag}", **kwargs)
-    option_set = OptionSet(cls, name, options, record, overrides)
+    option_set = OptionSet(cls, name, options, record, overrides, frozenset(tuple(e.split(".")) for e in exclude))
     parser.set_defaults(**{SETS: (parser.get_default(SETS) or ()) + (option_set,)})
     return option_set
 
@@ -240,11 +245,26 @@ def _build(cls: type, values: dict[tuple, Any], prefix: tuple = ()) -> Any:
     kwargs = {}
     for f in config_fields(cls):
         t = field_type(cls, f)
-        if dataclasses.is_dataclass(t.base):
+        if dataclasses.is_dataclass(t.base) and t.length is None:
             kwargs[f.name] = _build(t.base, values, prefix + (f.name,))
         elif prefix + (f.name,) in values:
             kwargs[f.name] = values[prefix + (f.name,)]
     return cls(**kwargs)
+
+
+def _recorded_only(cls: type, section: dict, flagged: set, where: str, path: tuple = ()) -> dict:
+    """Values of ``section`` for the fields of ``cls`` that have no flag (nested configs searched too)."""
+    out = {}
+    for f in config_fields(cls):
+        if f.name not in section or path + (f.name,) in flagged:
+            continue
+        t = field_type(cls, f)
+        if dataclasses.is_dataclass(t.base) and t.length is None:
+            if isinstance(section[f.name], dict):
+                out.update(_recorded_only(t.base, section[f.name], flagged, f"{where}{f.name}.", path + (f.name,)))
+            continue
+        out[path + (f.name,)] = field_from_record(cls, f, section[f.name], where)
+    return out
 
 
 def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
@@ -275,6 +295,9 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             value = check_value(name, value, opt.field, opt.type)
             values[opt.path] = value
             setattr(args, opt.dest, value)
+        if section is not None:  # fields without a flag (e.g. a tuple of records) come from the record too
+            where = f"--config {path}: {option_set.record + '.' if option_set.record else ''}"
+            values.update(_recorded_only(option_set.cls, section, set(values) | option_set.excluded, where))
         try:
             config = _build(option_set.cls, values)
         except ValueError as err:
