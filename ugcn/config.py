@@ -44,7 +44,7 @@ def setting(
     metavar: Optional[str] = None,
 ) -> Any:
     """A dataclass field with its help text and bounds in ``metadata`` (see the module docstring)."""
-    meta = {k: v for k, v in dict(help=help, min=min, max=max, gt=gt, lt=lt, flag=flag, prefix=prefix,
+    meta: dict[str, Any] = {k: v for k, v in dict(help=help, min=min, max=max, gt=gt, lt=lt, flag=flag, prefix=prefix,
                                    metavar=metavar).items() if v is not None}
     if choices is not None:
         meta["choices"] = tuple(choices)
