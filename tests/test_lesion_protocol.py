@@ -1,9 +1,12 @@
 """Protocol edge cases (no lesion, no FP, no validation lesion) and the fold loop with a fake U-Net."""
+import csv
+import io
 import json
 import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import ugcn.lesion.protocol as protocol
 from ugcn.io import save_volume
@@ -105,6 +108,8 @@ def test_run_protocol_with_fake_unet(tmp_path, monkeypatch):
         assert (out / name).exists()
     payload = json.loads((out / "results.json").read_text())
     assert payload["config"]["gcnn_epochs"] == 3
+    rows = list(csv.DictReader(io.StringIO((out / "lesions.csv").read_text())))
+    assert all(float(r["size_score"]) == pytest.approx(1 / int(r["size"])) for r in rows)
     means = {r["method"]: r["auc_pct"] for r in result.table}
     assert means["entropy_mean"] > 80  # the fake FPs carry high entropy
     with pytest.raises(ValueError, match="not empty"):
@@ -154,11 +159,41 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch):
     assert main(score) == 0
     rows = (out / "c0_lesions.csv").read_text().splitlines()
     assert rows[0].startswith("lesion,size,centroid_x") and "gcnn_classif" in rows[0] and len(rows) > 1
+    table = list(csv.DictReader(io.StringIO((out / "c0_lesions.csv").read_text())))
+    for col in ("metaseg_classif", "metaseg_reg", "shape_logreg"):  # saved with the lesion model
+        assert all(0.0 <= float(r[col]) <= 1.0 for r in table) or col == "metaseg_reg"
+    # size = voxel count of the 26-connected component (scipy), size_score = 1 / size
+    pred, _ = _fake_mc(None, np.asarray(nib.load(image).dataobj), None, estimators=(), n_samples=0,
+                       chunk_size=0, mask_from="mean", volume_fn=None)
+    ref_labels, n_ref = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+    assert [int(r["size"]) for r in table] == list(np.bincount(ref_labels.ravel())[1:])
+    assert [float(r["size_score"]) for r in table] == pytest.approx([1 / int(r["size"]) for r in table])
     labels = np.asarray(nib.load(out / "c0_lesion_labels.nii.gz").dataobj)
     unc = np.asarray(nib.load(out / "c0_lesion_uncertainty.nii.gz").dataobj)
     assert labels.max() == len(rows) - 1
     assert np.all((unc > 0) == (labels > 0)) or np.all(unc[labels == 0] == 0)
     assert main(score) == 2  # refuses to overwrite
+
+
+def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch):
+    from ugcn.cli import main
+
+    seen = {}
+
+    def fake_fit(images, labels, cfg, seed, progress):
+        seen.update(lr=cfg.unet_learning_rate, dropout=cfg.unet_dropout, patch=cfg.unet_patch, t=cfg.mc_samples)
+        return {}
+
+    monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
+    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
+    monkeypatch.setattr(protocol, "_stochastic_fn", lambda model: None)
+    data = tmp_path / "data"
+    _write_cases(data, 8, 2)
+    args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--learning-rate", "0.02",
+            "--dropout", "0.15", "--patch-size", "8", "8", "8", "--mc-samples", "3", "--gcnn-epochs", "1",
+            "--no-progress"]
+    assert main(args) == 0
+    assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3}
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

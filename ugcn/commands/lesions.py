@@ -1,9 +1,11 @@
 """``ugcn lesions fit|score|evaluate``: lesion-wise uncertainty (method L) from the command line.
 
 * ``fit``: MC dropout of a trained segmentation model on a labelled data set, lesions and their
-  ``IoU_adj`` targets, then a lesion GCNN (classification or regression) saved to ``--out``.
-* ``score``: one image -> a CSV with one row per predicted lesion (id, size, centroid, the GCNN score and
-  every aggregation baseline: mean/logsum of each estimator, size) and NIfTI maps where each lesion's voxels
+  ``IoU_adj`` targets, then a lesion GCNN (classification or regression), MetaSeg and the shape baseline,
+  saved to ``--out``.
+* ``score``: one image -> a CSV with one row per predicted lesion (id, size = voxel count, centroid, the GCNN
+  score, every aggregation baseline: mean/logsum of each estimator, ``size_score`` = 1/size, and the MetaSeg
+  and shape baselines saved with the lesion model) and NIfTI maps where each lesion's voxels
   hold its GCNN uncertainty, plus the lesion labels. ``--images DIR`` scores a whole folder: one resumable
   sub-folder per image, MC dropout and lesion batches spread over ``--devices``, and several processes
   (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``) each taking a slice of the images.
@@ -94,7 +96,11 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step (default 4)")
     ev.add_argument("--base-features", type=int, default=8, help="U-Net width (default 8)")
     ev.add_argument("--depth", type=int, default=2, help="U-Net down-samplings (default 2)")
-    ev.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="U-Net patch size")
+    ev.add_argument("--patch-size", "--patch", dest="patch", type=int, nargs=3, metavar=("PX", "PY", "PZ"),
+                    help="U-Net training patch (default: the whole volume, as ugcn train --dims 3)")
+    ev.add_argument("--learning-rate", type=float, default=1e-3, help="U-Net Adam learning rate (default 1e-3)")
+    ev.add_argument("--dropout", type=float, default=None,
+                    help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, METHOD.md)")
     ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
     ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
                     help="logsum baseline: sum of voxel logs (default, Nair et al.) or log of the voxel sum")
@@ -124,6 +130,9 @@ def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
 
 def run_fit(args) -> int:
     from ugcn.data import find_cases
+    from ugcn.lesion.baselines import (
+        fit_metaseg, fit_shape_baseline, metaseg_features, save_side_learners, shape_features,
+    )
     from ugcn.lesion.gcnn import CONFIG_FILE, fit_gcnn, save_lesion_model
     from ugcn.lesion.protocol import merge_cases
     from ugcn.segment import load_model
@@ -140,9 +149,13 @@ def run_fit(args) -> int:
         raise ValueError(f"{args.data}: the model predicts no lesion in any case; nothing to fit on")
     lesion_model = fit_gcnn(lesions.graphs, lesions.iou_adj, task=args.task, epochs=args.epochs, seed=args.seed,
                             progress=not args.no_progress)
+    side = {"metaseg": fit_metaseg(metaseg_features(lesions.stats, estimators), lesions.iou_adj,
+                                   estimators=estimators),
+            "shape": fit_shape_baseline(shape_features(lesions.stats), lesions.iou_adj)}
     save_lesion_model(lesion_model, out, overwrite=args.overwrite)
-    print(f"lesion model ({args.task}) fitted on {lesions.n} lesions of {len(cases)} cases "
-          f"({int(lesions.is_fp.sum())} FP); written to {out}")
+    save_side_learners(out, side)
+    print(f"lesion model ({args.task}) and the MetaSeg and shape baselines fitted on {lesions.n} lesions of "
+          f"{len(cases)} cases ({int(lesions.is_fp.sum())} FP); written to {out}")
     return 0
 
 
@@ -164,12 +177,15 @@ def _check_channels(path, image, channels: int) -> None:
         raise ValueError(f"{path}: {got} channel(s), the lesion model was fitted on {channels}")
 
 
-def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Path, overwrite: bool) -> int:
+def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Path, overwrite: bool,
+                side: Optional[dict] = None) -> int:
     """Lesions of one case, their GCNN and baseline scores, written as ``_score_paths(out, stem)``.
 
-    Returns the number of lesions.
+    ``side``: the side learners saved with the lesion model (``{"metaseg": ..., "shape": ...}``; columns
+    ``metaseg_classif``, ``metaseg_reg``, ``shape_logreg`` when present). Returns the number of lesions.
     """
     from ugcn.io import save_volume, write_text_atomic
+    from ugcn.lesion.baselines import metaseg_features, metaseg_scores, shape_features, shape_scores
     from ugcn.lesion.gcnn import score_lesions
     from ugcn.lesion.protocol import case_lesions
 
@@ -184,8 +200,17 @@ def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Pa
             row[f"{e}_mean"] = float(case.stats[f"{e}_mean"][k])
             row[f"{e}_logsum"] = float(case.stats[f"{e}_logsum"][k])
         row["size_score"] = float(case.stats["size"][k])
+    side = side or {}
+    extra: dict[str, np.ndarray] = {}
+    if "metaseg" in side:
+        extra.update(metaseg_scores(side["metaseg"], metaseg_features(case.stats, side["metaseg"].estimators)))
+    if "shape" in side:
+        extra["shape_logreg"] = shape_scores(side["shape"], shape_features(case.stats))
+    for k, row in enumerate(rows):
+        row.update({col: float(v[k]) for col, v in extra.items()})
     fields = (["lesion", "size"] + [f"centroid_{a}" for a in "xyz"] + [f"centroid_{a}_mm" for a in "xyz"]
-              + [name] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"])
+              + [name] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"]
+              + list(extra))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -203,6 +228,7 @@ def run_score(args) -> int:
     import jax
 
     from ugcn.io import load_volume, nifti_stem
+    from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
     from ugcn.lesion.protocol import _stochastic_fn, mc_uncertainty
     from ugcn.parallel import describe, device_mesh
@@ -214,6 +240,7 @@ def run_score(args) -> int:
         return run_score_folder(args)
     mesh = device_mesh(args.devices)  # a bad count fails before the heavy work
     lesion_model = load_lesion_model(args.lesion_model)
+    side = load_side_learners(args.lesion_model)
     estimators, channels = _model_estimators(lesion_model.config.feature_names)
     image = load_volume(args.image)
     _check_channels(args.image, image, channels)
@@ -228,7 +255,7 @@ def run_score(args) -> int:
                                 n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
                                 volume_fn=_stochastic_fn(model))
     print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
-    n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite)
+    n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
     print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
     return 0
 
@@ -247,6 +274,7 @@ def run_score_folder(args) -> int:
 
     from ugcn import __version__
     from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, write_text_atomic
+    from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
     from ugcn.lesion.protocol import _stochastic_fn
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
@@ -270,6 +298,7 @@ def run_score_folder(args) -> int:
           f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
     if todo:
         lesion_model = load_lesion_model(args.lesion_model)
+        side = load_side_learners(args.lesion_model)
         estimators, channels = _model_estimators(lesion_model.config.feature_names)
         model = load_model(args.model)
         volume_fn = _stochastic_fn(model)
@@ -293,7 +322,7 @@ def run_score_folder(args) -> int:
                     pred = (predict_mask(model, volumes[p].array) > 0).astype(np.uint8)
                 stem = nifti_stem(p)
                 with atomic_directory(out / stem, overwrite=True) as tmp:
-                    n = _score_case(stem, volumes[p], pred, maps, lesion_model, estimators, mesh, tmp, False)
+                    n = _score_case(stem, volumes[p], pred, maps, lesion_model, estimators, mesh, tmp, False, side)
                     report = {"ugcn_version": __version__, "image": str(p), "lesions": n,
                               "files": [q.name for q in _score_paths(tmp, stem)], SETTINGS_KEY: settings}
                     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -320,6 +349,7 @@ def run_evaluate(args) -> int:
         unet_base_features=args.base_features, unet_depth=args.depth,
         unet_patch=tuple(args.patch) if args.patch else None, unet_epochs=args.epochs,
         unet_steps_per_epoch=args.steps_per_epoch, unet_batch_size=args.batch_size,
+        unet_learning_rate=args.learning_rate, unet_dropout=args.dropout,
         gcnn_epochs=args.gcnn_epochs, logsum=args.logsum,
     )
     result = run_protocol(args.data, config, out_dir=args.out, overwrite=args.overwrite,

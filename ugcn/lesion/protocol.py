@@ -477,7 +477,8 @@ def run_protocol(
         for k in range(test.n):
             row = {"fold": fold, "case": str(test.case[k]), "lesion": int(test.lesion[k]),
                    "size": int(test.stats["voxels"][k]), "iou_adj": float(test.iou_adj[k]), "fp": bool(test.is_fp[k])}
-            row.update({m: float(scores[m][k]) for m in names})
+            # The Size method's score (1/size) is its own column; ``size`` stays the voxel count.
+            row.update({("size_score" if m == "size" else m): float(scores[m][k]) for m in names})
             lesion_rows.append(row)
         for m in names:
             pooled_scores[m].append(scores[m])
