@@ -2,14 +2,20 @@
 
 Each sub-command lives in ``ugcn/commands/<name>.py`` and exposes ``register(subparsers)``, which adds its
 parser(s) and sets ``run=<function(args) -> int>``. Errors in the user's input (``ValueError``,
-``FileNotFoundError``, ``FileExistsError``) become one line on stderr and exit code 2, never a traceback.
+``FileNotFoundError``, ``FileExistsError``) and of the system (any ``OSError``: a full disk, a folder that
+became unwritable) become one line on stderr and exit code 2, never a traceback. The output folder
+(``--out`` / ``OUTDIR``) is checked before the work starts. SIGTERM is handled like Ctrl-C (exit 143, temporaries
+removed), and warnings print as one line each.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -87,6 +93,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that ``finally`` blocks remove temporaries (as on Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` while the command runs (main thread only)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(text: object) -> str:
+    """``text`` on one line (library messages, e.g. nibabel's, may span several)."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _os_error_line(err: OSError) -> str:
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f)
+    reason = err.strerror or _one_line(err) or type(err).__name__
+    return f"{where}: {reason}" if where else reason
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings print as ``ugcn <cmd>: warning: <message> (<Category>)``, without the source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        print(f"ugcn {command}: warning: {_one_line(message)} ({category.__name__})", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def output_folder(args: argparse.Namespace) -> Optional[str]:
+    """The output folder a command writes (``--out`` or the positional ``OUTDIR``), or ``None``."""
+    return getattr(args, "out", None) or getattr(args, "outdir", None)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -94,15 +154,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        resolve_options(args)  # every generated option checked, --config applied, before any work
-        _enable_compilation_cache()
-        return int(args.run(args) or 0)
+        with _sigterm_raises(), _one_line_warnings(args.command):
+            from ugcn.io import check_output_folder
+
+            resolve_options(args)  # every generated option checked, --config applied, before any work
+            if output_folder(args) is not None:
+                check_output_folder(output_folder(args))  # before the work, not after it
+            _enable_compilation_cache()
+            return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
-        print(f"ugcn {args.command}: error: {err}", file=sys.stderr)
+        print(f"ugcn {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the system's side: a full disk, a folder made read-only mid-run, ...
+        print(f"ugcn {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as err:
+        print(f"ugcn {args.command}: error: out of memory{': ' + _one_line(err) if str(err) else ''} "
+              "(use smaller inputs or a machine with more memory)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"ugcn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as term:
+        print(f"ugcn {args.command}: terminated (signal {term.signum}); nothing half-written is left",
+              file=sys.stderr)
+        return 128 + term.signum
 
 
 if __name__ == "__main__":  # pragma: no cover

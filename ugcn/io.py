@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -249,16 +253,130 @@ def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = True) -> P
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Temporaries: every one carries the writing process (pid and host), so a later run can tell a dead
+# process's leftovers (SIGKILL, power loss) from a live concurrent writer's, and remove only the former.
+# ----------------------------------------------------------------------------------------------------------
+
+TEMP_PREFIX = ".ugcn-tmp-"
+_TEMP_RE = re.compile(r"^\.ugcn-tmp-(\d+)-([0-9a-f]{8})-(new|old|probe)\.")
+#: A temporary of another host is taken as stale after this many seconds (its pid cannot be checked).
+FOREIGN_TEMP_AGE_S = 24 * 3600
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(kind: str, name: str = "") -> str:
+    """``.ugcn-tmp-<pid>-<host>-<kind>.<name>.``: hidden, and naming the process that owns it."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{_host_tag()}-{kind}.{name + '.' if name else ''}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(entry: Path, match: "re.Match[str]") -> bool:
+    pid, host = int(match.group(1)), match.group(2)
+    if host == _host_tag():
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        return time.time() - entry.lstat().st_mtime > FOREIGN_TEMP_AGE_S
+    except OSError:
+        return False
+
+
+def clean_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the hidden temporaries that killed ``ugcn`` processes left in ``folder``.
+
+    A temporary (``.ugcn-tmp-<pid>-<host>-...``) is stale when its process is gone (same host) or it is
+    older than :data:`FOREIGN_TEMP_AGE_S` (another host). A live writer's temporaries are left alone, so
+    concurrent processes sharing a folder are safe. A previous output that was moved aside for a swap
+    (``...-old.``) is moved back first when the swap did not finish (its place is empty).
+
+    Returns:
+      The paths removed (``[]`` when ``folder`` is no folder or holds no stale temporary).
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None or not _is_stale(entry, match):
+            continue
+        if match.group(3) == "old" and entry.is_dir():
+            for previous in entry.iterdir():
+                target = folder / previous.name
+                if not target.exists():
+                    with contextlib.suppress(OSError):
+                        os.replace(previous, target)
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def check_output_folder(path: PathLike) -> Path:
+    """Fail before the work when ``path`` cannot become (or be replaced as) an output folder.
+
+    Checks that ``path`` is a folder or can be created (no file in the way, at ``path`` or above it), and
+    that this process can create entries in it (or in its nearest existing ancestor) and beside it (whole
+    folders are built in a sibling and swapped in). Probes by creating and removing a hidden file, which
+    catches permissions, read-only file systems and immutable folders alike, also for root. Removes stale
+    temporaries of killed runs on the way.
+
+    Raises:
+      ValueError: one line naming the path and the reason, and what to do.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; choose another output folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{path}: cannot create it, {ancestor} is a file, not a folder")
+    probes = [ancestor] if ancestor != path else [path, path.resolve().parent]
+    for folder in probes:
+        try:
+            fd, name = tempfile.mkstemp(prefix=_temp_prefix("probe"), dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise ValueError(f"{path}: cannot write {'in' if folder == path else 'to'} {folder} ({reason}); "
+                             "choose a writable output folder") from None
+        clean_stale_temporaries(folder)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_file(path: PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
 
     ``suffix`` keeps the extension that writers such as nibabel or matplotlib look at. The file gets the
-    permissions a plain ``open()`` would give (``mkstemp`` makes private 0600 files).
+    permissions a plain ``open()`` would give (``mkstemp`` makes private 0600 files). Stale temporaries of
+    killed runs in the same folder are removed first (:func:`clean_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    clean_stale_temporaries(path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix("new", path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -270,33 +388,53 @@ def atomic_file(path: PathLike, *, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_directory(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Build a whole output folder in a hidden temporary sibling, then move it into place.
-
-    Usage::
-
-        with atomic_directory(out_dir, overwrite=args.overwrite) as tmp:
-            save_volume(tmp / "mask.nii.gz", ...)
-
-    On success ``out_dir`` holds exactly what was written to ``tmp``; an existing ``out_dir`` is replaced
-    (only with ``overwrite``; a non-empty one is refused otherwise) by first moving it aside, so that a
-    failing rename keeps one complete copy. On error the temporary folder is removed and ``out_dir`` is
-    untouched.
-    """
+def check_replaceable(out_dir: PathLike, *, overwrite: bool = False, marker: Optional[str] = None) -> Path:
+    """Raise ``ValueError`` unless :func:`atomic_directory` may write ``out_dir``: it is missing or empty, or
+    ``overwrite`` is set and (with ``marker``) it holds ``marker``, i.e. it is an earlier output of the same
+    writer. Call it before the work to fail early; hidden temporaries do not count as content."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    if out_dir.exists() and any(not _TEMP_RE.match(p.name) for p in out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+        if marker is not None and not (out_dir / marker).exists():
+            raise ValueError(f"{out_dir}: holds files but no {marker}, so it is not an earlier output of this "
+                             "command (--overwrite replaces only those); choose a new or empty folder")
+    return out_dir
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: PathLike, *, overwrite: bool = False,
+                     marker: Optional[str] = None) -> Iterator[Path]:
+    """Build a whole output folder in a hidden temporary sibling, then swap it into place.
+
+    Usage::
+
+        with atomic_directory(out_dir, overwrite=args.overwrite, marker="report.json") as tmp:
+            save_volume(tmp / "mask.nii.gz", ...)
+
+    On success ``out_dir`` holds exactly what was written to ``tmp`` (nothing of an earlier output
+    survives, e.g. a ``crf.nii.gz`` a new run did not make). An existing non-empty ``out_dir`` is replaced
+    only with ``overwrite``, and, when ``marker`` is given, only when it holds that file (a previous output
+    of the same writer): a folder of the user's other files is never swallowed. The old folder is moved
+    aside before the new one is moved in, so a crash between the two renames keeps both copies, and the
+    next run's :func:`clean_stale_temporaries` moves the old one back. On error (or Ctrl-C / SIGTERM in the
+    ``ugcn`` command) the temporary folder is removed and ``out_dir`` is untouched.
+
+    Raises:
+      ValueError: ``out_dir`` is a file, or a non-empty folder that may not be replaced.
+    """
+    out_dir = check_replaceable(out_dir, overwrite=overwrite, marker=marker)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    clean_stale_temporaries(out_dir.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix("new", out_dir.name), dir=out_dir.parent))
     try:
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes a private folder
         yield tmp
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "previous")
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix("old", out_dir.name), dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -304,3 +442,4 @@ def atomic_directory(out_dir: PathLike, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+

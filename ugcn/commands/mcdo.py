@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +85,8 @@ def _summary(values: np.ndarray, mask: np.ndarray) -> dict:
 
 
 def _plan_outputs(out_dir: Path, names: list[str], save_samples: bool, multiclass_samples: int, overwrite: bool):
+    from ugcn.io import check_replaceable
+
     files = {"prediction": "prediction.nii.gz", "expectation": "expectation.nii.gz"}
     for name in names:
         stem = estimator_filename(name)
@@ -101,18 +100,14 @@ def _plan_outputs(out_dir: Path, names: list[str], save_samples: bool, multiclas
         else:
             files["samples"] = "samples.nii.gz"
     files["report"] = "report.json"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    existing = [f for f in files.values() if (out_dir / f).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out_dir}: {', '.join(existing)} exist(s) already (pass --overwrite to replace)")
+    check_replaceable(out_dir, overwrite=overwrite, marker=files["report"])
     return files
 
 
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from ugcn.io import load_volume, save_volume
+    from ugcn.io import atomic_directory, load_volume, save_volume
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
     from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
@@ -235,20 +230,14 @@ def run(args: argparse.Namespace) -> int:
         "timings": timings,
     }
 
-    # Everything goes to a temporary folder first and is moved into place at the end: no half outputs.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".mcdo.", dir=out_dir))
-    try:
+    # The whole folder is built in a temporary sibling and swapped in: no half outputs, no stale files.
+    with atomic_directory(out_dir, overwrite=args.overwrite, marker=files["report"]) as tmp:
         t = time.perf_counter()
         for key, array in arrays.items():
             save_volume(tmp / files[key], array, affine, header=header)
         timings["write_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
         (tmp / files["report"]).write_text(json.dumps(report, indent=2) + "\n")
-        for name in files.values():
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not args.quiet:
         print(
             f"mcdo: T={n_samples} passes, {num_classes} classes, {int(fg.sum())} predicted voxels; "

@@ -10,8 +10,8 @@ Outputs (in ``--out``; ``refine-batch``: one sub-folder per image plus ``summary
 ``refined.nii.gz`` (GCN on all nodes), ``refined_unlabelled.nii.gz`` (``Ŷ`` with only the uncertain nodes
 replaced), ``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``cnn.nii.gz`` (``Ŷ``, largest
 component), ``crf.nii.gz`` (``--crf``) and ``report.json`` (graph counts, timings, Dice per method with
-``--label``). Files are written to a temporary folder and moved into place; nothing is overwritten
-without ``--overwrite``.
+``--label``). The folder is written whole in a temporary sibling and swapped in; ``--out`` must be new or
+empty, and ``--overwrite`` replaces only an earlier output (a folder with ``report.json``), whole.
 
 ``refine-batch`` is resumable and scales out: each case folder appears whole once its batch is done, a
 re-run skips the finished cases (same settings; ``--overwrite`` recomputes), ``--devices N`` spreads the GCN
@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -207,14 +204,11 @@ def _load_model(args):
     return model, make_volume_fn(model, stochastic=True)
 
 
-def _check_outputs(out_dir: Path, crf: bool, overwrite: bool) -> list:
-    names = [f for k, f in OUTPUT_FILES.items() if crf or k != "crf"] + [REPORT]
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    existing = [f for f in names if (out_dir / f).exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{out_dir}: {', '.join(existing)} exist(s) already (pass --overwrite to replace)")
-    return names
+def _check_outputs(out_dir: Path, overwrite: bool) -> None:
+    """Fail before the work unless ``out_dir`` is new, empty, or (``--overwrite``) an earlier refine output."""
+    from ugcn.io import check_replaceable
+
+    check_replaceable(out_dir, overwrite=overwrite, marker=REPORT)
 
 
 def _write_outputs(folder: Path, result, image, report: dict) -> list[str]:
@@ -230,16 +224,13 @@ def _write_outputs(folder: Path, result, image, report: dict) -> list[str]:
     return report["files"]
 
 
-def _write(out_dir: Path, result, image, report: dict) -> None:
-    """``ugcn refine``: the outputs built in a temporary folder, then moved into ``out_dir`` file by file
-    (``out_dir`` may hold other files, which stay)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".refine.", dir=out_dir))
-    try:
-        for name in _write_outputs(tmp, result, image, report):
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _write(out_dir: Path, result, image, report: dict, overwrite: bool) -> None:
+    """``ugcn refine``: the whole output folder built in a temporary sibling and swapped in, so it never
+    holds half a result nor a file of an earlier run (e.g. its ``crf.nii.gz``)."""
+    from ugcn.io import atomic_directory
+
+    with atomic_directory(out_dir, overwrite=overwrite, marker=REPORT) as tmp:
+        _write_outputs(tmp, result, image, report)
 
 
 def _report(result, source: dict, config, args, mc_s: float) -> dict:
@@ -267,7 +258,7 @@ def run_refine(args: argparse.Namespace) -> int:
 
     config = _config(args)
     out_dir = Path(args.out)
-    _check_outputs(out_dir, args.crf, args.overwrite)  # fail before the heavy work
+    _check_outputs(out_dir, args.overwrite)  # fail before the heavy work
     model, volume_fn = _load_model(args)
     t0 = time.perf_counter()
     x, image, source = load_refine_inputs(args, args.image, args.samples, args.prediction, args.label, model,
@@ -275,7 +266,7 @@ def run_refine(args: argparse.Namespace) -> int:
     mc_s = time.perf_counter() - t0
     result = refine_volume(x.image, x.prediction, x.expectation, x.uncertainty, config=config, seed=args.seed,
                            label=x.label, crf=args.crf, uncertainty_name=args.uncertainty)
-    _write(out_dir, result, image, _report(result, source, config, args, mc_s))
+    _write(out_dir, result, image, _report(result, source, config, args, mc_s), args.overwrite)
     if not args.quiet:
         _print_summary(Path(args.image).name, result)
     return 0

@@ -78,7 +78,8 @@ def write_decathlon(
     (or an interrupt) part-way leaves no half-written data set behind.
 
     Args:
-      out_dir: the data set folder; must not exist or be empty, unless ``overwrite`` (then it is replaced).
+      out_dir: the data set folder; must not exist or be empty, unless ``overwrite`` and it is a data set
+        (holds ``dataset.json``): then it is replaced whole.
       cases: ``(case_name, image f32[X, Y, Z], label u8[X, Y, Z], affine f64[4, 4])`` tuples; may be a
         generator (consumed once).
       name: the data set name stored in ``dataset.json``.
@@ -95,7 +96,7 @@ def write_decathlon(
         non-finite images, no cases.
     """
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp_dir:
+    with atomic_directory(out_dir, overwrite=overwrite, marker="dataset.json") as tmp_dir:
         entries = []
         for case_name, image, label, affine in cases:
             case_name = str(case_name)

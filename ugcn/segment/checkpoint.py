@@ -71,7 +71,7 @@ def save_model(model: SegmentationModel, directory: PathLike, *, overwrite: bool
         "training": _to_jsonable(model.training),
     }
     state = jax.device_get({"params": model.params, "batch_stats": model.batch_stats})
-    with atomic_directory(directory, overwrite=True) as tmp:
+    with atomic_directory(directory, overwrite=True, marker=CONFIG_FILE) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / PARAMS_FILE).write_bytes(flax.serialization.to_bytes(state))
     return directory

@@ -1,0 +1,249 @@
+"""Faults a user or the system brings, through the ``ugcn`` command: each one line on stderr, exit code 2 (or
+the signal's code), checked before the work, and nothing half-written left behind (issue 17)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ugcn.cli import main
+from ugcn.io import (
+    TEMP_PREFIX,
+    atomic_directory,
+    check_output_folder,
+    clean_stale_temporaries,
+    save_volume,
+)
+
+AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
+
+
+def _run(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _hidden(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _refine_inputs(folder: Path, shape=(16, 16, 8), n_samples=3) -> dict:
+    """A ball with an uncertain shell: image, 4D foreground sample maps (X, Y, Z, T) and a prediction."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    r = np.sqrt(((grid - np.array(shape)[:, None, None, None] / 2) ** 2).sum(0))
+    rng = np.random.default_rng(0)
+    image = ((r < 4.5) + rng.normal(0, 0.1, shape)).astype(np.float32)
+    e = np.clip(1.0 - (r - 3.5) / 2.0, 0.02, 0.98).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_volume(folder / "a.nii.gz", image, AFFINE)
+    save_volume(folder / "samples.nii.gz", np.repeat(e[..., None], n_samples, -1), AFFINE)
+    save_volume(folder / "prediction.nii.gz", (e > 0.5).astype(np.uint8), AFFINE)
+    return {"image": folder / "a.nii.gz", "samples": folder / "samples.nii.gz",
+            "prediction": folder / "prediction.nii.gz"}
+
+
+def _refine_argv(inputs: dict, out: Path, *extra) -> list:
+    return ["refine", "--image", str(inputs["image"]), "--samples", str(inputs["samples"]), "--prediction",
+            str(inputs["prediction"]), "--out", str(out), "--epochs", "3", "--quiet", *extra]
+
+
+# ------------------------------------------------------------------ defect 1: unwritable output, full disk
+WORK_STARTS = {
+    "refine": ("ugcn.commands.refine", "run_refine"),
+    "refine-batch": ("ugcn.commands.refine", "run_refine_batch"),
+    "mcdo": ("ugcn.commands.mcdo", "run"),
+    "phantoms": ("ugcn.commands.phantoms", "run"),
+    "train": ("ugcn.commands.train", "run"),
+}
+
+
+def _argv_with_out(command: str, out: Path, tmp_path: Path) -> list:
+    x = str(tmp_path / "x.nii.gz")
+    return {
+        "refine": ["refine", "--image", x, "--samples", x, "--out", str(out)],
+        "refine-batch": ["refine-batch", "--images", str(tmp_path), "--samples-dir", str(tmp_path), "--out", str(out)],
+        "mcdo": ["mcdo", "--model", str(tmp_path), "--image", x, "--out", str(out)],
+        "phantoms": ["phantoms", "ct", str(out)],
+        "train": ["train", "--data", str(tmp_path), "--out", str(out)],
+    }[command]
+
+
+@pytest.mark.parametrize("command", sorted(WORK_STARTS))
+def test_an_unwritable_output_folder_fails_in_one_line_before_the_work(command, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module, name = WORK_STARTS[command]
+
+    def work(args):
+        raise AssertionError("the work started before the output folder was checked")
+
+    monkeypatch.setattr(importlib.import_module(module), name, work)
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder is expected")
+    for out in (blocker, blocker / "case"):
+        code, _, err = _run(capsys, _argv_with_out(command, out, tmp_path))
+        line = _one_line_error(err)
+        assert code == 2 and line.startswith(f"ugcn {command}: error: {out}")
+        assert "not a folder" in line
+    assert blocker.read_text() == "a file where a folder is expected"
+
+
+def test_an_immutable_output_folder_is_reported_even_for_root(tmp_path, capsys):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        with pytest.raises(ValueError, match="cannot write"):
+            check_output_folder(folder / "new")
+        code, _, err = _run(capsys, ["phantoms", "ct", str(folder / "new"), "--n", "1", "--shape", "16,16,16"])
+        assert code == 2 and "cannot write" in _one_line_error(err)
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    def no_space(img, filename):
+        Path(filename).write_bytes(b"\0" * 10)  # a partly written file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    monkeypatch.setattr(nib, "save", no_space)
+    out = tmp_path / "ds"
+    code, _, err = _run(capsys, ["phantoms", "ct", str(out), "--n", "2", "--shape", "16,16,16", "--quiet"])
+    line = _one_line_error(err)
+    assert code == 2 and "No space left on device" in line and line.startswith("ugcn phantoms: error: ")
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ defect 3: SIGTERM, SIGKILL, whole folders
+def test_sigterm_while_writing_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    real_save = nib.save
+    calls = []
+
+    def save_then_terminated(img, filename):
+        real_save(img, filename)
+        calls.append(filename)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(nib, "save", save_then_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "ds"), "--n", "3", "--shape", "16,16,16", "--quiet"])
+    assert code == 128 + signal.SIGTERM and "terminated" in _one_line_error(err)
+    assert os.listdir(tmp_path) == []  # neither the data set nor a hidden temporary
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the command's only
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _temp_name(pid: int, kind: str, name: str) -> str:
+    from ugcn.io import _host_tag
+
+    return f"{TEMP_PREFIX}{pid}-{_host_tag()}-{kind}.{name}.abc123"
+
+
+def test_stale_temporaries_of_killed_runs_are_removed_live_ones_kept(tmp_path):
+    dead, live = _dead_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale_file = tmp_path / _temp_name(dead, "new", "mask.nii.gz")
+        stale_file.write_bytes(b"")  # what SIGTERM left before
+        stale_dir = tmp_path / _temp_name(dead, "new", "case")
+        (stale_dir / "sub").mkdir(parents=True)
+        busy = tmp_path / _temp_name(live.pid, "new", "case")
+        busy.mkdir()
+        users = tmp_path / ".my.notes"  # hidden, but not ours
+        users.write_text("keep")
+        removed = clean_stale_temporaries(tmp_path)
+        assert sorted(removed) == sorted([stale_file, stale_dir])
+        assert _hidden(tmp_path) == sorted([".my.notes", busy.name])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_swap_killed_between_its_renames_gets_the_old_output_back(tmp_path):
+    # SIGKILL after the old folder was moved aside and before the new one was moved in: both are stale
+    # temporaries and the output is missing. The next run restores the old output.
+    aside = tmp_path / _temp_name(_dead_pid(), "old", "case")
+    (aside / "case").mkdir(parents=True)
+    (aside / "case" / "report.json").write_text("{}")
+    clean_stale_temporaries(tmp_path)
+    assert (tmp_path / "case" / "report.json").read_text() == "{}" and _hidden(tmp_path) == []
+
+
+def test_a_rerun_after_sigkill_cleans_the_output_parent(tmp_path, capsys):
+    inputs = _refine_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    leftovers = [tmp_path / _temp_name(_dead_pid(), "new", "out"), out / _temp_name(_dead_pid(), "new", "cnn.nii.gz")]
+    leftovers[0].mkdir()
+    leftovers[1].write_bytes(b"")
+    code, _, err = _run(capsys, _refine_argv(inputs, out))
+    assert code == 0, err
+    assert not any(p.exists() for p in leftovers)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(os.listdir(out)) == sorted(report["files"])
+
+
+# ------------------------------------------------------------------ defect 4: --overwrite replaces whole
+def test_overwrite_without_crf_leaves_no_crf_of_the_previous_run(tmp_path, capsys):
+    from ugcn.refine.crf import crf_available
+
+    inputs = _refine_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    if crf_available():
+        assert _run(capsys, _refine_argv(inputs, out, "--crf"))[0] == 0
+    else:  # the same situation by hand: an earlier output with a CRF mask
+        assert _run(capsys, _refine_argv(inputs, out))[0] == 0
+        save_volume(out / "crf.nii.gz", np.zeros((16, 16, 8), np.uint8), AFFINE)
+    assert (out / "crf.nii.gz").exists()
+    code, _, err = _run(capsys, _refine_argv(inputs, out))
+    assert code == 2 and "not empty" in _one_line_error(err)  # nothing is replaced without --overwrite
+    assert _run(capsys, _refine_argv(inputs, out, "--overwrite"))[0] == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "crf.nii.gz" not in os.listdir(out)
+    assert sorted(os.listdir(out)) == sorted(report["files"])
+    assert _hidden(tmp_path) == []
+
+
+def test_overwrite_never_swallows_a_folder_of_other_files(tmp_path, capsys):
+    inputs = _refine_inputs(tmp_path / "in")
+    code, _, err = _run(capsys, _refine_argv(inputs, tmp_path / "in", "--overwrite"))
+    assert code == 2 and "report.json" in _one_line_error(err)
+    assert sorted(os.listdir(tmp_path / "in")) == ["a.nii.gz", "prediction.nii.gz", "samples.nii.gz"]
+
+
+def test_atomic_directory_replaces_only_a_marked_folder(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no report.json"):
+        with atomic_directory(out, overwrite=True, marker="report.json") as tmp:
+            raise AssertionError("not reached")
+    (out / "report.json").write_text("{}")
+    with atomic_directory(out, overwrite=True, marker="report.json") as tmp:
+        (tmp / "report.json").write_text("new")
+    assert os.listdir(out) == ["report.json"] and _hidden(tmp_path) == []
