@@ -111,7 +111,7 @@ def expressible(t: FieldType) -> bool:
 def bounds(field: dataclasses.Field, t: FieldType) -> dict:
     """The bounds of a numeric field: its metadata, or ``min=0`` when it has none and its default is >= 0."""
     meta = {k: field.metadata[k] for k in ("min", "max", "gt", "lt") if k in field.metadata}
-    if meta or not _numeric(t):
+    if meta or not _numeric(t) or "choices" in field.metadata:
         return meta
     default = field.default if field.default is not _MISSING else None
     values = default if isinstance(default, tuple) else (default,)

@@ -23,8 +23,9 @@ Try it (a few CPU minutes, nothing to prepare):
   ugcn estimators compare --quick --out cmp
 With a data set and a model:
   ugcn phantoms brain data --n 8 --shape 32,32,24
-  ugcn train --data data --dims 3 --patch-size 32 32 24 --base-features 4 --depth 2 --dropout 0.1 \\
-      --batch-size 1 --epochs 20 --steps-per-epoch 10 --learning-rate 1e-2 --out model
+  ugcn train --data data --unet-dims 3 --unet-patch-size 32 32 24 --unet-base-features 4 --unet-depth 2 \\
+      --unet-dropout 0.1 --unet-batch-size 1 --unet-epochs 20 --unet-steps-per-epoch 10 \\
+      --unet-learning-rate 1e-2 --out model
   ugcn estimators compare --data data --model model --out cmp --estimators all,my_pkg.my_mod:margin
 """
 from __future__ import annotations

@@ -173,6 +173,7 @@ def add_config_options(
     flags: Optional[dict[str, str]] = None,
     exclude: Sequence[str] = (),
     defaults: Optional[dict[str, Any]] = None,
+    prefix: str = "",
 ) -> OptionSet:
     """Add one flag per field of the config dataclass ``cls`` (nested configs flattened) to ``parser``.
 
@@ -184,11 +185,12 @@ def add_config_options(
       flags: ``{"field" or "outer.inner": "flag-name"}`` overrides of the generated names.
       exclude: fields (or dotted paths) left off the command line; they keep their defaults.
       defaults: this command's defaults where they differ from the dataclass's (``{"field": value}``).
+      prefix: put before every generated flag name (``"unet-"``: ``--unet-epochs``); not before ``flags``.
 
     Every flag's value lands in ``args.<flag with _>`` too, resolved and checked.
     """
     docs: dict[str, str] = {}
-    options = tuple(_leaves(cls, (), "", dict(flags or {}), set(exclude), docs))
+    options = tuple(_leaves(cls, (), prefix, dict(flags or {}), set(exclude), docs))
     overrides = tuple((tuple(k.split(".")), v) for k, v in (defaults or {}).items())
     base = cls()
     group_title = title or plain_text((cls.__doc__ or cls.__name__).strip().splitlines()[0]).rstrip(".")
@@ -215,11 +217,11 @@ def add_config_options(
     return option_set
 
 
-def add_config_file_option(parser: argparse.ArgumentParser) -> None:
+def add_config_file_option(parser: argparse.ArgumentParser, record: str = "the report.json of an earlier run") -> None:
     """``--config FILE``: take every setting not given on the command line from a recorded run."""
     parser.add_argument(f"--{CONFIG_FLAG}", metavar="FILE", default=None,
-                        help="rerun a recorded configuration: the report.json of an earlier run (or a JSON file of "
-                        "the same settings); flags given here override it")
+                        help=f"rerun a recorded configuration: {record} (or a JSON file of the same settings); "
+                        "flags given here override it")
 
 
 def _read_config_file(path: str) -> dict:

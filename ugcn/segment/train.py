@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ugcn.config import setting
 from ugcn.segment.model import SegmentationModel, check_image, init_model
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.unet import UNet, UNetConfig
@@ -59,6 +60,40 @@ class Augmentation:
 
 
 NO_AUGMENTATION = Augmentation(flips=False, rotate90=False, scale=0.0, shift=0.0, noise=0.0)
+AUGMENTATIONS = {"none": NO_AUGMENTATION, "intensity": Augmentation(), "full": Augmentation(flips=True, rotate90=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a U-Net is trained (the settings of :func:`train_model`; the ``ugcn train`` flags).
+
+    Attributes:
+      epochs: training epochs; an epoch is ``steps_per_epoch`` Adam steps on randomly drawn slices (2D) or
+        patches (3D), not a pass over the data.
+      steps_per_epoch: Adam steps per epoch (the loss history has one mean per epoch).
+      batch_size: slices (2D) or patches (3D) per step.
+      learning_rate: Adam learning rate.
+      foreground_fraction: share of the drawn slices or patches that must hold foreground.
+      augment: on-device augmentation: none; intensity (scale, shift, noise); full (also flips and
+        90-degree rotations).
+      clip: intensity window applied before the z-score, e.g. -160 240 for abdominal CT (none: no clipping).
+      seed: seed of initialisation, sampling, augmentation and dropout.
+    """
+
+    epochs: int = setting(10, min=1)
+    steps_per_epoch: int = setting(30, min=1)
+    batch_size: int = setting(8, min=1)
+    learning_rate: float = setting(1e-3, gt=0)
+    foreground_fraction: float = setting(0.5, min=0, max=1)
+    augment: str = setting("intensity", choices=tuple(AUGMENTATIONS))
+    clip: Optional[tuple[float, float]] = setting(None, metavar="HU")
+    seed: int = setting(0, min=0)
+
+    def train_kwargs(self) -> dict:
+        """The keyword arguments of :func:`train_model` these settings stand for."""
+        return dict(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size,
+                    learning_rate=self.learning_rate, seed=self.seed, foreground_fraction=self.foreground_fraction,
+                    normalization=Normalization(clip=self.clip), augmentation=AUGMENTATIONS[self.augment])
 
 
 class TrainState(NamedTuple):
@@ -353,17 +388,17 @@ def train_model(
     labels: Sequence[np.ndarray],
     config: UNetConfig,
     *,
-    epochs: int = 10,
-    steps_per_epoch: int = 30,
-    batch_size: int = 8,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
+    epochs: int = TrainConfig.epochs,
+    steps_per_epoch: int = TrainConfig.steps_per_epoch,
+    batch_size: int = TrainConfig.batch_size,
+    learning_rate: float = TrainConfig.learning_rate,
+    seed: int = TrainConfig.seed,
     normalization: Optional[Normalization] = None,
-    foreground_fraction: float = 0.5,
+    foreground_fraction: float = TrainConfig.foreground_fraction,
     augmentation: Augmentation = Augmentation(),
     progress: bool = True,
 ) -> tuple[SegmentationModel, dict[str, list[float]]]:
-    """Train a U-Net from scratch on whole volumes.
+    """Train a U-Net from scratch on whole volumes (``**TrainConfig(...).train_kwargs()`` gives the settings).
 
     Args:
       images: volumes ``f32[X, Y, Z]`` (or ``f32[X, Y, Z, M]``); sizes may differ (padded internally).
