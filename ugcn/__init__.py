@@ -24,7 +24,7 @@ _PUBLIC = {
     "ugcn.uncertainty.cohort": ["mc_sample_batch"],
     "ugcn.graph": ["GraphConv", "gcn_normalize", "propagate", "build_voxel_graph", "build_lesion_graphs"],
     "ugcn.refine": ["RefineConfig", "refine_volume", "refine_batch", "fit_gcn", "fit_batch", "dense_crf",
-                    "crf_available"],
+                    "crf_available", "CRFConfig", "crf_refine", "tune_crf"],
     "ugcn.lesion": ["label_lesions", "adjusted_iou", "case_lesions", "fit_gcnn", "score_lesions",
                     "merge_cases", "fit_lesion_methods", "score_lesion_methods", "evaluate_lesion_scores",
                     "LesionProtocolConfig", "run_protocol"],

@@ -55,8 +55,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=200, help="GCN training epochs (default 200)")
     g.add_argument("--max-nodes", type=int, default=2_000_000, help="node budget per volume (default 2e6)")
     g.add_argument("--crf", action="store_true", help="also run the dense-CRF baseline (needs ugcn[crf])")
-    g.add_argument("--crf-unary", choices=("prediction", "expectation"), default="prediction",
-                   help="CRF unary from the binary prediction (reference) or from E (default prediction)")
+    g.add_argument("--crf-preset", choices=("tuned", "reference"), default="tuned",
+                   help="CRF setting: tuned (unary from E with a 0.01 floor, widths in mm and in units of the "
+                   "organ's intensity spread, tuned on the demo's phantoms) or reference (the published one, "
+                   "which returns the prediction unchanged) (default tuned)")
+    g.add_argument("--crf-unary", choices=("prediction", "expectation"), default=None,
+                   help="override the preset's CRF unary: from the binary prediction or from E")
     g.add_argument("--n-samples", type=int, default=20, help="MC dropout passes with --model (default 20)")
     g.add_argument("--chunk", type=int, default=4, help="MC passes computed together (default 4)")
     g.add_argument("--seed", type=int, default=0, help="seed of MC dropout, graph and GCN (default 0)")
@@ -98,6 +102,7 @@ def register(subparsers) -> None:
 
 
 def _config(args):
+    from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
     from ugcn.refine.fit import FitConfig
     from ugcn.refine.pipeline import RefineConfig
 
@@ -107,9 +112,12 @@ def _config(args):
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     if not args.lam >= 0:
         raise ValueError(f"--lam must be >= 0, got {args.lam}")
+    crf = REFERENCE_CRF if args.crf_preset == "reference" else CRFConfig()
+    if args.crf_unary is not None:
+        crf = dataclasses.replace(crf, unary=args.crf_unary)
     return RefineConfig(tau=args.tau, tau_mode=args.tau_mode, margin=args.margin, k_random=args.k_random,
                         lam=args.lam,
-                        max_nodes=args.max_nodes, crf_unary=args.crf_unary, fit=FitConfig(epochs=args.epochs))
+                        max_nodes=args.max_nodes, crf=crf, fit=FitConfig(epochs=args.epochs))
 
 
 def _find(folder: Optional[str], stem: str, what: str, suffixes=("",)) -> Optional[Path]:
@@ -190,7 +198,8 @@ def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None
     label = _binary_mask(label_path, image) if label_path is not None else None
     if label_path is not None:
         source["label"] = str(label_path)
-    return RefineInput(image.array, prediction, e, u, label, name=str(image_path)), image, source
+    return (RefineInput(image.array, prediction, e, u, label, name=str(image_path), spacing=image.spacing), image,
+            source)
 
 
 def _load_model(args):
@@ -265,7 +274,7 @@ def run_refine(args: argparse.Namespace) -> int:
                                           volume_fn)
     mc_s = time.perf_counter() - t0
     result = refine_volume(x.image, x.prediction, x.expectation, x.uncertainty, config=config, seed=args.seed,
-                           label=x.label, crf=args.crf, uncertainty_name=args.uncertainty)
+                           label=x.label, crf=args.crf, uncertainty_name=args.uncertainty, spacing=x.spacing)
     _write(out_dir, result, image, _report(result, source, config, args, mc_s), args.overwrite)
     if not args.quiet:
         _print_summary(Path(args.image).name, result)
@@ -275,7 +284,7 @@ def run_refine(args: argparse.Namespace) -> int:
 def _settings(config, args) -> dict:
     """What a finished case must have been made with for a re-run to skip it (``report.json``)."""
     return {"config": dataclasses.asdict(config), "seed": args.seed, "uncertainty": args.uncertainty,
-            "crf": bool(args.crf), "crf_unary": args.crf_unary, "n_samples": args.n_samples,
+            "crf": bool(args.crf), "crf_preset": args.crf_preset, "crf_unary": args.crf_unary, "n_samples": args.n_samples,
             **{k: str(Path(v).resolve()) if v else None
                for k, v in (("model", args.model), ("samples_dir", args.samples_dir),
                             ("predictions", args.predictions), ("labels", args.labels))}}

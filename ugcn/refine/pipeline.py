@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ugcn.evaluate.metrics import dice
 from ugcn.graph.voxel_graph import VoxelGraph, build_voxel_graph
 from ugcn.parallel.mesh import mesh_size, padded_size, resolve_mesh
-from ugcn.refine.crf import CRFUnavailableError, dense_crf
+from ugcn.refine.crf import CRFConfig, CRFUnavailableError, crf_refine
 from ugcn.refine.fit import FitConfig, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
 
 MASK_NAMES = ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf")
@@ -51,8 +51,8 @@ class RefineConfig:
       tau, tau_mode, dilation, k_random, margin, lam, feature_norm, row_normalize, val_fraction,
         max_nodes: see :func:`~ugcn.graph.voxel_graph.build_voxel_graph`.
       threshold: GCN output threshold.
-      crf_unary: ``"prediction"`` (the reference: unary from the binary ``Ŷ``; with its 1e-15 floor the
-        unary outweighs the pairwise terms, so the CRF rarely changes ``Ŷ``) or ``"expectation"`` (from ``E``).
+      crf: :class:`~ugcn.refine.crf.CRFConfig` of the dense-CRF baseline (default: unary from ``E``, widths in
+        mm, tuned on the demo's phantoms); :data:`~ugcn.refine.crf.REFERENCE_CRF` is the published setting.
       fit: :class:`~ugcn.refine.fit.FitConfig` (epochs, hidden, learning rate, weight decay, dropout).
       min_bucket_nodes, min_bucket_edges: smallest padding buckets (larger values = fewer recompiles
         for small graphs).
@@ -69,7 +69,7 @@ class RefineConfig:
     val_fraction: float = 0.2
     max_nodes: Optional[int] = 2_000_000
     threshold: float = 0.5
-    crf_unary: str = "prediction"
+    crf: CRFConfig = CRFConfig()
     fit: FitConfig = FitConfig()
     min_bucket_nodes: int = 256
     min_bucket_edges: int = 256
@@ -91,6 +91,7 @@ class RefineInput(NamedTuple):
     uncertainty: np.ndarray
     label: Optional[np.ndarray] = None
     name: Optional[str] = None
+    spacing: Optional[tuple] = None
 
 
 @dataclasses.dataclass
@@ -220,16 +221,11 @@ def _complete(result: RefineResult, x: RefineInput, crf: bool, t_start: float, u
     if crf and result.status != "empty_prediction":
         t0 = time.perf_counter()
         try:
-            roi = result.graph.roi
-            if config.crf_unary == "expectation":
-                unary = np.asarray(x.expectation, np.float32)[roi]
-            elif config.crf_unary == "prediction":
-                unary = result.cnn[roi].astype(np.float32)
-            else:
-                raise ValueError(f"crf_unary must be 'prediction' or 'expectation', got {config.crf_unary!r}")
-            out = np.zeros(result.cnn.shape, np.uint8)
-            out[roi] = dense_crf(np.asarray(x.image)[roi], unary)
-            result.crf = out
+            if x.spacing is None and config.crf.spatial_units == "mm":
+                result.messages.append("no voxel spacing given: the CRF's widths in mm assume 1 mm voxels")
+            spacing = (1.0, 1.0, 1.0) if x.spacing is None else tuple(x.spacing)
+            result.crf = crf_refine(x.image, x.expectation, result.cnn, spacing=spacing, config=config.crf,
+                                    roi=result.graph.roi)
         except CRFUnavailableError as err:
             result.messages.append(f"CRF skipped: {err}")
         result.timings["crf"] = time.perf_counter() - t0
@@ -261,6 +257,7 @@ def refine_volume(
     label: Optional[np.ndarray] = None,
     crf: bool = False,
     uncertainty_name: str = "uncertainty",
+    spacing: Optional[Sequence[float]] = None,
 ) -> RefineResult:
     """Refine one volume's segmentation with method R.
 
@@ -272,14 +269,15 @@ def refine_volume(
       config: :class:`RefineConfig`.
       seed: seeds the graph's random edges, the train split, the initialisation and dropout.
       label: optional ``[X, Y, Z]`` ground truth: Dice per mask.
-      crf: also run the dense-CRF baseline.
+      crf: also run the dense-CRF baseline (``config.crf``).
       uncertainty_name: recorded in the report.
+      spacing: voxel size in mm along ``(X, Y, Z)`` for the CRF's widths (default 1 mm, with a message).
 
     Returns:
       :class:`RefineResult`.
     """
     t_start = time.perf_counter()
-    x = RefineInput(image, prediction, expectation, uncertainty, label)
+    x = RefineInput(image, prediction, expectation, uncertainty, label, spacing=spacing)
     prep = _prepare(image, prediction, expectation, uncertainty, config, seed)
     if prep.result is not None:
         return _complete(prep.result, x, crf, t_start, uncertainty_name, config)
