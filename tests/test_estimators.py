@@ -268,6 +268,6 @@ def test_estimator_maps_errors(scratch_names):
     with pytest.raises(ValueError, match="no estimator"):
         estimator_maps("", stats)
     scratch_names.append("t_wrong_shape")
-    register_estimator("t_wrong_shape", fn=lambda s: s.sum_p)
-    with pytest.raises(ValueError, match="returned shape"):
+    register_estimator("t_wrong_shape", fn=lambda s: s.sum_p[..., :1])  # neither [2, 3] nor per class [2, 3, 2]
+    with pytest.raises(ValueError, match=r"returned f32\[2, 3, 1\]; expected a voxel map f32\[2, 3\]"):
         estimator_maps(["t_wrong_shape"], stats)

@@ -247,3 +247,101 @@ def test_atomic_directory_replaces_only_a_marked_folder(tmp_path):
     with atomic_directory(out, overwrite=True, marker="report.json") as tmp:
         (tmp / "report.json").write_text("new")
     assert os.listdir(out) == ["report.json"] and _hidden(tmp_path) == []
+
+
+# ------------------------------------------------------------------ defect 5: plug-in estimators
+PLUGIN = '''
+import numpy as np
+
+
+def margin(samples):
+    return 1 - abs(2 * samples.mean(0) - 1)
+
+
+def fg_margin(p):
+    return 1 - abs(2 * p[..., 1].mean(0) - 1)
+
+
+def broken(stats):
+    raise RuntimeError("boom")
+
+
+def returns_none(stats):
+    return None
+
+
+def uses_numpy(stats):
+    return np.asarray(stats.sum_p)[..., 1]
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    (tmp_path / "issue17_plugins.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "issue17_plugins"
+
+
+def _samples(shape=(6, 5, 4), t=5) -> np.ndarray:
+    fg = np.random.default_rng(1).uniform(0, 1, (t, *shape)).astype(np.float32)
+    return np.stack([1 - fg, fg], axis=-1)  # f32[T, X, Y, Z, 2]
+
+
+def test_an_estimator_written_for_the_samples_is_accepted(plugin):
+    from ugcn.uncertainty.estimators import estimator_maps, get_estimator
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    samples = _samples()
+    expected = 1 - np.abs(2 * samples[..., 1].mean(0) - 1)  # the margin of the foreground, by hand
+    by_signature, by_suffix = f"{plugin}:margin", f"{plugin}:fg_margin:samples"
+    assert get_estimator(by_signature).needs == "samples" and get_estimator(by_suffix).needs == "samples"
+    maps = estimator_maps([by_signature, by_suffix], stats_from_samples(samples), samples)
+    np.testing.assert_allclose(maps[by_signature], expected, atol=1e-6)
+    np.testing.assert_allclose(maps[by_suffix], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one of"):
+        get_estimator(f"{plugin}:margin:voxels")
+
+
+@pytest.mark.parametrize("fn, says", [
+    ("broken", "failed on SampleStats(count=f32[], sum_p=f32[6, 5, 4, 2]"),
+    ("returns_none", "returned NoneType; expected a voxel map f32[6, 5, 4]"),
+    ("uses_numpy", "use jax.numpy"),
+])
+def test_a_failing_estimator_is_one_line_naming_it_its_input_and_output(plugin, fn, says):
+    from ugcn.uncertainty.estimators import estimator_maps
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    samples = _samples()
+    with pytest.raises(ValueError) as info:
+        estimator_maps([f"{plugin}:{fn}"], stats_from_samples(samples), samples)
+    message = str(info.value)
+    assert message.startswith(f"estimator '{plugin}:{fn}'") and says in message and "\n" not in message
+
+
+def test_plugin_estimators_through_mcdo(plugin, tmp_path, capsys):
+    samples = _samples()
+    maps = tmp_path / "maps.nii.gz"
+    save_volume(maps, np.moveaxis(samples[..., 1], 0, -1), AFFINE)  # (X, Y, Z, T) foreground maps
+    code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(maps), "--estimators", f"entropy,{plugin}:broken",
+                                 "--out", str(tmp_path / "bad"), "--quiet"])
+    line = _one_line_error(err)
+    assert code == 2 and f"'{plugin}:broken' failed" in line and "boom" in line
+    assert not (tmp_path / "bad").exists()
+    code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(maps), "--estimators", f"{plugin}:margin",
+                                 "--out", str(tmp_path / "ok"), "--quiet"])
+    assert code == 0, err
+    written = nib.load(str(tmp_path / "ok" / f"{plugin}_margin.nii.gz")).get_fdata()
+    np.testing.assert_allclose(written, 1 - np.abs(2 * samples[..., 1].mean(0) - 1), atol=1e-6)
+
+
+def test_a_per_class_map_is_reduced_like_variance():
+    from ugcn.uncertainty.estimators import Estimator, estimator_maps
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    per_class = Estimator("per_class_mean", lambda s: s.sum_p / s.count)
+    two = _samples()
+    np.testing.assert_allclose(estimator_maps([per_class], stats_from_samples(two))["per_class_mean"],
+                               two[..., 1].mean(0), atol=1e-6)  # C = 2: the foreground class
+    three = np.random.default_rng(2).dirichlet(np.ones(3), size=(4, 6, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(estimator_maps([per_class], stats_from_samples(three))["per_class_mean"],
+                               three.mean(0).mean(-1), atol=1e-6)  # C > 2: the class mean

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ugcn.graph.gcn import GraphConv, graph_normalize
 from ugcn.graph.lesion_graph import DEFAULT_LADDER, LesionGraphs, padded_batch
-from ugcn.io import write_text_atomic
+from ugcn.io import atomic_file, write_text_atomic
 from ugcn.lesion.components import FP_EPSILON
 
 TASKS = ("classification", "regression")
@@ -347,15 +346,8 @@ def save_lesion_model(model: LesionModel, directory: Union[str, os.PathLike], *,
         "feature_std": [float(v) for v in model.feature_std],
         "history": [float(v) for v in model.history],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{PARAMS_FILE}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(flax.serialization.to_bytes(model.params))
-        os.replace(tmp, par_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(par_path) as tmp:  # a killed run's temporary is cleaned by the next one
+        tmp.write_bytes(flax.serialization.to_bytes(model.params))
     write_text_atomic(cfg_path, json.dumps(payload, indent=2))
     return directory
 

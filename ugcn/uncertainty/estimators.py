@@ -13,7 +13,12 @@ them up here, so a new estimator is usable everywhere once registered::
         return 1.0 - (top2[..., 0] - top2[..., 1])
 
 Without registering, ``get_estimator("my_package.my_module:margin")`` imports a function (or an
-:class:`Estimator` object) by its import path; the CLI accepts the same spec in ``--estimators``.
+:class:`Estimator` object) by its import path; the CLI accepts the same spec in ``--estimators``. A
+function whose first parameter is named ``samples`` (or a spec ending in ``:samples``) receives the samples
+``f32[T, ..., C]`` instead of the statistics, e.g. ``def margin(samples): return 1 - abs(2 * samples.mean(0)
+- 1)``. A map with a trailing class axis ``[..., C]`` is reduced like ``variance``: the foreground class for
+``C = 2``, the class mean for ``C > 2``. An estimator that raises, or returns something that is not such a
+map, gives one ``ValueError`` naming the estimator, what it received and what it returned.
 
 Built-ins (see :mod:`ugcn.uncertainty.measures`): ``entropy`` (bits, normalised by ``log2 C``, so max 1 for
 any ``C``, the scale of method R's ``τ = 0.8``), ``entropy_nats``, ``variance``, ``pcs`` (a confidence:
@@ -28,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import math
 import re
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -163,10 +169,23 @@ def registered_estimators() -> Mapping[str, Estimator]:
     return dict(_REGISTRY)
 
 
+def _first_parameter(fn: Callable) -> Optional[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    return params[0].name if params else None
+
+
 def _import_spec(spec: str) -> Estimator:
     module_name, _, attr = spec.partition(":")
+    attr, _, needs = attr.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"estimator spec {spec!r} must look like 'package.module:function'")
+        raise ValueError(f"estimator spec {spec!r} must look like 'package.module:function' "
+                         "(optionally ':samples' or ':stats' after it)")
+    if needs and needs not in NEEDS:
+        raise ValueError(f"estimator spec {spec!r}: the part after the function must be one of {NEEDS}, "
+                         f"got {needs!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -181,14 +200,18 @@ def _import_spec(spec: str) -> Estimator:
     if not callable(obj):
         raise ValueError(f"estimator spec {spec!r}: {attr!r} is neither a function nor an Estimator")
     doc = ((obj.__doc__ or "").strip().splitlines() or [""])[0]
-    return Estimator(spec, obj, description=doc)
+    if not needs:  # a function written for the samples says so by its parameter's name
+        needs = "samples" if _first_parameter(obj) == "samples" else "stats"
+    return Estimator(spec, obj, needs=needs, description=doc)
 
 
 def get_estimator(name: Union[str, Estimator]) -> Estimator:
     """Look up an estimator by registered name or by ``"package.module:function"`` import spec.
 
-    An imported function is taken as ``fn(stats) -> map`` (an uncertainty, range unknown); to declare
-    other properties, export an :class:`Estimator` object instead. An :class:`Estimator` passes through.
+    An imported function is taken as ``fn(stats) -> map`` (an uncertainty, range unknown), or as
+    ``fn(samples) -> map`` when its first parameter is named ``samples`` or the spec ends in ``:samples``;
+    to declare other properties, export an :class:`Estimator` object instead. An :class:`Estimator` passes
+    through.
 
     Raises:
       ValueError: unknown name (the message lists the registered ones) or an import spec that fails.
@@ -223,19 +246,56 @@ def parse_estimator_names(text: Union[str, Sequence[Union[str, Estimator]]]) -> 
     return out
 
 
+def _describe(value) -> str:
+    """``f32[16, 16, 8, 2]``-style description of an array (or of a pytree's arrays), for messages."""
+    if isinstance(value, SampleStats):
+        return "SampleStats(" + ", ".join(f"{k}={_describe(v)}" for k, v in value._asdict().items()) + ")"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        kind = {"f": "f", "i": "i", "u": "u", "b": "bool"}.get(jnp.dtype(value.dtype).kind, str(value.dtype))
+        bits = "" if kind == "bool" else str(jnp.dtype(value.dtype).itemsize * 8)
+        return f"{kind}{bits}[{', '.join(map(str, value.shape))}]"
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {len(value)} (" + ", ".join(_describe(v) for v in value[:4]) + ")"
+    return type(value).__name__
+
+
+def _evaluate(est: Estimator, stats: SampleStats, samples) -> jnp.ndarray:
+    """``est``'s map ``f32[...]`` (voxel shape of ``stats``), or one ``ValueError`` saying what went wrong."""
+    spatial, num_classes = tuple(stats.sum_p.shape[:-1]), stats.sum_p.shape[-1]
+    given = f"samples {_describe(samples)}" if est.needs == "samples" else _describe(stats)
+    try:
+        returned = est(stats, samples)
+    except ValueError as err:
+        if "needs the samples" in str(err):
+            raise
+        raise ValueError(f"estimator {est.name!r} failed on {given}: {type(err).__name__}: "
+                         f"{_first_line(err)}") from None
+    except Exception as err:  # a plug-in may raise anything; the user needs its name and its inputs
+        hint = " (it is traced under jax.jit: use jax.numpy, not numpy)" if "Tracer" in type(err).__name__ else ""
+        raise ValueError(f"estimator {est.name!r} failed on {given}: {type(err).__name__}: "
+                         f"{_first_line(err)}{hint}") from None
+    try:
+        value = jnp.asarray(returned, jnp.float32)
+    except (TypeError, ValueError):
+        value = None
+    if value is not None and value.shape == spatial + (num_classes,):  # a per-class map: reduce like variance
+        value = value[..., 1] if num_classes == 2 else value.mean(-1)
+    if value is None or value.shape != spatial:
+        raise ValueError(f"estimator {est.name!r} received {given} and returned {_describe(returned)}; expected a "
+                         f"voxel map f32[{', '.join(map(str, spatial))}] (or one per class, "
+                         f"[{', '.join(map(str, spatial + (num_classes,)))}])")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled_maps(estimators: tuple[Estimator, ...]) -> Callable:
     def compute(stats: SampleStats, samples):
-        out = {}
-        spatial = stats.sum_p.shape[:-1]
-        for est in estimators:
-            value = jnp.asarray(est(stats, samples), jnp.float32)
-            if value.shape != spatial:
-                raise ValueError(
-                    f"estimator {est.name!r} returned shape {value.shape}, expected the voxel shape {spatial}"
-                )
-            out[est.name] = value
-        return out
+        return {est.name: _evaluate(est, stats, samples) for est in estimators}
 
     return jax.jit(compute)
 
