@@ -132,7 +132,7 @@ def describe_bounds(t: FieldType, b: dict) -> str:
     hi = ("]", b["max"]) if "max" in b else (")", b["lt"]) if "lt" in b else None
     finite = "" if t.base is int else "finite "
     if lo and hi:
-        return f"a {kind} in {lo[0]}{_fmt(lo[1])}, {_fmt(hi[1])}{hi[0]}"
+        return f"{'an' if t.base is int else 'a'} {kind} in {lo[0]}{_fmt(lo[1])}, {_fmt(hi[1])}{hi[0]}"
     if lo == ("[", 0):
         return f"a non-negative {finite}{kind}"
     if lo in (("(", 0), ("[", 1)) and t.base is int or lo == ("(", 0):

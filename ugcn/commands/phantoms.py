@@ -8,8 +8,12 @@ share cases (for N <= 1000).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from tqdm import tqdm
+
+from ugcn.commands.options import add_config_options
+from ugcn.config import setting
 
 KINDS = {
     "ct": ("CT", "CT abdomen phantom with a spleen-like target organ (label 1)", {"0": "background", "1": "spleen"}),
@@ -32,6 +36,19 @@ def _shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
+@dataclasses.dataclass(frozen=True)
+class PhantomSet:
+    """Which cases.
+
+    Attributes:
+      n: number of cases.
+      seed: case i uses seed S*1000+i.
+    """
+
+    n: int = setting(8, min=1, max=1000, metavar="N")
+    seed: int = setting(0, min=0, metavar="S")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "phantoms",
@@ -40,8 +57,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("kind", choices=sorted(KINDS), help="ct: abdomen with a spleen-like organ; brain: MS lesions")
     p.add_argument("outdir", metavar="OUTDIR", help="data set folder to create")
-    p.add_argument("--n", type=int, default=8, metavar="N", help="number of cases (default 8)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="case i uses seed S*1000+i (default 0)")
+    add_config_options(p, PhantomSet, name="phantom_set", title="cases")
     p.add_argument("--shape", type=_shape, default=None, metavar="X,Y,Z",
                    help="volume size in voxels (default 96,96,48 for ct, 64,64,48 for brain)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUTDIR")
@@ -53,10 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ugcn.data.layout import write_decathlon
     from ugcn.data.phantoms import brain_phantom, ct_phantom
 
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
-    if args.n > 1000:
-        raise ValueError(f"--n must be at most 1000 (case seeds are S*1000+i), got {args.n}")
     generate = ct_phantom if args.kind == "ct" else brain_phantom
     kwargs = {} if args.shape is None else {"shape": args.shape}
     modality, description, labels = KINDS[args.kind]
