@@ -345,3 +345,62 @@ def test_a_per_class_map_is_reduced_like_variance():
     three = np.random.default_rng(2).dirichlet(np.ones(3), size=(4, 6, 5, 4)).astype(np.float32)
     np.testing.assert_allclose(estimator_maps([per_class], stats_from_samples(three))["per_class_mean"],
                                three.mean(0).mean(-1), atol=1e-6)  # C > 2: the class mean
+
+
+# ------------------------------------------------------------------ defect 6: corrupt headers, warnings
+def _claiming(path: Path, shape) -> Path:
+    """A small NIfTI whose header claims ``shape`` voxels (dim[1:4] patched in the raw bytes)."""
+    import gzip
+    import struct
+
+    raw_path = path.with_name("raw.nii")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(raw_path))
+    raw = bytearray(raw_path.read_bytes())
+    raw[42:48] = struct.pack("<hhh", *shape)  # dim[1], dim[2], dim[3] of the NIfTI-1 header
+    raw_path.unlink()
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
+def test_a_header_claiming_30000_cubed_voxels_is_refused_before_allocating(tmp_path, capsys, name):
+    from ugcn.io import load_volume
+
+    path = _claiming(tmp_path / name, (30000, 30000, 30000))
+    with pytest.raises(ValueError, match=r"claims 30000x30000x30000 voxels .* more than the .* of memory available"):
+        load_volume(path)
+    code, _, err = _run(capsys, ["refine", "--image", str(path), "--samples", str(path), "--out",
+                                 str(tmp_path / "o")])
+    assert code == 2 and "30000x30000x30000" in _one_line_error(err)
+
+
+@pytest.mark.parametrize("name", ["cut.nii", "cut.nii.gz"])
+def test_a_truncated_nifti_is_one_line(tmp_path, capsys, name):
+    from ugcn.io import load_volume
+
+    whole = tmp_path / ("whole" + name[3:])
+    save_volume(whole, np.random.default_rng(0).normal(size=(20, 20, 10)).astype(np.float32), AFFINE)
+    data = whole.read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_volume(cut)
+    code, _, err = _run(capsys, ["refine", "--image", str(cut), "--samples", str(cut), "--out", str(tmp_path / "o")])
+    assert code == 2 and "truncated" in _one_line_error(err)
+
+
+def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch):
+    import ugcn.commands.phantoms as phantoms
+
+    def run(args):
+        np.float32(1.0) / np.zeros(1, np.float32)  # numpy's RuntimeWarning: divide by zero
+        import warnings
+
+        warnings.warn("first line\nsecond line", UserWarning)
+        return 0
+
+    monkeypatch.setattr(phantoms, "run", run)
+    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "w")])
+    assert code == 0
+    assert err.splitlines() == ["ugcn phantoms: warning: divide by zero encountered in divide (RuntimeWarning)",
+                                "ugcn phantoms: warning: first line; second line (UserWarning)"]

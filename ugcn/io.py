@@ -122,14 +122,23 @@ def load_volume(
     if not is_nifti(path):
         raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # reads the header only
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {_first_line(err)})") from None
+    check_data_size(path, img, np.float64 if dtype is not None and np.dtype(dtype).kind == "f" else None)
+    try:
         if dtype is None:
             data = np.asanyarray(img.dataobj)
         else:
             data = np.asarray(img.get_fdata(dtype=np.float64) if np.dtype(dtype).kind == "f" else img.dataobj)
             data = data.astype(dtype, copy=False)
+    except MemoryError:
+        raise ValueError(f"{path}: not enough memory to read {_shape_text(img.shape)} voxels") from None
+    except EOFError as err:
+        raise ValueError(f"{path}: cannot read NIfTI, truncated ({_first_line(err)}); the file was not written "
+                         "completely") from None
     except Exception as err:  # nibabel raises many types for corrupt files
-        raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {_first_line(err)})") from None
     allowed = (3, 4) if ndim is None else ((ndim,) if isinstance(ndim, int) else tuple(ndim))
     # Trailing singleton axes (X, Y, Z, 1) are common in exported 3D masks.
     while data.ndim > max(allowed) and data.shape[-1] == 1:
@@ -140,6 +149,71 @@ def load_volume(
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise ValueError(f"{path}: {bad} voxels are NaN or infinite")
     return Volume(array=data, affine=np.asarray(img.affine, dtype=np.float64), header=img.header, path=path)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip(" -") for line in str(err).splitlines() if line.strip(" -")]
+    return "; ".join(lines) if lines else "no details"
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still allocate, from ``/proc/meminfo`` (``MemAvailable``), or
+    ``os.sysconf`` where there is none; a cgroup limit, when lower, wins."""
+    available = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 1 << 62
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    return int(available)
+
+
+def _size_text(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n_bytes < 1024 or unit == "PB":
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.3g} PB"  # pragma: no cover
+
+
+def check_data_size(path: PathLike, img, dtype=None) -> None:
+    """Check a NIfTI header against its file and this machine before its voxels are read.
+
+    An uncompressed ``.nii`` shorter than its header promises is truncated; a volume whose voxels (as
+    ``dtype``, default the stored type) would not fit in the available memory gets a clear error instead
+    of an empty ``MemoryError`` (a corrupt header claiming 30000³ voxels, say).
+
+    Raises:
+      ValueError: one line naming the file, what the header claims and what is wrong.
+    """
+    shape = tuple(int(v) for v in img.shape)
+    n_voxels = math.prod(shape)
+    stored = np.dtype(img.get_data_dtype())
+    n_bytes = n_voxels * max(stored.itemsize, np.dtype(dtype or stored).itemsize)
+    available = available_memory()
+    if n_bytes > available:
+        raise ValueError(f"{path}: its header claims {_shape_text(shape)} voxels ({_size_text(n_bytes)} to read), "
+                         f"more than the {_size_text(available)} of memory available; a corrupt header, or a "
+                         "volume to crop or resample first")
+    if str(path).endswith(".nii") and hasattr(img.header, "get_data_offset"):
+        needed = int(img.header.get_data_offset()) + n_voxels * stored.itemsize
+        size = os.path.getsize(path)
+        if size < needed:
+            raise ValueError(f"{path}: cannot read NIfTI, truncated: its header ({_shape_text(shape)} voxels of "
+                             f"{stored}) needs {needed} bytes, the file holds {size}; the file was not written completely")
 
 
 def load_mask(path: PathLike) -> Volume:
