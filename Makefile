@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench results notebooks install clean
+.PHONY: demo test bench study results notebooks install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py $(if $(SIZE),--size $(SIZE))
+
+# The regime study of method R: where refinement helps and where it makes a segmentation worse (SIZE=full: larger).
+study: $(STAMP)
+	$(BIN)/python benchmarks/study_refine.py $(if $(SIZE),--size $(SIZE))
 
 # Rewrites the README's results section from benchmarks/results/*.json and ugcn-demo/ (run after bench, demo).
 results: $(STAMP)

@@ -64,3 +64,45 @@ def test_generate_from_results_and_demo(gen, tmp_path, monkeypatch):
     assert "no small results for mcdo" not in text and "no  results" not in text
     assert (figures / "demo_refine_slice.png").read_bytes() == b"\x89PNG fake"
     assert "![demo slice](figures/demo_refine_slice.png)" in text
+
+
+def _stats(mean, p, worse=0.0, worse_1pt=0.0):
+    return {"n": 4, "mean_delta": mean, "median_delta": mean, "min_delta": mean - 0.02, "p_wilcoxon": p,
+            "share_worse": worse, "share_worse_1pt": worse_1pt, "share_better": 1.0 - worse}
+
+
+def test_sections_without_data_are_kept_and_the_study_is_rendered(gen, tmp_path, monkeypatch):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    results.mkdir()
+    for name, value in (("RESULTS", results), ("FIGURES", figures), ("ROOT", tmp_path)):
+        monkeypatch.setattr(gen, name, value)
+    monkeypatch.setattr(sys.modules["run_all"], "RESULTS", results)
+    old = gen.generate("small", tmp_path / "no-demo", "")
+    assert "section:refine-demo" not in old  # nothing to show, nothing to keep
+    previous = ("\n<!-- section:header -->\nold header\n\n<!-- section:refine-demo -->\n**Refinement demo** old table\n\n"
+                "<!-- section:benchmarks -->\n### Benchmarks\nold bench\n")
+    regime = {"regime": {"steps": 60, "n_train": 2, "dropout": 0.1}, "cnn_mean_dice": 0.62,
+              "stats": {"E>0.5": _stats(0.01, 0.12), "GCN (default)": _stats(-0.03, 0.01, 0.75, 0.5)}}
+    good = {"regime": {"steps": 300, "n_train": 5, "dropout": 0.3}, "cnn_mean_dice": 0.86,
+            "stats": {"E>0.5": _stats(0.02, 0.03), "GCN (default)": _stats(0.0, 1.0)}}
+    pooled = {"regimes with CNN Dice >= 0.8": {"volumes": 4, "cnn_mean_dice": 0.86, "stats": good["stats"]},
+              "regimes with CNN Dice < 0.8": {"volumes": 4, "cnn_mean_dice": 0.62, "stats": regime["stats"]}}
+    (results / "study_refine.json").write_text(json.dumps({"small": {
+        "setup": {"n_test": 4, "shape": [64, 64, 32], "n_samples": 10, "uncertainty": "entropy"},
+        "regimes": [regime, good], "seconds": 600.0,
+        "summary": {"methods": ["E>0.5", "GCN (default)"], "pooled": pooled}}}))
+    (results / "study_refine_small.png").write_bytes(b"\x89PNG study")
+    notes = []
+    text = gen.generate("small", tmp_path / "no-demo", previous, notes)
+    assert "<!-- section:refine-demo -->\n**Refinement demo** old table" in text  # kept: no demo here
+    assert "old bench" in text and "old header" not in text  # the header is always regenerated
+    assert "kept from the previous README: refine-demo, benchmarks" in notes
+    assert text.endswith("Not shown (no results yet: `make demo`, `make study`, `make bench`): lesion-demo.")
+    assert "significant gains from E>0.5 (+0.020)" in text  # the CNN >= 0.8 group
+    assert "significant losses from GCN (default) (-0.030)" in text
+    assert "more than 1 Dice point lost on some volumes by GCN (default) (50%)" in text
+    assert "| 60 steps, 2 vol, p=0.1 | 0.62 | +0.010 (0.12) | -0.030 (0.01) |" in text
+    assert "| GCN (default) | -0.030 | -0.050 | 0.01 | 75% | 50% | 25% |" in text
+    assert (figures / "study_refine.png").read_bytes() == b"\x89PNG study"
+    assert gen.generate("small", tmp_path / "no-demo", text) == text  # stable: regenerating changes nothing
+    assert "study_refine" not in text.split("section:benchmarks")[-1]  # not listed as a benchmark
