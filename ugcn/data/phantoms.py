@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Phantom", "ct_phantom", "brain_phantom", "phantom_affine", "CT_HU", "CT_TISSUES", "FLAIR_LEVELS",
+__all__ = ["Phantom", "ct_phantom", "brain_phantom", "realistic_brain_phantom", "phantom_affine", "CT_HU", "CT_TISSUES", "FLAIR_LEVELS",
            "BRAIN_TISSUES"]
 
 
@@ -275,7 +275,19 @@ def ct_phantom(seed: int, shape=(96, 96, 48), spacing=(0.8, 0.8, 2.5)) -> Phanto
 # ----------------------------------------------------------------------------------------------------------
 
 
-def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Phantom:
+#: Lesion volumes of the realistic preset, in mm³: log-normal median and log-std, clipped to [low, high].
+REALISTIC_LESION_MM3 = (60.0, 1.2, 12.0, 6000.0)
+
+
+def brain_phantom(
+    seed: int,
+    shape=(64, 64, 48),
+    spacing=(1.0, 1.0, 1.0),
+    *,
+    lesion_count: Optional[tuple[int, int]] = None,
+    lesion_volume_mm3: Optional[tuple[float, float, float, float]] = None,
+    mimics: bool = False,
+) -> Phantom:
     """FLAIR-like skull-stripped brain with many MS-like lesions (label 1).
 
     A deformed head ellipsoid holds an outer CSF rim, a folded cortical grey-matter ribbon, white matter,
@@ -287,16 +299,34 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
     close to grey matter). Then a slight blur, a smooth multiplicative bias field (±~10 %) and Rician
     noise; zero outside the brain.
 
+    With ``mimics=True`` the brain also holds the hyperintensities of a real FLAIR that are *not* lesions
+    (label 0), the usual sources of false-positive lesions: periventricular caps (thin bright rims at the
+    ventricles' horns), juxtacortical bright spots in the grey-matter ribbon, CSF flow artefacts inside the
+    ventricles, and faint diffuse patches of "dirty-appearing" white matter.
+
     Args:
       seed: integer seed; the same seed gives identical arrays.
       shape: ``(X, Y, Z)`` voxels, each >= 24.
       spacing: voxel size in mm along ``(X, Y, Z)``.
+      lesion_count: ``(low, high)``: the number of lesions is drawn log-uniformly in this range instead of
+        growing with the brain volume.
+      lesion_volume_mm3: ``(median, log_std, low, high)``: log-normal lesion volumes in mm³ (converted
+        with the voxel volume) instead of the default voxel-count law.
+      mimics: paint the non-lesion hyperintensities described above.
 
     Returns:
       :class:`Phantom` with ``image: f32[X, Y, Z]`` (FLAIR units, about [0, 1.3]), ``label: u8[X, Y, Z]``,
       ``affine: f64[4, 4]``.
+
+    :func:`realistic_brain_phantom` is the preset of the lesion demo (2 mm, about 0.8 M voxels).
     """
     shape, spacing = _check_geometry(shape, spacing, 24)
+    if lesion_count is not None and not (1 <= int(lesion_count[0]) <= int(lesion_count[1])):
+        raise ValueError(f"lesion_count must be (low, high) with 1 <= low <= high, got {lesion_count}")
+    if lesion_volume_mm3 is not None and not (
+            len(lesion_volume_mm3) == 4 and 0 < lesion_volume_mm3[2] <= lesion_volume_mm3[0] <= lesion_volume_mm3[3]):
+        raise ValueError(f"lesion_volume_mm3 must be (median, log_std, low, high) with 0 < low <= median <= high, "
+                         f"got {lesion_volume_mm3}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xB7]))
     grid = _grid(shape)
     u, v, w = grid
@@ -330,10 +360,17 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
     tissue[csf] = lv["csf"]
     tissue[~brain] = 0.0
 
-    lesions = _paint_lesions(rng, full, white, ventricle, brain & ~csf)
+    voxel_mm3 = float(np.prod(spacing))
+    volume_law = None
+    if lesion_volume_mm3 is not None:
+        median, log_std, low, high = (float(v) for v in lesion_volume_mm3)
+        volume_law = (median / voxel_mm3, log_std, max(low / voxel_mm3, 1.0), max(high / voxel_mm3, 1.0))
+    lesions = _paint_lesions(rng, full, white, ventricle, brain & ~csf, count=lesion_count, volume_law=volume_law)
     lesion_mask = lesions > 0
     contrast = lesions  # per-voxel lesion contrast in (0, 1]
-    image = tissue + contrast * (lv["lesion_max"] - tissue) * lesion_mask
+    if mimics:
+        contrast = contrast + _paint_mimics(rng, grid, full, white, grey, ventricle, lesion_mask)
+    image = tissue + contrast * (lv["lesion_max"] - tissue) * (contrast > 0)
 
     image = ndimage.gaussian_filter(image, (0.6 / spacing[0], 0.6 / spacing[1], 0.6 / spacing[2]))
     image *= np.exp(0.1 * _smooth_noise(rng, full, (2, 2, 2)))
@@ -346,19 +383,29 @@ def brain_phantom(seed: int, shape=(64, 64, 48), spacing=(1.0, 1.0, 1.0)) -> Pha
                    affine=phantom_affine(shape, spacing), tissue=tissue_map)
 
 
-def _paint_lesions(rng, full, white, ventricle, allowed) -> np.ndarray:
+def _paint_lesions(rng, full, white, ventricle, allowed, count=None, volume_law=None) -> np.ndarray:
     """Lesion contrast map ``f32[X, Y, Z]``: 0 outside lesions, the lesion's contrast in (0, 1] inside.
 
     Centres are drawn from white-matter voxels weighted towards the ventricles; each lesion is a deformed
     ellipsoid of a log-normal volume (in voxels), kept at least 2 voxels from earlier lesions (by bounding spheres).
+    ``count``: ``(low, high)`` lesion-count range (log-uniform); ``volume_law``: ``(median, log_std, low, high)``
+    in voxels. ``None``: the defaults, which grow with the white-matter volume.
     """
     n_white = int(white.sum())
     if n_white == 0:
         raise ValueError("brain_phantom: no white matter; use a larger shape")
-    n_lesions = int(np.clip(rng.poisson(28.0 * n_white / 30000.0), 10, 40))
-    # The largest lesions shrink with the brain, so that small test volumes are not one big lesion.
-    max_volume = 1000.0 * min(1.0, n_white / 30000.0)
-    volumes = np.clip(np.exp(rng.normal(np.log(25.0), 1.3, size=n_lesions)), 3.0, max_volume)
+    if count is None:
+        n_lesions = int(np.clip(rng.poisson(28.0 * n_white / 30000.0), 10, 40))
+    else:
+        n_lesions = int(np.clip(round(np.exp(rng.uniform(np.log(count[0]), np.log(count[1] + 1)) - 0.5)),
+                                count[0], count[1]))
+    if volume_law is None:
+        # The largest lesions shrink with the brain, so that small test volumes are not one big lesion.
+        max_volume = 1000.0 * min(1.0, n_white / 30000.0)
+        volumes = np.clip(np.exp(rng.normal(np.log(25.0), 1.3, size=n_lesions)), 3.0, max_volume)
+    else:
+        median, log_std, low, max_volume = volume_law
+        volumes = np.clip(np.exp(rng.normal(np.log(median), log_std, size=n_lesions)), low, max_volume)
     volumes[rng.integers(n_lesions)] = rng.uniform(0.4, 1.0) * max_volume  # at least one large, confluent lesion
     volumes = np.sort(volumes)[::-1]  # place the large ones first, while there is room
     # Distance (voxels) from white-matter voxels to the nearest non-white voxel and to the ventricles.
@@ -410,3 +457,55 @@ def _paint_lesions(rng, full, white, ventricle, allowed) -> np.ndarray:
         level = rng.uniform(0.25, 1.0)
         contrast[box] = np.where(inside, np.float32(level), contrast[box])
     return contrast
+
+
+def _paint_mimics(rng, grid, full, white, grey, ventricle, lesion_mask) -> np.ndarray:
+    """Contrast ``f32[X, Y, Z]`` of non-lesion FLAIR hyperintensities (label 0), away from the lesions.
+
+    Periventricular caps at the ventricles' horn tips (thin rims, 2-4 per brain), juxtacortical spots in
+    the grey-matter ribbon (2-5), CSF flow artefacts inside the ventricles (0-2), and faint diffuse
+    white-matter patches (1-3). Each kind uses the normalised grid of :func:`brain_phantom`.
+    """
+    u, v, w = grid
+    contrast = np.zeros(full, np.float32)
+    keep_out = ndimage.binary_dilation(lesion_mask, iterations=2)
+    to_ventricle = ndimage.distance_transform_edt(~ventricle)
+    # Caps: a shell of about 1-2 voxels around the ventricle, near the anterior/posterior horn tips.
+    shell = (to_ventricle > 0) & (to_ventricle <= rng.uniform(1.2, 2.2)) & (white | grey)
+    tips = [(side, end) for side in (-1.0, 1.0) for end in (-1.0, 1.0)]
+    for k in rng.permutation(len(tips))[: int(rng.integers(2, 5))]:
+        side, end = tips[k]
+        near = _ellipsoid_radius(grid, (side * 0.11, end * 0.36, 0.1 - 0.25 * 0.36 ** 2), (0.12, 0.10, 0.14)) < 1.0
+        contrast[shell & near & ~keep_out] = rng.uniform(0.35, 0.7)
+
+    def blobs(pool, number, radius_range, level_range, soft):
+        cand = np.flatnonzero(pool & ~keep_out)
+        if cand.size == 0:
+            return
+        for centre in np.stack(np.unravel_index(rng.choice(cand, size=number), full), axis=1):
+            r = rng.uniform(*radius_range)
+            lo = np.maximum(centre - int(np.ceil(r)) - 1, 0)
+            hi = np.minimum(centre + int(np.ceil(r)) + 2, full)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            idx = np.ogrid[box]
+            dist = np.sqrt(sum((i - c) ** 2 for i, c in zip(idx, centre))) / r
+            level = rng.uniform(*level_range)
+            value = level * np.exp(-dist**2) if soft else np.where(dist < 1.0, level, 0.0)
+            value = np.where(pool[box] & ~keep_out[box] & (dist < 1.3), value, 0.0).astype(np.float32)
+            contrast[box] = np.maximum(contrast[box], value)
+
+    blobs(grey, int(rng.integers(2, 6)), (0.8, 1.8), (0.4, 0.8), soft=False)  # juxtacortical spots
+    blobs(ventricle, int(rng.integers(0, 3)), (0.8, 1.5), (0.5, 0.9), soft=False)  # CSF flow artefacts
+    blobs(white, int(rng.integers(1, 4)), (2.5, 4.5), (0.2, 0.35), soft=True)  # dirty-appearing white matter
+    contrast[lesion_mask] = 0.0
+    return contrast
+
+
+def realistic_brain_phantom(seed: int, *, shape=(88, 104, 88), spacing=(2.0, 2.0, 2.0)) -> Phantom:
+    """The lesion demo's brain: about 0.8 M voxels at 2 mm (a 176 x 208 x 176 mm field of view), 5-40
+    lesions with log-normal volumes (median 60 mm³, 12 mm³ to 6 cm³), and the FP sources of ``mimics``.
+
+    Same arguments and return value as :func:`brain_phantom`.
+    """
+    return brain_phantom(seed, shape=shape, spacing=spacing, lesion_count=(5, 40),
+                         lesion_volume_mm3=REALISTIC_LESION_MM3, mimics=True)
