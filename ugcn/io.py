@@ -75,14 +75,57 @@ def nifti_files(folder: PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
 
 
+# nnU-Net names one file per channel: ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _nifti_suffix(path: PathLike) -> str:
+    return ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
+
+
+def channel_files(path: PathLike) -> list[Path]:
+    """All channel files of the image whose channel 0 is ``path`` (nnU-Net's ``<case>_0000.nii.gz``,
+    ``<case>_0001.nii.gz``, ...): ``[path]`` for any other file or a single-channel image."""
+    path = Path(path)
+    match = _CHANNEL_RE.match(nifti_stem(path))
+    if match is None or match.group("channel") != "0000":
+        return [path]
+    files = [path]
+    while True:
+        nxt = path.with_name(f"{match.group('case')}_{len(files):04d}{_nifti_suffix(path)}")
+        if not nxt.is_file():
+            return files
+        files.append(nxt)
+
+
+def case_name(path: PathLike) -> str:
+    """The case an image file belongs to: its stem without nnU-Net's channel suffix ``_0000``."""
+    stem = nifti_stem(path)
+    match = _CHANNEL_RE.match(stem)
+    return match.group("case") if match and match.group("channel") == "0000" else stem
+
+
 def image_folder(folder: PathLike) -> list[Path]:
-    """The images of an input folder (:func:`nifti_files`); a ``ValueError`` if it is no folder or has none."""
+    """The images of an input folder, one path per case, sorted; a ``ValueError`` if it is no folder or has none.
+
+    Every visible ``.nii``/``.nii.gz`` file is an image, except in nnU-Net's naming (every file
+    ``<case>_XXXX``): there a case is its ``_0000`` file, and :func:`load_image` stacks its channels.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a directory")
     images = nifti_files(folder)
     if not images:
         raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    matches = [_CHANNEL_RE.match(nifti_stem(p)) for p in images]
+    if all(matches):
+        firsts = [p for p, m in zip(images, matches) if m.group("channel") == "0000"]
+        grouped = sum(len(channel_files(p)) for p in firsts)
+        if grouped != len(images):
+            orphans = sorted(set(images) - {c for p in firsts for c in channel_files(p)})
+            raise ValueError(f"{orphans[0]}: a channel file without the channels before it (nnU-Net naming "
+                             "<case>_0000.nii.gz, <case>_0001.nii.gz, ...)")
+        return firsts
     return images
 
 
@@ -214,6 +257,25 @@ def check_data_size(path: PathLike, img, dtype=None) -> None:
         if size < needed:
             raise ValueError(f"{path}: cannot read NIfTI, truncated: its header ({_shape_text(shape)} voxels of "
                              f"{stored}) needs {needed} bytes, the file holds {size}; the file was not written completely")
+
+
+def load_image(path: PathLike, *, ndim=(3, 4), **kwargs) -> Volume:
+    """Read an image, stacking nnU-Net's one-file-per-channel images (:func:`channel_files`).
+
+    Returns:
+      A :class:`Volume` ``f32[X, Y, Z]`` (one channel) or ``f32[X, Y, Z, M]`` (M channels, or a 4D file),
+      with the geometry of channel 0.
+
+    Raises:
+      ValueError: as :func:`load_volume`, or channels on different grids.
+    """
+    files = channel_files(path)
+    if len(files) == 1:
+        return load_volume(path, ndim=ndim, **kwargs)
+    channels = [load_volume(f, ndim=3, **kwargs) for f in files]
+    for other in channels[1:]:
+        check_same_grid(channels[0], other, what="channel")
+    return dataclasses.replace(channels[0], array=np.stack([c.array for c in channels], axis=-1))
 
 
 def load_mask(path: PathLike) -> Volume:

@@ -4,6 +4,9 @@ Readable layouts (:func:`find_cases`):
 
 - Decathlon (MSD): ``imagesTr/<name>.nii.gz`` with ``labelsTr/<name>.nii.gz`` (``dataset.json`` used when
   present; images may be named ``<name>_0000.nii.gz`` for modality 0, as nnU-Net writes them).
+- nnU-Net raw (v2): ``imagesTr/<name>_0000.nii.gz`` (further channels ``_0001``, ...) with
+  ``labelsTr/<name>.nii.gz`` and a ``dataset.json`` holding ``channel_names``, ``labels``, ``numTraining``
+  and ``file_ending`` (no list of cases); a case's channels are stacked into one ``[X, Y, Z, M]`` image.
 - Subfolders: ``images/<name>.nii.gz`` with ``labels/<name>.nii.gz``.
 - Flat folder: ``<name>.nii.gz`` with ``<name>_label``, ``_seg``, ``_mask`` (or ``_labels``) ``.nii.gz``.
 
@@ -20,12 +23,15 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ugcn.io import (
+    NIFTI_SUFFIXES,
     PathLike,
     Volume,
     atomic_directory,
+    channel_files,
     check_same_grid,
+    image_folder,
+    load_image,
     load_mask,
-    load_volume,
     nifti_files,
     nifti_stem,
     save_volume,
@@ -157,9 +163,9 @@ def _check_unique(cases: list[Case], folder: Path) -> list[Case]:
 
 def _pair_folders(folder: Path, images_dir: Path, labels_dir: Path, require_labels: bool) -> list[Case]:
     """Pair images and labels of two folders by case name (label files named like the case)."""
-    images = nifti_files(images_dir)
-    if not images:
+    if not nifti_files(images_dir):
         raise ValueError(f"{images_dir}: no NIfTI images (.nii or .nii.gz) found")
+    images = image_folder(images_dir)  # nnU-Net channel files grouped: one path (channel 0) per case
     labels = {}
     for path in nifti_files(labels_dir):
         key = _case_name(path)
@@ -184,15 +190,44 @@ def _require(cases: list[Case], require_labels: bool) -> list[Case]:
     return cases
 
 
+def _from_nnunet_json(folder: Path, meta: dict, require_labels: bool) -> list[Case]:
+    """nnU-Net v2 raw data set: ``dataset.json`` describes the channels; the cases are the files."""
+    path = folder / "dataset.json"
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_SUFFIXES:
+        raise ValueError(f"{path}: file_ending {ending!r} is not supported (NIfTI only: .nii.gz or .nii)")
+    channels = meta.get("channel_names") or meta.get("modality") or {"0": "image"}
+    if not isinstance(channels, dict):
+        raise ValueError(f"{path}: channel_names must map channel numbers to names, got {channels!r}")
+    if not (folder / "imagesTr").is_dir():
+        raise ValueError(f"{folder}: an nnU-Net data set needs imagesTr/ (with <case>_0000{ending} files)")
+    cases = _pair_folders(folder, folder / "imagesTr", folder / "labelsTr", require_labels)
+    for case in cases:
+        n = len(channel_files(case.image_path))
+        if n != len(channels):
+            raise ValueError(f"{case.image_path}: {n} channel file(s), but {path.name} lists {len(channels)} "
+                             f"channel_names ({', '.join(map(str, channels.values()))})")
+    listed = meta.get("numTraining")
+    if listed is not None and int(listed) != len(cases):
+        raise ValueError(f"{path}: numTraining is {listed}, but imagesTr holds {len(cases)} case(s)")
+    return cases
+
+
 def _from_dataset_json(folder: Path, require_labels: bool) -> list[Case]:
     path = folder / "dataset.json"
     try:
         meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable dataset.json ({type(err).__name__}: {err})") from None
+    if isinstance(meta, dict) and "training" not in meta and ("channel_names" in meta or "file_ending" in meta):
+        return _from_nnunet_json(folder, meta, require_labels)
+    try:
         entries = meta["training"]
         if not isinstance(entries, list):
             raise TypeError("'training' is not a list")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid Decathlon dataset.json ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a valid Decathlon (training list) or nnU-Net (channel_names, file_ending) "
+                         f"dataset.json ({type(err).__name__}: {err})") from None
     cases = []
     for entry in entries:
         if not isinstance(entry, dict) or "image" not in entry:
@@ -238,7 +273,7 @@ def _flat_folder(folder: Path, require_labels: bool) -> list[Case]:
 
 
 def find_cases(folder: PathLike, *, require_labels: bool = True) -> list[Case]:
-    """List the cases of a data set folder (Decathlon, ``images/``+``labels/``, or flat pairs).
+    """List the cases of a data set folder (Decathlon, nnU-Net raw, ``images/``+``labels/``, or flat pairs).
 
     Args:
       folder: the data set folder.
@@ -273,7 +308,7 @@ def load_case(case: Case) -> tuple[Volume, Optional[Volume]]:
       ValueError: unreadable files, non-finite image, a label that is not integer, or a label whose
         shape/affine differs from the image's.
     """
-    image = load_volume(case.image_path)
+    image = load_image(case.image_path)  # nnU-Net's channel files stacked
     if case.label_path is None:
         return image, None
     label = load_mask(case.label_path)
