@@ -270,7 +270,7 @@ def test_checkpoint_round_trip(trained2, tmp_path, image):
     np.testing.assert_array_equal(predict_probabilities(loaded, image), predict_probabilities(model, image))
     clipped = type(model)(model.config, model.params, model.batch_stats, Normalization(clip=(-50.0, 150.0)))
     assert load_model(save_model(clipped, tmp_path / "c")).normalization.clip == (-50.0, 150.0)
-    with pytest.raises(ValueError, match="exists already"):
+    with pytest.raises(ValueError, match="not empty"):
         save_model(model, out)
     save_model(model, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "m"]  # no temporary leftovers
@@ -296,7 +296,7 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="no such model"):
         load_model(tmp_path / "missing")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(ValueError, match="not a ugcn model"):
+    with pytest.raises(ValueError, match="not a segmentation model directory"):
         load_model(tmp_path / "plain")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")

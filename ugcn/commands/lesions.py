@@ -130,16 +130,15 @@ def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
 
 def run_fit(args) -> int:
     from ugcn.data import find_cases
+    from ugcn.io import check_replaceable
     from ugcn.lesion.baselines import (
-        fit_metaseg, fit_shape_baseline, metaseg_features, save_side_learners, shape_features,
+        SIDE_LEARNERS_FILE, fit_metaseg, fit_shape_baseline, metaseg_features, shape_features, side_learners_text,
     )
     from ugcn.lesion.gcnn import CONFIG_FILE, fit_gcnn, save_lesion_model
     from ugcn.lesion.protocol import merge_cases
     from ugcn.segment import load_model
 
-    out = Path(args.out)
-    if (out / CONFIG_FILE).exists() and not args.overwrite:
-        raise ValueError(f"{out}: holds a lesion model already (pass --overwrite to replace it)")
+    out = check_replaceable(args.out, overwrite=args.overwrite, marker=CONFIG_FILE)  # fail before the work
     estimators = _estimators(args.estimators)
     model = load_model(args.model)
     cases = find_cases(args.data)
@@ -152,8 +151,8 @@ def run_fit(args) -> int:
     side = {"metaseg": fit_metaseg(metaseg_features(lesions.stats, estimators), lesions.iou_adj,
                                    estimators=estimators),
             "shape": fit_shape_baseline(shape_features(lesions.stats), lesions.iou_adj)}
-    save_lesion_model(lesion_model, out, overwrite=args.overwrite)
-    save_side_learners(out, side)
+    save_lesion_model(lesion_model, out, overwrite=args.overwrite,
+                      extra_files={SIDE_LEARNERS_FILE: side_learners_text(side)})
     print(f"lesion model ({args.task}) and the MetaSeg and shape baselines fitted on {lesions.n} lesions of "
           f"{len(cases)} cases ({int(lesions.is_fp.sum())} FP); written to {out}")
     return 0

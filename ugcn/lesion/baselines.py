@@ -291,14 +291,21 @@ def baseline_method_names(estimators: Sequence[str] = DEFAULT_ESTIMATORS) -> lis
 SIDE_LEARNERS_FILE = "side_learners.json"
 
 
+def side_learners_text(models: Mapping[str, MetaSeg]) -> str:
+    """The JSON text of ``side_learners.json`` for ``{name: MetaSeg}`` (e.g. ``{"metaseg": ..., "shape": ...}``)."""
+    payload = {"kind": "ugcn.lesion.side_learners", "models": {k: m.to_json() for k, m in models.items()}}
+    return json.dumps(payload, indent=2) + "\n"
+
+
 def save_side_learners(directory, models: Mapping[str, MetaSeg]) -> Path:
-    """Write ``{name: MetaSeg}`` (e.g. ``{"metaseg": ..., "shape": ...}``) as ``directory/side_learners.json``
-    (atomically; replaces an existing file)."""
+    """Write ``{name: MetaSeg}`` as ``directory/side_learners.json`` (atomically; replaces an existing file).
+
+    With a lesion model, prefer ``save_lesion_model(..., extra_files={SIDE_LEARNERS_FILE:
+    side_learners_text(models)})``: one atomic write of the whole model directory."""
     from ugcn.io import write_text_atomic
 
     path = Path(directory) / SIDE_LEARNERS_FILE
-    payload = {"kind": "ugcn.lesion.side_learners", "models": {k: m.to_json() for k, m in models.items()}}
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, side_learners_text(models))
     return path
 
 

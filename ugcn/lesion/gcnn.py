@@ -7,11 +7,13 @@ Two tasks:
   lesion uncertainty = ``P(FP)``.
 * ``"regression"``: 1 output, mean squared error on ``IoU_adj``; lesion uncertainty = ``1 - prediction``.
 
-Training: Adam with the learning rate decaying exponentially from 1e-2 to 1e-5 over the run, batches of 10
-graphs in a seeded random order each epoch. Batches are padded to the rungs of a fixed power-of-two budget ladder
+Training: Adam with the learning rate decaying exponentially from 1e-2 to 1e-5 over the run
+(:func:`learning_rate_schedule`, an optax schedule), batches of 10 graphs in a seeded random order each epoch.
+Batches are padded to the rungs of a fixed power-of-two budget ladder
 (:data:`ugcn.graph.lesion_graph.DEFAULT_LADDER`), so the jitted train step compiles once per rung, and the
-compiled steps are shared by every fit and scoring run; the learning rate is a step argument, so the compiled step is
-shared by every fit with the same widths.
+compiled steps are shared by every fit and scoring run. The optimiser is
+``optax.inject_hyperparams(optax.adam)``: the learning rate lives in the optimiser state, and each step is given
+the schedule's value for that step, so one compiled step serves fits of any length and schedule.
 
 Node features are standardised with the mean and standard deviation of the training nodes (stored with the
 model). This is not in the paper; it keeps the tiny variance values and the z-scored intensities on one
@@ -21,14 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import jraph
@@ -38,12 +38,27 @@ from tqdm.auto import tqdm
 
 from ugcn.graph.gcn import GraphConv, graph_normalize
 from ugcn.graph.lesion_graph import DEFAULT_LADDER, LesionGraphs, padded_batch
-from ugcn.io import atomic_file, write_text_atomic
 from ugcn.lesion.components import FP_EPSILON
+from ugcn.model_dir import (
+    CONFIG_FILE,
+    PARAMS_FILE,
+    PathLike,
+    read_config,
+    read_params,
+    restore_params,
+    save_model_dir,
+)
 
 TASKS = ("classification", "regression")
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "params.msgpack"
+FORMAT = "ugcn-lesion-model"
+FORMAT_VERSION = 1
+#: What lesion models written before the common model-directory format carried instead of a header.
+LEGACY_KIND = "ugcn.lesion.gcnn"
+
+__all__ = [
+    "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "GCNN", "GCNNConfig", "LesionModel", "PARAMS_FILE", "TASKS",
+    "fit_gcnn", "learning_rate_schedule", "load_lesion_model", "predict_raw", "save_lesion_model", "score_lesions",
+]
 
 
 class GCNN(nn.Module):
@@ -128,11 +143,24 @@ def _check_task(task: str) -> None:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-@functools.lru_cache(maxsize=None)
+def learning_rate_schedule(lr_start: float, lr_end: float, total_steps: int) -> optax.Schedule:
+    """Exponential decay from ``lr_start`` at step 0 to ``lr_end`` at step ``total_steps - 1``.
+
+    ``lr(t) = lr_start * (lr_end / lr_start) ** (t / (total_steps - 1))``, constant ``lr_end`` afterwards
+    (a single step uses ``lr_start``).
+    """
+    if lr_start <= 0 or lr_end <= 0:
+        raise ValueError(f"learning rates must be positive, got lr_start={lr_start}, lr_end={lr_end}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return optax.exponential_decay(lr_start, max(total_steps - 1, 1), lr_end / lr_start, end_value=lr_end)
+
+
+@functools.cache
 def _compiled(hidden: int, outputs: int, task: str):
     """Jitted ``init``, ``forward`` and ``train_step`` for one architecture (cached across fits)."""
     model = GCNN(hidden=hidden, outputs=outputs)
-    tx = optax.scale_by_adam()
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
 
     def loss_fn(params, graph, targets):
         out = model.apply(params, graph)
@@ -140,15 +168,16 @@ def _compiled(hidden: int, outputs: int, task: str):
         if task == "classification":
             per_graph = optax.softmax_cross_entropy_with_integer_labels(out, targets.astype(jnp.int32))
         else:
-            per_graph = (out[:, 0] - targets) ** 2
+            per_graph = optax.squared_error(out[:, 0], targets)
         return jnp.sum(per_graph * real) / jnp.maximum(jnp.sum(real), 1.0)
 
     @jax.jit
     def train_step(params, opt_state, graph, targets, lr):
+        """One Adam step at learning rate ``lr`` (the schedule's value for this step)."""
         loss, grads = jax.value_and_grad(loss_fn)(params, graph, targets)
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
         updates, opt_state = tx.update(grads, opt_state, params)
-        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
-        return params, opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
     def forward(params, graph):
@@ -246,7 +275,7 @@ def fit_gcnn(
     ladder = DEFAULT_LADDER
     steps_per_epoch = math.ceil(data.num_graphs / batch_size)
     total_steps = epochs * steps_per_epoch
-    decay = optax.exponential_decay(lr_start, max(total_steps - 1, 1), lr_end / lr_start)
+    schedule = learning_rate_schedule(lr_start, lr_end, total_steps)
     history = np.zeros(epochs, np.float32)
     step = 0
     for epoch in tqdm(range(epochs), desc=f"GCNN {task}", disable=not progress, leave=False):
@@ -256,7 +285,7 @@ def fit_gcnn(
             idx = order[start : start + batch_size]
             batch = padded_batch(data, idx, batch_size=batch_size, ladder=ladder)
             params, opt_state, loss = train_step(
-                params, opt_state, batch, _padded_targets(y[idx], batch_size), jnp.float32(decay(step))
+                params, opt_state, batch, _padded_targets(y[idx], batch_size), schedule(step)
             )
             losses.append(loss)
             step += 1
@@ -264,7 +293,7 @@ def fit_gcnn(
     return LesionModel(config, jax.device_get(params), mean, std, history)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _per_device_forward(hidden: int, outputs: int, task: str):
     """``fn(params, batches [b, ...]) -> f32[b, slots, outputs]``: one device's padded batches in turn."""
     _, forward, _ = _compiled(hidden, outputs, task)
@@ -332,48 +361,50 @@ def score_lesions(model: LesionModel, graphs: LesionGraphs, *, batch_size: int =
     return (1.0 - raw[:, 0]).astype(np.float32)
 
 
-def save_lesion_model(model: LesionModel, directory: Union[str, os.PathLike], *, overwrite: bool = False) -> Path:
-    """Write ``config.json`` (hyper-parameters, feature statistics) and ``params.msgpack`` into ``directory``."""
-    directory = Path(directory)
-    cfg_path, par_path = directory / CONFIG_FILE, directory / PARAMS_FILE
-    if not overwrite and (cfg_path.exists() or par_path.exists()):
-        raise ValueError(f"{directory}: holds a lesion model already (pass --overwrite to replace it)")
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "kind": "ugcn.lesion.gcnn",
-        "config": {**dataclasses.asdict(model.config), "feature_names": list(model.config.feature_names)},
-        "feature_mean": [float(v) for v in model.feature_mean],
-        "feature_std": [float(v) for v in model.feature_std],
-        "history": [float(v) for v in model.history],
+def save_lesion_model(model: LesionModel, directory: PathLike, *, overwrite: bool = False,
+                      extra_files: Optional[Mapping[str, Union[str, bytes]]] = None) -> Path:
+    """Write ``model`` as a model directory (:mod:`ugcn.model_dir`), atomically.
+
+    ``config.json`` holds the header, ``gcnn`` (the :class:`GCNNConfig`), the feature standardisation and
+    the training history; ``params.msgpack`` the flax parameters; ``extra_files`` (``{name: text or bytes}``,
+    e.g. the side learners of :func:`ugcn.lesion.baselines.side_learners_text`) are written in the same
+    atomic step.
+
+    Raises:
+      ValueError: ``directory`` is not empty and ``overwrite`` is False, or it is an existing file.
+    """
+    settings = {
+        "gcnn": {**dataclasses.asdict(model.config), "feature_names": list(model.config.feature_names)},
+        "feature_mean": np.asarray(model.feature_mean, np.float32),
+        "feature_std": np.asarray(model.feature_std, np.float32),
+        "history": np.asarray(model.history, np.float32),
     }
-    with atomic_file(par_path) as tmp:  # a killed run's temporary is cleaned by the next one
-        tmp.write_bytes(flax.serialization.to_bytes(model.params))
-    write_text_atomic(cfg_path, json.dumps(payload, indent=2))
-    return directory
+    return save_model_dir(directory, format=FORMAT, format_version=FORMAT_VERSION, settings=settings,
+                          params=model.params, extra_files=extra_files, overwrite=overwrite)
 
 
-def load_lesion_model(directory: Union[str, os.PathLike]) -> LesionModel:
-    """Read a model written by :func:`save_lesion_model`."""
+def load_lesion_model(directory: PathLike) -> LesionModel:
+    """Read a model written by :func:`save_lesion_model` (or by ugcn versions before the common format).
+
+    Raises:
+      ValueError: not a lesion model directory, or corrupt / inconsistent files (one line naming the file).
+    """
     directory = Path(directory)
-    cfg_path, par_path = directory / CONFIG_FILE, directory / PARAMS_FILE
-    if not cfg_path.exists() or not par_path.exists():
-        raise ValueError(f"{directory}: not a lesion model folder (needs {CONFIG_FILE} and {PARAMS_FILE})")
+    payload = read_config(directory, format=FORMAT, format_version=FORMAT_VERSION, what="lesion model",
+                          legacy_kind=LEGACY_KIND)
+    cfg_path = directory / CONFIG_FILE
     try:
-        payload = json.loads(cfg_path.read_text())
-        if payload.get("kind") != "ugcn.lesion.gcnn":
-            raise ValueError("wrong kind")
-        raw = payload["config"]
+        raw = payload["gcnn"] if "gcnn" in payload else payload["config"]  # "config": before the common format
         config = GCNNConfig(**{**raw, "feature_names": tuple(raw["feature_names"])})
         _check_task(config.task)
         mean = np.asarray(payload["feature_mean"], np.float32)
         std = np.asarray(payload["feature_std"], np.float32)
-    except Exception as err:
-        raise ValueError(f"{cfg_path}: not a valid lesion model config ({err})") from None
-    init, _, _ = _compiled(config.hidden, config.outputs, config.task)
-    template, _ = init(jax.random.PRNGKey(0), _init_graph(len(mean)))
-    try:
-        params = flax.serialization.from_bytes(template, par_path.read_bytes())
-    except Exception as err:
-        raise ValueError(f"{par_path}: cannot read the parameters ({err})") from None
-    history = np.asarray(payload.get("history", []), np.float32)
+        history = np.asarray(payload.get("history") or [], np.float32)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{cfg_path}: not a valid lesion model config ({type(err).__name__}: {err})") from None
+    if mean.shape != std.shape or mean.ndim != 1 or mean.size == 0:
+        raise ValueError(f"{cfg_path}: feature_mean and feature_std must be two lists of equal length")
+    template = jax.eval_shape(lambda: _compiled(config.hidden, config.outputs, config.task)[0](
+        jax.random.PRNGKey(0), _init_graph(len(mean)))[0])
+    params = restore_params(template, read_params(directory), where=directory / PARAMS_FILE)
     return LesionModel(config, jax.device_get(params), mean, std, history)

@@ -213,7 +213,7 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
 
     def loss_fn(p, keep):
         z = _logits(p, ax_t, norm, keep)
-        bce = jax.nn.softplus(z) - labels * z  # -[y log σ(z) + (1-y) log(1-σ(z))]
+        bce = optax.sigmoid_binary_cross_entropy(z, labels)  # -[y log σ(z) + (1-y) log(1-σ(z))]
         per_graph = jnp.sum(bce * mask, axis=1) / count
         # Each graph's parameters only touch its own term: the sum's gradient is every fit's own gradient.
         return jnp.sum(per_graph), per_graph
