@@ -189,8 +189,8 @@ def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch):
     monkeypatch.setattr(protocol, "_stochastic_fn", lambda model: None)
     data = tmp_path / "data"
     _write_cases(data, 8, 2)
-    args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--learning-rate", "0.02",
-            "--dropout", "0.15", "--patch-size", "8", "8", "8", "--mc-samples", "3", "--gcnn-epochs", "1",
+    args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--unet-learning-rate", "0.02",
+            "--unet-dropout", "0.15", "--unet-patch-size", "8", "8", "8", "--mc-samples", "3", "--gcnn-epochs", "1",
             "--no-progress"]
     assert main(args) == 0
     assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3}

@@ -76,7 +76,10 @@ def register(subparsers) -> None:
                        "sub-folder of --out each (resumable, MC dropout and scoring spread over --devices)")
     score.add_argument("--batch-size", type=int, default=8,
                        help="--images: volumes per compiled MC call, rounded up to a multiple of --devices")
-    score.add_argument("--model", required=True, help="trained segmentation model folder")
+    score.add_argument("--model", help="trained segmentation model folder (MC dropout; or give --samples)")
+    score.add_argument("--samples", metavar="SAMPLES_4D",
+                       help="with --image, instead of --model: a 4D NIfTI (X, Y, Z, T) of T foreground probability "
+                       "maps of any model (MC samples); the lesions are those of their mean > 0.5")
     score.add_argument("--lesion-model", required=True, help="lesion model folder (ugcn lesions fit)")
     score.add_argument("--out", required=True, help="output folder")
     score.add_argument("--devices", type=int, default=None, metavar="N",
@@ -96,10 +99,11 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step (default 4)")
     ev.add_argument("--base-features", type=int, default=8, help="U-Net width (default 8)")
     ev.add_argument("--depth", type=int, default=2, help="U-Net down-samplings (default 2)")
-    ev.add_argument("--patch-size", "--patch", dest="patch", type=int, nargs=3, metavar=("PX", "PY", "PZ"),
-                    help="U-Net training patch (default: the whole volume, as ugcn train --dims 3)")
-    ev.add_argument("--learning-rate", type=float, default=1e-3, help="U-Net Adam learning rate (default 1e-3)")
-    ev.add_argument("--dropout", type=float, default=None,
+    ev.add_argument("--unet-patch-size", "--patch", dest="patch", type=int, nargs=3, metavar=("PX", "PY", "PZ"),
+                    help="U-Net training patch (default: the whole volume), as in ugcn train")
+    ev.add_argument("--unet-learning-rate", dest="learning_rate", type=float, default=1e-3,
+                    help="U-Net Adam learning rate (default 1e-3), as in ugcn train")
+    ev.add_argument("--unet-dropout", dest="dropout", type=float, default=None,
                     help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, METHOD.md)")
     ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
     ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
@@ -226,15 +230,22 @@ def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Pa
 def run_score(args) -> int:
     import jax
 
-    from ugcn.io import load_volume, nifti_stem
+    from ugcn.io import check_same_grid, load_volume, nifti_stem
     from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
-    from ugcn.lesion.protocol import _stochastic_fn, mc_uncertainty
+    from ugcn.lesion.protocol import _stochastic_fn, mc_uncertainty, uncertainty_from_samples
+    from ugcn.uncertainty.sampling import load_sample_maps
     from ugcn.parallel import describe, device_mesh
     from ugcn.segment import load_model
 
     if bool(args.image) == bool(args.images):
         raise ValueError("give either --image or --images")
+    if args.samples and (args.images or args.model):
+        raise ValueError("--samples goes with --image and replaces --model")
+    if not args.samples and not args.model:
+        raise ValueError("give --model (MC dropout) or --samples (the sample maps of any model)")
+    if args.samples and args.mask_from != "mean":
+        raise ValueError("--mask-from deterministic needs --model; with --samples the mask is their mean > 0.5")
     if args.images:
         return run_score_folder(args)
     mesh = device_mesh(args.devices)  # a bad count fails before the heavy work
@@ -249,10 +260,15 @@ def run_score(args) -> int:
     for p in paths:
         if p.exists() and not args.overwrite:
             raise ValueError(f"{p}: exists already (pass --overwrite to replace it)")
-    model = load_model(args.model)
-    pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
-                                n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
-                                volume_fn=_stochastic_fn(model))
+    if args.samples:
+        samples, maps_volume = load_sample_maps(args.samples)
+        check_same_grid(image, maps_volume, what="samples")
+        pred, maps = uncertainty_from_samples(samples, estimators=estimators)
+    else:
+        model = load_model(args.model)
+        pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
+                                    n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                    volume_fn=_stochastic_fn(model))
     print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
     n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
     print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")

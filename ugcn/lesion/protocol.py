@@ -118,6 +118,35 @@ def case_lesions(
     return CaseLesions(name, table, graphs, stats, score)
 
 
+def uncertainty_from_samples(
+    samples: np.ndarray, *, estimators: Sequence[str] = DEFAULT_ESTIMATORS
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The predicted mask and the voxel uncertainty maps of T samples of any model.
+
+    Args:
+      samples: ``f32[T, X, Y, Z, C]`` class probabilities (e.g. from
+        :func:`ugcn.uncertainty.sampling.load_sample_maps`, which reads a 4D NIfTI of T foreground maps).
+      estimators: registry names of the maps to compute.
+
+    Returns:
+      ``(pred_mask u8[X, Y, Z], {estimator: f32[X, Y, Z]})``: the mask is the expectation's most probable
+      class being foreground (E_fg > 0.5 for binary maps), as ``mask_from="mean"`` does for MC dropout.
+    """
+    import jax.numpy as jnp
+
+    from ugcn.uncertainty import estimator_maps
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    samples = jnp.asarray(samples, jnp.float32)
+    if samples.ndim != 5 or samples.shape[-1] < 2:
+        raise ValueError(f"samples must be [T, X, Y, Z, C] with C >= 2, got shape {tuple(samples.shape)}")
+    stats = stats_from_samples(samples)
+    names = list(estimators)
+    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(names, stats, samples).items()}
+    pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
+    return pred, maps
+
+
 @dataclasses.dataclass(frozen=True)
 class LesionSet:
     """The lesions of several cases, concatenated (``n`` lesions in all).
