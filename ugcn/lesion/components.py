@@ -166,3 +166,17 @@ def lesion_table(
         iou = adjusted_iou(labels, n, gt_mask)
         is_fp = iou < epsilon
     return LesionTable(labels, n, size, centroid.reshape(n, 3), centroid_mm.reshape(n, 3), iou, is_fp)
+
+
+def missed_lesions(pred_mask: np.ndarray, gt_mask: np.ndarray) -> int:
+    """Ground-truth lesions (26-connected components) that no predicted voxel touches: the lesion-scale FN.
+
+    Args:
+      pred_mask, gt_mask: ``[X, Y, Z]`` masks (non-zero = lesion).
+    """
+    pred = _as_mask(pred_mask, "pred_mask")
+    gt_labels, n_gt = label_lesions(gt_mask)
+    if pred.shape != gt_labels.shape:
+        raise ValueError(f"missed_lesions: prediction shape {pred.shape} != ground truth {gt_labels.shape}")
+    hit = np.bincount(gt_labels[pred].ravel(), minlength=n_gt + 1)[1:]
+    return int(np.sum(hit == 0))
