@@ -156,3 +156,153 @@ def test_config_file_values_are_checked_and_named(tmp_path):
             _resolve(["--config", str(path)])
     with pytest.raises(ValueError, match="no such file"):
         _resolve(["--config", str(tmp_path / "missing.json")])
+
+
+# ------------------------------------------------------------------ the options of the ugcn commands
+def _sphere_case(folder, shape=(20, 20, 14), radius=5.5, n_samples=4):
+    """A sphere organ, a prediction wrong in a shell, MC samples uncertain exactly there (written as NIfTI)."""
+    import numpy as np
+
+    from ugcn.io import save_volume
+
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    r = np.sqrt(((grid - np.array(shape)[:, None, None, None] / 2) ** 2).sum(0))
+    label = r < radius
+    wrong = (r >= radius - 1.5) & (r < radius) & (grid[0] >= shape[0] / 2)
+    prediction = label & ~wrong
+    image = (label + np.random.default_rng(0).normal(0, 0.15, shape)).astype(np.float32)
+    e = np.where(prediction, 0.97, 0.03).astype(np.float32)
+    e[wrong] = 0.4
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    save_volume(folder / "image.nii.gz", image, affine)
+    save_volume(folder / "samples.nii.gz", np.repeat(e[..., None], n_samples, -1), affine)
+    save_volume(folder / "prediction.nii.gz", prediction.astype(np.uint8), affine)
+    save_volume(folder / "label.nii.gz", label.astype(np.uint8), affine)
+    return image, prediction, e, label
+
+
+def _masks(folder):
+    import nibabel as nib
+    import numpy as np
+
+    return {p.name: np.asarray(nib.load(str(p)).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_refine_flags_reach_the_fit_and_config_reruns_it(tmp_path):
+    import numpy as np
+
+    from ugcn.cli import main
+    from ugcn.refine.fit import FitConfig
+    from ugcn.refine.pipeline import RefineConfig, refine_volume
+    from ugcn.uncertainty.measures import entropy, expectation
+    from ugcn.uncertainty.sampling import load_sample_maps
+    from ugcn.uncertainty.stats import stats_from_samples
+
+    image, prediction, _, label = _sphere_case(tmp_path / "in")
+    src = tmp_path / "in"
+    inputs = ["--image", str(src / "image.nii.gz"), "--samples", str(src / "samples.nii.gz"),
+              "--prediction", str(src / "prediction.nii.gz"), "--label", str(src / "label.nii.gz")]
+    flags = ["--tau", "0.5", "--margin", "1", "--k-random", "6", "--lam", "0.25", "--gcn-epochs", "15",
+             "--gcn-hidden", "8", "--seed", "2"]
+    assert main(["refine", *inputs, *flags, "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    # the library with the same settings, called directly, gives the same masks: every flag reached it
+    config = RefineConfig(tau=0.5, margin=1, k_random=6, lam=0.25, fit=FitConfig(epochs=15, hidden=8))
+    stats = stats_from_samples(load_sample_maps(src / "samples.nii.gz")[0])
+    e, u = np.asarray(expectation(stats))[..., 1], np.asarray(entropy(stats))
+    expected = refine_volume(image, prediction, e, u, config=config, seed=2, label=label)
+    written = _masks(tmp_path / "a")
+    for name, mask in expected.masks().items():
+        np.testing.assert_array_equal(written[f"{name}.nii.gz"], mask, err_msg=name)
+    # ... and the defaults give other masks (the settings matter on this case)
+    default = refine_volume(image, prediction, e, u, seed=2, label=label)
+    assert any(not np.array_equal(default.masks()[k], expected.masks()[k]) for k in ("refined", "refined_unlabelled"))
+    # --config reruns the recorded configuration: the same masks and numbers
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert main(["refine", *inputs, "--config", str(tmp_path / "a" / "report.json"), "--out", str(tmp_path / "b"),
+                 "--quiet"]) == 0
+    rerun = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rerun["config"] == report["config"] and rerun["seed"] == 2 and rerun["dice"] == report["dice"]
+    for name, mask in _masks(tmp_path / "b").items():
+        np.testing.assert_array_equal(mask, written[name], err_msg=name)
+    # an explicit flag overrides the recorded value
+    assert main(["refine", *inputs, "--config", str(tmp_path / "a" / "report.json"), "--gcn-epochs", "3",
+                 "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    changed = json.loads((tmp_path / "c" / "report.json").read_text())["config"]
+    assert changed["fit"]["epochs"] == 3 and changed["tau"] == 0.5
+
+
+REFINE = ["refine", "--image", "i.nii.gz", "--samples", "s.nii.gz", "--out", "o"]
+REFINE_BATCH = ["refine-batch", "--images", "d", "--samples-dir", "s", "--out", "o"]
+TRAIN = ["train", "--data", "d", "--out", "o"]
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (REFINE + ["--margin", "-5"], "ugcn refine: error: --margin must be a non-negative integer, got -5"),
+        (REFINE + ["--tau", "nan"], "ugcn refine: error: --tau must be a non-negative finite number, got nan"),
+        (REFINE + ["--tau", "-1"], "ugcn refine: error: --tau must be a non-negative finite number, got -1.0"),
+        (REFINE + ["--seed", "-1"], "ugcn refine: error: --seed must be a non-negative integer, got -1"),
+        (REFINE + ["--n-samples", "0"], "ugcn refine: error: --n-samples must be a positive integer, got 0"),
+        (REFINE + ["--chunk", "0"], "ugcn refine: error: --chunk must be a positive integer, got 0"),
+        (REFINE + ["--lam", "inf"], "ugcn refine: error: --lam must be a non-negative finite number, got inf"),
+        (REFINE + ["--k-random", "-2"], "ugcn refine: error: --k-random must be a non-negative integer, got -2"),
+        (REFINE_BATCH + ["--batch-size", "0"],
+         "ugcn refine-batch: error: --batch-size must be a positive integer, got 0"),
+        (REFINE_BATCH + ["--devices", "0"], "ugcn refine-batch: error: --devices must be a positive integer, got 0"),
+        (TRAIN + ["--unet-epochs", "0"], "ugcn train: error: --unet-epochs must be a positive integer, got 0"),
+        (TRAIN + ["--unet-dropout", "1"], "ugcn train: error: --unet-dropout must be a number in [0, 1), got 1.0"),
+        (TRAIN + ["--unet-learning-rate", "-0.001"],
+         "ugcn train: error: --unet-learning-rate must be a positive finite number, got -0.001"),
+        (TRAIN + ["--max-volumes", "0"], "ugcn train: error: --max-volumes must be a positive integer, got 0"),
+        (["phantoms", "ct", "o", "--n", "1001"], "ugcn phantoms: error: --n must be an integer in [1, 1000], got 1001"),
+    ],
+)
+def test_every_bad_number_of_a_command_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, line):
+    from ugcn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n" and captured.out == ""
+    assert list(tmp_path.iterdir()) == []  # rejected before any work
+
+
+def test_help_of_every_command_is_plain_text(capsys):
+    from ugcn.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    seen = 0
+    for name, sub in subparsers.choices.items():
+        parsers = [sub] + [p for a in sub._actions if isinstance(a, argparse._SubParsersAction)
+                           for p in a.choices.values()]
+        for p in parsers:
+            text = p.format_help()
+            seen += 1
+            for markup in ("``", ":func:", ":class:", ":mod:", ":data:", "METHOD.md", "../"):
+                assert markup not in text, (name, p.prog, markup)
+    assert seen >= 10
+
+
+def test_crf_preset_then_single_flags_then_config_file(tmp_path):
+    from ugcn.cli import build_parser
+    from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
+
+    def crf(*argv):
+        return resolve_options(build_parser().parse_args([*REFINE, *argv])).refine_config.crf
+
+    assert crf() == CRFConfig()
+    assert crf("--crf-preset", "reference") == REFERENCE_CRF
+    assert crf("--crf-preset", "reference", "--crf-unary", "expectation") == dataclasses.replace(
+        REFERENCE_CRF, unary="expectation")
+    assert crf("--crf-iterations", "3") == CRFConfig(iterations=3)
+    from ugcn.config import config_to_dict
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"config": {"crf": config_to_dict(REFERENCE_CRF)}}))
+    assert crf("--config", str(path)) == REFERENCE_CRF  # the recorded CRF
+    assert crf("--config", str(path), "--crf-preset", "tuned") == CRFConfig()  # an explicit preset wins
+    with pytest.raises(ValueError, match=r"^--crf-floor must be a number in \(0, 0.5\), got 0.5$"):
+        crf("--crf-floor", "0.5")

@@ -51,6 +51,20 @@ class Sampling:
 
 
 @dataclasses.dataclass(frozen=True)
+class Batching:
+    """How a folder is processed (the folder modes: refine-batch, mcdo --images, lesions score --images).
+
+    Attributes:
+      batch_size: volumes per compiled call, rounded up to a multiple of --devices; each batch is written
+        as soon as it is done.
+      devices: spread each batch over N devices of this process (none: all).
+    """
+
+    batch_size: int = setting(8, min=1)
+    devices: Optional[int] = setting(None, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class Option:
     """One flag: the path of its field in the config (``("fit", "epochs")``), the field and its type."""
 
@@ -72,6 +86,18 @@ class OptionSet:
     record: Optional[str]
     defaults: tuple[tuple[tuple[str, ...], Any], ...] = ()
     excluded: frozenset = frozenset()
+    presets: tuple[Preset, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """``--<flag>-preset NAME``: the nested config at ``path`` starts from ``choices[NAME]`` (default: the
+    first choice); its own flags still override single fields."""
+
+    path: tuple[str, ...]
+    flag: str
+    dest: str
+    choices: dict
 
 
 def _parse_int(text: str) -> int:
@@ -114,7 +140,7 @@ def _show_default(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _leaves(cls: type, path: tuple, prefix: str, flags: dict, exclude: set, docs_of: dict):
+def _leaves(cls: type, path: tuple, prefix: str, flags: dict, exclude: set, docs_of: dict, prefixes: dict):
     for f in config_fields(cls):
         if f.metadata.get("cli", True) is False:
             continue
@@ -123,8 +149,8 @@ def _leaves(cls: type, path: tuple, prefix: str, flags: dict, exclude: set, docs
             continue
         t = field_type(cls, f)
         if dataclasses.is_dataclass(t.base) and t.length is None:
-            inner = f.metadata.get("prefix", f"{f.name.replace('_', '-')}-")
-            yield from _leaves(t.base, path + (f.name,), prefix + inner, flags, exclude, docs_of)
+            inner = prefixes.get(key, f.metadata.get("prefix", f"{f.name.replace('_', '-')}-"))
+            yield from _leaves(t.base, path + (f.name,), prefix + inner, flags, exclude, docs_of, prefixes)
             continue
         if not expressible(t):
             continue
@@ -174,6 +200,8 @@ def add_config_options(
     exclude: Sequence[str] = (),
     defaults: Optional[dict[str, Any]] = None,
     prefix: str = "",
+    prefixes: Optional[dict[str, str]] = None,
+    presets: Optional[dict[str, tuple[dict[str, Any], str]]] = None,
 ) -> OptionSet:
     """Add one flag per field of the config dataclass ``cls`` (nested configs flattened) to ``parser``.
 
@@ -186,11 +214,16 @@ def add_config_options(
       exclude: fields (or dotted paths) left off the command line; they keep their defaults.
       defaults: this command's defaults where they differ from the dataclass's (``{"field": value}``).
       prefix: put before every generated flag name (``"unet-"``: ``--unet-epochs``); not before ``flags``.
+      prefixes: ``{"nested_field": "gcn-"}``: the flag prefix of a nested config's fields (default: the
+        field's metadata ``prefix``, else its name and ``-``).
+      presets: ``{"nested_field": ({name: config, ...}, help)}``: a ``--<prefix>preset NAME`` flag choosing the
+        config that nested field starts from (the first name is the default; on the command line, a preset
+        given explicitly wins over ``--config``'s record of that field, single-field flags win over both).
 
     Every flag's value lands in ``args.<flag with _>`` too, resolved and checked.
     """
     docs: dict[str, str] = {}
-    options = tuple(_leaves(cls, (), prefix, dict(flags or {}), set(exclude), docs))
+    options = tuple(_leaves(cls, (), prefix, dict(flags or {}), set(exclude), docs, dict(prefixes or {})))
     overrides = tuple((tuple(k.split(".")), v) for k, v in (defaults or {}).items())
     base = cls()
     group_title = title or plain_text((cls.__doc__ or cls.__name__).strip().splitlines()[0]).rstrip(".")
@@ -212,7 +245,17 @@ def add_config_options(
             if opt.type.length is not None:
                 kwargs["nargs"] = opt.type.length if opt.type.length >= 0 else "+"
         group.add_argument(f"--{opt.flag}", **kwargs)
-    option_set = OptionSet(cls, name, options, record, overrides, frozenset(tuple(e.split(".")) for e in exclude))
+    preset_list = []
+    for key, (choices, text) in (presets or {}).items():
+        path = tuple(key.split("."))
+        field_prefix = (prefixes or {}).get(key, f"{path[-1].replace('_', '-')}-")
+        flag = f"{prefix}{field_prefix}preset"
+        first = next(iter(choices))
+        group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), choices=tuple(choices), default=argparse.SUPPRESS,
+                           help=f"{plain_text(text)} (default {first})".replace("%", "%%"))
+        preset_list.append(Preset(path, flag, flag.replace("-", "_"), dict(choices)))
+    option_set = OptionSet(cls, name, options, record, overrides, frozenset(tuple(e.split(".")) for e in exclude),
+                           tuple(preset_list))
     parser.set_defaults(**{SETS: (parser.get_default(SETS) or ()) + (option_set,)})
     return option_set
 
@@ -284,14 +327,36 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             if section is not None and not isinstance(section, dict):
                 raise ValueError(f"--config {path}: {option_set.record!r} is not a JSON object of settings")
         base, overrides = option_set.cls(), dict(option_set.defaults)
+        chosen = {}  # nested path -> (preset config, given explicitly)
+        for preset in option_set.presets:
+            explicit = hasattr(args, preset.dest)
+            name = getattr(args, preset.dest) if explicit else next(iter(preset.choices))
+            setattr(args, preset.dest, name)
+            chosen[preset.path] = (preset.choices[name], explicit)
+
+        def under_preset(path: tuple):
+            for k in range(len(path) - 1, 0, -1):
+                if path[:k] in chosen:
+                    return path[:k]
+            return None
+
         values: dict[tuple, Any] = {}
         for opt in option_set.options:
+            preset_path = under_preset(opt.path)
+            preset_value = None
+            if preset_path is not None:
+                preset_config, preset_explicit = chosen[preset_path]
+                preset_value = _get(preset_config, opt.path[len(preset_path):])
             if hasattr(args, opt.dest):
                 value, name = _split(getattr(args, opt.dest), opt.type), f"--{opt.flag}"
+            elif preset_path is not None and preset_explicit:
+                value, name = preset_value, f"--{next(p.flag for p in option_set.presets if p.path == preset_path)}"
             elif section is not None and _has(section, opt.path):
                 value = _get(section, opt.path)
                 key = ".".join(((option_set.record,) if option_set.record else ()) + opt.path)
                 name = f"--config {path}: {key}"
+            elif preset_path is not None:
+                value, name = preset_value, f"--{opt.flag}"
             else:
                 value, name = overrides.get(opt.path, _get(base, opt.path)), f"--{opt.flag}"
             value = check_value(name, value, opt.field, opt.type)

@@ -30,6 +30,8 @@ from typing import Optional
 import numpy as np
 
 from ugcn import __version__
+from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
+from ugcn.config import config_to_dict, setting
 
 OUTPUT_FILES = {
     "refined": "refined.nii.gz",
@@ -41,29 +43,35 @@ OUTPUT_FILES = {
 REPORT = "report.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class RefineRun:
+    """What to compute besides the GCN refinement.
+
+    Attributes:
+      uncertainty: uncertainty estimator: a registered name or 'package.module:function' (entropy is in bits,
+        the scale of --tau 0.8).
+      crf: also run the dense-CRF baseline (needs ugcn[crf]).
+    """
+
+    uncertainty: str = setting("entropy", metavar="NAME")
+    crf: bool = False
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("method R settings (docs/method.md defaults)")
-    g.add_argument("--uncertainty", default="entropy", metavar="NAME",
-                   help="uncertainty estimator: a registered name or 'package.module:function' (default entropy, bits)")
-    g.add_argument("--tau", type=float, default=0.8, help="uncertainty threshold (default 0.8)")
-    g.add_argument("--tau-mode", choices=("absolute", "quantile"), default="absolute",
-                   help="absolute: U > tau; quantile: U above its tau-quantile over the ROI (default absolute)")
-    g.add_argument("--margin", type=int, default=0, help="voxels added around the ROI box (default 0)")
-    g.add_argument("--k-random", type=int, default=16, help="random long-range edges per node (default 16)")
-    g.add_argument("--lam", type=float, default=0.5,
-                   help="weight of the diversity term in the edge weights (default 0.5; 0 drops it)")
-    g.add_argument("--epochs", type=int, default=200, help="GCN training epochs (default 200)")
-    g.add_argument("--max-nodes", type=int, default=2_000_000, help="node budget per volume (default 2e6)")
-    g.add_argument("--crf", action="store_true", help="also run the dense-CRF baseline (needs ugcn[crf])")
-    g.add_argument("--crf-preset", choices=("tuned", "reference"), default="tuned",
-                   help="CRF setting: tuned (unary from E with a 0.01 floor, widths in mm and in units of the "
-                   "organ's intensity spread, tuned on the demo's phantoms) or reference (the published one, "
-                   "which returns the prediction unchanged) (default tuned)")
-    g.add_argument("--crf-unary", choices=("prediction", "expectation"), default=None,
-                   help="override the preset's CRF unary: from the binary prediction or from E")
-    g.add_argument("--n-samples", type=int, default=20, help="MC dropout passes with --model (default 20)")
-    g.add_argument("--chunk", type=int, default=4, help="MC passes computed together (default 4)")
-    g.add_argument("--seed", type=int, default=0, help="seed of MC dropout, graph and GCN (default 0)")
+    from ugcn.refine.pipeline import RefineConfig
+
+    from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
+
+    add_config_options(p, RefineConfig, name="refine_config", title="method R settings (defaults: docs/method.md)",
+                       record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),
+                       presets={"crf": ({"tuned": CRFConfig(), "reference": REFERENCE_CRF},
+                                        "CRF setting the --crf-* flags start from: tuned (unary from E with a 0.01 "
+                                        "floor, widths in mm and in units of the organ's intensity spread, tuned on "
+                                        "the demo's phantoms) or reference (the published one, which returns the "
+                                        "prediction unchanged)")})
+    add_config_options(p, RefineRun, name="run_config", title="uncertainty and baselines")
+    add_config_options(p, Sampling, name="sampling", title="MC dropout (with --model)")
+    add_config_file_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
 
@@ -92,32 +100,14 @@ def register(subparsers) -> None:
     b.add_argument("--predictions", metavar="DIR", help="folder of predictions named like the images")
     b.add_argument("--labels", metavar="DIR", help="folder of ground truths named like the images")
     b.add_argument("--out", required=True, metavar="OUTDIR", help="output folder: one sub-folder per image")
-    b.add_argument("--batch-size", type=int, default=8,
-                   help="volumes per compiled GCN fit, rounded up to a multiple of --devices (default 8); "
-                   "each batch is written as soon as it is done")
-    b.add_argument("--devices", type=int, default=None, metavar="N",
-                   help="spread each batch over N devices of this process (default: all)")
+    add_config_options(b, Batching, name="batching", title="folder processing")
     _add_common(b)
     b.set_defaults(run=run_refine_batch)
 
 
 def _config(args):
-    from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
-    from ugcn.refine.fit import FitConfig
-    from ugcn.refine.pipeline import RefineConfig
-
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.n_samples < 1:
-        raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
-    if not args.lam >= 0:
-        raise ValueError(f"--lam must be >= 0, got {args.lam}")
-    crf = REFERENCE_CRF if args.crf_preset == "reference" else CRFConfig()
-    if args.crf_unary is not None:
-        crf = dataclasses.replace(crf, unary=args.crf_unary)
-    return RefineConfig(tau=args.tau, tau_mode=args.tau_mode, margin=args.margin, k_random=args.k_random,
-                        lam=args.lam,
-                        max_nodes=args.max_nodes, crf=crf, fit=FitConfig(epochs=args.epochs))
+    """The ``RefineConfig`` built from the flags (and ``--config``) by ``resolve_options``."""
+    return args.refine_config
 
 
 def _find(folder: Optional[str], stem: str, what: str, suffixes=("",)) -> Optional[Path]:
@@ -243,8 +233,10 @@ def _write(out_dir: Path, result, image, report: dict, overwrite: bool) -> None:
 
 
 def _report(result, source: dict, config, args, mc_s: float) -> dict:
-    rep = {"ugcn_version": __version__, **source, "seed": args.seed,
-           "config": json.loads(json.dumps(dataclasses.asdict(config), default=list))}
+    # seed, chunk, crf (and n_samples, in source) at the top level, the RefineConfig under "config": what
+    # `ugcn refine --config report.json` reads back
+    rep = {"ugcn_version": __version__, **source, "seed": args.seed, "chunk": args.chunk, "crf": bool(args.crf),
+           "config": config_to_dict(config)}
     rep.update(result.report())
     rep["timings_s"]["inputs_and_mc"] = round(mc_s, 4)
     return rep
@@ -284,7 +276,7 @@ def run_refine(args: argparse.Namespace) -> int:
 def _settings(config, args) -> dict:
     """What a finished case must have been made with for a re-run to skip it (``report.json``)."""
     return {"config": dataclasses.asdict(config), "seed": args.seed, "uncertainty": args.uncertainty,
-            "crf": bool(args.crf), "crf_preset": args.crf_preset, "crf_unary": args.crf_unary, "n_samples": args.n_samples,
+            "crf": bool(args.crf), "n_samples": args.n_samples,
             **{k: str(Path(v).resolve()) if v else None
                for k, v in (("model", args.model), ("samples_dir", args.samples_dir),
                             ("predictions", args.predictions), ("labels", args.labels))}}
@@ -365,8 +357,6 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     from ugcn.refine.pipeline import refine_batch
 
     config = _config(args)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     folder = Path(args.images)
     images = image_folder(folder)
     out_dir = Path(args.out)

@@ -25,6 +25,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from ugcn.config import setting
 from ugcn.graph.voxel_graph import bounding_box, largest_component
 
 INSTALL_HINT = 'the CRF baseline needs pydensecrf: pip install "ugcn[crf]"'
@@ -76,16 +77,16 @@ class CRFConfig:
       iterations: mean-field iterations.
     """
 
-    unary: str = "expectation"
-    floor: float = 0.01
-    spatial_units: str = "mm"
-    gaussian_width: Optional[float] = 2.0
-    gaussian_compat: float = 3.0
-    bilateral_width: float = 10.0
-    intensity_units: str = "organ_std"
-    intensity_width: float = 1.0
-    bilateral_compat: float = 5.0
-    iterations: int = 10
+    unary: str = setting("expectation", choices=UNARIES)
+    floor: float = setting(0.01, gt=0, lt=0.5)
+    spatial_units: str = setting("mm", choices=SPATIAL_UNITS)
+    gaussian_width: Optional[float] = setting(2.0, gt=0)
+    gaussian_compat: float = setting(3.0, min=0)
+    bilateral_width: float = setting(10.0, gt=0)
+    intensity_units: str = setting("organ_std", choices=INTENSITY_UNITS)
+    intensity_width: float = setting(1.0, gt=0)
+    bilateral_compat: float = setting(5.0, min=0)
+    iterations: int = setting(10, min=1)
 
     def __post_init__(self):
         checks = [

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ugcn.config import setting
 from ugcn.graph.gcn import gcn_normalize, propagate
 
 
@@ -48,11 +49,11 @@ class FitConfig:
       dropout: dropout rate on the hidden layer.
     """
 
-    epochs: int = 200
-    hidden: int = 32
-    learning_rate: float = 1e-2
-    weight_decay: float = 1e-5
-    dropout: float = 0.5
+    epochs: int = setting(200, min=1)
+    hidden: int = setting(32, min=1)
+    learning_rate: float = setting(1e-2, gt=0)
+    weight_decay: float = setting(1e-5, min=0)
+    dropout: float = setting(0.5, min=0, lt=1)
 
 
 class PaddedGraph(NamedTuple):
