@@ -101,7 +101,7 @@ def check_refine_batch(out: dict, work: Path) -> None:
     for i in range(5):
         write_case(src, f"case{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))
     common = ["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"), "--labels",
-              str(src / "labels"), "--epochs", "20", "--quiet"]
+              str(src / "labels"), "--gcn-epochs", "20", "--quiet"]
     assert main(common + ["--out", str(work / "clean"), "--devices", "1", "--batch-size", "2"]) == 0
 
     original = refine_cmd._write_case
@@ -141,7 +141,7 @@ def check_refine_batch(out: dict, work: Path) -> None:
         same_reports &= all(ra[k] == rb[k] for k in ("status", "dice", "graph", "voxels", "run_settings"))
     summary = json.loads((resumed / "summary.json").read_text())
     # Other settings on a finished folder: refused, nothing recomputed.
-    other = main(common + ["--out", str(resumed), "--epochs", "21"])
+    other = main(common + ["--out", str(resumed), "--gcn-epochs", "21"])
     out["refine_batch"] = {
         "interrupted_code": interrupted_code, "finished_before_resume": finished, "resume_code": code,
         "rewritten_on_resume": sorted(calls),
@@ -175,7 +175,7 @@ def check_mcdo_folder(out: dict, work: Path) -> None:
     out["mcdo_folder"] = {"codes": [folder, single], "diffs": diffs, "volumes": sorted(summary["volumes"])}
 
     # refine-batch --model: MC dropout of the stacked volumes sharded too; equal to `ugcn refine` alone.
-    common = ["--model", str(work / "model"), "--n-samples", "3", "--chunk", "2", "--epochs", "5", "--quiet"]
+    common = ["--model", str(work / "model"), "--n-samples", "3", "--chunk", "2", "--gcn-epochs", "5", "--quiet"]
     batch = main(["refine-batch", "--images", str(work / "images"), "--out", str(work / "rb"), "--devices", "4",
                   *common])
     one = main(["refine", "--image", str(work / "images" / "c4.nii.gz"), "--out", str(work / "r4"), *common])

@@ -63,7 +63,7 @@ def _refine_inputs(folder: Path, shape=(16, 16, 8), n_samples=3) -> dict:
 
 def _refine_argv(inputs: dict, out: Path, *extra) -> list:
     return ["refine", "--image", str(inputs["image"]), "--samples", str(inputs["samples"]), "--prediction",
-            str(inputs["prediction"]), "--out", str(out), "--epochs", "3", "--quiet", *extra]
+            str(inputs["prediction"]), "--out", str(out), "--gcn-epochs", "3", "--quiet", *extra]
 
 
 # ------------------------------------------------------------------ defect 1: unwritable output, full disk

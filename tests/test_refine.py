@@ -257,7 +257,7 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--label", str(src / "labels" / "a.nii.gz"),
-            "--out", str(out), "--epochs", "30", "--crf"]
+            "--out", str(out), "--gcn-epochs", "30", "--crf"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     for name in ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf"):
@@ -270,7 +270,7 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys):
     assert main(args) == 2 and "exist" in capsys.readouterr().err  # no silent overwrite
     batch_out = tmp_path / "batch"
     assert main(["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"),
-                 "--labels", str(src / "labels"), "--out", str(batch_out), "--epochs", "30", "--quiet"]) == 0
+                 "--labels", str(src / "labels"), "--out", str(batch_out), "--gcn-epochs", "30", "--quiet"]) == 0
     summary = json.loads((batch_out / "summary.json").read_text())
     assert set(summary["volumes"]) == {"a", "b"}
     # no --predictions: Ŷ = E > 0.5, which the synthetic E makes equal to the prediction. 30 epochs are
@@ -294,7 +294,7 @@ def test_cli_refine_with_a_model(tmp_path):
     out = tmp_path / "out"
     assert main(["refine", "--image", str(tmp_path / "in" / "a.nii.gz"), "--model", str(tmp_path / "model"),
                  "--prediction", str(tmp_path / "in" / "predictions" / "a.nii.gz"), "--out", str(out),
-                 "--epochs", "30", "--n-samples", "2", "--chunk", "2", "--uncertainty", "variance",
+                 "--gcn-epochs", "30", "--n-samples", "2", "--chunk", "2", "--uncertainty", "variance",
                  "--tau", "0.5", "--tau-mode", "quantile", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "refined" and report["uncertainty"] == "variance"
@@ -310,7 +310,7 @@ def test_cli_lam_reaches_the_edge_weights(tmp_path, capsys):
     src = tmp_path / "in"
     write_case(src, "a", sphere_case())
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--epochs", "5", "--quiet"]
+            "--gcn-epochs", "5", "--quiet"]
     assert main(base + ["--out", str(tmp_path / "bad"), "--lam", "-1"]) == 2
     assert "--lam" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "o"), "--lam", "0"]) == 0

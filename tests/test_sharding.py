@@ -186,7 +186,7 @@ def test_two_processes_share_a_folder(tmp_path):
         write_case(src, f"case{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))
     out = tmp_path / "out"
     argv = ["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"), "--out", str(out),
-            "--epochs", "5"]
+            "--gcn-epochs", "5"]
     code = "import sys; from ugcn.cli import main; sys.exit(main(sys.argv[1:]))"
     port = _free_port()
     procs = []

@@ -104,7 +104,7 @@ def register(subparsers) -> None:
     ev.add_argument("--unet-learning-rate", dest="learning_rate", type=float, default=1e-3,
                     help="U-Net Adam learning rate (default 1e-3), as in ugcn train")
     ev.add_argument("--unet-dropout", dest="dropout", type=float, default=None,
-                    help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, METHOD.md)")
+                    help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, docs/method.md)")
     ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
     ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
                     help="logsum baseline: sum of voxel logs (default, Nair et al.) or log of the voxel sum")
