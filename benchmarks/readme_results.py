@@ -202,6 +202,28 @@ def copy_figure(src: Path, name: str, notes: list[str]):
     return dest.relative_to(ROOT).as_posix()
 
 
+def _demo_crf_sentence(crf) -> str:
+    """What the demo's CRF column is (older summaries recorded only a bool)."""
+    if not isinstance(crf, dict) or not crf.get("config"):
+        return ""
+    k = crf["config"]
+    setting = (f"unary from {'E' if k['unary'] == 'expectation' else 'Ŷ'} (floor {k['floor']:g}), smoothness kernel "
+               f"{k['gaussian_width']} {k['spatial_units']} (compat {k['gaussian_compat']:g}), bilateral kernel "
+               f"{k['bilateral_width']:g} {k['spatial_units']} and {k['intensity_width']:g} x the organ's intensity "
+               f"spread (compat {k['bilateral_compat']:g})")
+    if crf.get("tuned"):
+        return (f" The CRF was tuned by a grid search over {crf['grid_points']} settings on the training volumes "
+                f"(their Dice: CNN {crf['train_dice_cnn']:.3f}, tuned CRF {crf['train_dice_crf']:.3f}): {setting}.")
+    return f" CRF: {setting}."
+
+
+def _demo_columns_sentence(methods) -> str:
+    words = {"GCN": "GCN = the default `RefineConfig()`", "GCN-unlabelled": "GCN-unlabelled = its uncertain nodes only",
+             "GCN-reference": "GCN-reference = the published configuration (`RefineConfig.preset(\"reference\")`)"}
+    said = [words[m] for m in methods if m in words]
+    return (" Columns: " + "; ".join(said) + ".") if said else ""
+
+
 def demo_section(demo: Path, notes: list[str]) -> list[str]:
     path = demo / "refine" / "summary.json"
     if not path.exists():
@@ -209,11 +231,13 @@ def demo_section(demo: Path, notes: list[str]) -> list[str]:
         return []
     s = json.loads(path.read_text())
     c = s["config"]
-    methods = [m for m in ("CNN", "E>0.5", "CRF", "GCN", "GCN-unlabelled") if any(r.get(m) is not None for r in s["dice"])]
+    names = s.get("methods") or ("CNN", "E>0.5", "CRF", "GCN", "GCN-unlabelled")
+    methods = [m for m in names if any(r.get(m) is not None for r in s["dice"])]
     out = [f"**Refinement demo** (`make demo`, {s['seconds']:.0f} s): {c['n_train']} training and {c['n_test']} test "
            f"CT phantoms {'x'.join(map(str, c['shape']))}, a 2D U-Net (base {c['base_features']}, dropout "
            f"{c['dropout_rate']}) trained for {c['epochs'] * c['steps_per_epoch']} steps, T = {c['n_samples']} MC "
-           f"passes, {c['uncertainty']} with τ = {c['tau']}. Dice per test volume:", ""]
+           f"passes, {c['uncertainty']} with τ = {c['tau']}." + _demo_crf_sentence(s.get("crf"))
+           + _demo_columns_sentence(methods) + " Dice per test volume:", ""]
     rows = [[r["case"], r.get("nodes", "")] + [r.get(m) for m in methods] for r in s["dice"]]
     rows.append(["mean", ""] + [s["mean_dice"].get(m) for m in methods])
     out += table(["case", "graph nodes"] + methods, rows)

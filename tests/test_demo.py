@@ -27,3 +27,9 @@ def test_refinement_demo_writes_every_output(tmp_path):
     assert refined.shape == TINY.shape
     np.testing.assert_allclose(refined.affine, image.affine)
     assert any("Dice per test volume" in line for line in lines)
+    from ugcn.refine import crf_available
+
+    if crf_available():  # the CRF was grid-searched on the training volumes and its setting recorded
+        assert summary["crf"]["tuned"] and summary["crf"]["grid_points"] == len(summary["crf"]["grid"]) == 27
+        assert set(summary["crf"]["config"]) >= {"unary", "bilateral_width", "intensity_width", "bilateral_compat"}
+        assert (case / "crf.nii.gz").is_file()
