@@ -26,8 +26,9 @@ def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False)
 
 
 def machine_info() -> dict:
-    """Platform, CPU count, JAX device and library versions, for the results JSON."""
+    """Platform, CPU count, JAX device, jax/jaxlib versions, XLA_FLAGS and load average, for the results JSON."""
     import jax
+    import jaxlib
     import numpy as np
 
     return {
@@ -37,7 +38,10 @@ def machine_info() -> dict:
         "device": str(jax.devices()[0]),
         "python": sys.version.split()[0],
         "jax": jax.__version__,
+        "jaxlib": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
         "numpy": np.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -17,10 +17,14 @@ rngs={"dropout": key})``. The network returns logits ``f32[B, *spatial, num_clas
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
+
+from ugcn.segment.conv3d import conv_general_dilated as slicewise_conv_general_dilated
+from ugcn.segment.conv3d import upsample_conv_transpose
 
 from ugcn.config import setting
 
@@ -140,16 +144,32 @@ class ConvBlock(nn.Module):
     dims: int
     rate: float
     dropout_each_conv: bool
+    conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool, dropout: bool) -> jnp.ndarray:
         for i in range(2):
-            x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False)(x)
+            x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False,
+                        conv_general_dilated=self.conv_general_dilated)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
             x = nn.relu(x)
             if self.dropout_each_conv or i == 1:
                 x = channel_dropout(self.rate, self.dims)(x, deterministic=not dropout)
         return x
+
+
+class UpConv(nn.Module):
+    """``nn.ConvTranspose(features, (2,)*dims, strides=(2,)*dims)`` (same parameters and values) as one matmul
+    (:func:`ugcn.segment.conv3d.upsample_conv_transpose`)."""
+
+    features: int
+    dims: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2,) * self.dims + (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return upsample_conv_transpose(x, kernel) + bias
 
 
 class UNet(nn.Module):
@@ -158,16 +178,24 @@ class UNet(nn.Module):
     Call: ``x: f32[B, *spatial, in_channels] -> f32[B, *spatial, num_classes]`` with every spatial size a
     multiple of ``2**depth``. ``train`` switches batch-norm to batch statistics (and needs
     ``mutable=["batch_stats"]``); ``dropout`` switches dropout on (and needs ``rngs={"dropout": key}``).
+
+    ``conv_general_dilated`` computes the convolutions (``lax.conv_general_dilated``'s signature); ``None``:
+    :func:`ugcn.segment.conv3d.conv_general_dilated` for 3D (XLA:CPU's own 3D convolution is several times
+    slower, see ``benchmarks/bench_conv3d.py``), ``lax.conv_general_dilated`` for 2D. Same parameters either way.
     """
 
     config: UNetConfig
+    conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False) -> jnp.ndarray:
         cfg = self.config
         dims = cfg.dims
+        conv = self.conv_general_dilated
+        if conv is None:
+            conv = slicewise_conv_general_dilated if dims == 3 else lax.conv_general_dilated
         block = lambda level: ConvBlock(  # noqa: E731
-            cfg.base_features * 2**level, dims, cfg.rate, dropout_each_conv=(dims == 2)
+            cfg.base_features * 2**level, dims, cfg.rate, dropout_each_conv=(dims == 2), conv_general_dilated=conv
         )
         skips = []
         for level in range(cfg.depth):
@@ -175,11 +203,15 @@ class UNet(nn.Module):
             skips.append(x)
             x = nn.max_pool(x, (2,) * dims, strides=(2,) * dims)
         x = block(cfg.depth)(x, train=train, dropout=dropout)
-        for level in reversed(range(cfg.depth)):
-            x = nn.ConvTranspose(cfg.base_features * 2**level, (2,) * dims, strides=(2,) * dims)(x)
+        for i, level in enumerate(reversed(range(cfg.depth))):
+            features = cfg.base_features * 2**level
+            if self.conv_general_dilated is None:  # the same layer as a matmul, named as flax names it
+                x = UpConv(features, dims, name=f"ConvTranspose_{i}")(x)
+            else:
+                x = nn.ConvTranspose(features, (2,) * dims, strides=(2,) * dims)(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = block(level)(x, train=train, dropout=dropout)
-        return nn.Conv(cfg.num_classes, (1,) * dims)(x)
+        return nn.Conv(cfg.num_classes, (1,) * dims, conv_general_dilated=conv)(x)
 
 
 def logits_to_probs(logits: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,211 @@
+"""Benchmark: 3D convolutions on the 3D U-Net's own layer shapes, XLA's conv3d vs the slice-wise forms.
+
+For every 3x3x3 convolution of the default 3D U-Net (base 16, depth 3, 32^3 patches, a batch of patches),
+measures in the same run, interleaved round by round (each form timed once per round, the fastest round
+kept, so that a shared machine's load hits every form alike):
+  - ``xla``: ``lax.conv_general_dilated`` in 3D (channels last);
+  - ``taps_in`` / ``taps_out``: :func:`ugcn.segment.conv3d.conv3d_slices` (one 2D convolution over the X
+    slices, the X taps stacked on input / output channels), and ``auto``, the form the U-Net uses;
+  - PyTorch ``Conv3d`` (NCDHW, as many threads as cores) when torch is installed;
+forward alone and forward + backward (gradients of input and kernel, what training runs); and the whole
+3D U-Net forward pass with XLA's conv3d against the slice-wise convolutions (``ugcn`` default).
+Values are checked against XLA's conv3d (max abs difference, forward and gradients).
+
+Usage:  python benchmarks/bench_conv3d.py [--size small|large] [--rounds 3]
+  small: batch of 2 patches   (~2 minutes on an idle 2-core CPU)
+  large: batch of 8 patches
+Writes (updates the entry of its size in) benchmarks/results/conv3d.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ugcn.segment.conv3d import AUTO_FORM, conv3d_slices
+from common import machine_info, save_results
+
+SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
+JAX_FORMS = ("xla", "taps_in", "taps_out")
+
+
+def unet_layers(base: int = 16, depth: int = 3, patch: int = 32) -> list[tuple[int, int, int, int]]:
+    """``(side, Ci, Co, count)`` of the 3x3x3 convolutions of a 3D U-Net (1 input channel)."""
+    layers = {}
+
+    def add(side, ci, co):
+        layers[(side, ci, co)] = layers.get((side, ci, co), 0) + 1
+
+    ci = 1
+    for level in range(depth + 1):
+        side, co = patch // 2**level, base * 2**level
+        add(side, ci, co)
+        add(side, co, co)
+        ci = co
+    for level in reversed(range(depth)):
+        side, co = patch // 2**level, base * 2**level
+        add(side, 2 * co, co)
+        add(side, co, co)
+    return [(s, i, o, n) for (s, i, o), n in layers.items()]
+
+
+def interleaved_min(fns: dict, rounds: int) -> dict:
+    """Fastest of ``rounds`` timings of each function, timed in turn within each round."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def torch_fns(x: np.ndarray, k: np.ndarray):
+    """PyTorch Conv3d forward and forward+backward on the same data, or ``None`` without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))
+    kt = torch.from_numpy(np.ascontiguousarray(k.transpose(4, 3, 0, 1, 2)))
+    xg = xt.clone().requires_grad_(True)
+    kg = kt.clone().requires_grad_(True)
+
+    def fwd():
+        with torch.no_grad():
+            return torch.nn.functional.conv3d(xt, kt, padding=1)
+
+    def fwd_bwd():
+        y = torch.nn.functional.conv3d(xg, kg, padding=1)
+        gx, gk = torch.autograd.grad(y.sum(), (xg, kg))
+        return gx, gk
+
+    return fwd, fwd_bwd, torch.__version__
+
+
+def bench_layers(batch: int, rounds: int) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for side, ci, co, count in unet_layers():
+        x = rng.normal(size=(batch, side, side, side, ci)).astype(np.float32)
+        k = (rng.normal(size=(3, 3, 3, ci, co)) / np.sqrt(27 * ci)).astype(np.float32)
+        xj, kj = jnp.asarray(x), jnp.asarray(k)
+        flops = 2.0 * batch * side**3 * 27 * ci * co
+        fwd, grad = {}, {}
+        for form in JAX_FORMS:
+            f = jax.jit(lambda a, b, form=form: conv3d_slices(a, b, "SAME", form=form))
+            g = jax.jit(jax.grad(lambda a, b, form=form: jnp.sum(conv3d_slices(a, b, "SAME", form=form)),
+                                 argnums=(0, 1)))
+            fwd[form], grad[form] = f, g
+        ref = fwd["xla"](xj, kj)
+        ref_g = grad["xla"](xj, kj)
+        err = {}
+        for form in JAX_FORMS:
+            out = fwd[form](xj, kj)
+            gx, gk = grad[form](xj, kj)
+            err[form] = {"forward": float(jnp.max(jnp.abs(out - ref))),
+                         "grad_input": float(jnp.max(jnp.abs(gx - ref_g[0]))),
+                         "grad_kernel_rel": float(jnp.max(jnp.abs(gk - ref_g[1])) / jnp.max(jnp.abs(ref_g[1])))}
+        fwd_fns = {f: (lambda f=f: fwd[f](xj, kj).block_until_ready()) for f in JAX_FORMS}
+        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj))) for f in JAX_FORMS}
+        torch_version = None
+        t = torch_fns(x, k)
+        if t is not None:  # PyTorch with as many threads as cores and with one (on a busy machine one can win)
+            import torch
+
+            def threads(fn, n):
+                return lambda: (torch.set_num_threads(n), fn())
+
+            cores = os.cpu_count() or 1
+            fwd_fns["torch"], grad_fns["torch"] = threads(t[0], cores), threads(t[1], cores)
+            fwd_fns["torch_1thread"], grad_fns["torch_1thread"] = threads(t[0], 1), threads(t[1], 1)
+            torch_version = t[2]
+        t_fwd = interleaved_min(fwd_fns, rounds)
+        t_grad = interleaved_min(grad_fns, rounds)
+        rows.append({
+            "side": side, "in": ci, "out": co, "count": count, "batch": batch, "gflop": flops / 1e9,
+            "auto_form": AUTO_FORM,
+            "forward_gflops": {n: flops / s / 1e9 for n, s in t_fwd.items()},
+            "train_gflops": {n: 3 * flops / s / 1e9 for n, s in t_grad.items()},  # fwd + 2 backward convs
+            "forward_seconds": t_fwd, "train_seconds": t_grad, "max_abs_diff_vs_xla": err,
+            "torch": torch_version,
+        })
+        fw = "  ".join(f"{n} {v:6.1f}" for n, v in rows[-1]["forward_gflops"].items())
+        tr = "  ".join(f"{n} {v:6.1f}" for n, v in rows[-1]["train_gflops"].items())
+        print(f"{side:3d}^3 {ci:4d}->{co:<4d} x{count}  GFLOP/s fwd: {fw} | fwd+bwd: {tr}", flush=True)
+    return rows
+
+
+def network_totals(rows: list[dict], key: str) -> dict:
+    """GFLOP/s over the whole network's 3x3x3 convolutions (each layer weighted by its count)."""
+    names = set(rows[0][key])
+    seconds = {n: sum(r[key][n] * r["count"] for r in rows) for n in names}
+    flops = sum(r["gflop"] * r["count"] * (3 if key == "train_seconds" else 1) for r in rows)
+    auto = sum(r[key][r["auto_form"]] * r["count"] for r in rows)
+    out = {n: flops / s for n, s in seconds.items()}
+    out["auto"] = flops / auto
+    return out
+
+
+def bench_unet(batch: int, rounds: int) -> dict:
+    """Whole 3D U-Net forward (inference mode) with lax's conv3d vs the slice-wise convolutions."""
+    from ugcn.segment.unet import UNet, UNetConfig
+    from ugcn.segment.model import init_model
+
+    config = UNetConfig(dims=3)
+    model = init_model(config, jax.random.PRNGKey(0))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(batch, 32, 32, 32, 1)).astype(np.float32))
+    fast = jax.jit(lambda v, a: UNet(config).apply(v, a))
+    plain = jax.jit(lambda v, a: UNet(config, conv_general_dilated=lax.conv_general_dilated).apply(v, a))
+    diff = float(jnp.max(jnp.abs(fast(model.variables, x) - plain(model.variables, x))))
+    t = interleaved_min({"xla_conv3d": lambda: plain(model.variables, x).block_until_ready(),
+                         "slices": lambda: fast(model.variables, x).block_until_ready()}, rounds)
+    return {"batch": batch, "seconds": t, "speedup": t["xla_conv3d"] / t["slices"], "max_abs_diff": diff}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    batch = SIZES[args.size]["batch"]
+    machine = machine_info()
+    print(f"3x3x3 convolutions of the 3D U-Net (base 16, depth 3, 32^3 patches), batch {batch}, "
+          f"{machine['device']}, load {machine['load_average'][0]:.1f}")
+    rows = bench_layers(batch, args.rounds)
+    fwd = network_totals(rows, "forward_seconds")
+    train = network_totals(rows, "train_seconds")
+    unet = bench_unet(batch, args.rounds)
+    ratios = {"forward: auto / xla conv3d (speedup)": fwd["auto"] / fwd["xla"],
+              "fwd+bwd: auto / xla conv3d (speedup)": train["auto"] / train["xla"],
+              "unet forward: xla conv3d / slices (speedup)": unet["speedup"]}
+    if "torch" in fwd:  # against PyTorch's faster thread setting
+        ratios["forward: auto / torch Conv3d (ratio)"] = fwd["auto"] / max(fwd["torch"], fwd["torch_1thread"])
+        ratios["fwd+bwd: auto / torch Conv3d (ratio)"] = train["auto"] / max(train["torch"], train["torch_1thread"])
+    print("network GFLOP/s, forward: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(fwd.items())))
+    print("network GFLOP/s, fwd+bwd: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(train.items())))
+    print(f"3D U-Net forward, batch {batch}: xla conv3d {unet['seconds']['xla_conv3d']:.2f} s, "
+          f"slices {unet['seconds']['slices']:.2f} s ({unet['speedup']:.2f}x), max |diff| {unet['max_abs_diff']:.1e}")
+    for name, value in ratios.items():
+        print(f"ratio {name}: {value:.2f}")
+    machine["load_average_end"] = list(os.getloadavg())
+    save_results("conv3d", args.size, {
+        "benchmark": "conv3d", "size": args.size, "machine": machine,
+        "setup": {"batch": batch, "rounds": args.rounds,
+                  "timing": "fastest of interleaved rounds, compilation excluded",
+                  "train_flops": "3x forward (input and kernel gradients)"},
+        "layers": rows, "network_forward_gflops": fwd, "network_train_gflops": train, "unet_forward": unet,
+        "ratios": ratios,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
