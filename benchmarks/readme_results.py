@@ -263,14 +263,29 @@ def lesion_demo_section(demo: Path, notes: list[str]) -> list[str]:
     if not rows:
         return []
     out = ["**Lesion demo** (`ugcn demo --task lesions`, 4-fold protocol on brain phantoms):", ""]
-    out += table(["method", "AUC (%)", "pooled AUC (%)", "Spearman ρ", "folds"],
-                 [[r["method"], r.get("auc_pct"), r.get("auc_pct_pooled"), r.get("spearman"), r.get("folds_defined")]
+    summary = data.get("summary") or {}
+    if summary:
+        out += [f"Pooled test lesions of folds {summary.get('evaluated_folds')}: {summary.get('tp')} TP, "
+                f"{summary.get('fp')} FP, {summary.get('subjects')} subjects; 95 % intervals resample subjects; "
+                f"Δ is the difference to the best baseline ({summary.get('best_baseline')}).", ""]
+
+    def interval(r, key):
+        lo, hi = r.get(f"{key}_low_pct"), r.get(f"{key}_high_pct")
+        return None if lo is None or hi is None else f"[{fmt(lo, 1)}, {fmt(hi, 1)}]"
+
+    out += table(["method", "pooled AUC (%)", "95 % CI", "mean over folds (%)", "Δ (%)", "Δ 95 % CI", "Spearman ρ",
+                  "retention AUC"],
+                 [[r["method"] + ("" if r.get("reliable", True) else " (unreliable)"),
+                   r.get("auc_pct_pooled", r.get("auc_pct")), interval(r, "auc"), r.get("auc_mean_pct"),
+                   r.get("delta_pct"), interval(r, "delta"), r.get("spearman"), r.get("retention_auc")]
                   for r in rows])
     folds = data.get("folds") or []
     if folds:
         dices = ", ".join(fmt(f.get("dice"), 3) for f in folds)
         counts = ", ".join(f"{f.get('tp')} / {f.get('fp')}" for f in folds)
-        out += ["", f"U-Net Dice per fold: {dices}; TP / FP test lesions per fold: {counts}."]
+        val = ", ".join(f"{f.get('val_tp')} / {f.get('val_fp')}" for f in folds)
+        out += ["", f"U-Net Dice per fold: {dices}; TP / FP test lesions per fold: {counts}; "
+                    f"validation: {val}."]
     curves = copy_figure(demo / "lesions" / "results" / "curves.png", "demo_lesion_curves.png", notes)
     if curves:
         out += ["", f"![accuracy-confidence curves]({curves})"]

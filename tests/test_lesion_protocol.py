@@ -110,10 +110,58 @@ def test_run_protocol_with_fake_unet(tmp_path, monkeypatch):
     assert payload["config"]["gcnn_epochs"] == 3
     rows = list(csv.DictReader(io.StringIO((out / "lesions.csv").read_text())))
     assert all(float(r["size_score"]) == pytest.approx(1 / int(r["size"])) for r in rows)
+    # Per test case: the written mask, lesion ids and lesion table agree with scipy.
+    import nibabel as nib
+
+    for case in sorted({r["case"] for r in rows}):
+        folder = out / "cases" / case
+        pred = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
+        ids = np.asarray(nib.load(folder / "lesions.nii.gz").dataobj)
+        ref, n = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+        np.testing.assert_array_equal(ids, ref)
+        mine = sorted((int(r["lesion"]), int(r["size"])) for r in rows if r["case"] == case)
+        assert mine == [(k, int(v)) for k, v in enumerate(np.bincount(ref.ravel())[1:], start=1)]
+        assert {p.name for p in folder.iterdir()} >= {f"{e}.nii.gz" for e in NAMES}
+    assert all("val_fp" in f and "reliable" in f for f in payload["folds"])
+    assert payload["summary"]["best_baseline"] in {r["method"] for r in result.table}
+    for row in result.table:
+        if np.isfinite(row["auc_pct"]):
+            assert row["auc_low_pct"] <= row["auc_pct"] + 1e-9 and row["auc_pct"] <= row["auc_high_pct"] + 1e-9
     means = {r["method"]: r["auc_pct"] for r in result.table}
     assert means["entropy_mean"] > 80  # the fake FPs carry high entropy
+    assert (out / "results.md").read_text().count("|") > 20
+    assert all(f["reliable"] == (f["val_fp"] >= 5) for f in result.folds)
+    assert sum("too few" in n for n in result.notes) == sum(not f["reliable"] for f in result.folds)
     with pytest.raises(ValueError, match="not empty"):
         protocol.run_protocol(data, cfg, out_dir=out, progress=False)
+
+
+def test_run_protocol_from_sample_maps(tmp_path):
+    """--samples-dir: no U-Net; lesions are those of the maps' mean > 0.5; folds with few val FP flagged."""
+    data = tmp_path / "data"
+    _write_cases(data, 8, 3)
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    rng = np.random.default_rng(0)
+    import nibabel as nib
+
+    for i in range(8):
+        gt = np.asarray(nib.load(data / "labelsTr" / f"c{i}.nii.gz").dataobj) > 0
+        fg = np.where(gt, 0.9, 0.02) * np.ones((4, 1, 1, 1))
+        for _ in range(1 + i % 3):  # FP blobs with flickering samples (high uncertainty)
+            x, y, z = rng.integers(1, 13, 3)
+            fg[:, x : x + 2, y : y + 2, z : z + 2] = rng.uniform(0.3, 1.0, size=(4, 1, 1, 1))
+        save_volume(maps_dir / f"c{i}_samples.nii.gz", np.moveaxis(fg, 0, -1).astype(np.float32), np.eye(4))
+    cfg = LesionProtocolConfig(folds=4, gcnn_epochs=2, samples_dir=str(maps_dir), min_val_fp=2, n_bootstrap=100)
+    result = protocol.run_protocol(data, cfg, out_dir=tmp_path / "out", progress=False)
+    for row in result.lesions[:5]:
+        fg = np.asarray(nib.load(maps_dir / f"{row['case']}_samples.nii.gz").dataobj).mean(-1)
+        ref, _ = ndimage.label(fg > 0.5, structure=np.ones((3, 3, 3)))
+        assert row["size"] == int((ref == row["lesion"]).sum())
+    assert all(f["reliable"] == (f["val_fp"] >= 2) for f in result.folds)
+    with pytest.raises(ValueError, match="no sample maps"):
+        (maps_dir / "c3_samples.nii.gz").unlink()
+        protocol.run_protocol(data, cfg, progress=False)
 
 
 def test_config_rejects_bad_values():

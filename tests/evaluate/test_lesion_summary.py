@@ -23,7 +23,8 @@ def test_fold_without_validation_fp_is_flagged_and_left_out():
     gcnn[fold == 0] = 0.0  # collapsed classifier in the fold without validation FP: P(FP) = 0 everywhere
     base = is_fp * 0.5 + rng.random(fold.size)
     rows, summary = summarize_lesion_rankings({"gcnn": gcnn, "base": base}, is_fp, case, fold, voxels,
-                                              learned=["gcnn"], unreliable=[0], n_boot=200)
+                                              learned=["gcnn"], unreliable=[0], reference_excludes=["gcnn"],
+                                              n_boot=200)
     by = {r["method"]: r for r in rows}
     assert summary["evaluated_folds"] == [1, 2] and summary["unreliable_folds"] == [0]
     keep = fold > 0

@@ -9,8 +9,11 @@
   hold its GCNN uncertainty, plus the lesion labels. ``--images DIR`` scores a whole folder: one resumable
   sub-folder per image, MC dropout and lesion batches spread over ``--devices``, and several processes
   (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``) each taking a slice of the images.
-* ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, fit on validation lesions, score
-  test lesions with every method): results table, per-fold Dice and TP/FP counts, curves.
+* ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, or read ``--samples-dir``; fit on
+  validation lesions, score test lesions with every method): pooled AUCs with subject-bootstrap intervals,
+  differences to the best baseline, retention AUCs, per-fold Dice and validation/test TP/FP counts (folds with
+  fewer than ``--min-val-fp`` validation FP lesions flagged and left out), curves, and per test case the
+  predicted mask, lesion ids and uncertainty maps.
 
 The lesion demo (``ugcn demo --task lesions``) is :func:`ugcn.demo.run_lesion_demo`.
 """
@@ -106,6 +109,16 @@ def register(subparsers) -> None:
     ev.add_argument("--unet-dropout", dest="dropout", type=float, default=None,
                     help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, docs/method.md)")
     ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
+    ev.add_argument("--min-val-fp", type=int, default=5, metavar="N",
+                    help="a fold whose validation set holds fewer FP lesions is unreliable for the learned methods "
+                    "and left out of the evaluation (default 5)")
+    ev.add_argument("--bootstrap", type=int, default=2000, metavar="B",
+                    help="subject-bootstrap replicates of each 95 %% interval (default 2000)")
+    ev.add_argument("--samples-dir", metavar="DIR",
+                    help="instead of a U-Net per fold: 4D NIfTI (X, Y, Z, T) of T foreground maps per case "
+                    "(<case>.nii.gz or <case>_samples.nii.gz) from any model not trained on these cases")
+    ev.add_argument("--no-cases", action="store_true",
+                    help="do not write OUT/cases/<case>/ (prediction, lesion ids, uncertainty maps)")
     ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
                     help="logsum baseline: sum of voxel logs (default, Nair et al.) or log of the voxel sum")
     _add_common(ev)
@@ -365,7 +378,8 @@ def run_evaluate(args) -> int:
         unet_patch=tuple(args.patch) if args.patch else None, unet_epochs=args.epochs,
         unet_steps_per_epoch=args.steps_per_epoch, unet_batch_size=args.batch_size,
         unet_learning_rate=args.learning_rate, unet_dropout=args.dropout,
-        gcnn_epochs=args.gcnn_epochs, logsum=args.logsum,
+        gcnn_epochs=args.gcnn_epochs, logsum=args.logsum, min_val_fp=args.min_val_fp, n_bootstrap=args.bootstrap,
+        samples_dir=args.samples_dir, write_cases=not args.no_cases,
     )
     result = run_protocol(args.data, config, out_dir=args.out, overwrite=args.overwrite,
                           progress=not args.no_progress)

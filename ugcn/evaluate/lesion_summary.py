@@ -8,7 +8,8 @@ folds held too few validation FP lesions to fit them. Output: one row per method
   95 % subject-bootstrap interval ``auc_low_pct``/``auc_high_pct`` (:mod:`ugcn.evaluate.bootstrap`);
 * ``auc_mean_pct``: the mean of the per-fold AUCs beside it (``folds_defined`` folds), and the per-fold AUCs;
 * ``delta_pct`` with ``delta_low_pct``/``delta_high_pct``: the paired difference to the best baseline (the
-  non-learned-GCNN method with the highest pooled AUC) on the same subject replicates;
+  method with the highest pooled AUC among those not in ``reference_excludes``, i.e. not under test) on the
+  same subject replicates;
 * ``spearman``: rank correlation of the score with the lesion size (pooled);
 * ``retention_auc``: area of the lesion-scale retention curve (:mod:`ugcn.evaluate.retention`), pooled;
 * ``auc_all_folds_pct``: the pooled AUC over the lesions of every fold, unreliable ones included.
@@ -94,7 +95,7 @@ def summarize_lesion_rankings(
 
     sub_scores = {m: s[keep] for m, s in scores.items()}
     pooled = {m: _auc(s, is_fp[keep]) for m, s in sub_scores.items()}
-    candidates = [m for m in scores if m not in set(learned) | set(reference_excludes)]
+    candidates = [m for m in scores if m not in set(reference_excludes)]
     best = best_method(pooled, candidates)
     intervals = bootstrap_aucs(sub_scores, is_fp[keep], case[keep], reference=best, n_boot=n_boot, level=level,
                                seed=seed)

@@ -50,9 +50,12 @@ from ugcn.lesion.baselines import (
     MetaSeg,
     baseline_method_names,
     fit_metaseg,
+    fit_shape_baseline,
     lesion_statistics,
     metaseg_features,
     metaseg_scores,
+    shape_features,
+    shape_scores,
 )
 from ugcn.lesion.components import FP_EPSILON, LesionTable, lesion_table
 from ugcn.lesion.gcnn import LesionModel, fit_gcnn, score_lesions
@@ -202,11 +205,18 @@ class LesionMethods:
     gcnn_reg: Optional[LesionModel]
     metaseg: Optional[MetaSeg]
     estimators: tuple[str, ...]
+    shape: Optional[MetaSeg] = None
+
+
+#: Methods fitted on validation lesions (unreliable when the validation set holds too few FP lesions).
+LEARNED_METHODS = ("gcnn_classif", "gcnn_reg", "metaseg_classif", "metaseg_reg", "shape_logreg")
+#: The methods under test; every other method is a baseline.
+GCNN_METHODS = ("gcnn_classif", "gcnn_reg")
 
 
 def method_names(estimators: Sequence[str] = DEFAULT_ESTIMATORS) -> list[str]:
-    """Every method, in the order of the paper's Table 2."""
-    return ["gcnn_classif", "gcnn_reg"] + baseline_method_names(estimators)
+    """Every method, in the order of the paper's Table 2, then the lesion-shape baseline ``shape_logreg``."""
+    return ["gcnn_classif", "gcnn_reg"] + baseline_method_names(estimators) + ["shape_logreg"]
 
 
 def fit_lesion_methods(
@@ -219,7 +229,8 @@ def fit_lesion_methods(
     epsilon: float = FP_EPSILON,
     progress: bool = False,
 ) -> LesionMethods:
-    """Fit GCNN-classif, GCNN-reg and MetaSeg on validation lesions (nothing is fitted when there are none)."""
+    """Fit GCNN-classif, GCNN-reg, MetaSeg and the shape baseline on validation lesions (nothing is fitted when
+    there are none)."""
     estimators = tuple(estimators)
     if val.n == 0:
         return LesionMethods(None, None, None, estimators)
@@ -229,7 +240,8 @@ def fit_lesion_methods(
     classif = fit_gcnn(val.graphs, val.iou_adj, task="classification", **common)
     reg = fit_gcnn(val.graphs, val.iou_adj, task="regression", **common)
     meta = fit_metaseg(metaseg_features(val.stats, estimators), val.iou_adj, estimators=estimators, epsilon=epsilon)
-    return LesionMethods(classif, reg, meta, estimators)
+    shape = fit_shape_baseline(shape_features(val.stats), val.iou_adj, epsilon=epsilon)
+    return LesionMethods(classif, reg, meta, estimators, shape)
 
 
 def score_lesion_methods(methods: LesionMethods, lesions: LesionSet) -> dict[str, np.ndarray]:
@@ -248,6 +260,8 @@ def score_lesion_methods(methods: LesionMethods, lesions: LesionSet) -> dict[str
     else:
         scores["metaseg_classif"] = np.full(n, np.nan)
         scores["metaseg_reg"] = np.full(n, np.nan)
+    scores["shape_logreg"] = (shape_scores(methods.shape, shape_features(lesions.stats)) if methods.shape is not None
+                              else np.full(n, np.nan))
     return {name: scores[name] for name in method_names(est)}
 
 
@@ -290,6 +304,13 @@ class LesionProtocolConfig:
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
+      min_val_fp: a fold whose validation set holds fewer FP lesions is unreliable for the learned methods
+        and left out of the evaluation (:mod:`ugcn.evaluate.lesion_summary`).
+      n_bootstrap: subject-bootstrap replicates of every confidence interval.
+      samples_dir: instead of training a U-Net per fold: a folder of 4D NIfTI ``(X, Y, Z, T)`` of T foreground
+        probability maps per case (``<case>.nii.gz`` or ``<case>_samples.nii.gz``), from any model; the
+        U-Net settings are then unused. The model must not have been trained on the cases it is evaluated on.
+      write_cases: write ``cases/<case>/`` (prediction, lesion ids, uncertainty maps) for every test case.
     """
 
     folds: int = 4
@@ -311,8 +332,20 @@ class LesionProtocolConfig:
     gcnn_batch_size: int = 10
     epsilon: float = FP_EPSILON
     logsum: str = "sum_of_logs"
+    min_val_fp: int = 5
+    n_bootstrap: int = 2000
+    samples_dir: Optional[str] = None
+    write_cases: bool = True
 
     def __post_init__(self) -> None:
+        if int(self.min_val_fp) < 0:
+            raise ValueError(f"min_val_fp must be >= 0, got {self.min_val_fp!r}")
+        if int(self.n_bootstrap) < 1:
+            raise ValueError(f"n_bootstrap must be >= 1, got {self.n_bootstrap!r}")
+        if self.samples_dir is not None:
+            if not Path(self.samples_dir).is_dir():
+                raise ValueError(f"samples_dir {self.samples_dir}: no such folder")
+            object.__setattr__(self, "samples_dir", str(self.samples_dir))
         if self.mask_from not in MASK_SOURCES:
             raise ValueError(f"mask_from must be one of {MASK_SOURCES}, got {self.mask_from!r}")
         for name in ("folds", "mc_samples", "mc_chunk", "unet_epochs", "gcnn_epochs", "gcnn_batch_size"):
@@ -365,13 +398,18 @@ class ProtocolResult:
     """What :func:`run_protocol` measured.
 
     Attributes:
-      table: one dict per method: ``method, auc_pct (mean over folds), auc_pct_pooled, spearman,
-        folds_defined``.
-      folds: one dict per fold: ``fold, dice, tp, fp, val_lesions, train/val/test case counts``.
-      lesions: one dict per test lesion (fold, case, lesion, size, iou_adj, fp, every score).
-      curves: pooled accuracy-confidence curve of each method (``None`` when undefined).
-      notes: remarks on undefined quantities.
+      table: one dict per method (:func:`ugcn.evaluate.lesion_summary.summarize_lesion_rankings`):
+        ``method``, pooled ``auc_pct`` with its subject-bootstrap interval ``auc_low_pct``/``auc_high_pct``,
+        ``auc_mean_pct`` (mean over folds), ``delta_pct`` (to the best baseline) with its interval,
+        ``spearman`` (against the size), ``retention_auc``, ``auc_all_folds_pct``, ``reliable``, per-fold AUCs.
+      folds: one dict per fold: ``fold, dice, tp, fp`` (test lesions), ``val_tp, val_fp``, ``missed``
+        (ground-truth test lesions no prediction touches), ``reliable``, train/val/test case counts.
+      lesions: one dict per test lesion (fold, case, lesion, size = voxel count, iou_adj, fp, every score;
+        the Size method's score is ``size_score``).
+      curves: pooled accuracy-confidence curve of each method over the evaluated folds (``None`` when undefined).
+      notes: remarks on unreliable folds and undefined quantities.
       seconds: wall time.
+      summary: best baseline, evaluated/unreliable folds, lesion and subject counts, bootstrap settings.
     """
 
     table: list[dict]
@@ -380,18 +418,35 @@ class ProtocolResult:
     curves: dict[str, Optional[AccuracyConfidence]]
     notes: list[str]
     seconds: float
+    summary: dict = dataclasses.field(default_factory=dict)
 
     def markdown(self) -> str:
         """The results as Markdown: methods table, per-fold table, notes."""
-        lines = ["| Method | AUC (%) | pooled AUC (%) | Spearman ρ | folds |", "|---|---:|---:|---:|---:|"]
+        sm = self.summary
+        level = int(round(100 * sm.get("bootstrap", {}).get("level", 0.95)))
+        best = sm.get("best_baseline")
+        lines = [
+            f"Test lesions of folds {sm.get('evaluated_folds')}: {sm.get('lesions')} ({sm.get('tp')} TP, "
+            f"{sm.get('fp')} FP) of {sm.get('subjects')} subjects; {level} % intervals from "
+            f"{sm.get('bootstrap', {}).get('replicates')} bootstrap replicates of the subjects; best baseline: "
+            f"{best}.", "",
+            f"| Method | pooled AUC (%) [{level} % CI] | mean over folds (%) | Δ vs {best} [{level} % CI] | "
+            "Spearman ρ (size) | retention AUC | folds |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in self.table:
+            flag = "" if row.get("reliable", True) else " (unreliable)"
             lines.append(
-                f"| {row['method']} | {_fmt(row['auc_pct'])} | {_fmt(row['auc_pct_pooled'])} | "
-                f"{_fmt(row['spearman'], 2)} | {row['folds_defined']} |"
+                f"| {row['method']}{flag} | {_fmt(row['auc_pct'], 1)} [{_fmt(row['auc_low_pct'], 1)}, "
+                f"{_fmt(row['auc_high_pct'], 1)}] | {_fmt(row['auc_mean_pct'], 1)} | {_fmt(row['delta_pct'], 1)} "
+                f"[{_fmt(row['delta_low_pct'], 1)}, {_fmt(row['delta_high_pct'], 1)}] | {_fmt(row['spearman'], 2)} | "
+                f"{_fmt(row['retention_auc'], 3)} | {row['folds_defined']} |"
             )
-        lines += ["", "| Fold | Dice | # TP lesions | # FP lesions | # val lesions |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| Fold | Dice | test TP | test FP | missed | val TP | val FP | reliable |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for f in self.folds:
-            lines.append(f"| {f['fold']} | {_fmt(f['dice'], 3)} | {f['tp']} | {f['fp']} | {f['val_lesions']} |")
+            lines.append(f"| {f['fold']} | {_fmt(f['dice'], 3)} | {f['tp']} | {f['fp']} | {f['missed']} | "
+                         f"{f['val_tp']} | {f['val_fp']} | {'yes' if f['reliable'] else 'no'} |")
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -425,6 +480,26 @@ def _stochastic_fn(model: Any):
     return make_volume_fn(model, stochastic=True)
 
 
+def find_samples(samples_dir: Any, case: str) -> Path:
+    """The sample-map file of ``case`` in ``samples_dir``: ``<case>.nii.gz``, ``<case>_samples.nii.gz`` (or ``.nii``)."""
+    folder = Path(samples_dir)
+    for suffix in ("", "_samples"):
+        for ext in (".nii.gz", ".nii"):
+            path = folder / f"{case}{suffix}{ext}"
+            if path.is_file():
+                return path
+    raise ValueError(f"{folder}: no sample maps for case {case!r} (expected {case}.nii.gz or {case}_samples.nii.gz)")
+
+
+def _samples_uncertainty(samples_dir: Any, case: str, image: Any, estimators: Sequence[str]):
+    from ugcn.io import check_same_grid
+    from ugcn.uncertainty.sampling import load_sample_maps
+
+    samples, volume = load_sample_maps(find_samples(samples_dir, case))
+    check_same_grid(image, volume, what="samples")
+    return uncertainty_from_samples(samples, estimators=estimators)
+
+
 def run_protocol(
     data_dir: Any,
     config: LesionProtocolConfig = LesionProtocolConfig(),
@@ -435,73 +510,103 @@ def run_protocol(
 ) -> ProtocolResult:
     """The k-fold lesion-uncertainty protocol on a labelled data set folder.
 
+    Cases are loaded one at a time when needed (nothing but their lesion graphs is kept between folds), so
+    memory holds one fold's lesions and one volume's maps, not the data set.
+
     Args:
       data_dir: a data set folder readable by ``ugcn.data.find_cases`` (Decathlon layout, ...).
       config: :class:`LesionProtocolConfig`.
-      out_dir: where to write ``results.{csv,json,md}``, ``folds.csv``, ``lesions.csv`` and
-        ``curves.png`` (``None``: write nothing). Must not exist or be empty unless ``overwrite``.
+      out_dir: where to write ``results.{csv,json,md}``, ``folds.csv``, ``lesions.csv``, ``curves.png`` and
+        ``cases/<case>/{prediction,lesions,<estimator>}.nii.gz`` (``None``: write nothing). Must not exist or
+        be empty unless ``overwrite``; built in a temporary sibling and swapped in at the end.
       overwrite: replace an existing ``out_dir``.
       progress: progress bars.
 
     Returns:
       :class:`ProtocolResult`.
     """
+    if out_dir is None:
+        return _run_protocol(data_dir, config, None, progress)
+    _check_out_dir(Path(out_dir), overwrite)
+    with atomic_directory(Path(out_dir), overwrite=True) as tmp:
+        result = _run_protocol(data_dir, config, tmp, progress)
+        _write_results(result, tmp, config)
+    return result
+
+
+def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Path], progress: bool) -> ProtocolResult:
     import jax
 
     from ugcn.data import find_cases, kfold_splits, load_case
+    from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
+    from ugcn.lesion.case_outputs import write_case_outputs
+    from ugcn.lesion.components import missed_lesions
 
     start = time.time()
-    if out_dir is not None:
-        _check_out_dir(Path(out_dir), overwrite)
     cases = find_cases(data_dir)
     splits = kfold_splits(len(cases), config.folds, seed=config.seed, val_fraction=config.val_fraction)
-    loaded = []
-    for case in tqdm(cases, desc="load cases", disable=not progress, leave=False):
-        image, label = load_case(case)
-        loaded.append((case.name, image.array, label.array, image.affine))
+    if config.samples_dir is not None:
+        for case in cases:  # fail before the work when a file is missing
+            find_samples(config.samples_dir, case.name)
 
     names = method_names(config.estimators)
-    per_fold_metrics: list[dict[str, dict[str, Any]]] = []
     fold_rows, lesion_rows, notes = [], [], []
     pooled_scores = {m: [] for m in names}
-    pooled_fp, pooled_vox = [], []
+    pooled_fp, pooled_vox, pooled_case, pooled_fold = [], [], [], []
     for fold, split in enumerate(tqdm(splits, desc="folds", disable=not progress)):
         fold_seed = config.seed * 1000 + fold
-        train = [loaded[i] for i in split.train]
-        model = _fit_unet([c[1] for c in train], [c[2] for c in train], config, fold_seed, progress)
-        volume_fn = _stochastic_fn(model)
+        model = volume_fn = None
+        if config.samples_dir is None:
+            train = [load_case(cases[i]) for i in split.train]
+            model = _fit_unet([im.array for im, _ in train], [lb.array for _, lb in train], config, fold_seed,
+                              progress)
+            del train
+            volume_fn = _stochastic_fn(model)
         key = jax.random.PRNGKey(fold_seed)
 
         def lesions_of(indices, what):
-            out = []
-            for j, i in enumerate(tqdm(indices, desc=f"fold {fold} MC {what}", disable=not progress, leave=False)):
-                name, image, label, affine = loaded[i]
-                pred, maps = mc_uncertainty(
-                    model, image, jax.random.fold_in(key, int(i)), estimators=config.estimators,
-                    n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
-                    volume_fn=volume_fn,
-                )
-                out.append(case_lesions(name, image, pred, maps, label, affine=affine, estimators=config.estimators,
-                                        epsilon=config.epsilon, logsum=config.logsum))
-            return out
+            out_cases, missed = [], 0
+            for i in tqdm(indices, desc=f"fold {fold} {what}", disable=not progress, leave=False):
+                image, label = load_case(cases[i])
+                if label is None:
+                    raise ValueError(f"case {cases[i].name}: no label; the protocol needs a labelled data set")
+                if config.samples_dir is not None:
+                    pred, maps = _samples_uncertainty(config.samples_dir, cases[i].name, image, config.estimators)
+                else:
+                    pred, maps = mc_uncertainty(
+                        model, image.array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
+                        n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
+                        volume_fn=volume_fn,
+                    )
+                c = case_lesions(cases[i].name, image.array, pred, maps, label.array, affine=image.affine,
+                                 estimators=config.estimators, epsilon=config.epsilon, logsum=config.logsum)
+                missed += missed_lesions(pred, label.array)
+                if what == "test" and out is not None and config.write_cases:
+                    write_case_outputs(out / "cases" / cases[i].name, pred, c.table.labels, maps, image.affine,
+                                       header=image.header)
+                out_cases.append(c)
+            return out_cases, missed
 
-        val_cases, test_cases = lesions_of(split.val, "val"), lesions_of(split.test, "test")
+        val_cases, _ = lesions_of(split.val, "val")
+        test_cases, missed = lesions_of(split.test, "test")
         val, test = merge_cases(val_cases), merge_cases(test_cases)
-        if val.n == 0:
-            notes.append(f"fold {fold}: no validation lesion; GCNN and MetaSeg were not fitted (scores NaN)")
+        n_val_fp = int(val.is_fp.sum())
+        reliable = n_val_fp >= config.min_val_fp
+        if not reliable:
+            notes.append(f"fold {fold}: {n_val_fp} FP lesion(s) among {val.n} validation lesions (< {config.min_val_fp}): "
+                         "too few to fit the learned methods (GCNN, MetaSeg, shape); the fold is left out of the "
+                         "evaluation of every method (its AUCs are still listed per fold)")
         methods = fit_lesion_methods(val, estimators=config.estimators, gcnn_epochs=config.gcnn_epochs,
                                      gcnn_batch_size=config.gcnn_batch_size, seed=fold_seed,
                                      epsilon=config.epsilon, progress=progress)
         scores = score_lesion_methods(methods, test)
-        metrics = evaluate_lesion_scores(scores, test.is_fp, test.stats["voxels"])
-        per_fold_metrics.append(metrics)
         n_fp, n_tp = int(test.is_fp.sum()), int((~test.is_fp).sum())
         if n_fp == 0 or n_tp == 0:
             notes.append(f"fold {fold}: {n_tp} TP and {n_fp} FP test lesions; its AUC is undefined (NaN)")
         fold_rows.append({
-            "fold": fold, "dice": _nanmean([c.dice for c in test_cases]), "tp": n_tp, "fp": n_fp,
-            "val_lesions": val.n, "val_fp": int(val.is_fp.sum()), "train_cases": len(split.train),
-            "val_cases": len(split.val), "test_cases": len(split.test),
+            "fold": fold, "dice": _nanmean([c.dice for c in test_cases]), "tp": n_tp, "fp": n_fp, "missed": missed,
+            "val_tp": int(val.n - n_val_fp), "val_fp": n_val_fp, "reliable": reliable,
+            "train_cases": len(split.train), "val_cases": len(split.val), "test_cases": len(split.test),
         })
         for k in range(test.n):
             row = {"fold": fold, "case": str(test.case[k]), "lesion": int(test.lesion[k]),
@@ -513,26 +618,27 @@ def run_protocol(
             pooled_scores[m].append(scores[m])
         pooled_fp.append(test.is_fp)
         pooled_vox.append(test.stats["voxels"])
+        pooled_case.append(test.case)
+        pooled_fold.append(np.full(test.n, fold))
 
-    pooled = evaluate_lesion_scores(
-        {m: np.concatenate(v) for m, v in pooled_scores.items()}, np.concatenate(pooled_fp), np.concatenate(pooled_vox)
+    is_fp = np.concatenate(pooled_fp)
+    fold_of = np.concatenate(pooled_fold)
+    scores_all = {m: np.concatenate(v) for m, v in pooled_scores.items()}
+    bad = unreliable_folds({f["fold"]: f["val_fp"] for f in fold_rows}, config.min_val_fp)
+    table, summary = summarize_lesion_rankings(
+        scores_all, is_fp, np.concatenate(pooled_case), fold_of, np.concatenate(pooled_vox),
+        learned=LEARNED_METHODS, unreliable=bad, missed={f["fold"]: f["missed"] for f in fold_rows},
+        reference_excludes=GCNN_METHODS, n_boot=config.n_bootstrap, seed=config.seed,
     )
-    table = []
+    if bad and len(bad) == len(fold_rows):
+        notes.append("no fold is reliable: every fold is evaluated and the learned methods are marked unreliable")
+    keep = np.isin(fold_of, summary["evaluated_folds"])
+    curves = {}
     for m in names:
-        aucs = [f[m]["auc"] for f in per_fold_metrics]
-        table.append({
-            "method": m,
-            "auc_pct": 100 * _nanmean(aucs),
-            "auc_pct_pooled": 100 * pooled[m]["auc"],
-            "spearman": _nanmean([f[m]["spearman"] for f in per_fold_metrics]),
-            "folds_defined": int(np.sum(np.isfinite(aucs))),
-            "auc_pct_per_fold": [100 * a for a in aucs],
-        })
-    result = ProtocolResult(table, fold_rows, lesion_rows, {m: pooled[m]["curve"] for m in names}, notes,
-                            time.time() - start)
-    if out_dir is not None:
-        write_protocol_outputs(result, Path(out_dir), config=config, overwrite=overwrite)
-    return result
+        s = scores_all[m][keep]
+        defined = s.size and np.all(np.isfinite(s)) and 0 < is_fp[keep].sum() < s.size
+        curves[m] = accuracy_confidence_curve(s, is_fp[keep]) if defined else None
+    return ProtocolResult(table, fold_rows, lesion_rows, curves, notes, time.time() - start, summary)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -553,6 +659,19 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _write_results(result: ProtocolResult, folder: Path, config: Optional[LesionProtocolConfig]) -> None:
+    (folder / "results.csv").write_text(_csv(result.table))
+    (folder / "folds.csv").write_text(_csv(result.folds))
+    (folder / "lesions.csv").write_text(_csv(result.lesions))
+    (folder / "results.md").write_text(result.markdown())
+    payload = {"table": result.table, "folds": result.folds, "summary": result.summary, "notes": result.notes,
+               "seconds": result.seconds, "config": dataclasses.asdict(config) if config is not None else None}
+    (folder / "results.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
+    curves = {m: c for m, c in result.curves.items() if c is not None}
+    plot_accuracy_confidence(curves, folder / "curves.png",
+                             title="Accuracy-confidence curves (pooled test lesions of the evaluated folds)")
+
+
 def write_protocol_outputs(
     result: ProtocolResult, out_dir: Path, *, config: Optional[LesionProtocolConfig] = None, overwrite: bool = False
 ) -> Path:
@@ -564,14 +683,5 @@ def write_protocol_outputs(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     with atomic_directory(out_dir, overwrite=True) as tmp:
-        (tmp / "results.csv").write_text(_csv(result.table))
-        (tmp / "folds.csv").write_text(_csv(result.folds))
-        (tmp / "lesions.csv").write_text(_csv(result.lesions))
-        (tmp / "results.md").write_text(result.markdown())
-        payload = {"table": result.table, "folds": result.folds, "notes": result.notes,
-                   "seconds": result.seconds,
-                   "config": dataclasses.asdict(config) if config is not None else None}
-        (tmp / "results.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
-        curves = {m: c for m, c in result.curves.items() if c is not None}
-        plot_accuracy_confidence(curves, tmp / "curves.png", title="Accuracy-confidence curves (pooled test lesions)")
+        _write_results(result, tmp, config)
     return out_dir
