@@ -264,16 +264,29 @@ def _progress(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, disable=not progress)
 
 
-#: The demo's CPU-sized protocol: a narrow 3D U-Net on whole 32x32x24 volumes, T = 10 MC passes.
+#: The lesion demo's protocol, sized for a 2-core CPU on the realistic phantoms (88 x 104 x 88 voxels at 2 mm):
+#: a narrow 3D U-Net trained on 44 x 52 x 44 patches, which tile the volume exactly (2 x 2 x 2, overlap 0), so
+#: one MC pass costs one network evaluation per voxel; T = 5 MC passes (docs/method.md's 20 costs 4x as much).
 LESION_DEMO_SETTINGS = dict(
+    mc_samples=5, mc_chunk=5, unet_base_features=4, unet_dropout=0.1, unet_depth=2, unet_epochs=10,
+    unet_steps_per_epoch=12, unet_batch_size=2, unet_learning_rate=1e-2, unet_patch=(44, 52, 44),
+    unet_patch_overlap=0.0, gcnn_epochs=60,
+)
+
+#: ``--quick``: the former toy demo (32 x 32 x 24 brains, a few lesions per fold), for smoke tests only.
+LESION_QUICK_SETTINGS = dict(
     mc_samples=10, unet_base_features=4, unet_dropout=0.1, unet_depth=2, unet_epochs=20, unet_steps_per_epoch=10,
-    unet_batch_size=1, unet_learning_rate=1e-2, gcnn_epochs=30,
+    unet_batch_size=1, unet_learning_rate=1e-2, gcnn_epochs=30, min_val_fp=1, n_bootstrap=500,
 )
 
 
-def run_lesion_demo(out_dir, *, n_cases: int = 12, seed: int = 0, progress: bool = True,
-                    overwrite: bool = False, shape=(32, 32, 24), **settings):
+def run_lesion_demo(out_dir, *, n_cases: int = 20, seed: int = 0, progress: bool = True,
+                    overwrite: bool = False, quick: bool = False, shape=None, **settings):
     """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
+
+    Default: ``n_cases`` realistic brains (:func:`ugcn.data.phantoms.realistic_brain_phantom`: 2 mm, 5-40
+    lesions, unlabelled FP sources), with :data:`LESION_DEMO_SETTINGS`. ``quick``: small toy brains of
+    ``shape`` (default 32 x 32 x 24) with :data:`LESION_QUICK_SETTINGS`.
 
     Args:
       out_dir: folder for ``data/`` (the phantoms, Decathlon layout) and ``results/``.
@@ -281,28 +294,32 @@ def run_lesion_demo(out_dir, *, n_cases: int = 12, seed: int = 0, progress: bool
       seed: seeds the phantoms and the protocol.
       progress: progress bars.
       overwrite: replace an existing ``out_dir/data`` and ``out_dir/results``.
-      shape: phantom size (small, for CPU; each a multiple of 4, >= 24).
-      settings: overrides of :data:`LESION_DEMO_SETTINGS` (any :class:`LesionProtocolConfig` field).
+      quick: the toy demo.
+      shape: phantom size of the toy demo (each a multiple of 4, >= 24).
+      settings: overrides of the settings (any :class:`LesionProtocolConfig` field).
 
     Returns:
       :class:`ugcn.lesion.protocol.ProtocolResult`.
     """
     from ugcn.data import brain_phantom, write_decathlon
+    from ugcn.data.phantoms import realistic_brain_phantom
     from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
 
     if n_cases < 8:
         raise ValueError(f"run_lesion_demo: n_cases must be at least 8 for 4 folds, got {n_cases}")
     out_dir = Path(out_dir)
     data = out_dir / "data"
+    shape = tuple(shape) if shape is not None else (32, 32, 24)
 
-    def cases():
+    def cases():  # one phantom at a time: the data set is never held in memory
         for i in range(n_cases):
-            ph = brain_phantom(seed * 1000 + i, shape=tuple(shape))
+            ph = brain_phantom(seed * 1000 + i, shape=shape) if quick else realistic_brain_phantom(seed * 1000 + i)
             yield f"brain_{i:03d}", ph.image, ph.label, ph.affine
 
     write_decathlon(data, cases(), name="ugcn brain phantoms", modality="FLAIR",
                     labels={"0": "background", "1": "lesion"}, overwrite=overwrite)
-    config = LesionProtocolConfig(folds=4, seed=seed, unet_patch=tuple(shape), **{**LESION_DEMO_SETTINGS, **settings})
+    base = dict(LESION_QUICK_SETTINGS, unet_patch=shape) if quick else LESION_DEMO_SETTINGS
+    config = LesionProtocolConfig(folds=4, seed=seed, **{**base, **settings})
     result = run_protocol(data, config, out_dir=out_dir / "results", overwrite=overwrite, progress=progress)
     print(result.markdown())
     return result

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "tables and write NIfTI, JSON and PNG outputs. Re-running replaces the demo's own outputs.",
     )
     p.add_argument("--task", choices=("refine", "lesions"), default="refine",
-                   help="refine: method R on CT phantoms; lesions: method L on brain phantoms")
+                   help="refine: method R on CT phantoms; lesions: method L on 20 realistic brain phantoms (2 mm)")
     p.add_argument("--out", type=Path, default=Path("ugcn-demo"), help="output folder (default: ./ugcn-demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
@@ -32,6 +32,6 @@ def run(args) -> int:
     else:
         from ugcn.demo import run_lesion_demo
 
-        run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 12, seed=args.seed,
+        run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 20, seed=args.seed, quick=args.quick,
                         progress=progress, overwrite=True)
     return 0

@@ -300,7 +300,9 @@ class LesionProtocolConfig:
       mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
       mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
       unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
-        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps).
+        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps);
+        ``unet_patch_overlap``: share of a patch overlapped by its neighbours at inference (0.5 costs 8
+        network passes per voxel in 3D; 0 with a patch that tiles the volume costs one).
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
@@ -323,6 +325,7 @@ class LesionProtocolConfig:
     unet_base_features: int = 8
     unet_depth: int = 2
     unet_patch: Optional[tuple[int, int, int]] = None
+    unet_patch_overlap: float = 0.5
     unet_epochs: int = 10
     unet_steps_per_epoch: int = 20
     unet_batch_size: int = 4
@@ -467,7 +470,8 @@ def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bo
 
     channels = 1 if images[0].ndim == 3 else images[0].shape[-1]
     unet = UNetConfig(dims=3, in_channels=channels, num_classes=1, base_features=cfg.unet_base_features,
-                      depth=cfg.unet_depth, patch_size=cfg.unet_patch, dropout_rate=cfg.unet_dropout)
+                      depth=cfg.unet_depth, patch_size=cfg.unet_patch, dropout_rate=cfg.unet_dropout,
+                      patch_overlap=cfg.unet_patch_overlap)
     model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
                            batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
                            progress=progress)
