@@ -164,7 +164,7 @@ def check_mcdo_folder(out: dict, work: Path) -> None:
     for i in range(5):
         img = np.random.default_rng(i).normal(size=(16, 16, 8)).astype(np.float32)
         nib.save(nib.Nifti1Image(img, np.diag([0.8, 0.8, 2.5, 1.0])), str(work / "images" / f"c{i}.nii.gz"))
-    common = ["mcdo", "--model", str(work / "model"), "--samples", "3", "--chunk", "2", "--seed", "4",
+    common = ["mcdo", "--model", str(work / "model"), "--n-samples", "3", "--chunk", "2", "--seed", "4",
               "--estimators", "entropy,variance,mutual_information", "--save-samples", "--quiet"]
     folder = main(common + ["--images", str(work / "images"), "--out", str(work / "mcdo"), "--devices", "4"])
     single = main(common + ["--image", str(work / "images" / "c4.nii.gz"), "--out", str(work / "mcdo_c4")])

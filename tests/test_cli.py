@@ -156,7 +156,7 @@ def test_entry_point_subprocess(tmp_path):
 def test_corrupt_nifti_through_a_command_exits_2(tmp_path, capsys):
     bad = tmp_path / "maps.nii.gz"
     bad.write_bytes(b"garbage, not a NIfTI file")
-    code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(bad), "--out", str(tmp_path / "o")])
+    code, _, err = _run(capsys, ["mcdo", "--samples", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2
     assert err.strip().count("\n") == 0 and "maps.nii.gz" in err and "Traceback" not in err
 

@@ -322,12 +322,12 @@ def test_plugin_estimators_through_mcdo(plugin, tmp_path, capsys):
     samples = _samples()
     maps = tmp_path / "maps.nii.gz"
     save_volume(maps, np.moveaxis(samples[..., 1], 0, -1), AFFINE)  # (X, Y, Z, T) foreground maps
-    code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(maps), "--estimators", f"entropy,{plugin}:broken",
+    code, _, err = _run(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"entropy,{plugin}:broken",
                                  "--out", str(tmp_path / "bad"), "--quiet"])
     line = _one_line_error(err)
     assert code == 2 and f"'{plugin}:broken' failed" in line and "boom" in line
     assert not (tmp_path / "bad").exists()
-    code, _, err = _run(capsys, ["mcdo", "--sample-maps", str(maps), "--estimators", f"{plugin}:margin",
+    code, _, err = _run(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"{plugin}:margin",
                                  "--out", str(tmp_path / "ok"), "--quiet"])
     assert code == 0, err
     written = nib.load(str(tmp_path / "ok" / f"{plugin}_margin.nii.gz")).get_fdata()

@@ -162,7 +162,7 @@ def test_mcdo_cli_source_tta(tmp_path):
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "img.nii.gz"))
     out = tmp_path / "out"
     argv = ["mcdo", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "img.nii.gz"), "--out", str(out),
-            "--source", "tta", "--samples", "4", "--seed", "2", "--tta-max-shift", "1", "--save-samples",
+            "--source", "tta", "--n-samples", "4", "--seed", "2", "--tta-max-shift", "1", "--save-samples",
             "--estimators", "variance,variation_ratio", "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -175,6 +175,6 @@ def test_mcdo_cli_source_tta(tmp_path):
     np.testing.assert_allclose(samples, ref[..., 1], atol=1e-5)
     np.testing.assert_allclose(nib.load(str(out / "variance.nii.gz")).get_fdata(), ref[..., 1].var(0), atol=1e-5)
     # --source is for models; sample maps bring their own samples
-    assert main(["mcdo", "--sample-maps", str(out / "samples.nii.gz"), "--out", str(tmp_path / "o2"),
+    assert main(["mcdo", "--samples", str(out / "samples.nii.gz"), "--out", str(tmp_path / "o2"),
                  "--source", "tta"]) == 2
     assert main(argv[:-1] + ["--out", str(tmp_path / "o3"), "--tta-max-shift", "-1"]) == 2

@@ -184,7 +184,7 @@ def test_mcdo_cli_end_to_end(mcdo_inputs):
     root, affine = mcdo_inputs
     out = root / "out"
     argv = ["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(out),
-            "--samples", "3", "--chunk", "2", "--seed", "1", "--estimators", "entropy,variance,pcs,mutual_information",
+            "--n-samples", "3", "--chunk", "2", "--seed", "1", "--estimators", "entropy,variance,pcs,mutual_information",
             "--save-samples", "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -203,10 +203,18 @@ def test_mcdo_cli_end_to_end(mcdo_inputs):
     np.testing.assert_allclose(nib.load(str(out / "expectation.nii.gz")).get_fdata(), fg.mean(0), atol=1e-6)
     assert not any(p.name.startswith(".mcdo") for p in out.iterdir())  # no temporary left-overs
     assert main(argv) == 2  # existing outputs are refused without --overwrite (before any work)
+    # --config reruns the recorded settings (T, chunk, seed, estimators, --save-samples): the same maps
+    rerun = root / "rerun"
+    assert main(["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(rerun),
+                 "--config", str(out / "report.json"), "--quiet"]) == 0
+    assert sorted(p.name for p in rerun.iterdir()) == sorted(p.name for p in out.iterdir())
+    for name in ("prediction", "expectation", "entropy", "mutual_information", "samples"):
+        np.testing.assert_array_equal(nib.load(str(rerun / f"{name}.nii.gz")).get_fdata(),
+                                      nib.load(str(out / f"{name}.nii.gz")).get_fdata(), err_msg=name)
 
     # the same maps from the saved samples of "another framework"
     out2 = root / "out2"
-    argv2 = ["mcdo", "--sample-maps", str(out / "samples.nii.gz"), "--out", str(out2), "--quiet"]
+    argv2 = ["mcdo", "--samples", str(out / "samples.nii.gz"), "--out", str(out2), "--quiet"]
     assert main(argv2) == 0
     assert main(argv2) == 2
     assert main(argv2 + ["--overwrite"]) == 0
@@ -224,7 +232,7 @@ def test_mcdo_cli_errors(mcdo_inputs, capsys):
     base = ["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(root / "e")]
     assert main(base + ["--estimators", "entropyy"]) == 2
     assert "unknown estimator" in capsys.readouterr().err
-    assert main(base + ["--samples", "0"]) == 2
+    assert main(base + ["--n-samples", "0"]) == 2
     assert main(["mcdo", "--image", str(root / "img.nii.gz"), "--out", str(root / "e")]) == 2
     assert not (root / "e").exists()
 

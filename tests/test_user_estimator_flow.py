@@ -57,7 +57,7 @@ def test_registered_name_and_import_spec_through_mcdo(organ_case, tmp_path):
     nib.save(nib.Nifti1Image(np.moveaxis(samples[..., 1], 0, -1), np.eye(4)), str(maps_path))
     spec = f"{__name__}:expected_gini"  # the test module is importable (pytest puts tests/ on sys.path)
     out = tmp_path / "out"
-    assert main(["mcdo", "--sample-maps", str(maps_path), "--out", str(out), "--estimators",
+    assert main(["mcdo", "--samples", str(maps_path), "--out", str(out), "--estimators",
                  f"entropy,{NAME},{spec}", "--quiet"]) == 0
     reference = np_expected_gini(samples)
     report = json.loads((out / "report.json").read_text())

@@ -27,6 +27,7 @@ import typing
 from typing import Any, Optional, Sequence
 
 _MISSING = dataclasses.MISSING
+MAX_SEED = 2**32 - 1  # the largest seed every consumer (jax.random.key, numpy) takes
 
 
 def setting(
@@ -125,12 +126,20 @@ def _fmt(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def describe_bounds(t: FieldType, b: dict) -> str:
-    """``"a non-negative integer"``, ``"a number in [0, 1)"``, ... for a field of type ``t``."""
+def describe_bounds(t: FieldType, b: dict, value: Any = None) -> str:
+    """``"a non-negative integer"``, ``"a number in [0, 1)"``, ... for a field of type ``t``; for an integer
+    ``value`` below a 0 or 1 lower bound, only that bound (``--seed -1``: "a non-negative integer")."""
     kind = "integer" if t.base is int else "number"
     lo = ("[", b["min"]) if "min" in b else ("(", b["gt"]) if "gt" in b else None
     hi = ("]", b["max"]) if "max" in b else (")", b["lt"]) if "lt" in b else None
     finite = "" if t.base is int else "finite "
+    below = isinstance(value, int) and lo is not None and not _within(value, {k: v for k, v in b.items()
+                                                                                  if k in ("min", "gt")})
+    if below and t.base is int and lo in (("[", 0), ("[", 1), ("(", 0)):
+        hi = None
+    if t.base is int and lo in (("[", 0), ("[", 1), ("(", 0)) and hi:  # "a non-negative integer <= 4294967295"
+        sign = "non-negative" if lo == ("[", 0) else "positive"
+        return f"a {sign} integer {'<=' if hi[0] == ']' else '<'} {_fmt(hi[1])}"
     if lo and hi:
         return f"{'an' if t.base is int else 'a'} {kind} in {lo[0]}{_fmt(lo[1])}, {_fmt(hi[1])}{hi[0]}"
     if lo == ("[", 0):
@@ -188,7 +197,7 @@ def check_value(name: str, value: Any, field: dataclasses.Field, t: FieldType) -
             value = int(value) if ok else value
         ok = ok and (t.base is int or math.isfinite(value)) and _within(value, b)
         if not ok:
-            raise ValueError(f"{name} must be {describe_bounds(t, b)}, got {_show(value)}")
+            raise ValueError(f"{name} must be {describe_bounds(t, b, value)}, got {_show(value)}")
         value = t.base(value)
     elif t.base is str and not isinstance(value, str):
         raise ValueError(f"{name} must be a text value, got {_show(value)}")

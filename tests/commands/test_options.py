@@ -235,6 +235,7 @@ def test_refine_flags_reach_the_fit_and_config_reruns_it(tmp_path):
 REFINE = ["refine", "--image", "i.nii.gz", "--samples", "s.nii.gz", "--out", "o"]
 REFINE_BATCH = ["refine-batch", "--images", "d", "--samples-dir", "s", "--out", "o"]
 TRAIN = ["train", "--data", "d", "--out", "o"]
+MCDO = ["mcdo", "--model", "m", "--image", "i.nii.gz", "--out", "o"]
 
 
 @pytest.mark.parametrize(
@@ -256,13 +257,23 @@ TRAIN = ["train", "--data", "d", "--out", "o"]
         (TRAIN + ["--unet-learning-rate", "-0.001"],
          "ugcn train: error: --unet-learning-rate must be a positive finite number, got -0.001"),
         (TRAIN + ["--max-volumes", "0"], "ugcn train: error: --max-volumes must be a positive integer, got 0"),
-        (["phantoms", "ct", "o", "--n", "1001"], "ugcn phantoms: error: --n must be an integer in [1, 1000], got 1001"),
+        (MCDO + ["--n-samples", "0"], "ugcn mcdo: error: --n-samples must be a positive integer, got 0"),
+        (MCDO + ["--tta-max-shift", "-1"], "ugcn mcdo: error: --tta-max-shift must be a non-negative integer, got -1"),
+        (MCDO + ["--seed", "4294967296"], "ugcn mcdo: error: --seed must be a non-negative integer <= 4294967295, "
+                                          "got 4294967296"),
+        (["phantoms", "ct", "o", "--n", "1001"],
+         "ugcn phantoms: error: --n must be a positive integer <= 1000, got 1001"),
     ],
 )
 def test_every_bad_number_of_a_command_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, line):
     from ugcn.cli import main
 
     monkeypatch.chdir(tmp_path)
+    if line is None:
+        from ugcn.cli import build_parser
+
+        resolve_options(build_parser().parse_args(argv))
+        return
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err == line + "\n" and captured.out == ""

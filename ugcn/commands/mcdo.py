@@ -3,7 +3,7 @@
 Writes into ``--out``: ``prediction.nii.gz`` (deterministic pass, argmax, uint8), ``expectation.nii.gz``
 (foreground E for binary models, 4D ``(X, Y, Z, C)`` otherwise), one ``<estimator>.nii.gz`` per requested
 estimator, optionally the samples, and ``report.json`` (settings, timings, map summaries). All maps carry
-the image's affine and header. With ``--sample-maps`` the T probability maps of any other framework
+the image's affine and header. With ``--samples`` the T probability maps of any other framework
 (a 4D NIfTI ``(X, Y, Z, T)``) replace the model; the prediction is then the argmax of E. With
 ``--source tta`` the samples come from test-time augmentation (flips and small shifts, dropout off) instead
 of MC dropout, so a model trained without dropout can be studied too.
@@ -11,6 +11,7 @@ of MC dropout, so a model trained without dropout can be studied too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -19,54 +20,52 @@ from pathlib import Path
 import numpy as np
 
 from ugcn import __version__
+from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
+from ugcn.config import config_to_dict, setting
+from ugcn.uncertainty.estimators import DEFAULT_ESTIMATORS
 
 RESERVED = ("prediction", "expectation", "samples", "report")
 
 
-def register(subparsers) -> None:
-    from ugcn.uncertainty.estimators import DEFAULT_ESTIMATORS, list_estimators
+@dataclasses.dataclass(frozen=True)
+class McdoRun:
+    """Which samples and which maps.
 
+    Attributes:
+      source: mc = MC dropout passes; tta = test-time augmentation (flips and shifts of the image, dropout
+        off), for models without dropout.
+      tta_max_shift: with --source tta, in-plane shifts are drawn from -S..S voxels.
+      estimators: estimator names or 'package.module:function' specs (see ugcn estimators list).
+      save_samples: also write the samples (4D NIfTI).
+    """
+
+    source: str = setting("mc", choices=("mc", "tta"))
+    tta_max_shift: int = setting(2, min=0, metavar="S")
+    estimators: tuple[str, ...] = setting(DEFAULT_ESTIMATORS, metavar="NAME")
+    save_samples: bool = False
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "mcdo",
         help="Monte Carlo dropout: expectation and uncertainty maps of one image",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    src = p.add_argument_group("input (--model with --image or --images, or --sample-maps)")
+    src = p.add_argument_group("input (--model with --image or --images, or --samples)")
     src.add_argument("--model", metavar="MODEL_DIR", help="a model directory written by `ugcn train`")
     src.add_argument("--image", metavar="IMG", help="image NIfTI, 3D (X, Y, Z) or 4D (X, Y, Z, modalities)")
     src.add_argument("--images", metavar="DIR", help="instead of --image: every image of a folder, one sub-folder "
                      "of --out each (resumable, volumes sharded over --devices)")
     src.add_argument(
-        "--sample-maps",
-        metavar="MAPS",
+        "--samples",
+        metavar="SAMPLES_4D",
         help="instead of a model: 4D NIfTI (X, Y, Z, T) of T foreground probability maps from any framework",
     )
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
-    p.add_argument("--samples", type=int, default=20, metavar="T", help="number of MC passes (default 20)")
-    p.add_argument("--chunk", type=int, default=4, help="passes computed together; memory ~ chunk (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (--source mc) or of the TTA transforms (default 0)")
-    p.add_argument(
-        "--source",
-        choices=("mc", "tta"),
-        default="mc",
-        help="sample source: mc = MC dropout passes (default); tta = test-time augmentation (flips and shifts "
-        "of the image, dropout off), for models without dropout",
-    )
-    p.add_argument(
-        "--tta-max-shift", type=int, default=2, metavar="S",
-        help="--source tta: in-plane shifts drawn from -S..S voxels (default 2)",
-    )
-    p.add_argument(
-        "--estimators",
-        default=",".join(DEFAULT_ESTIMATORS),
-        help="comma-separated estimator names or 'package.module:function' specs "
-        f"(default {','.join(DEFAULT_ESTIMATORS)}; registered: {', '.join(list_estimators())})",
-    )
-    p.add_argument("--save-samples", action="store_true", help="also write the samples (4D NIfTI)")
-    p.add_argument("--devices", type=int, default=None, metavar="N",
-                   help="--images: spread the volumes over N devices of this process (default: all)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="--images: volumes per compiled call, rounded up to a multiple of --devices (default 8)")
+    add_config_options(p, Sampling, name="sampling", title="stochastic passes (with --model)")
+    add_config_options(p, McdoRun, name="run_config", title="samples and maps", record="settings")
+    add_config_options(p, Batching, name="batching", title="folder processing (with --images)")
+    add_config_file_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(run=run)
@@ -119,18 +118,12 @@ def run(args: argparse.Namespace) -> int:
         return run_folder(args)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    if args.sample_maps and (args.model or args.image):
-        raise ValueError("give either --sample-maps or --model with --image, not both")
-    if not args.sample_maps and not (args.model and args.image):
-        raise ValueError("--model and --image are required (or give --sample-maps)")
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    if args.chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
-    if args.sample_maps and args.source != "mc":
-        raise ValueError("--source applies to --model with --image; --sample-maps brings its own samples")
-    if args.tta_max_shift < 0:
-        raise ValueError(f"--tta-max-shift must be >= 0, got {args.tta_max_shift}")
+    if args.samples and (args.model or args.image):
+        raise ValueError("give either --samples or --model with --image, not both")
+    if not args.samples and not (args.model and args.image):
+        raise ValueError("--model and --image are required (or give --samples)")
+    if args.samples and args.source != "mc":
+        raise ValueError("--source applies to --model with --image; --samples brings its own samples")
     estimators = parse_estimator_names(args.estimators)
     names = [e.name for e in estimators]
     keep = args.save_samples or any(e.needs == "samples" for e in estimators)
@@ -138,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     _plan_outputs(out_dir, names, False, 0, args.overwrite)  # fail early, before any heavy work
 
     t = time.perf_counter()
-    if args.sample_maps:
-        samples_np, volume = load_sample_maps(args.sample_maps)
+    if args.samples:
+        samples_np, volume = load_sample_maps(args.samples)
         reference = volume
         samples = jax.numpy.asarray(samples_np)
         stats = stats_from_samples(samples)
@@ -147,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         timings["load_s"] = time.perf_counter() - t
         mean = np.asarray(expectation(stats))
         prediction = np.argmax(mean, axis=-1).astype(np.uint8)
-        source = {"sample_maps": str(args.sample_maps), "source": "sample_maps"}
+        source = {"samples": str(args.samples), "source": "samples"}
     else:
         from ugcn.segment.checkpoint import load_model
         from ugcn.segment.model import make_volume_fn, predict_probabilities
@@ -166,20 +159,20 @@ def run(args: argparse.Namespace) -> int:
 
             shifts = tuple(range(-args.tta_max_shift, args.tta_max_shift + 1))
             result = tta_sample(
-                make_volume_fn(model, stochastic=False), image, seed=args.seed, n_samples=args.samples,
+                make_volume_fn(model, stochastic=False), image, seed=args.seed, n_samples=args.n_samples,
                 shifts=shifts, chunk_size=args.chunk, keep_samples=keep,
             )
-            transforms = tta_transforms(args.samples, seed=args.seed, shifts=shifts)
+            transforms = tta_transforms(args.n_samples, seed=args.seed, shifts=shifts)
             source["tta"] = {"max_shift": args.tta_max_shift, "columns": list(TRANSFORM_COLUMNS),
                              "transforms": transforms.tolist()}
         else:
             volume_fn = make_volume_fn(model, stochastic=True)
             result = mc_sample(
-                volume_fn, image, jax.random.key(args.seed), n_samples=args.samples, chunk_size=args.chunk,
+                volume_fn, image, jax.random.key(args.seed), n_samples=args.n_samples, chunk_size=args.chunk,
                 keep_samples=keep,
             )
         jax.block_until_ready(result)
-        stats, samples, n_samples = result.stats, result.samples, args.samples
+        stats, samples, n_samples = result.stats, result.samples, args.n_samples
         timings[f"{args.source}_sampling_s"] = time.perf_counter() - t  # includes compilation
         mean = np.asarray(expectation(stats))
 
@@ -214,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "n_samples": n_samples,
         "chunk": args.chunk,
         "seed": args.seed,
+        "settings": config_to_dict(args.run_config),  # with n_samples, chunk, seed: what --config reads back
         "device": str(jax.devices()[0]),
         "predicted_voxels": int(fg.sum()),
         "estimators": {

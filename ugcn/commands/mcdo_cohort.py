@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ugcn import __version__
+from ugcn.config import config_to_dict
 
 
 def _write_summary(out_dir: Path, stems: list) -> dict:
@@ -56,20 +57,17 @@ def run_folder(args: argparse.Namespace) -> int:
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
 
-    if args.image or args.sample_maps or not args.model:
-        raise ValueError("--images takes --model (not --image or --sample-maps)")
+    if args.image or args.samples or not args.model:
+        raise ValueError("--images takes --model (not --image or --samples)")
     if getattr(args, "source", "mc") != "mc":
         raise ValueError("--images supports MC dropout (--source mc) only")
-    for name in ("samples", "chunk", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     estimators = parse_estimator_names(args.estimators)
     names = [e.name for e in estimators]
     keep = args.save_samples or any(e.needs == "samples" for e in estimators)
     folder, out_dir = Path(args.images), Path(args.out)
     images = image_folder(folder)
     mesh = device_mesh(args.devices)
-    settings = normalized_settings({"model": str(Path(args.model).resolve()), "samples": args.samples,
+    settings = normalized_settings({"model": str(Path(args.model).resolve()), "n_samples": args.n_samples,
                                     "seed": args.seed, "estimators": names, "save_samples": args.save_samples})
     mine = process_slice(images)
     todo = [p for p in mine if case_state(out_dir / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
@@ -95,7 +93,7 @@ def run_folder(args: argparse.Namespace) -> int:
         load_s = (time.perf_counter() - t) / len(batch)
         t = time.perf_counter()
         result = mc_sample_batch(volume_fn, np.stack([v.array for v in volumes]), jnp.stack([key] * len(batch)),
-                                 n_samples=args.samples, chunk_size=args.chunk, keep_samples=keep, devices=mesh)
+                                 n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=keep, devices=mesh)
         jax.block_until_ready(result)
         mc_s = (time.perf_counter() - t) / len(batch)
         for i, (path, volume) in enumerate(zip(batch, volumes)):
@@ -120,8 +118,9 @@ def run_folder(args: argparse.Namespace) -> int:
             by_name = {e.name: e for e in estimators}
             report = {
                 "ugcn_version": __version__, "model": str(args.model), "image": str(path),
-                "shape": list(mean.shape[:3]), "num_classes": int(num_classes), "n_samples": args.samples,
-                "chunk": args.chunk, "seed": args.seed, "devices": describe(mesh, len(batch)),
+                "shape": list(mean.shape[:3]), "num_classes": int(num_classes), "n_samples": args.n_samples,
+                "chunk": args.chunk, "seed": args.seed, "settings": config_to_dict(args.run_config),
+                "devices": describe(mesh, len(batch)),
                 "predicted_voxels": int(fg.sum()),
                 "estimators": {n: {"file": files[f"estimator:{n}"], "description": by_name[n].description,
                                    "value_range": by_name[n].value_range,

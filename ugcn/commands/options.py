@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ugcn.config import (
+    MAX_SEED,
     FieldType,
     attribute_docs,
     bounds,
@@ -47,7 +48,7 @@ class Sampling:
 
     n_samples: int = setting(20, min=1, metavar="T")
     chunk: int = setting(4, min=1)
-    seed: int = setting(0, min=0)
+    seed: int = setting(0, min=0, max=MAX_SEED)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 from tqdm import tqdm
 
 from ugcn.commands.options import add_config_options
-from ugcn.config import setting
+from ugcn.config import MAX_SEED, setting
 
 KINDS = {
     "ct": ("CT", "CT abdomen phantom with a spleen-like target organ (label 1)", {"0": "background", "1": "spleen"}),
@@ -46,7 +46,7 @@ class PhantomSet:
     """
 
     n: int = setting(8, min=1, max=1000, metavar="N")
-    seed: int = setting(0, min=0, metavar="S")
+    seed: int = setting(0, min=0, max=MAX_SEED, metavar="S")
 
 
 def register(subparsers) -> None:

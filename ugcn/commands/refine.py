@@ -58,9 +58,8 @@ class RefineRun:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from ugcn.refine.pipeline import RefineConfig
-
     from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
+    from ugcn.refine.pipeline import RefineConfig
 
     add_config_options(p, RefineConfig, name="refine_config", title="method R settings (defaults: docs/method.md)",
                        record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),

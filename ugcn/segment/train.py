@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ugcn.config import setting
+from ugcn.config import MAX_SEED, setting
 from ugcn.segment.model import SegmentationModel, check_image, init_model
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.unet import UNet, UNetConfig
@@ -87,7 +87,7 @@ class TrainConfig:
     foreground_fraction: float = setting(0.5, min=0, max=1)
     augment: str = setting("intensity", choices=tuple(AUGMENTATIONS))
     clip: Optional[tuple[float, float]] = setting(None, metavar="HU")
-    seed: int = setting(0, min=0)
+    seed: int = setting(0, min=0, max=MAX_SEED)
 
     def train_kwargs(self) -> dict:
         """The keyword arguments of :func:`train_model` these settings stand for."""
