@@ -302,7 +302,8 @@ class LesionProtocolConfig:
       unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
         None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps);
         ``unet_patch_overlap``: share of a patch overlapped by its neighbours at inference (0.5 costs 8
-        network passes per voxel in 3D; 0 with a patch that tiles the volume costs one).
+        network passes per voxel in 3D; 0 with a patch that tiles the volume costs one);
+        ``unet_inference_patch``: tile size of MC dropout when it differs from the training patch.
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
@@ -326,6 +327,7 @@ class LesionProtocolConfig:
     unet_depth: int = 2
     unet_patch: Optional[tuple[int, int, int]] = None
     unet_patch_overlap: float = 0.5
+    unet_inference_patch: Optional[tuple[int, int, int]] = None
     unet_epochs: int = 10
     unet_steps_per_epoch: int = 20
     unet_batch_size: int = 4
@@ -357,8 +359,9 @@ class LesionProtocolConfig:
         if not self.estimators:
             raise ValueError("estimators: give at least one uncertainty estimator")
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        if self.unet_patch is not None:
-            object.__setattr__(self, "unet_patch", tuple(int(p) for p in self.unet_patch))
+        for name in ("unet_patch", "unet_inference_patch"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(p) for p in getattr(self, name)))
 
 
 def mc_uncertainty(
@@ -475,6 +478,9 @@ def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bo
     model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
                            batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
                            progress=progress)
+    if cfg.unet_inference_patch is not None:  # fully convolutional: infer on larger tiles than it was trained on
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config,
+                                                                      patch_size=cfg.unet_inference_patch))
     return model
 
 
