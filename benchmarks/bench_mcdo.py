@@ -30,13 +30,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine_info, median_time, save_results
 
 from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
 from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
 from ugcn.uncertainty.stats import accumulate, empty_stats
-from common import machine_info, median_time, save_results
-
 
 SIZES = {
     "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,)),

@@ -34,8 +34,6 @@ import numpy as np
 from common import median_time, save_results
 
 
-
-
 def sphere_case(radius: float, seed: int = 0):
     """Synthetic organ: sphere with a wrong, uncertain boundary band (as tests/test_refine.py)."""
     size = int(4 * radius)

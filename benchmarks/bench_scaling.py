@@ -68,9 +68,9 @@ def worker(args) -> None:
     np.save(args.probs, probs)
     Path(args.out).write_text(json.dumps({
         "devices": args.devices, "device_kind": str(jax.devices()[0]), "visible_devices": len(jax.devices()),
-        "volumes": size["volumes"], "nodes": [g.n_nodes for g in graphs], "bucket_nodes": int(stacked.features.shape[1]),
-        "bucket_edges": int(stacked.senders.shape[1]), "epochs": size["epochs"], "first_call_s": first,
-        "median_s": seconds,
+        "volumes": size["volumes"], "nodes": [g.n_nodes for g in graphs],
+        "bucket_nodes": int(stacked.features.shape[1]), "bucket_edges": int(stacked.senders.shape[1]),
+        "epochs": size["epochs"], "first_call_s": first, "median_s": seconds,
     }))
 
 

@@ -26,13 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import median_time
 
 from ugcn.segment.model import init_model, make_volume_fn, predict_probabilities
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import Batch, TrainState, make_train_step, train_model
 from ugcn.segment.unet import UNetConfig
-from common import median_time
-
 
 SIZES = {
     "small": dict(base=8, depth=3, batch=8, side=96, scan_steps=5, train=None),
@@ -123,9 +122,10 @@ def main(argv=None) -> int:
     if size["train"] is not None:
         tr = demo_training(size["train"])
         result["train_model"] = tr
-        print(f"train_model: {tr['n_train']} CT phantoms {tuple(tr['shape'])}, {tr['steps']} steps: {tr['train_s']:.0f} s; "
-              f"Dice held-out {tr['dice_heldout_deterministic']:.3f} (deterministic), "
-              f"{tr['dice_heldout_mc_expectation_T8']:.3f} (MC expectation, T=8); train case {tr['dice_train_case']:.3f}")
+        print(f"train_model: {tr['n_train']} CT phantoms {tuple(tr['shape'])}, {tr['steps']} steps: "
+              f"{tr['train_s']:.0f} s; Dice held-out {tr['dice_heldout_deterministic']:.3f} (deterministic), "
+              f"{tr['dice_heldout_mc_expectation_T8']:.3f} (MC expectation, T=8); "
+              f"train case {tr['dice_train_case']:.3f}")
     result["ratios"] = {"U-Net train step: lax.scan / Python loop (time per step)": st["scan_over_loop"]}
     out = Path(__file__).parent / "results" / "segment.json"
     data = json.loads(out.read_text()) if out.exists() else {}

@@ -227,7 +227,8 @@ def _demo_columns_sentence(methods) -> str:
 def demo_section(demo: Path, notes: list[str]) -> list[str]:
     path = demo / "refine" / "summary.json"
     if not path.exists():
-        notes.append(f"no demo summary at {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} (run `make demo`)")
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        notes.append(f"no demo summary at {shown} (run `make demo`)")
         return []
     s = json.loads(path.read_text())
     c = s["config"]
@@ -320,7 +321,8 @@ def study_section(notes: list[str], size: str) -> list[str] | None:
     n_train = sorted({x["regime"]["n_train"] for x in regimes})
     dropout = sorted({x["regime"]["dropout"] for x in regimes})
     out = ["### Where refinement helps: the regime study", "",
-           f"`make study` ({used} size, `python benchmarks/study_refine.py --size {used}`, {r['seconds'] / 60:.0f} min): "
+           f"`make study` ({used} size, `python benchmarks/study_refine.py --size {used}`, "
+           f"{r['seconds'] / 60:.0f} min): "
            f"{len(regimes)} 2D U-Nets of graded quality (training steps {steps} x training volumes {n_train} x "
            f"dropout {dropout}) segment the same {st['n_test']} held-out CT phantoms "
            f"{'x'.join(map(str, st['shape']))}; T = {st['n_samples']} MC passes, {st['uncertainty']} uncertainty. "
@@ -379,14 +381,15 @@ def generate_sections(size: str, demo: Path, notes: list[str]) -> list[tuple[str
     for topic in KNOWN:
         entry, used = load(topic, size)
         if entry is None:
-            notes.append(f"no {size if size != 'auto' else ''} results for {topic} (run `make bench`)".replace("  ", " "))
+            which = size if size != "auto" else ""
+            notes.append(f"no {which} results for {topic} (run `make bench`)".replace("  ", " "))
             continue
         entries.append(entry)
         try:
             bench += SECTIONS[topic](entry, used) + [""]
         except (KeyError, TypeError) as err:  # an older results file: show its ratios only
-            bench += [f"**{topic}** ({used}): " + ", ".join(f"{k} {v:.3g}" for k, v in headline_ratios(topic, used).items())
-                      + f" (older results format: {err!r})", ""]
+            ratios_text = ", ".join(f"{k} {v:.3g}" for k, v in headline_ratios(topic, used).items())
+            bench += [f"**{topic}** ({used}): {ratios_text} (older results format: {err!r})", ""]
     for path in sorted(RESULTS.glob("*.json")):  # any other benchmark (e.g. added later): its ratios
         topic = path.stem
         if topic in KNOWN or topic == STUDY:
@@ -395,7 +398,8 @@ def generate_sections(size: str, demo: Path, notes: list[str]) -> list[tuple[str
         ratios = headline_ratios(topic, used) if entry is not None else {}
         if ratios:
             entries.append(entry)
-            bench += [f"**{topic}** ({used}):", ""] + table(["ratio", "value"], [[k, float(v)] for k, v in ratios.items()]) + [""]
+            rows = [[k, float(v)] for k, v in ratios.items()]
+            bench += [f"**{topic}** ({used}):", ""] + table(["ratio", "value"], rows) + [""]
     if bench:
         bench = ["### Benchmarks", "", "Medians of repeated runs after warm-up; every ratio compares runs made in "
                  "the same process. " + machine_line(entries), ""] + bench
@@ -432,8 +436,8 @@ def generate(size: str, demo: Path, old_region: str = "", notes: list[str] | Non
     if kept:
         notes.append(f"kept from the previous README: {', '.join(kept)}")
     if missing:
-        chunks.append(SECTION.format("notes") + "\nNot shown (no results yet: `make demo`, `make study`, `make bench`): "
-                      + ", ".join(missing) + ".")
+        chunks.append(SECTION.format("notes") + "\nNot shown (no results yet: `make demo`, `make study`, "
+                      "`make bench`): " + ", ".join(missing) + ".")
     return "\n\n".join(chunks)
 
 

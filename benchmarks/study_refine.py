@@ -248,7 +248,8 @@ def markdown(result: dict) -> str:
     lines = []
     for group, g in result["summary"]["pooled"].items():
         lines += [f"**{group}** ({g['volumes']} volumes, mean CNN Dice {g['cnn_mean_dice']:.3f}):", "",
-                  "| method | mean ΔDice | median ΔDice | worst ΔDice | Wilcoxon p | worse | worse by > 1 pt | better |",
+                  "| method | mean ΔDice | median ΔDice | worst ΔDice | Wilcoxon p | worse | worse by > 1 pt "
+                  "| better |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m in methods:
             s = g["stats"][m]

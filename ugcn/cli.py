@@ -158,8 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from ugcn.io import check_output_folder
 
             resolve_options(args)  # every generated option checked, --config applied, before any work
-            if output_folder(args) is not None:
-                check_output_folder(output_folder(args))  # before the work, not after it
+            out = output_folder(args)
+            if out is not None:
+                check_output_folder(out)  # before the work, not after it
             _enable_compilation_cache()
             return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional, Union
 
 import nibabel as nib
 import numpy as np
+from numpy.typing import DTypeLike
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,7 +60,8 @@ class Volume:
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm of a ``[4, 4]`` affine: the norms of its first three columns."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    x, y, z = (float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return x, y, z
 
 
 def is_nifti(path: PathLike) -> bool:
@@ -119,7 +121,7 @@ def image_folder(folder: PathLike) -> list[Path]:
         raise ValueError(f"{folder}: no .nii/.nii.gz images")
     matches = [_CHANNEL_RE.match(nifti_stem(p)) for p in images]
     if all(matches):
-        firsts = [p for p, m in zip(images, matches) if m.group("channel") == "0000"]
+        firsts = [p for p, m in zip(images, matches) if m is not None and m.group("channel") == "0000"]
         grouped = sum(len(channel_files(p)) for p in firsts)
         if grouped != len(images):
             orphans = sorted(set(images) - {c for p in firsts for c in channel_files(p)})
@@ -141,7 +143,7 @@ def nifti_stem(path: PathLike) -> str:
 def load_volume(
     path: PathLike,
     *,
-    dtype: Optional[np.dtype] = np.float32,
+    dtype: DTypeLike = np.float32,
     ndim: Optional[Union[int, tuple[int, ...]]] = None,
     allow_nonfinite: bool = False,
 ) -> Volume:
@@ -165,7 +167,7 @@ def load_volume(
     if not is_nifti(path):
         raise ValueError(f"{path}: not a NIfTI file (expected .nii or .nii.gz)")
     try:
-        img = nib.load(str(path))  # reads the header only
+        img: Any = nib.load(str(path))  # reads the header only (a NIfTI image: nibabel types it generically)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {_first_line(err)})") from None
     check_data_size(path, img, np.float64 if dtype is not None and np.dtype(dtype).kind == "f" else None)
@@ -256,7 +258,8 @@ def check_data_size(path: PathLike, img, dtype=None) -> None:
         size = os.path.getsize(path)
         if size < needed:
             raise ValueError(f"{path}: cannot read NIfTI, truncated: its header ({_shape_text(shape)} voxels of "
-                             f"{stored}) needs {needed} bytes, the file holds {size}; the file was not written completely")
+                             f"{stored}) needs {needed} bytes, the file holds {size}; "
+                             "the file was not written completely")
 
 
 def load_image(path: PathLike, *, ndim=(3, 4), **kwargs) -> Volume:
@@ -419,7 +422,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(entry: Path, match: "re.Match[str]") -> bool:
+def _is_stale(entry: Path, match: re.Match[str]) -> bool:
     pid, host = int(match.group(1)), match.group(2)
     if host == _host_tag():
         return pid != os.getpid() and not _pid_alive(pid)

@@ -6,7 +6,8 @@ by the model's own settings; ``params.msgpack`` holds the parameter tree
 
 :func:`save_model_dir` builds the directory in a hidden temporary sibling that is renamed into place
 (:func:`ugcn.io.atomic_directory`), so an interrupted save never leaves a partial model, an existing model
-is replaced only with ``overwrite=True`` (and only when it holds a ``config.json``), and files get the permissions a plain ``open()`` gives.
+is replaced only with ``overwrite=True`` (and only when it holds a ``config.json``), and files get the
+permissions a plain ``open()`` gives.
 :func:`read_model_dir` checks the directory and its header and returns the settings and the raw parameter
 state; :func:`restore_params` matches that state to the architecture's parameter shapes. Every failure is
 a ``ValueError`` of one line that names the file and what is wrong.

@@ -103,7 +103,7 @@ def write_decathlon(
     """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite, marker="dataset.json") as tmp_dir:
-        entries = []
+        entries: list[dict] = []
         for case_name, image, label, affine in cases:
             case_name = str(case_name)
             if not case_name or "/" in case_name or os.sep in case_name or case_name.startswith("."):

@@ -22,8 +22,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Phantom", "ct_phantom", "brain_phantom", "realistic_brain_phantom", "phantom_affine", "CT_HU", "CT_TISSUES", "FLAIR_LEVELS",
-           "BRAIN_TISSUES"]
+__all__ = ["Phantom", "ct_phantom", "brain_phantom", "realistic_brain_phantom", "phantom_affine", "CT_HU",
+           "CT_TISSUES", "FLAIR_LEVELS", "BRAIN_TISSUES"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # arrays: compare fields with numpy, not ==
@@ -46,7 +46,8 @@ class Phantom:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along ``(X, Y, Z)``."""
-        return tuple(float(v) for v in np.abs(np.diag(self.affine)[:3]))
+        x, y, z = (float(v) for v in np.abs(np.diag(self.affine)[:3]))
+        return x, y, z
 
 
 # Mean intensities of the CT tissues, in Hounsfield units (unenhanced abdomen).

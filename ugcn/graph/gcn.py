@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
+from jax.typing import ArrayLike
 
 
 class GCNNorm(NamedTuple):
@@ -34,9 +35,9 @@ class GCNNorm(NamedTuple):
 
 
 def gcn_normalize(
-    senders: jnp.ndarray,
-    receivers: jnp.ndarray,
-    weights: Optional[jnp.ndarray],
+    senders: ArrayLike,
+    receivers: ArrayLike,
+    weights: Optional[ArrayLike],
     num_nodes: int,
 ) -> GCNNorm:
     """Coefficients of ``D^-1/2 (W + I) D^-1/2``.
@@ -49,9 +50,8 @@ def gcn_normalize(
     Returns:
       :class:`GCNNorm` with ``edge_coeff: f32[E]`` and ``self_coeff: f32[N]``.
     """
-    if weights is None:
-        weights = jnp.ones(senders.shape, jnp.float32)
-    weights = weights.astype(jnp.float32)
+    senders, receivers = jnp.asarray(senders), jnp.asarray(receivers)
+    weights = jnp.ones(senders.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
     degree = jax.ops.segment_sum(weights, receivers, num_segments=num_nodes) + 1.0
     inv_sqrt = jax.lax.rsqrt(degree)
     edge_coeff = inv_sqrt[senders] * weights * inv_sqrt[receivers]
@@ -66,8 +66,9 @@ def graph_normalize(graph: jraph.GraphsTuple) -> GCNNorm:
     return gcn_normalize(graph.senders, graph.receivers, edges, graph.nodes.shape[0])
 
 
-def propagate(norm: GCNNorm, x: jnp.ndarray) -> jnp.ndarray:
+def propagate(norm: GCNNorm, x: ArrayLike) -> jnp.ndarray:
     """``Â @ x`` for ``x: f32[N, F]`` (or ``f32[N]``), by one gather and one segment sum over edges."""
+    x = jnp.asarray(x)
     squeeze = x.ndim == 1
     if squeeze:
         x = x[:, None]

@@ -17,7 +17,7 @@ Batches are ``jraph.GraphsTuple`` padded (``jraph.pad_with_graphs``) to power-of
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import jraph
 import numpy as np
@@ -66,7 +66,7 @@ class LesionGraphs:
         """``i64[G + 1]`` start of each graph's edge block."""
         return np.concatenate([[0], np.cumsum(self.n_edge, dtype=np.int64)])
 
-    def select(self, indices: Sequence[int]) -> "LesionGraphs":
+    def select(self, indices: Union[Sequence[int], np.ndarray]) -> LesionGraphs:
         """The graphs ``indices`` (in that order), renumbered, as a new :class:`LesionGraphs`."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_graphs):
@@ -311,7 +311,7 @@ def budget_ladder(graphs: LesionGraphs, batch_size: int) -> BudgetLadder:
 
 def padded_batch(
     graphs: LesionGraphs,
-    indices: Sequence[int],
+    indices: Union[Sequence[int], np.ndarray],
     *,
     batch_size: Optional[int] = None,
     budget: Optional[tuple[int, int]] = None,

@@ -9,6 +9,15 @@ from ugcn.lesion.baselines import (
     metaseg_scores,
 )
 from ugcn.lesion.components import FP_EPSILON, LesionTable, adjusted_iou, label_lesions, lesion_table
+from ugcn.lesion.gcnn import (
+    GCNN,
+    GCNNConfig,
+    LesionModel,
+    fit_gcnn,
+    load_lesion_model,
+    save_lesion_model,
+    score_lesions,
+)
 from ugcn.lesion.protocol import (
     CaseLesions,
     LesionMethods,
@@ -22,15 +31,6 @@ from ugcn.lesion.protocol import (
     method_names,
     run_protocol,
     score_lesion_methods,
-)
-from ugcn.lesion.gcnn import (
-    GCNN,
-    GCNNConfig,
-    LesionModel,
-    fit_gcnn,
-    load_lesion_model,
-    save_lesion_model,
-    score_lesions,
 )
 
 __all__ = [

@@ -132,15 +132,18 @@ class MetaSeg:
                 "reg_intercept": float(self.reg_intercept), "fp_rate": float(self.fp_rate)}
 
     @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> "MetaSeg":
+    def from_json(cls, payload: Mapping[str, Any]) -> MetaSeg:
         """Inverse of :meth:`to_json`; raises ``ValueError`` on a malformed payload."""
         try:
             if payload.get("kind") != "ugcn.lesion.side_learner":
                 raise ValueError(f"kind {payload.get('kind')!r}")
-            arr = lambda v: None if v is None else np.asarray(v, np.float64)  # noqa: E731
-            model = cls(arr(payload["mean"]), arr(payload["scale"]), arr(payload["classif_coef"]),
+            def vec(v):
+                return np.asarray(v, np.float64)
+
+            model = cls(vec(payload["mean"]), vec(payload["scale"]),
+                        None if payload["classif_coef"] is None else vec(payload["classif_coef"]),
                         None if payload["classif_intercept"] is None else float(payload["classif_intercept"]),
-                        arr(payload["reg_coef"]), float(payload["reg_intercept"]), tuple(payload["estimators"]),
+                        vec(payload["reg_coef"]), float(payload["reg_intercept"]), tuple(payload["estimators"]),
                         float(payload["fp_rate"]), str(payload.get("features", "metaseg")))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"not a valid MetaSeg/side-learner record ({err})") from None

@@ -127,7 +127,7 @@ class LesionTable:
                 **{f"centroid_{a}": float(self.centroid_voxel[i, j]) for j, a in enumerate("xyz")},
                 **{f"centroid_{a}_mm": float(self.centroid_mm[i, j]) for j, a in enumerate("xyz")},
             }
-            if self.iou_adj is not None:
+            if self.iou_adj is not None and self.is_fp is not None:
                 row["iou_adj"] = float(self.iou_adj[i])
                 row["fp"] = bool(self.is_fp[i])
             out.append(row)

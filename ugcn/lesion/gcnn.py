@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import flax.linen as nn

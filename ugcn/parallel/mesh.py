@@ -142,9 +142,13 @@ def shard_map_batch(fn: Callable, mesh: Mesh, n_args: int, n_shared: int = 0) ->
     return jax.jit(mapped)
 
 
-def run_sharded(fn: Callable, mesh: Mesh, *args: Any, shared: tuple = ()) -> Any:
+def run_sharded(fn: Callable, mesh: Optional[Mesh], *args: Any, shared: tuple = ()) -> Any:
     """Pad, shard, run ``fn`` per device (:func:`shard_map_batch`) and unpad: ``fn(*shared, *args)``'s batch
-    semantics over ``args`` (pytrees with one common leading size ``B``) spread over the mesh's devices."""
+    semantics over ``args`` (pytrees with one common leading size ``B``) spread over the mesh's devices.
+
+    ``mesh`` is typically ``resolve_mesh(devices)``; ``None`` (no devices given) raises ``ValueError``."""
+    if mesh is None:
+        raise ValueError("run_sharded needs a device mesh (a device count or ugcn.parallel.device_mesh)")
     sharded, n = shard_batch(args, mesh)
     shared = jax.device_put(shared, NamedSharding(mesh, PartitionSpec()))
     return unpad(shard_map_batch(fn, mesh, len(args), len(shared))(*shared, *sharded), n)

@@ -91,11 +91,13 @@ class CRFConfig:
     def __post_init__(self):
         checks = [
             (self.unary in UNARIES, f"unary must be one of {UNARIES}, got {self.unary!r}"),
-            (self.spatial_units in SPATIAL_UNITS, f"spatial_units must be one of {SPATIAL_UNITS}, got {self.spatial_units!r}"),
+            (self.spatial_units in SPATIAL_UNITS,
+             f"spatial_units must be one of {SPATIAL_UNITS}, got {self.spatial_units!r}"),
             (self.intensity_units in INTENSITY_UNITS,
              f"intensity_units must be one of {INTENSITY_UNITS}, got {self.intensity_units!r}"),
             (0.0 < self.floor < 0.5, f"floor must be in (0, 0.5), got {self.floor}"),
-            (self.gaussian_width is None or self.gaussian_width > 0, f"gaussian_width must be > 0 or None, got {self.gaussian_width}"),
+            (self.gaussian_width is None or self.gaussian_width > 0,
+             f"gaussian_width must be > 0 or None, got {self.gaussian_width}"),
             (self.bilateral_width > 0 and self.intensity_width > 0,
              f"bilateral_width and intensity_width must be > 0, got {self.bilateral_width}, {self.intensity_width}"),
             (self.gaussian_compat >= 0 and self.bilateral_compat >= 0, "compatibilities must be >= 0"),
@@ -230,9 +232,9 @@ def crf_refine(
     image = np.asarray(image, np.float32)
     if prediction.ndim != 3 or image.shape[:3] != prediction.shape:
         raise ValueError(f"crf_refine: image {image.shape} and prediction {prediction.shape} must share [X, Y, Z]")
-    spacing = np.asarray(spacing, np.float64)
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or spacing.min() <= 0:
-        raise ValueError(f"crf_refine: spacing must be three positive numbers (mm), got {spacing.tolist()}")
+    spacing_mm = np.asarray(spacing, np.float64)
+    if spacing_mm.shape != (3,) or not np.all(np.isfinite(spacing_mm)) or spacing_mm.min() <= 0:
+        raise ValueError(f"crf_refine: spacing must be three positive numbers (mm), got {spacing_mm.tolist()}")
     out = np.zeros(prediction.shape, np.uint8)
     if not prediction.any():
         return out
@@ -240,7 +242,9 @@ def crf_refine(
         roi = bounding_box(largest_component(prediction))
     if config.unary == "expectation":
         if expectation is None:
-            raise ValueError("crf_refine: the 'expectation' unary needs the MC expectation E (or use unary='prediction')")
+            raise ValueError(
+                "crf_refine: the 'expectation' unary needs the MC expectation E (or use unary='prediction')"
+            )
         expectation = np.asarray(expectation, np.float32)
         if expectation.shape != prediction.shape:
             raise ValueError(f"crf_refine: expectation {expectation.shape} and prediction {prediction.shape} differ")
@@ -248,7 +252,7 @@ def crf_refine(
     else:
         probability = prediction[roi].astype(np.float32)
     image_roi = image[roi]
-    unit = spacing if config.spatial_units == "mm" else np.ones(3)
+    unit = spacing_mm if config.spatial_units == "mm" else np.ones(3)
     gaussian = None if config.gaussian_width is None else tuple(config.gaussian_width / unit)
     if config.intensity_units == "organ_std":
         schan = tuple(config.intensity_width * organ_intensity_spread(image_roi, prediction[roi]))
@@ -338,4 +342,6 @@ def tune_crf(
         rows.append({**dict(zip(names, values)), "dice": dices, "mean_dice": mean})
         if mean > best_mean:
             best, best_mean = config, mean
+    if best is None:
+        raise ValueError("tune_crf: no setting of the grid gave a finite Dice")
     return CRFTuning(best=best, rows=rows, prediction_dice=[_dice(y, c.label) for c, y in zip(cases, lcc)])

@@ -176,13 +176,13 @@ def _logits(params: dict, ax_t: jnp.ndarray, norm, keep: jnp.ndarray | None) -> 
     usual ``[N, H]`` layout. ``norm`` is the block-diagonal normalisation of the B graphs (``B·N`` nodes).
     """
     b, _, n = ax_t.shape
-    z = []
+    rows = []
     for i in range(b):  # static B: XLA's CPU batched dot is ~3x slower than B plain 2-D products
         h = jax.nn.relu(params["w1"][i].T @ ax_t[i] + params["b1"][i][:, None])
         if keep is not None:
             h = h * keep[i]
-        z.append(params["w2"][i, :, 0] @ h)
-    z = jnp.stack(z)
+        rows.append(params["w2"][i, :, 0] @ h)
+    z = jnp.stack(rows)
     return propagate(norm, z.reshape(b * n)).reshape(b, n) + params["b2"]
 
 

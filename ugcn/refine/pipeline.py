@@ -151,6 +151,13 @@ class _Prepared(NamedTuple):
     timings: dict
     messages: list
 
+    @property
+    def fitted_graph(self) -> VoxelGraph:
+        """The graph waiting for its fit (only when ``result`` is ``None``)."""
+        if self.graph is None:
+            raise AssertionError("this volume needs no fit: it has a result already")
+        return self.graph
+
 
 def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, seed: int) -> _Prepared:
     t0 = time.perf_counter()
@@ -199,7 +206,7 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
 
 
 def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: RefineConfig) -> RefineResult:
-    graph = prep.graph
+    graph = prep.fitted_graph
     shape = graph.volume_shape
     coords = tuple(graph.node_coords.T)
     gcn = node_probs > config.threshold
@@ -225,7 +232,7 @@ def _complete(result: RefineResult, x: RefineInput, crf: bool, t_start: float, u
                 result.messages.append("no voxel spacing given: the CRF's widths in mm assume 1 mm voxels")
             spacing = (1.0, 1.0, 1.0) if x.spacing is None else tuple(x.spacing)
             result.crf = crf_refine(x.image, x.expectation, result.cnn, spacing=spacing, config=config.crf,
-                                    roi=result.graph.roi)
+                                    roi=None if result.graph is None else result.graph.roi)
         except CRFUnavailableError as err:
             result.messages.append(f"CRF skipped: {err}")
         result.timings["crf"] = time.perf_counter() - t0
@@ -277,14 +284,16 @@ def refine_volume(
       :class:`RefineResult`.
     """
     t_start = time.perf_counter()
-    x = RefineInput(image, prediction, expectation, uncertainty, label, spacing=spacing)
+    x = RefineInput(image, prediction, expectation, uncertainty, label,
+                    spacing=None if spacing is None else tuple(spacing))
     prep = _prepare(image, prediction, expectation, uncertainty, config, seed)
     if prep.result is not None:
         return _complete(prep.result, x, crf, t_start, uncertainty_name, config)
-    n_nodes, n_edges = _buckets([prep.graph], config)
+    graph = prep.fitted_graph
+    n_nodes, n_edges = _buckets([graph], config)
     t0 = time.perf_counter()
-    out = fit_gcn(pad_graph(prep.graph, n_nodes, n_edges), jax.random.PRNGKey(seed), config.fit)
-    probs = np.asarray(out.node_probs)[: prep.graph.n_nodes]
+    out = fit_gcn(pad_graph(graph, n_nodes, n_edges), jax.random.PRNGKey(seed), config.fit)
+    probs = np.asarray(out.node_probs)[: graph.n_nodes]
     result = _finish(prep, probs, time.perf_counter() - t0, config)
     return _complete(result, x, crf, t_start, uncertainty_name, config)
 
@@ -322,34 +331,34 @@ def refine_batch(
     Returns:
       ``list[RefineResult]`` in input order.
     """
-    inputs = [RefineInput(*x) if not isinstance(x, RefineInput) else x for x in inputs]
-    if not inputs:
+    volumes = [RefineInput(*x) if not isinstance(x, RefineInput) else x for x in inputs]
+    if not volumes:
         return []
-    seeds = [seeds + i for i in range(len(inputs))] if isinstance(seeds, (int, np.integer)) else list(seeds)
-    if len(seeds) != len(inputs):
-        raise ValueError(f"refine_batch: {len(inputs)} volumes but {len(seeds)} seeds")
+    seeds = [seeds + i for i in range(len(volumes))] if isinstance(seeds, (int, np.integer)) else list(seeds)
+    if len(seeds) != len(volumes):
+        raise ValueError(f"refine_batch: {len(volumes)} volumes but {len(seeds)} seeds")
     starts, preps = [], []
-    for x, seed in zip(tqdm(inputs, desc="graphs", disable=not progress), seeds):
+    for x, seed in zip(tqdm(volumes, desc="graphs", disable=not progress), seeds):
         starts.append(time.perf_counter())
         preps.append(_prepare(x.image, x.prediction, x.expectation, x.uncertainty, config, seed))
     todo = [i for i, p in enumerate(preps) if p.result is None]
     probs = {}
     if todo:
         mesh = resolve_mesh(devices)
-        n_nodes, n_edges = _buckets([preps[i].graph for i in todo], config)
+        n_nodes, n_edges = _buckets([preps[i].fitted_graph for i in todo], config)
         size = padded_size(min(batch_size or len(todo), len(todo)), mesh_size(mesh))
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         for chunk in tqdm(chunks, desc="fits", disable=not progress):
             filled = chunk + [chunk[0]] * (size - len(chunk))
-            stacked = stack_graphs([preps[i].graph for i in filled], n_nodes, n_edges)
+            stacked = stack_graphs([preps[i].fitted_graph for i in filled], n_nodes, n_edges)
             keys = jax.numpy.stack([jax.random.PRNGKey(seeds[i]) for i in filled])
             t0 = time.perf_counter()
             out = np.asarray(fit_batch(stacked, keys, config.fit, strategy=strategy, devices=mesh).node_probs)
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for row, i in enumerate(chunk):
-                probs[i] = (out[row, : preps[i].graph.n_nodes], elapsed)
+                probs[i] = (out[row, : preps[i].fitted_graph.n_nodes], elapsed)
     results = []
-    for i, (x, prep) in enumerate(zip(inputs, preps)):
+    for i, (x, prep) in enumerate(zip(volumes, preps)):
         if prep.result is not None:
             result = prep.result
         else:

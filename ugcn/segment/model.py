@@ -149,13 +149,15 @@ def _with_channels(image: jnp.ndarray) -> jnp.ndarray:
     return image[..., None] if image.ndim == 3 else image
 
 
-def _network_fn(config: UNetConfig, variables: Any, stochastic: bool) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
+def _network_fn(
+    config: UNetConfig, variables: Any, stochastic: bool
+) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
     """``net(x: f32[B, *spatial, M], key) -> probs f32[B, *spatial, C]`` in inference mode."""
     unet = UNet(config)
 
     def net(x: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         if stochastic:
-            logits = unet.apply(variables, x, train=False, dropout=True, rngs={"dropout": key})
+            logits: Any = unet.apply(variables, x, train=False, dropout=True, rngs={"dropout": key})
         else:
             logits = unet.apply(variables, x, train=False, dropout=False)
         return logits_to_probs(logits)
@@ -196,7 +198,7 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
     return fn
 
 
-def patch_starts(shape: tuple[int, int, int], patch: tuple[int, int, int], overlap: float) -> np.ndarray:
+def patch_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> np.ndarray:
     """Corners of a regular patch grid covering a (padded) volume.
 
     Args:
@@ -260,8 +262,8 @@ def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_si
         pad = n_chunks * batch - n_patches
         valid = np.concatenate([np.ones(n_patches, np.float32), np.zeros(pad, np.float32)])
         starts = np.concatenate([starts, np.repeat(starts[-1:], pad, axis=0)])
-        starts = jnp.asarray(starts.reshape(n_chunks, batch, 3))
-        valid = jnp.asarray(valid.reshape(n_chunks, batch))
+        starts_by_chunk = jnp.asarray(starts.reshape(n_chunks, batch, 3))
+        valid_by_chunk = jnp.asarray(valid.reshape(n_chunks, batch))
         w = jnp.asarray(weights)[..., None]
         n_out = cfg.output_classes
 
@@ -282,9 +284,9 @@ def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_si
         acc0 = jnp.zeros(padded + (n_out,), jnp.float32)
         keys = jax.random.split(key, n_chunks)
         if n_chunks == 1:
-            acc, _ = body(acc0, (starts[0], valid[0], keys[0]))
+            acc, _ = body(acc0, (starts_by_chunk[0], valid_by_chunk[0], keys[0]))
         else:
-            acc, _ = jax.lax.scan(body, acc0, (starts, valid, keys))
+            acc, _ = jax.lax.scan(body, acc0, (starts_by_chunk, valid_by_chunk, keys))
         probs = acc / jnp.asarray(total)[..., None]
         return probs[: size[0], : size[1], : size[2]]
 

@@ -43,7 +43,7 @@ class Normalization:
         return {"method": "zscore", "clip": None if self.clip is None else list(self.clip)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Normalization":
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
         if data.get("method", "zscore") != "zscore":
             raise ValueError(f"unknown normalisation method {data.get('method')!r} (expected 'zscore')")
         clip = data.get("clip")

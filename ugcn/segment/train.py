@@ -9,7 +9,8 @@ loop (XLA:CPU ran the training step ~7x slower inside ``lax.scan``); the loss is
 - 3D: patches of ``config.patch``; a fraction ``foreground_fraction`` is centred on a random foreground
   voxel, the rest placed uniformly.
 - Augmentation (per sample, inside the jitted step; :class:`Augmentation`): optional random flips of every
-  spatial axis and 90-degree in-plane rotation (when the in-plane sizes are equal), intensity scale ``U(1-s, 1+s)`` and shift
+  spatial axis and 90-degree in-plane rotation (when the in-plane sizes are equal), intensity scale
+  ``U(1-s, 1+s)`` and shift
   ``U(-t, t)`` of the normalised image, Gaussian noise with a random standard deviation ``U(0, n)``.
 
 Learning rate: 1e-3 by default for both 2D and 3D. Method L used 1e-4 for its 3D U-Net on real MS data
@@ -180,7 +181,7 @@ def augment_sample(
     all three; intensity changes on the image only). Pure; vmap it over a batch of keys."""
     k_flip, k_rot, k_scale, k_shift, k_sigma, k_noise = jax.random.split(key, 6)
     n_spatial = label.ndim
-    arrays = (image, label, mask)
+    arrays: tuple[jax.Array, ...] = (image, label, mask)
     if aug.flips:
         flips = jax.random.bernoulli(k_flip, 0.5, (n_spatial,))
         for axis in range(n_spatial):
@@ -253,14 +254,14 @@ def _patch_data(images: list[np.ndarray], labels: list[np.ndarray], config: UNet
     patch = config.patch
     shape = tuple(max(max(im.shape[a] for im in images), patch[a]) for a in range(3))
     rng = np.random.default_rng(seed)
-    fg, counts = [], []
+    fg, count_list = [], []
     for lab in labels:
         coords = np.argwhere(lab > 0).astype(np.int32)
         if len(coords) > MAX_FG_POINTS:
             coords = coords[np.sort(rng.choice(len(coords), MAX_FG_POINTS, replace=False))]
         fg.append(coords)
-        counts.append(len(coords))
-    counts = np.asarray(counts, np.int32)
+        count_list.append(len(coords))
+    counts = np.asarray(count_list, np.int32)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     fg_all = np.concatenate(fg) if counts.sum() else np.zeros((1, 3), np.int32)
     return PatchData(
@@ -293,7 +294,8 @@ def sample_slices(data: SliceData, key: jax.Array, batch_size: int, foreground_f
     )
     h, w = data.image.shape[1:3]
     size = data.size[idx]
-    mask = (jnp.arange(h)[None, :, None] < size[:, 0, None, None]) & (jnp.arange(w)[None, None, :] < size[:, 1, None, None])
+    rows = jnp.arange(h)[None, :, None] < size[:, 0, None, None]
+    mask = rows & (jnp.arange(w)[None, None, :] < size[:, 1, None, None])
     return Batch(data.image[idx], data.label[idx].astype(jnp.int32), mask.astype(jnp.float32))
 
 
@@ -436,7 +438,8 @@ def train_model(
     model = init_model(config, k_init, normalization=normalization)
     optimizer = optax.adam(learning_rate)
     state = TrainState(model.params, model.batch_stats, optimizer.init(model.params), jnp.zeros((), jnp.int32))
-    full_step = _jitted_full_step(config, float(learning_rate), int(batch_size), float(foreground_fraction), augmentation)
+    full_step = _jitted_full_step(config, float(learning_rate), int(batch_size), float(foreground_fraction),
+                                  augmentation)
     data = _slice_data(images, labels, config) if config.dims == 2 else _patch_data(images, labels, config, seed)
 
     history: dict[str, list[float]] = {"loss": []}

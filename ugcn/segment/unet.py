@@ -101,7 +101,10 @@ class UNetConfig:
         """3D patch size in use (:data:`DEFAULT_PATCH_SIZE` when ``patch_size`` is ``None``)."""
         if self.dims != 3:
             raise ValueError("a 2D U-Net has no patch size")
-        return tuple(self.patch_size) if self.patch_size is not None else DEFAULT_PATCH_SIZE
+        if self.patch_size is None:
+            return DEFAULT_PATCH_SIZE
+        x, y, z = self.patch_size
+        return x, y, z
 
     @property
     def output_classes(self) -> int:
@@ -116,7 +119,7 @@ class UNetConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UNetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)

@@ -27,7 +27,7 @@ class SampleStats(NamedTuple):
       sum_plogp: ``f32[..., C]`` ``Σ_t p_t ln p_t`` (natural log, ``0 ln 0 = 0``; always ``<= 0``).
     """
 
-    count: jnp.ndarray
+    count: jnp.ndarray  # type: ignore[assignment]  # a field named like tuple.count: the number of samples T
     sum_p: jnp.ndarray
     sum_p2: jnp.ndarray
     sum_plogp: jnp.ndarray

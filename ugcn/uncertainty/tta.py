@@ -18,14 +18,16 @@ flips and translations (a per-voxel function of the intensity, a circular convol
 the un-augmented prediction exactly; a real U-Net differs through its border handling and pooling grid.
 The ``T`` transforms are a deterministic function of the seed (:func:`tta_transforms`); the first one is the
 identity by default (no flip, no shift; when shifts are allowed the model still sees the edge-padded
-canvas, so near the border it can differ slightly from a plain prediction of the unpadded image). Compilation follows :func:`mc_sample`: one jitted sampler per architecture (weights
-passed as an argument), ``vmap`` over a chunk of transforms inside a ``lax.scan`` over chunks.
+canvas, so near the border it can differ slightly from a plain prediction of the unpadded image).
+
+Compilation follows :func:`mc_sample`: one jitted sampler per architecture (weights passed as an argument),
+``vmap`` over a chunk of transforms inside a ``lax.scan`` over chunks.
 """
 from __future__ import annotations
 
 import functools
 import itertools
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,7 @@ def _check_shifts(shifts: Sequence[int]) -> tuple[int, ...]:
 def tta_transforms(
     n_samples: int,
     *,
-    seed: int = 0,
+    seed: Union[int, Sequence[int]] = 0,
     flip_axes: Sequence[int] = DEFAULT_FLIP_AXES,
     shifts: Sequence[int] = DEFAULT_SHIFTS,
     shift_axes: Sequence[int] = DEFAULT_SHIFT_AXES,
@@ -116,8 +118,8 @@ def tta_transforms(
             "test-time augmentation has no transform besides the identity: give flip_axes or non-zero shifts"
         )
     rng = np.random.default_rng(seed)
-    drawn = [candidates[rng.permutation(len(candidates))] for _ in range(-(-n_drawn // max(len(candidates), 1)))]
-    drawn = np.concatenate(drawn, axis=0)[:n_drawn] if drawn else np.zeros((0, 6), np.int32)
+    rounds = [candidates[rng.permutation(len(candidates))] for _ in range(-(-n_drawn // max(len(candidates), 1)))]
+    drawn = np.concatenate(rounds, axis=0)[:n_drawn] if rounds else np.zeros((0, 6), np.int32)
     if include_identity:
         drawn = np.concatenate([np.zeros((1, 6), np.int32), drawn], axis=0)
     return drawn.astype(np.int32)
