@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "ugcn.io": ["Volume", "load_volume", "load_mask", "save_volume", "check_same_grid"],
-    "ugcn.data": ["ct_phantom", "brain_phantom", "find_cases", "load_case", "write_decathlon", "kfold_splits"],
+    "ugcn.data": ["ct_phantom", "brain_phantom", "realistic_brain_phantom", "find_cases", "load_case",
+                  "write_decathlon", "kfold_splits"],
     "ugcn.segment": ["UNetConfig", "SegmentationModel", "make_volume_fn", "predict_probabilities", "predict_mask",
                      "save_model", "load_model"],
     "ugcn.segment.train": ["train_model"],
@@ -29,7 +30,8 @@ _PUBLIC = {
                     "label_lesions", "adjusted_iou", "case_lesions", "fit_gcnn", "score_lesions",
                     "merge_cases", "fit_lesion_methods", "score_lesion_methods", "evaluate_lesion_scores",
                     "LesionProtocolConfig", "run_protocol"],
-    "ugcn.evaluate": ["dice", "accuracy_confidence_curve", "accuracy_confidence_auc", "spearman"],
+    "ugcn.evaluate": ["dice", "accuracy_confidence_curve", "accuracy_confidence_auc", "spearman", "bootstrap_aucs",
+                      "lesion_retention_curve"],
     "ugcn.evaluate.estimator_compare": ["compare_estimators", "CompareConfig", "CaseSamples"],
     "ugcn.parallel": ["device_mesh", "shard_batch", "unpad", "initialize_distributed", "process_slice"],
 }

@@ -9,6 +9,7 @@ from ugcn.data.phantoms import (
     brain_phantom,
     ct_phantom,
     phantom_affine,
+    realistic_brain_phantom,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "brain_phantom",
     "ct_phantom",
     "phantom_affine",
+    "realistic_brain_phantom",
 ]
