@@ -200,7 +200,7 @@ def check_lesions_folder(out: dict, work: Path) -> None:
     params, _ = init(jax.random.PRNGKey(1), _init_graph(len(names)))
     save_lesion_model(LesionModel(config, params, np.zeros(5, np.float32), np.ones(5, np.float32)), work / "lm")
     common = ["lesions", "score", "--model", str(work / "model"), "--lesion-model", str(work / "lm"),
-              "--mc-samples", "3", "--mc-chunk", "2", "--no-progress"]
+              "--n-samples", "3", "--chunk", "2", "--no-progress"]
     folder = main(common + ["--images", str(work / "images"), "--out", str(work / "ls"), "--devices", "4"])
     single = main(common + ["--image", str(work / "images" / "c4.nii.gz"), "--out", str(work / "ls4")])
     csv_a, csv_b = ((d / "c4_lesions.csv").read_text().splitlines() for d in (work / "ls" / "c4", work / "ls4"))

@@ -197,9 +197,17 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _write_cases(data, 3, 1)
     lm = tmp_path / "lm"
-    args = ["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--epochs", "2", "--no-progress"]
+    args = ["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--gcnn-epochs", "2",
+            "--gcnn-hidden", "8", "--no-progress"]
     assert main(args) == 0
     assert (lm / "config.json").exists()
+    from ugcn.lesion.gcnn import load_lesion_model
+
+    fitted = load_lesion_model(lm)  # --gcnn-hidden reached the network: every hidden layer is 8 wide
+    import jax
+
+    widths = {leaf.shape[-1] for leaf in jax.tree_util.tree_leaves(fitted.params) if leaf.ndim == 2}
+    assert fitted.config.epochs == 2 and 8 in widths and 64 not in widths
     assert main(args) == 2  # refuses to overwrite
     out = tmp_path / "scores"
     image = data / "imagesTr" / "c0.nii.gz"
@@ -229,7 +237,9 @@ def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch):
     seen = {}
 
     def fake_fit(images, labels, cfg, seed, progress):
-        seen.update(lr=cfg.unet_learning_rate, dropout=cfg.unet_dropout, patch=cfg.unet_patch, t=cfg.mc_samples)
+        seen.update(lr=cfg.unet_learning_rate, dropout=cfg.unet_dropout, patch=cfg.unet_patch, t=cfg.mc_samples,
+                    epochs=cfg.unet_epochs, steps=cfg.unet_steps_per_epoch, batch=cfg.unet_batch_size,
+                    width=cfg.unet_base_features, depth=cfg.unet_depth, chunk=cfg.mc_chunk)
         return {}
 
     monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
@@ -238,10 +248,12 @@ def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _write_cases(data, 8, 2)
     args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--unet-learning-rate", "0.02",
-            "--unet-dropout", "0.15", "--unet-patch-size", "8", "8", "8", "--mc-samples", "3", "--gcnn-epochs", "1",
-            "--no-progress"]
+            "--unet-dropout", "0.15", "--unet-patch-size", "8", "8", "8", "--n-samples", "3", "--gcnn-epochs", "1",
+            "--unet-epochs", "3", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
+            "--unet-depth", "1", "--chunk", "2", "--no-progress"]
     assert main(args) == 0
-    assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3}
+    assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3, "epochs": 3, "steps": 2, "batch": 2,
+                    "width": 4, "depth": 1, "chunk": 2}
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_score_from_sample_maps(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _cases(data, 3, 1)
     lm = tmp_path / "lm"
-    assert main(["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--epochs", "2",
+    assert main(["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--gcnn-epochs", "2",
                  "--estimators", "entropy", "variance", "--no-progress"]) == 0
     # Another framework's T = 5 foreground maps: two blobs, one certain, one flickering.
     rng = np.random.default_rng(0)

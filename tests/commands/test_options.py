@@ -236,6 +236,8 @@ REFINE = ["refine", "--image", "i.nii.gz", "--samples", "s.nii.gz", "--out", "o"
 REFINE_BATCH = ["refine-batch", "--images", "d", "--samples-dir", "s", "--out", "o"]
 TRAIN = ["train", "--data", "d", "--out", "o"]
 MCDO = ["mcdo", "--model", "m", "--image", "i.nii.gz", "--out", "o"]
+FIT = ["lesions", "fit", "--data", "d", "--model", "m", "--out", "o"]
+SCORE = ["lesions", "score", "--image", "i.nii.gz", "--model", "m", "--lesion-model", "l", "--out", "o"]
 
 
 @pytest.mark.parametrize(
@@ -261,6 +263,11 @@ MCDO = ["mcdo", "--model", "m", "--image", "i.nii.gz", "--out", "o"]
         (MCDO + ["--tta-max-shift", "-1"], "ugcn mcdo: error: --tta-max-shift must be a non-negative integer, got -1"),
         (MCDO + ["--seed", "4294967296"], "ugcn mcdo: error: --seed must be a non-negative integer <= 4294967295, "
                                           "got 4294967296"),
+        (FIT + ["--gcnn-epochs", "0"], "ugcn lesions: error: --gcnn-epochs must be a positive integer, got 0"),
+        (FIT + ["--gcnn-lr-start", "nan"],
+         "ugcn lesions: error: --gcnn-lr-start must be a positive finite number, got nan"),
+        (SCORE + ["--n-samples", "-3"], "ugcn lesions: error: --n-samples must be a positive integer, got -3"),
+        (SCORE + ["--devices", "0"], "ugcn lesions: error: --devices must be a positive integer, got 0"),
         (["phantoms", "ct", "o", "--n", "1001"],
          "ugcn phantoms: error: --n must be a positive integer <= 1000, got 1001"),
     ],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -28,32 +29,41 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
+from ugcn.config import setting
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
+from ugcn.lesion.protocol import MASK_SOURCES
 
-TASKS = ("classification", "regression")
 SCORE_BATCH = 64  # lesion graphs per GCNN call when scoring
 
 
-def _estimators(values: Optional[Sequence[str]]) -> tuple[str, ...]:
-    if not values:
-        return DEFAULT_ESTIMATORS
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--estimators: give at least one estimator name")
-    return tuple(names)
+@dataclasses.dataclass(frozen=True)
+class LesionMask:
+    """The predicted lesions.
+
+    Attributes:
+      mask_from: predicted mask: mean = the MC expectation > 0.5; deterministic = the dropout-off prediction.
+      estimators: uncertainty maps used as node features and baseline aggregations (names or
+        'package.module:function' specs).
+    """
+
+    mask_from: str = setting("mean", choices=MASK_SOURCES)
+    estimators: tuple[str, ...] = setting(DEFAULT_ESTIMATORS, metavar="NAME")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mc-samples", type=int, default=20, metavar="T", help="MC dropout passes (default 20)")
-    p.add_argument("--mc-chunk", type=int, default=4, help="passes evaluated together (memory; default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of MC dropout and training (default 0)")
-    p.add_argument("--mask-from", choices=("mean", "deterministic"), default="mean",
-                   help="predicted mask: MC expectation (default) or the dropout-off prediction")
+def _add_common(p: argparse.ArgumentParser, *, mask: bool = True, estimators: bool = True) -> None:
+    if mask:  # evaluate: the protocol's config holds these
+        add_config_options(p, Sampling, name="sampling", title="MC dropout")
+        add_config_options(p, LesionMask, name="mask_config", title="lesions", record="settings",
+                           exclude=() if estimators else ("estimators",))
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def register(subparsers) -> None:
+    from ugcn.lesion.gcnn import GCNNConfig
+    from ugcn.lesion.protocol import LesionProtocolConfig
+
     parser = subparsers.add_parser(
         "lesions", help="lesion-wise uncertainty with a graph network (method L)",
         description="Lesion-wise uncertainty: connected components of the predicted mask, one graph per "
@@ -66,10 +76,8 @@ def register(subparsers) -> None:
     fit.add_argument("--data", required=True, help="labelled data set folder (Decathlon layout, ...)")
     fit.add_argument("--model", required=True, help="trained segmentation model folder (ugcn train)")
     fit.add_argument("--out", required=True, help="output folder of the lesion model")
-    fit.add_argument("--task", choices=TASKS, default="classification")
-    fit.add_argument("--estimators", nargs="+", metavar="NAME",
-                     help=f"uncertainty maps used as node features (default {' '.join(DEFAULT_ESTIMATORS)})")
-    fit.add_argument("--epochs", type=int, default=100, help="GCNN epochs (default 100)")
+    add_config_options(fit, GCNNConfig, name="gcnn_config", title="lesion GCNN", record="gcnn", prefix="gcnn-",
+                       flags={"task": "task"}, exclude=("seed", "feature_names"))
     _add_common(fit)
     fit.set_defaults(run=run_fit)
 
@@ -77,51 +85,25 @@ def register(subparsers) -> None:
     score.add_argument("--image", help="input image (.nii/.nii.gz)")
     score.add_argument("--images", metavar="DIR", help="instead of --image: every image of a folder, one "
                        "sub-folder of --out each (resumable, MC dropout and scoring spread over --devices)")
-    score.add_argument("--batch-size", type=int, default=8,
-                       help="--images: volumes per compiled MC call, rounded up to a multiple of --devices")
     score.add_argument("--model", help="trained segmentation model folder (MC dropout; or give --samples)")
     score.add_argument("--samples", metavar="SAMPLES_4D",
                        help="with --image, instead of --model: a 4D NIfTI (X, Y, Z, T) of T foreground probability "
                        "maps of any model (MC samples); the lesions are those of their mean > 0.5")
     score.add_argument("--lesion-model", required=True, help="lesion model folder (ugcn lesions fit)")
     score.add_argument("--out", required=True, help="output folder")
-    score.add_argument("--devices", type=int, default=None, metavar="N",
-                       help="spread the volumes (--images) and lesion batches over N devices of this process "
-                       "(default: all)")
-    _add_common(score)
+    add_config_options(score, Batching, name="batching", title="folder processing (--images) and devices")
+    _add_common(score, estimators=False)  # the lesion model's own estimators
     score.set_defaults(run=run_score)
 
     ev = sub.add_parser("evaluate", help="k-fold evaluation of every lesion-uncertainty method")
     ev.add_argument("--data", required=True, help="labelled data set folder")
     ev.add_argument("--out", required=True, help="output folder of the results")
-    ev.add_argument("--folds", type=int, default=4, help="number of folds (default 4)")
-    ev.add_argument("--val-fraction", type=float, default=0.2, help="validation share of non-test cases")
-    ev.add_argument("--estimators", nargs="+", metavar="NAME")
-    ev.add_argument("--epochs", type=int, default=10, help="U-Net epochs per fold (default 10)")
-    ev.add_argument("--steps-per-epoch", type=int, default=20, help="U-Net steps per epoch (default 20)")
-    ev.add_argument("--batch-size", type=int, default=4, help="U-Net patches per step (default 4)")
-    ev.add_argument("--base-features", type=int, default=8, help="U-Net width (default 8)")
-    ev.add_argument("--depth", type=int, default=2, help="U-Net down-samplings (default 2)")
-    ev.add_argument("--unet-patch-size", "--patch", dest="patch", type=int, nargs=3, metavar=("PX", "PY", "PZ"),
-                    help="U-Net training patch (default: the whole volume), as in ugcn train")
-    ev.add_argument("--unet-learning-rate", dest="learning_rate", type=float, default=1e-3,
-                    help="U-Net Adam learning rate (default 1e-3), as in ugcn train")
-    ev.add_argument("--unet-dropout", dest="dropout", type=float, default=None,
-                    help="U-Net channel-wise dropout rate, also used by MC dropout (default 0.2, docs/method.md)")
-    ev.add_argument("--gcnn-epochs", type=int, default=100, help="GCNN epochs (default 100)")
-    ev.add_argument("--min-val-fp", type=int, default=5, metavar="N",
-                    help="a fold whose validation set holds fewer FP lesions is unreliable for the learned methods "
-                    "and left out of the evaluation (default 5)")
-    ev.add_argument("--bootstrap", type=int, default=2000, metavar="B",
-                    help="subject-bootstrap replicates of each 95 %% interval (default 2000)")
-    ev.add_argument("--samples-dir", metavar="DIR",
-                    help="instead of a U-Net per fold: 4D NIfTI (X, Y, Z, T) of T foreground maps per case "
-                    "(<case>.nii.gz or <case>_samples.nii.gz) from any model not trained on these cases")
-    ev.add_argument("--no-cases", action="store_true",
-                    help="do not write OUT/cases/<case>/ (prediction, lesion ids, uncertainty maps)")
-    ev.add_argument("--logsum", choices=("log_of_sum", "sum_of_logs"), default="sum_of_logs",
-                    help="logsum baseline: sum of voxel logs (default, Nair et al.) or log of the voxel sum")
-    _add_common(ev)
+    add_config_options(ev, LesionProtocolConfig, name="protocol_config", title="protocol (defaults: docs/method.md)",
+                       record="config", flags={"mc_samples": "n-samples", "mc_chunk": "chunk", "seed": "seed",
+                                               "unet_patch": "unet-patch-size", "n_bootstrap": "bootstrap",
+                                               "write_cases": "cases"})
+    add_config_file_option(ev, "the results.json of an earlier run")
+    _add_common(ev, mask=False)
     ev.set_defaults(run=run_evaluate)
 
 
@@ -138,7 +120,7 @@ def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
     for i, case in enumerate(tqdm(cases, desc="MC dropout", disable=not progress)):
         image, label = load_case(case)
         pred, maps = mc_uncertainty(model, image.array, jax.random.fold_in(key, i), estimators=estimators,
-                                    n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                    n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
                                     volume_fn=volume_fn)
         out.append(case_lesions(case.name, image.array, pred, maps, None if label is None else label.array,
                                 affine=image.affine, estimators=estimators))
@@ -156,14 +138,15 @@ def run_fit(args) -> int:
     from ugcn.segment import load_model
 
     out = check_replaceable(args.out, overwrite=args.overwrite, marker=CONFIG_FILE)  # fail before the work
-    estimators = _estimators(args.estimators)
+    estimators = tuple(args.estimators)
     model = load_model(args.model)
     cases = find_cases(args.data)
     lesions = merge_cases(_lesions_of_cases(cases, model, estimators=estimators, args=args,
                                             progress=not args.no_progress))
     if lesions.n == 0:
         raise ValueError(f"{args.data}: the model predicts no lesion in any case; nothing to fit on")
-    lesion_model = fit_gcnn(lesions.graphs, lesions.iou_adj, task=args.task, epochs=args.epochs, seed=args.seed,
+    gcnn = {k: v for k, v in dataclasses.asdict(args.gcnn_config).items() if k not in ("seed", "feature_names")}
+    lesion_model = fit_gcnn(lesions.graphs, lesions.iou_adj, **gcnn, seed=args.seed,
                             progress=not args.no_progress)
     side = {"metaseg": fit_metaseg(metaseg_features(lesions.stats, estimators), lesions.iou_adj,
                                    estimators=estimators),
@@ -280,7 +263,7 @@ def run_score(args) -> int:
     else:
         model = load_model(args.model)
         pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
-                                    n_samples=args.mc_samples, chunk_size=args.mc_chunk, mask_from=args.mask_from,
+                                    n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
                                     volume_fn=_stochastic_fn(model))
     print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
     n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
@@ -310,14 +293,12 @@ def run_score_folder(args) -> int:
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import estimator_maps
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     folder, out = Path(args.images), Path(args.out)
     images = image_folder(folder)
     mesh = device_mesh(args.devices)
     settings = normalized_settings({
         "model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),
-        "mc_samples": args.mc_samples, "seed": args.seed, "mask_from": args.mask_from})
+        "mc_samples": args.n_samples, "seed": args.seed, "mask_from": args.mask_from})
     mine = process_slice(images)
     todo = [p for p in mine if case_state(out / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
     size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
@@ -340,7 +321,7 @@ def run_score_folder(args) -> int:
         for group in groups.values():
             keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))  # as `--image` uses
             result = mc_sample_batch(volume_fn, np.stack([volumes[p].array for p in group]), keys,
-                                     n_samples=args.mc_samples, chunk_size=args.mc_chunk, devices=mesh)
+                                     n_samples=args.n_samples, chunk_size=args.chunk, devices=mesh)
             for i, p in enumerate(group):
                 stats = jax.tree_util.tree_map(lambda x: x[i], result.stats)
                 maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), stats).items()}
@@ -369,18 +350,9 @@ def run_score_folder(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
+    from ugcn.lesion.protocol import run_protocol
 
-    config = LesionProtocolConfig(
-        folds=args.folds, val_fraction=args.val_fraction, seed=args.seed, estimators=_estimators(args.estimators),
-        mc_samples=args.mc_samples, mc_chunk=args.mc_chunk, mask_from=args.mask_from,
-        unet_base_features=args.base_features, unet_depth=args.depth,
-        unet_patch=tuple(args.patch) if args.patch else None, unet_epochs=args.epochs,
-        unet_steps_per_epoch=args.steps_per_epoch, unet_batch_size=args.batch_size,
-        unet_learning_rate=args.learning_rate, unet_dropout=args.dropout,
-        gcnn_epochs=args.gcnn_epochs, logsum=args.logsum, min_val_fp=args.min_val_fp, n_bootstrap=args.bootstrap,
-        samples_dir=args.samples_dir, write_cases=not args.no_cases,
-    )
+    config = args.protocol_config
     result = run_protocol(args.data, config, out_dir=args.out, overwrite=args.overwrite,
                           progress=not args.no_progress)
     print(result.markdown())

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ugcn.config import MAX_SEED, setting
 from ugcn.graph.gcn import GraphConv, graph_normalize
 from ugcn.graph.lesion_graph import DEFAULT_LADDER, LesionGraphs, padded_batch
 from ugcn.lesion.components import FP_EPSILON
@@ -104,15 +105,15 @@ class GCNNConfig:
       feature_names: names of the node features the model was trained on.
     """
 
-    task: str = "classification"
-    hidden: int = 64
-    epochs: int = 100
-    batch_size: int = 10
-    lr_start: float = 1e-2
-    lr_end: float = 1e-5
-    epsilon: float = FP_EPSILON
+    task: str = setting("classification", choices=TASKS)
+    hidden: int = setting(64, min=1)
+    epochs: int = setting(100, min=1)
+    batch_size: int = setting(10, min=1)
+    lr_start: float = setting(1e-2, gt=0)
+    lr_end: float = setting(1e-5, gt=0)
+    epsilon: float = setting(FP_EPSILON, min=0, max=1)
     standardize: bool = True
-    seed: int = 0
+    seed: int = setting(0, min=0, max=MAX_SEED)
     feature_names: tuple[str, ...] = ()
 
     @property
