@@ -324,3 +324,18 @@ def test_crf_preset_then_single_flags_then_config_file(tmp_path):
     assert crf("--config", str(path), "--crf-preset", "tuned") == CRFConfig()  # an explicit preset wins
     with pytest.raises(ValueError, match=r"^--crf-floor must be a number in \(0, 0.5\), got 0.5$"):
         crf("--crf-floor", "0.5")
+
+
+def test_lesions_evaluate_config_reads_the_recorded_protocol(tmp_path):
+    from ugcn.cli import build_parser
+    from ugcn.config import config_to_dict
+    from ugcn.lesion.protocol import LesionProtocolConfig
+
+    recorded = LesionProtocolConfig(folds=3, mc_samples=7, unet_epochs=2, unet_patch=(8, 8, 8), gcnn_epochs=5,
+                                    estimators=("entropy",), write_cases=False)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"table": [], "config": config_to_dict(recorded)}))
+    base = ["lesions", "evaluate", "--data", "d", "--out", "o", "--config", str(path)]
+    assert resolve_options(build_parser().parse_args(base)).protocol_config == recorded
+    args = resolve_options(build_parser().parse_args(base + ["--unet-epochs", "4", "--cases"]))
+    assert args.protocol_config == dataclasses.replace(recorded, unet_epochs=4, write_cases=True)
