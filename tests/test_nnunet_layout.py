@@ -75,3 +75,28 @@ def test_image_folder_groups_channels_for_the_folder_commands(tmp_path):
     save_volume(plain / "a.nii.gz", np.zeros((4, 4, 4), np.float32), AFFINE)
     save_volume(plain / "b_seg.nii.gz", np.zeros((4, 4, 4), np.float32), AFFINE)
     assert [p.name for p in image_folder(plain)] == ["a.nii.gz", "b_seg.nii.gz"]  # no channel naming
+
+
+@pytest.mark.slow
+def test_an_nnunet_raw_dataset_trains_and_refines(tmp_path, capsys):
+    from ugcn.cli import main
+    from ugcn.segment import load_model
+
+    write_nnunet_raw(tmp_path / "Dataset001_Phantom", n_cases=2)
+    model_dir = tmp_path / "model"
+    assert main(["train", "--data", str(tmp_path / "Dataset001_Phantom"), "--out", str(model_dir), "--unet-epochs",
+                 "1", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
+                 "--unet-depth", "2", "--quiet"]) == 0
+    model = load_model(model_dir)
+    assert model.config.in_channels == 2  # both channel files of every case
+    assert model.training["cases"] == ["case_000", "case_001"] and model.training["spacing"] == [1.5, 1.5, 3.0]
+    images = tmp_path / "Dataset001_Phantom" / "imagesTr"
+    out = tmp_path / "refined"
+    code = main(["refine-batch", "--images", str(images), "--model", str(model_dir), "--out", str(out),
+                 "--labels", str(tmp_path / "Dataset001_Phantom" / "labelsTr"), "--n-samples", "2", "--chunk", "2",
+                 "--epochs", "3", "--tau", "0.5", "--tau-mode", "quantile", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["volumes"]) == ["case_000", "case_001"]  # one case per channel group, nnU-Net's names
+    report = json.loads((out / "case_000" / "report.json").read_text())
+    assert report["image"].endswith("case_000_0000.nii.gz") and "dice" in report

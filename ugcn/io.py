@@ -281,6 +281,67 @@ def load_image(path: PathLike, *, ndim=(3, 4), **kwargs) -> Volume:
     return dataclasses.replace(channels[0], array=np.stack([c.array for c in channels], axis=-1))
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Orientation: ugcn's models see every scan in RAS+ (nibabel's closest canonical orientation), so that the
+# 2D U-Net's slices are axial whatever order the file stores its axes in; outputs go back to the file's order.
+# ----------------------------------------------------------------------------------------------------------
+
+#: The orientation ugcn's models are trained and run in (the third array axis is superior: axial slices).
+CANONICAL = "RAS"
+
+
+def _ornt(affine: np.ndarray) -> np.ndarray:
+    return nib.orientations.io_orientation(np.asarray(affine, np.float64))
+
+
+def _reorder(array, ornt: np.ndarray, axis: int) -> np.ndarray:
+    array = np.asarray(array)
+    spatial = [axis, axis + 1, axis + 2]
+    moved = np.moveaxis(array, spatial, [0, 1, 2])
+    return np.moveaxis(nib.orientations.apply_orientation(moved, ornt), [0, 1, 2], spatial)
+
+
+def to_canonical(array, affine: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    """``array`` with its spatial axes ``axis .. axis + 2`` permuted and flipped into RAS+ order.
+
+    Args:
+      array: ``[..., X, Y, Z, ...]`` voxels on the grid of ``affine`` (spatial axes from ``axis``).
+      affine: ``f64[4, 4]`` voxel-to-world matrix of the file's grid.
+
+    Returns:
+      The same voxels, reordered so that the array axes run left-to-right, posterior-to-anterior and
+      inferior-to-superior (the closest to the world axes; oblique scans are not resampled).
+    """
+    return _reorder(array, _ornt(affine), axis)
+
+
+def from_canonical(array, affine: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    """Inverse of :func:`to_canonical`: a RAS+-ordered ``array`` back in the voxel order of ``affine``'s grid."""
+    ras = nib.orientations.axcodes2ornt(CANONICAL)
+    return _reorder(array, nib.orientations.ornt_transform(ras, _ornt(affine)), axis)
+
+
+def canonical_affine(affine: np.ndarray, shape) -> np.ndarray:
+    """The voxel-to-world matrix ``f64[4, 4]`` of the grid ``to_canonical`` gives (same world positions)."""
+    return np.asarray(affine, np.float64) @ nib.orientations.inv_ornt_aff(_ornt(affine), tuple(shape)[:3])
+
+
+def canonical_shape(shape, affine: np.ndarray) -> tuple[int, ...]:
+    """The shape :func:`to_canonical` gives an array of ``shape`` (spatial axes first) on ``affine``'s grid."""
+    shape = tuple(int(v) for v in shape)
+    spatial = [0, 0, 0]
+    for size, (axis, _) in zip(shape[:3], _ornt(affine)):
+        spatial[int(axis)] = size
+    return tuple(spatial) + shape[3:]
+
+
+def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the RAS+-ordered axes (left-right, posterior-anterior, inferior-superior)."""
+    order = np.argsort(_ornt(affine)[:, 0])
+    spacing = voxel_spacing(affine)
+    return tuple(float(spacing[i]) for i in order)
+
+
 def load_mask(path: PathLike) -> Volume:
     """Read a 3D label/mask volume as ``uint8`` (values must be non-negative integers)."""
     vol = load_volume(path, dtype=np.float32, ndim=3)

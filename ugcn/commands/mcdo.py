@@ -106,10 +106,10 @@ def _plan_outputs(out_dir: Path, names: list[str], save_samples: bool, multiclas
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from ugcn.io import atomic_directory, load_volume, save_volume
+    from ugcn.io import atomic_directory, load_image, save_volume, to_canonical
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
-    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
+    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample, result_from_canonical
     from ugcn.uncertainty.stats import stats_from_samples
 
     if args.images:
@@ -146,11 +146,12 @@ def run(args: argparse.Namespace) -> int:
         from ugcn.segment.model import make_volume_fn, predict_probabilities
 
         model = load_model(args.model)
-        reference = load_volume(args.image, ndim=(3, 4))
-        image = reference.array
+        reference = load_image(args.image)  # nnU-Net's channel files stacked
+        image = to_canonical(reference.array, reference.affine)  # the model runs in RAS+; maps come back below
         timings["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        prediction = np.argmax(predict_probabilities(model, image), axis=-1).astype(np.uint8)
+        probs = predict_probabilities(model, reference.array, reference.affine)
+        prediction = np.argmax(probs, axis=-1).astype(np.uint8)
         timings["deterministic_pass_s"] = time.perf_counter() - t
         t = time.perf_counter()
         source = {"model": str(args.model), "image": str(args.image), "source": args.source}
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 keep_samples=keep,
             )
         jax.block_until_ready(result)
+        result = result_from_canonical(result, reference.affine)  # the file's voxel order, as every output
         stats, samples, n_samples = result.stats, result.samples, args.n_samples
         timings[f"{args.source}_sampling_s"] = time.perf_counter() - t  # includes compilation
         mean = np.asarray(expectation(stats))

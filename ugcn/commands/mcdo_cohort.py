@@ -51,9 +51,12 @@ def run_folder(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ugcn.commands.mcdo import _plan_outputs, _summary
-    from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, save_volume
+    from ugcn.io import (
+        atomic_directory, canonical_shape, case_name, image_folder, load_image, save_volume, to_canonical,
+    )
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
     from ugcn.uncertainty.cohort import mc_sample_batch
+    from ugcn.uncertainty.sampling import result_from_canonical
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
 
@@ -70,15 +73,16 @@ def run_folder(args: argparse.Namespace) -> int:
     settings = normalized_settings({"model": str(Path(args.model).resolve()), "n_samples": args.n_samples,
                                     "seed": args.seed, "estimators": names, "save_samples": args.save_samples})
     mine = process_slice(images)
-    todo = [p for p in mine if case_state(out_dir / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
+    todo = [p for p in mine if case_state(out_dir / case_name(p), settings, overwrite=args.overwrite) == "todo"]
     size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
     if not args.quiet:
         where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
         print(f"mcdo: {where}{len(todo)} of {len(mine)} volumes to sample ({len(mine) - len(todo)} finished, "
               f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
-    by_shape = defaultdict(list)  # stacking needs one shape; the header alone tells it
+    by_shape = defaultdict(list)  # stacking needs one shape (in the model's RAS+ order); the header tells it
     for path in todo:
-        by_shape[tuple(nib.load(str(path)).shape)].append(path)
+        header = nib.load(str(path))
+        by_shape[canonical_shape(header.shape, header.affine)].append(path)
     batches = [group[k : k + size] for group in by_shape.values() for k in range(0, len(group), size)]
     if batches:
         from ugcn.segment.checkpoint import load_model
@@ -89,22 +93,23 @@ def run_folder(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)  # every volume's key, as `ugcn mcdo --image` would use it
     for batch in tqdm(batches, desc="batches", disable=args.quiet or len(batches) < 2):
         t = time.perf_counter()
-        volumes = [load_volume(p, ndim=(3, 4)) for p in batch]
+        volumes = [load_image(p) for p in batch]  # nnU-Net's channel files stacked
         load_s = (time.perf_counter() - t) / len(batch)
         t = time.perf_counter()
-        result = mc_sample_batch(volume_fn, np.stack([v.array for v in volumes]), jnp.stack([key] * len(batch)),
+        canonical = np.stack([to_canonical(v.array, v.affine) for v in volumes])
+        result = mc_sample_batch(volume_fn, canonical, jnp.stack([key] * len(batch)),
                                  n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=keep, devices=mesh)
         jax.block_until_ready(result)
         mc_s = (time.perf_counter() - t) / len(batch)
         for i, (path, volume) in enumerate(zip(batch, volumes)):
             t_case = time.perf_counter()
-            stats = jax.tree_util.tree_map(lambda x: x[i], result.stats)
-            samples = result.samples[i] if keep else None
-            prediction = np.argmax(predict_probabilities(model, volume.array), axis=-1).astype(np.uint8)
+            mine_i = result_from_canonical(jax.tree_util.tree_map(lambda x: x[i], result), volume.affine)
+            stats, samples = mine_i.stats, (mine_i.samples if keep else None)
+            prediction = np.argmax(predict_probabilities(model, volume.array, volume.affine), axis=-1).astype(np.uint8)
             mean = np.asarray(expectation(stats))
             maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples).items()}
             num_classes = mean.shape[-1]
-            files = _plan_outputs(out_dir / nifti_stem(path) / ".plan", names, args.save_samples,
+            files = _plan_outputs(out_dir / case_name(path) / ".plan", names, args.save_samples,
                                   num_classes if num_classes > 2 else 0, True)
             arrays = {"prediction": prediction, "expectation": mean[..., 1] if num_classes == 2 else mean}
             arrays.update({f"estimator:{n}": maps[n] for n in names})
@@ -130,14 +135,14 @@ def run_folder(args: argparse.Namespace) -> int:
                 "timings": {"load_s": load_s, "mc_sampling_s": mc_s},  # per volume, batch shared
                 SETTINGS_KEY: settings,
             }
-            with atomic_directory(out_dir / nifti_stem(path), overwrite=True) as tmp:
+            with atomic_directory(out_dir / case_name(path), overwrite=True) as tmp:
                 for name, array in arrays.items():
                     save_volume(tmp / files[name], array, volume.affine, header=volume.header)
                 report["timings"]["write_and_maps_s"] = time.perf_counter() - t_case
                 (tmp / files["report"]).write_text(json.dumps(report, indent=2) + "\n")
     barrier("ugcn mcdo --images: every process done")
     if jax.process_index() == 0:
-        summary = _write_summary(out_dir, [nifti_stem(p) for p in images])
+        summary = _write_summary(out_dir, [case_name(p) for p in images])
         if not args.quiet:
             print(f"mcdo: {len(summary['volumes'])} of {len(images)} volumes done, written to {out_dir}")
     return 0

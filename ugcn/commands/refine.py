@@ -139,14 +139,14 @@ def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None
     import jax
     import jax.numpy as jnp
 
-    from ugcn.io import check_same_grid, load_volume
+    from ugcn.io import check_same_grid, load_image, to_canonical
     from ugcn.refine.pipeline import RefineInput
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
-    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
+    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample, result_from_canonical
     from ugcn.uncertainty.stats import stats_from_samples
 
-    image = load_volume(image_path, ndim=(3, 4))
+    image = load_image(image_path)  # nnU-Net's channel files stacked
     (estimator,) = parse_estimator_names([args.uncertainty])
     source = {"image": str(image_path)}
     prediction = None
@@ -160,15 +160,16 @@ def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None
     else:
         from ugcn.segment.model import predict_probabilities
 
-        probs = predict_probabilities(model, image.array)
+        probs = predict_probabilities(model, image.array, image.affine)  # run in RAS+, returned in file order
         if probs.shape[-1] != 2:
             raise ValueError(f"{args.model}: method R refines a binary segmentation; this model has "
                              f"{probs.shape[-1]} classes")
         prediction = probs[..., 1] > 0.5
         needs = estimator.needs == "samples"
         if mc_result is None:
-            mc_result = mc_sample(volume_fn, image.array, jax.random.PRNGKey(args.seed),
-                                  n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=needs)
+            mc_result = result_from_canonical(
+                mc_sample(volume_fn, to_canonical(image.array, image.affine), jax.random.PRNGKey(args.seed),
+                          n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=needs), image.affine)
         result = mc_result
         stats, samples = result.stats, result.samples
         source["model"] = str(args.model)
@@ -311,15 +312,18 @@ def _write_summary(out_dir: Path, stems: list) -> dict:
 def _cohort_mc(args, paths, volume_fn, mesh) -> dict:
     """MC dropout of a batch of images over the mesh's devices (same-shaped images stacked together):
     ``{path: (MCResult of that volume, seconds per volume)}``; each volume's key is ``PRNGKey(--seed)``, as
-    ``ugcn refine`` uses, so the results equal the one-volume ones."""
+    ``ugcn refine`` uses, so the results equal the one-volume ones. The passes run in RAS+ order (the
+    model's orientation) and come back in each file's voxel order."""
     import jax
 
-    from ugcn.io import load_volume
+    from ugcn.io import load_image, to_canonical
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import parse_estimator_names
+    from ugcn.uncertainty.sampling import result_from_canonical
 
     (estimator,) = parse_estimator_names([args.uncertainty])
-    images = {p: load_volume(p, ndim=(3, 4)).array for p in paths}
+    volumes = {p: load_image(p) for p in paths}
+    images = {p: to_canonical(v.array, v.affine) for p, v in volumes.items()}
     groups: dict = {}
     for p, array in images.items():
         groups.setdefault(array.shape, []).append(p)
@@ -331,7 +335,8 @@ def _cohort_mc(args, paths, volume_fn, mesh) -> dict:
                                  chunk_size=args.chunk, keep_samples=estimator.needs == "samples", devices=mesh)
         seconds = (time.perf_counter() - t0) / len(group)
         for i, p in enumerate(group):
-            out[p] = (jax.tree_util.tree_map(lambda x: x[i], result), seconds)
+            out[p] = (result_from_canonical(jax.tree_util.tree_map(lambda x: x[i], result), volumes[p].affine),
+                      seconds)
     return out
 
 
@@ -352,7 +357,7 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     import jax
     from tqdm.auto import tqdm
 
-    from ugcn.io import image_folder, nifti_stem
+    from ugcn.io import case_name, image_folder
     from ugcn.refine.pipeline import refine_batch
 
     config = _config(args)
@@ -364,7 +369,7 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     mesh = device_mesh(args.devices)
     settings = normalized_settings(_settings(config, args))
     mine = process_slice(images)
-    states = {p: case_state(out_dir / nifti_stem(p), settings, overwrite=args.overwrite) for p in mine}  # fail early
+    states = {p: case_state(out_dir / case_name(p), settings, overwrite=args.overwrite) for p in mine}  # fail early
     todo = [p for p in mine if states[p] == "todo"]
     size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
     if not args.quiet:
@@ -377,7 +382,7 @@ def run_refine_batch(args: argparse.Namespace) -> int:
         mc = _cohort_mc(args, batch, volume_fn, mesh) if model is not None else {}
         loaded = []
         for path in batch:
-            stem = nifti_stem(path)
+            stem = case_name(path)
             t0 = time.perf_counter()
             samples = _find(args.samples_dir, stem, "sample maps", ("", "_samples")) if args.samples_dir else None
             mc_result, mc_s = mc.get(path, (None, 0.0))
@@ -398,7 +403,7 @@ def run_refine_batch(args: argparse.Namespace) -> int:
                 _print_summary(stem, result)
     barrier("ugcn refine-batch: every process done")
     if jax.process_index() == 0:
-        summary = _write_summary(out_dir, [nifti_stem(p) for p in images])
+        summary = _write_summary(out_dir, [case_name(p) for p in images])
         if summary["pending"] and not args.quiet:
             print(f"refine-batch: {len(summary['pending'])} volume(s) still pending: {', '.join(summary['pending'])}")
     return 0

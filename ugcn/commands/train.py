@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ugcn.commands.options import add_config_file_option, add_config_options
 from ugcn.config import config_to_dict, setting
 from ugcn.segment.train import TrainConfig
@@ -53,6 +55,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ugcn.data.layout import find_cases, load_case
+    from ugcn.io import CANONICAL, canonical_spacing, to_canonical
     from ugcn.segment.checkpoint import save_model
     from ugcn.segment.train import train_model
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     cases = find_cases(args.data, require_labels=True)
     if args.data_config.max_volumes is not None:
         cases = cases[: args.data_config.max_volumes]
-    images, labels = [], []
+    images, labels, spacings = [], [], []
     in_channels = None
     for case in cases:
         image, label = load_case(case)
@@ -70,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
         if in_channels is not None and channels != in_channels:
             raise ValueError(f"{case.image_path}: {channels} modalities, but earlier cases have {in_channels}")
         in_channels = channels
-        images.append(image.array)
-        labels.append((label.array > 0).astype("uint8"))
+        # The network learns in RAS+ order (axial slices), whatever order each file stores its axes in.
+        images.append(to_canonical(image.array, image.affine))
+        labels.append(to_canonical((label.array > 0).astype("uint8"), image.affine))
+        spacings.append(canonical_spacing(image.affine))
     config = dataclasses.replace(args.unet_config, in_channels=in_channels, num_classes=1)
     training: TrainConfig = args.train_config
     start = time.perf_counter()
@@ -79,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     model.training.update(config_to_dict(training))  # what --config reads back (augment, clip beside the rest)
     model.training["data"] = str(Path(args.data).resolve())
     model.training["cases"] = [case.name for case in cases]
+    model.training["orientation"] = CANONICAL  # inference reorients every scan to it
+    model.training["spacing"] = [float(v) for v in np.median(spacings, axis=0)]  # mm, RAS+ axes; far-off scans warn
     save_model(model, out, overwrite=args.overwrite)
     if not args.quiet:
         print(

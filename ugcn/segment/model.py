@@ -348,11 +348,49 @@ def _deterministic_jit(config: UNetConfig, norm: Normalization):
     return jax.jit(_volume_fn_of_variables(config, norm, False, None))
 
 
-def predict_probabilities(model: SegmentationModel, image: Any) -> np.ndarray:
+#: A scan whose voxel size differs from the training spacing by more than this factor (along any axis) warns.
+SPACING_TOLERANCE = 2.0
+
+
+def check_spacing(model: SegmentationModel, affine: np.ndarray) -> Optional[str]:
+    """Warn (``UserWarning``) when a scan's voxel size is far from the model's training spacing.
+
+    Compares the RAS+-ordered spacing of ``affine`` with ``model.training["spacing"]`` (recorded by
+    ``ugcn train``); a ratio above :data:`SPACING_TOLERANCE` along any axis warns, since a U-Net sees
+    structures at the scale it was trained on. Returns the warning text, or ``None``.
+    """
+    import warnings
+
+    from ugcn.io import canonical_spacing
+
+    trained = model.training.get("spacing") if isinstance(model.training, dict) else None
+    if not trained or len(trained) != 3:
+        return None
+    spacing = np.asarray(canonical_spacing(affine))
+    ratio = np.maximum(spacing / np.asarray(trained, float), np.asarray(trained, float) / spacing)
+    if not np.any(ratio > SPACING_TOLERANCE):
+        return None
+    text = (f"scan spacing {tuple(round(float(v), 3) for v in spacing)} mm is far from the model's training "
+            f"spacing {tuple(round(float(v), 3) for v in trained)} mm (up to {float(ratio.max()):.1f}x); "
+            "resample the scan to the training spacing for reliable maps")
+    warnings.warn(text, UserWarning, stacklevel=2)
+    return text
+
+
+def predict_probabilities(model: SegmentationModel, image: Any, affine: Optional[np.ndarray] = None) -> np.ndarray:
     """Deterministic (dropout off) class probabilities ``f32[X, Y, Z, C]`` of ``image: f32[X, Y, Z(, M)]``.
 
+    With ``affine`` (the image's ``f64[4, 4]`` voxel-to-world matrix), the network sees the image in RAS+
+    order (:func:`ugcn.io.to_canonical`, the orientation ``ugcn train`` trains in: axial slices along the
+    third axis) and the probabilities are returned in the image's own voxel order; a voxel size far from
+    the training spacing warns (:func:`check_spacing`). Without it the array is taken as it is.
     The inference function is jitted once per model and image shape.
     """
+    if affine is not None:
+        from ugcn.io import from_canonical, to_canonical
+
+        check_spacing(model, affine)
+        return from_canonical(predict_probabilities(model, to_canonical(image, affine)), affine)
     check_image(image, model.config)
     fn = _deterministic_jit(model.config, model.normalization)
     probs = fn(model.variables, jax.random.PRNGKey(0), jnp.asarray(image, jnp.float32))

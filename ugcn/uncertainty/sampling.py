@@ -184,6 +184,18 @@ def mc_sample(
     return check_finite_result(result)
 
 
+def result_from_canonical(result: MCResult, affine) -> MCResult:
+    """A result computed on ``ugcn.io.to_canonical(image, affine)`` (the orientation ugcn's models run in)
+    mapped back to the image's own voxel order: sums ``f32[X, Y, Z, C]``, samples ``f32[T, X, Y, Z, C]``."""
+    from ugcn.io import from_canonical
+
+    stats = result.stats._replace(**{name: jnp.asarray(from_canonical(np.asarray(getattr(result.stats, name)), affine))
+                                     for name in ("sum_p", "sum_p2", "sum_plogp")})
+    samples = None if result.samples is None else jnp.asarray(
+        from_canonical(np.asarray(result.samples), affine, axis=1))
+    return MCResult(stats, samples)
+
+
 def samples_from_probability_maps(maps, *, atol: float = 1e-2) -> np.ndarray:
     """Turn ``T`` probability maps of any framework into class-probability samples.
 
