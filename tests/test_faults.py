@@ -396,7 +396,7 @@ def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch
         np.float32(1.0) / np.zeros(1, np.float32)  # numpy's RuntimeWarning: divide by zero
         import warnings
 
-        warnings.warn("first line\nsecond line", UserWarning)
+        warnings.warn("first line\nsecond line", UserWarning, stacklevel=1)
         return 0
 
     monkeypatch.setattr(phantoms, "run", run)

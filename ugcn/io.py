@@ -337,9 +337,9 @@ def canonical_shape(shape, affine: np.ndarray) -> tuple[int, ...]:
 
 def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the RAS+-ordered axes (left-right, posterior-anterior, inferior-superior)."""
-    order = np.argsort(_ornt(affine)[:, 0])
+    x, y, z = np.argsort(_ornt(affine)[:, 0])
     spacing = voxel_spacing(affine)
-    return tuple(float(spacing[i]) for i in order)
+    return float(spacing[x]), float(spacing[y]), float(spacing[z])
 
 
 def load_mask(path: PathLike) -> Volume:

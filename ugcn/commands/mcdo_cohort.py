@@ -41,7 +41,13 @@ def _write_summary(out_dir: Path, stems: list) -> dict:
 def run_folder(args: argparse.Namespace) -> int:
     """The folder mode of ``ugcn mcdo`` (``--images``); see the module docstring."""
     from ugcn.parallel import (
-        barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size, process_slice,
+        barrier,
+        describe,
+        device_mesh,
+        initialize_distributed,
+        mesh_size,
+        padded_size,
+        process_slice,
     )
 
     initialize_distributed()
@@ -52,13 +58,19 @@ def run_folder(args: argparse.Namespace) -> int:
 
     from ugcn.commands.mcdo import _plan_outputs, _summary
     from ugcn.io import (
-        atomic_directory, canonical_shape, case_name, image_folder, load_image, save_volume, to_canonical,
+        atomic_directory,
+        canonical_shape,
+        case_name,
+        image_folder,
+        load_image,
+        save_volume,
+        to_canonical,
     )
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
     from ugcn.uncertainty.cohort import mc_sample_batch
-    from ugcn.uncertainty.sampling import result_from_canonical
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
+    from ugcn.uncertainty.sampling import result_from_canonical
 
     if args.image or args.samples or not args.model:
         raise ValueError("--images takes --model (not --image or --samples)")
