@@ -191,18 +191,24 @@ def test_no_uncertain_voxels_returns_prediction():
 
 def test_all_uncertain_returns_prediction_with_warning():
     image, prediction, expectation, uncertainty, label = sphere_case()
+    # Absolute tau: the adaptive default would raise tau above a constant U (nothing uncertain then).
+    absolute = RefineConfig(fit=FAST, tau_mode="absolute")
     with pytest.warns(RuntimeWarning, match="no labelled node"):
-        r = refine_volume(image, prediction, expectation, np.ones_like(uncertainty), config=PIPE)
+        r = refine_volume(image, prediction, expectation, np.ones_like(uncertainty), config=absolute)
     assert r.status == "no_labelled_nodes"
     np.testing.assert_array_equal(r.refined_unlabelled, prediction)
 
 
-def test_labelled_nodes_of_one_class_only_still_fit():
+def test_labelled_nodes_of_one_class_only_fall_back_to_the_prediction():
     image, prediction, expectation, uncertainty, label = sphere_case()
     uncertainty = np.where(prediction & ~(np.asarray(uncertainty) > 0.8), 0.1, 0.95).astype(np.float32)
-    r = refine_volume(image, prediction, expectation, uncertainty, config=PIPE)
-    assert r.status == "refined" and any("only learn to predict foreground" in m for m in r.messages)
-    assert np.all(np.isfinite(r.node_probs)) and r.refined.any()
+    with pytest.warns(RuntimeWarning, match="self-check"):
+        r = refine_volume(image, prediction, expectation, uncertainty, config=PIPE)
+    # The fit can only learn "foreground": it collapses, and the self-check returns the prediction.
+    assert any("only learn to predict foreground" in m for m in r.messages)
+    assert r.status == "fallback" and "collapsed" in r.selfcheck["reason"]
+    assert np.all(np.isfinite(r.node_probs))
+    np.testing.assert_array_equal(r.refined, prediction)
 
 
 def test_node_budget_and_bad_inputs():
@@ -267,12 +273,18 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys):
     assert report["status"] == "refined" and report["uncertainty"] == "entropy"
     assert report["dice"]["refined"] > report["dice"]["cnn"]
     assert report["graph"]["nodes"] > 0 and "fit" in report["timings_s"]
+    assert report["selfcheck"]["passed"] and report["selection"]["variant"] and report["selection"]["why"]
+    assert len(report["selection"]["candidates"]) == 3
     assert main(args) == 2 and "exist" in capsys.readouterr().err  # no silent overwrite
     batch_out = tmp_path / "batch"
     assert main(["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"),
                  "--labels", str(src / "labels"), "--out", str(batch_out), "--gcn-epochs", "30", "--quiet"]) == 0
     summary = json.loads((batch_out / "summary.json").read_text())
     assert set(summary["volumes"]) == {"a", "b"}
+    for case in summary["volumes"].values():  # the self-check's columns
+        assert case["status"] == "refined" and case["variant"] in ("configured", "local", "knn")
+        assert case["validation_balanced_accuracy"] > 0.75
+    assert summary["status_counts"] == {"refined": 2}
     # no --predictions: Ŷ = E > 0.5, which the synthetic E makes equal to the prediction. 30 epochs are
     # too few for the all-node output of the second volume; the uncertain-node variant is already better.
     assert summary["mean_dice"]["refined_unlabelled"] > summary["mean_dice"]["cnn"] + 0.1
@@ -297,7 +309,9 @@ def test_cli_refine_with_a_model(tmp_path):
                  "--gcn-epochs", "30", "--n-samples", "2", "--chunk", "2", "--uncertainty", "variance",
                  "--tau", "0.5", "--tau-mode", "quantile", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "refined" and report["uncertainty"] == "variance"
+    # An untrained model: the fit may fail the self-check, which the report must then say.
+    assert report["status"] in ("refined", "fallback") and report["uncertainty"] == "variance"
+    assert report["selfcheck"]["passed"] == (report["status"] == "refined")
     assert report["n_samples"] == 2 and report["model"] == str(tmp_path / "model")
     assert (out / "refined.nii.gz").exists()
 
@@ -316,3 +330,10 @@ def test_cli_lam_reaches_the_edge_weights(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "o"), "--lam", "0"]) == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["config"]["lam"] == 0.0
+    assert main(base + ["--out", str(tmp_path / "r"), "--preset", "reference", "--no-check-fallback"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (report["config"]["tau_mode"], report["config"]["replace"], report["config"]["variants"]) == (
+        "absolute", "all", [])
+    assert report["config"]["check"]["fallback"] is False
+    assert [c["name"] for c in report["selection"]["candidates"]] == ["configured"]
+    assert report["status"] == ("refined" if report["selfcheck"]["passed"] else "check_failed")

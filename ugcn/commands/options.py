@@ -248,8 +248,8 @@ def add_config_options(
         group.add_argument(f"--{opt.flag}", **kwargs)
     preset_list = []
     for key, (choices, text) in (presets or {}).items():
-        path = tuple(key.split("."))
-        field_prefix = (prefixes or {}).get(key, f"{path[-1].replace('_', '-')}-")
+        path = tuple(key.split(".")) if key else ()  # "": a preset of the whole config, --<prefix>preset
+        field_prefix = (prefixes or {}).get(key, f"{path[-1].replace('_', '-')}-") if path else ""
         flag = f"{prefix}{field_prefix}preset"
         first = next(iter(choices))
         group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), choices=tuple(choices), default=argparse.SUPPRESS,
@@ -287,14 +287,19 @@ def _split(value: Any, t: FieldType) -> Any:
     return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
 
 
-def _build(cls: type, values: dict[tuple, Any], prefix: tuple = ()) -> Any:
+def _build(cls: type, values: dict[tuple, Any], prefix: tuple = (), start: Any = None) -> Any:
+    """``cls`` from ``values`` (``{path: value}``); fields without a value take ``start``'s (a preset) or
+    the class default."""
     kwargs = {}
     for f in config_fields(cls):
         t = field_type(cls, f)
         if dataclasses.is_dataclass(t.base) and t.length is None:
-            kwargs[f.name] = _build(t.base, values, prefix + (f.name,))
+            kwargs[f.name] = _build(t.base, values, prefix + (f.name,),
+                                    getattr(start, f.name) if start is not None else None)
         elif prefix + (f.name,) in values:
             kwargs[f.name] = values[prefix + (f.name,)]
+        elif start is not None:
+            kwargs[f.name] = getattr(start, f.name)
     return cls(**kwargs)
 
 
@@ -336,7 +341,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             chosen[preset.path] = (preset.choices[name], explicit)
 
         def under_preset(path: tuple):
-            for k in range(len(path) - 1, 0, -1):
+            for k in range(len(path) - 1, -1, -1):  # the innermost preset; () is the whole config's
                 if path[:k] in chosen:
                     return path[:k]
             return None
@@ -363,11 +368,13 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             value = check_value(name, value, opt.field, opt.type)
             values[opt.path] = value
             setattr(args, opt.dest, value)
-        if section is not None:  # fields without a flag (e.g. a tuple of records) come from the record too
+        whole = chosen.get(())  # a preset of the whole config: where fields without a flag start from
+        if section is not None and not (whole and whole[1]):
+            # fields without a flag (e.g. a tuple of records) come from the record too (an explicit preset wins)
             where = f"--config {path}: {option_set.record + '.' if option_set.record else ''}"
             values.update(_recorded_only(option_set.cls, section, set(values) | option_set.excluded, where))
         try:
-            config = _build(option_set.cls, values)
+            config = _build(option_set.cls, values, start=whole[0] if whole else None)
         except ValueError as err:
             raise ValueError(f"{err} (check the {option_set.cls.__name__} settings)") from None
         setattr(args, option_set.name, config)

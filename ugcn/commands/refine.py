@@ -58,12 +58,20 @@ class RefineRun:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from ugcn.refine.pipeline import PRESETS, RefineConfig
+
     from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
     from ugcn.refine.pipeline import RefineConfig
 
     add_config_options(p, RefineConfig, name="refine_config", title="method R settings (defaults: docs/method.md)",
                        record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),
-                       presets={"crf": ({"tuned": CRFConfig(), "reference": REFERENCE_CRF},
+                       presets={"": ({"safe": PRESETS["safe"], "reference": PRESETS["reference"]},
+                                     "method R setting the other flags start from: safe (adaptive tau, class-balanced "
+                                     "loss, the best of three graphs by the self-check's validation score, only "
+                                     "uncertain voxels replaced) or reference (the published method). Both fall back "
+                                     "to the prediction, with a warning, when the fit fails the self-check "
+                                     "(--no-check-fallback: warn only)"),
+                                "crf": ({"tuned": CRFConfig(), "reference": REFERENCE_CRF},
                                         "CRF setting the --crf-* flags start from: tuned (unary from E with a 0.01 "
                                         "floor, widths in mm and in units of the organ's intensity spread, tuned on "
                                         "the demo's phantoms) or reference (the published one, which returns the "
@@ -245,6 +253,8 @@ def _report(result, source: dict, config, args, mc_s: float) -> dict:
 def _print_summary(name: str, result) -> None:
     g = result.graph_stats
     line = f"refine {name}: {result.status}"
+    if result.selection.get("variant"):
+        line += f" (graph {result.selection['variant']})"
     if g:
         line += f", {g['nodes']} nodes ({g['unlabelled']} uncertain), {g['edges']} edges"
     if result.dice:
@@ -301,7 +311,15 @@ def _write_summary(out_dir: Path, stems: list) -> dict:
             summary["pending"].append(stem)
             continue
         rep = json.loads(path.read_text())
-        summary["volumes"][stem] = {"status": rep.get("status"), "dice": rep.get("dice"), "graph": rep.get("graph")}
+        check = rep.get("selfcheck") or {}
+        summary["volumes"][stem] = {
+            "status": rep.get("status"), "variant": (rep.get("selection") or {}).get("variant"),
+            "validation_balanced_accuracy": check.get("validation_balanced_accuracy"),
+            "validation_dice": check.get("validation_dice"),
+            "dice": rep.get("dice"), "graph": rep.get("graph"),
+        }
+    statuses = [v["status"] for v in summary["volumes"].values()]
+    summary["status_counts"] = {k: statuses.count(k) for k in sorted(set(statuses), key=str)}
     with_dice = [v["dice"] for v in summary["volumes"].values() if v["dice"]]
     if with_dice:
         summary["mean_dice"] = {k: float(np.mean([d[k] for d in with_dice])) for k in with_dice[0]}

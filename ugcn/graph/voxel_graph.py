@@ -6,13 +6,18 @@ labels and weighted edges on which a GCN is fitted per volume:
 
 1. ``Ŷ`` is reduced to its largest 26-connected component; the ROI is that component's bounding box
    (plus an optional ``margin``, clipped to the volume).
-2. ``U_τ = U > τ`` (``tau_mode="absolute"``), or ``U > quantile(U over the ROI, τ)`` (``"quantile"``).
+2. ``U_τ = U > τ`` (``tau_mode="absolute"``), or ``U > quantile(U over the ROI, τ)`` (``"quantile"``), or
+   (``"adaptive"``) ``U > τ`` unless that marks more than ``max_uncertain_fraction`` of ``Ŷ`` as uncertain,
+   in which case ``τ`` is raised to the ``1 - max_uncertain_fraction`` quantile of ``U`` over ``Ŷ``.
 3. Nodes are the ROI voxels of ``dilate(U_τ, box) | E > 0.5``, numbered in C order of their ROI index.
 4. Features ``[intensity (normalised over the ROI box), E, U]``; labels ``Ŷ``; labelled = ``U <= τ``.
-5. Edges: the 6 face neighbours that are nodes, plus ``k_random`` random long-range edges per node; both
-   directions are listed, no self loops, no duplicates.
+5. Edges: the 6 face neighbours that are nodes, plus ``k_random`` long-range edges per node: random
+   partners (``long_range="random"``, the method) or the ``k_random`` nearest nodes in feature space
+   (``"knn"``, as later work on the method did; see :func:`knn_edges`); both directions are listed, no self
+   loops, no duplicates.
 6. Weights ``w = λ·div(E_i, E_j) + exp(-ΔI²/σ_I) + exp(-‖Δx‖²/σ_x)``, positions divided by the ROI shape,
-   ``σ = 2 × variance over edges of the squared differences`` (the reference's definition).
+   ``σ = 2 × variance over edges of the squared differences`` (the reference's definition); the long-range
+   edges' weights are then multiplied by ``long_range_weight`` (1 in the method).
 
 Random edges, vectorised: the reference draws, node by node, up to ``k`` partners by rejection sampling
 and caps every node's random degree at ``k``. Here the random edges are the union of ``⌊k/2⌋`` random
@@ -31,7 +36,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-TAU_MODES = ("absolute", "quantile")
+TAU_MODES = ("absolute", "quantile", "adaptive")
+LONG_RANGE = ("random", "knn")
 FEATURE_NORMS = ("zscore", "reference")
 DIV_EPS = 1e-15  # the reference's epsilon inside the diversity's logarithms
 
@@ -141,14 +147,33 @@ def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple:
     return tuple(slices)
 
 
-def uncertainty_threshold(uncertainty_roi: np.ndarray, tau: float, tau_mode: str) -> float:
-    """The absolute threshold on ``U``: ``tau`` itself, or the ``tau``-quantile of ``U`` over the ROI."""
+def uncertainty_threshold(
+    uncertainty_roi: np.ndarray, tau: float, tau_mode: str, prediction_roi: Optional[np.ndarray] = None,
+    max_uncertain_fraction: float = 0.5,
+) -> float:
+    """The absolute threshold on ``U`` (``f32[x, y, z]`` over the ROI box).
+
+    ``"absolute"``: ``tau``. ``"quantile"``: the ``tau``-quantile of ``U`` over the ROI. ``"adaptive"``:
+    ``tau``, raised to the ``1 - max_uncertain_fraction`` quantile of ``U`` over the predicted voxels
+    (``prediction_roi: bool[x, y, z]``) when more than ``max_uncertain_fraction`` of them have ``U > tau``:
+    a CNN that is uncertain almost everywhere on its organ leaves too few certain organ voxels to learn
+    from (measured: 3-9 % foreground among the labelled nodes), so the uncertain set is capped.
+    """
     if tau_mode not in TAU_MODES:
         raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {tau_mode!r}")
     if tau_mode == "quantile":
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau_mode='quantile' needs 0 <= tau <= 1, got {tau}")
         return float(np.quantile(uncertainty_roi, tau))
+    if tau_mode == "adaptive":
+        if not 0.0 < max_uncertain_fraction <= 1.0:
+            raise ValueError(f"max_uncertain_fraction must be in (0, 1], got {max_uncertain_fraction}")
+        if prediction_roi is None or not np.any(prediction_roi):
+            return float(tau)
+        u_pred = uncertainty_roi[np.asarray(prediction_roi, bool)]
+        if np.mean(u_pred > tau) <= max_uncertain_fraction:
+            return float(tau)
+        return max(float(tau), float(np.quantile(u_pred, 1.0 - max_uncertain_fraction)))
     return float(tau)
 
 
@@ -269,8 +294,39 @@ def random_edges(n_nodes: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(pairs).astype(np.int64)
 
 
+def knn_edges(points: np.ndarray, k: int) -> np.ndarray:
+    """Each point to its ``k`` nearest other points (Euclidean), ``i64[N·k', 2]`` pairs ``(i, neighbour)``.
+
+    ``points: f[N, D]``; ``k' = min(k, N - 1)``. Exact (scipy's k-d tree, one query for all points); the
+    pairs are directed as found and may hold both ``(i, j)`` and ``(j, i)``: :func:`dedupe_random_edges`
+    makes them undirected and unique. Among equidistant candidates any may be chosen.
+    """
+    n = int(points.shape[0])
+    k = min(int(k), n - 1)
+    if k <= 0:
+        return np.zeros((0, 2), np.int64)
+    from scipy.spatial import cKDTree
+
+    # k + 1: the point itself is (one of) its own nearest; self pairs are dropped here, and if a duplicate
+    # point took the self's place, the leftover self pair is removed with the self loops downstream.
+    _, idx = cKDTree(points).query(points, k=k + 1)
+    rows = np.repeat(np.arange(n), k + 1).reshape(n, k + 1)
+    keep = idx != rows
+    # Keep exactly k partners per point (drop the last column where no self was found).
+    keep &= np.cumsum(keep, axis=1) <= k
+    return np.stack([rows[keep], idx[keep]], axis=1).astype(np.int64)
+
+
+def knn_space(features: np.ndarray) -> np.ndarray:
+    """The space :func:`knn_edges` searches: node features ``f32[N, F]`` scaled to unit standard deviation
+    per column (a constant column stays constant), so that intensity, ``E`` and ``U`` count alike."""
+    x = np.asarray(features, np.float64)
+    std = x.std(axis=0)
+    return x / np.where(std > 0, std, 1.0)
+
+
 def dedupe_random_edges(pairs: np.ndarray, coords: np.ndarray, n_nodes: int) -> np.ndarray:
-    """Unique undirected random pairs ``(i < j)``, sorted, without self loops or face-adjacent pairs.
+    """Unique undirected long-range pairs ``(i < j)``, sorted, without self loops or face-adjacent pairs.
 
     Face-adjacent pairs (already 6-neighbour edges) are recognised from their coordinates
     (``‖Δ‖₁ = 1``), so only the random keys ``i·N + j`` are sorted, once.
@@ -325,6 +381,9 @@ def build_voxel_graph(
     margin: int | Sequence[int] = 0,
     lam: float = 0.5,
     seed: int = 0,
+    long_range: str = "random",
+    long_range_weight: float = 1.0,
+    max_uncertain_fraction: float = 0.5,
     feature_norm: str = "zscore",
     row_normalize: bool = False,
     val_fraction: float = 0.2,
@@ -337,13 +396,18 @@ def build_voxel_graph(
       prediction: ``bool[X, Y, Z]`` deterministic prediction ``Ŷ`` (non-zero = foreground).
       expectation: ``f32[X, Y, Z]`` MC foreground expectation ``E`` in [0, 1].
       uncertainty: ``f32[X, Y, Z]`` voxel uncertainty ``U`` (any estimator; ``tau`` is on its scale).
-      tau: threshold (``"absolute"``) or quantile level in [0, 1] (``"quantile"``, over the ROI voxels).
+      tau: threshold (``"absolute"``, ``"adaptive"``) or quantile level in [0, 1] (``"quantile"``, over the
+        ROI voxels); see :func:`uncertainty_threshold`.
       dilation: box size of the dilation of ``U_τ`` along array axes (0, 1, 2); the reference's
         "5×7×7, rows×cols×slices" is axes (0, 1, 2) of the array as nibabel reads it, as here.
-      k_random: random long-range partners per node (0: none).
+      k_random: long-range partners per node (0: none).
       margin: voxels added around the ROI box (int or per axis), clipped to the volume.
       lam: diversity weight λ.
       seed: seeds the random edges and the train/validation split.
+      long_range: ``"random"`` (the method) or ``"knn"``: the ``k_random`` nearest nodes in feature space
+        (:func:`knn_space`, :func:`knn_edges`) instead of random ones.
+      long_range_weight: factor on the long-range edges' weights (1: the method).
+      max_uncertain_fraction: the cap of ``tau_mode="adaptive"``.
       feature_norm: ``"zscore"`` or ``"reference"`` (divide by the variance, the reference's quirk).
       row_normalize: divide each node's feature vector by its sum (Kipf's preprocessing, as the
         reference does; off by default because signed intensities can make the sum ~0).
@@ -361,13 +425,17 @@ def build_voxel_graph(
         raise ValueError(f"dilation must be 3 positive box sizes, got {dilation}")
     if k_random < 0:
         raise ValueError(f"k_random must be >= 0, got {k_random}")
+    if long_range not in LONG_RANGE:
+        raise ValueError(f"long_range must be one of {LONG_RANGE}, got {long_range!r}")
+    if not long_range_weight >= 0:
+        raise ValueError(f"long_range_weight must be >= 0, got {long_range_weight}")
     lcc = largest_component(np.asarray(prediction) != 0)
     if not lcc.any():
         raise ValueError("the prediction is empty: there is no organ to refine")
     roi = bounding_box(lcc, margin)
     e_roi = np.asarray(expectation, np.float32)[roi]
     u_roi = np.asarray(uncertainty, np.float32)[roi]
-    tau_value = uncertainty_threshold(u_roi, tau, tau_mode)
+    tau_value = uncertainty_threshold(u_roi, tau, tau_mode, lcc[roi], max_uncertain_fraction)
     uncertain = u_roi > tau_value
     # A box dilation is separable: a maximum filter of the binary mask, zero outside the ROI.
     dilated = ndimage.maximum_filter(uncertain, size=tuple(int(d) for d in dilation), mode="constant", cval=0)
@@ -395,13 +463,18 @@ def build_voxel_graph(
 
     rng_edges, rng_split = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     face = face_neighbour_edges(index)
-    rand = random_edges(n_nodes, k_random, rng_edges)
+    if long_range == "knn":
+        rand = knn_edges(knn_space(features), k_random)
+    else:
+        rand = random_edges(n_nodes, k_random, rng_edges)
     rand = dedupe_random_edges(rand, local, max(n_nodes, 1))
     undirected = np.concatenate([face, rand])  # face pairs are unique by construction
     n_random = int(rand.shape[0])
 
     positions = local / np.asarray(node_mask.shape, np.float64)
     w = edge_weights(intensity, e_nodes, positions, undirected[:, 0], undirected[:, 1], lam=lam)
+    if long_range_weight != 1.0:
+        w[face.shape[0] :] *= np.float32(long_range_weight)
     senders = np.concatenate([undirected[:, 0], undirected[:, 1]])
     receivers = np.concatenate([undirected[:, 1], undirected[:, 0]])
     weights = np.concatenate([w, w])

@@ -37,9 +37,13 @@ from ugcn.config import setting
 from ugcn.graph.gcn import gcn_normalize, propagate
 
 
+LOSSES = ("balanced_bce", "bce")
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyper-parameters of the per-volume GCN fit (docs/method.md R10-R11 defaults). Hashable: a jit static.
+    """Hyper-parameters of the per-volume GCN fit (docs/method.md R10-R11 defaults, except ``loss``: the
+    method uses ``"bce"``, see ``RefineConfig.preset("reference")``). Hashable: a jit static.
 
     Attributes:
       epochs: full-batch training epochs.
@@ -47,6 +51,9 @@ class FitConfig:
       learning_rate: Adam step size.
       weight_decay: L2 coefficient added to the gradient (as PyTorch's Adam).
       dropout: dropout rate on the hidden layer.
+      loss: ``"balanced_bce"`` (default: the mean of the two classes' mean BCE, see :func:`bce_loss`) or
+        ``"bce"`` (the method: the mean BCE over the training nodes). With few certain foreground nodes
+        (measured on CT phantoms: 3-9 %), the plain BCE is minimised by predicting background everywhere.
     """
 
     epochs: int = setting(200, min=1)
@@ -54,6 +61,29 @@ class FitConfig:
     learning_rate: float = setting(1e-2, gt=0)
     weight_decay: float = setting(1e-5, min=0)
     dropout: float = setting(0.5, min=0, lt=1)
+    loss: str = setting("balanced_bce", choices=LOSSES)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+
+def bce_loss(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray, loss: str = "bce") -> jnp.ndarray:
+    """Binary cross-entropy per graph from logits: ``f32[B]`` for ``logits, labels, mask: [B, N]``.
+
+    ``"bce"``: ``Σ_i m_i·bce_i / Σ_i m_i`` (m: the 0/1 training mask). ``"balanced_bce"``: every class present
+    among the masked nodes gets half the weight (``(mean_fg bce + mean_bg bce) / 2``; a graph whose training
+    nodes are all one class gets that class's mean). ``bce = -[y log σ(z) + (1-y) log(1-σ(z))]``.
+    """
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+    mask = mask.astype(jnp.float32)
+    if loss == "balanced_bce":
+        fg = jnp.sum(mask * labels, axis=-1, keepdims=True)
+        bg = jnp.sum(mask * (1.0 - labels), axis=-1, keepdims=True)
+        mask = mask * (labels / jnp.maximum(fg, 1.0) + (1.0 - labels) / jnp.maximum(bg, 1.0))
+    elif loss != "bce":
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return jnp.sum(bce * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1e-12)
 
 
 class PaddedGraph(NamedTuple):
@@ -208,14 +238,10 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
     init_keys, drop_keys = split[:, 0], split[:, 1]
     params = jax.vmap(lambda k: init_params(k, f, config.hidden))(init_keys)
     optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
-    mask = graphs.train_mask.astype(jnp.float32)
-    count = jnp.maximum(mask.sum(axis=1), 1.0)  # [B]
     labels = graphs.labels
 
     def loss_fn(p, keep):
-        z = _logits(p, ax_t, norm, keep)
-        bce = optax.sigmoid_binary_cross_entropy(z, labels)  # -[y log σ(z) + (1-y) log(1-σ(z))]
-        per_graph = jnp.sum(bce * mask, axis=1) / count
+        per_graph = bce_loss(_logits(p, ax_t, norm, keep), labels, graphs.train_mask, config.loss)
         # Each graph's parameters only touch its own term: the sum's gradient is every fit's own gradient.
         return jnp.sum(per_graph), per_graph
 

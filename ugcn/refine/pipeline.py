@@ -6,12 +6,19 @@ size). Inputs are plain arrays, so any segmentation model (or a folder of MC sam
 uncertainty map is whatever estimator the caller chose, and ``tau`` is on its scale.
 
 Outputs (all ``u8[X, Y, Z]``, 0 outside the ROI):
-  - ``refined``: GCN prediction ``out > threshold`` on every node; ROI voxels that are not nodes are 0
-    (docs/method.md R12, as the reference).
+  - ``refined``: the refinement: with ``replace="all"`` (the method) the GCN prediction ``out > threshold``
+    on every node, ROI voxels that are not nodes 0 (docs/method.md R12, as the reference); with
+    ``replace="unlabelled"`` (the default) the next mask.
   - ``refined_unlabelled``: ``Ŷ`` with only the unlabelled (uncertain) nodes replaced by the GCN.
   - ``expectation_mask``: ``E > 0.5`` inside the ROI (restricted to the ROI like every other method).
   - ``cnn``: ``Ŷ``, the largest 26-connected component of the prediction.
   - ``crf``: the dense-CRF baseline (``crf=True``; ``None`` when pydensecrf is missing: a message says so).
+
+Self-check (:mod:`ugcn.refine.selfcheck`): every fit is scored against ``Ŷ`` on the held-out labelled
+nodes; with several candidate graphs (``config.variants``) the best passing one is kept
+(:mod:`ugcn.refine.variants`). When no fit passes, both refined masks are ``Ŷ``, a ``RuntimeWarning`` says
+why, and the status is ``"fallback"`` (``check.fallback=False``: the failed fit is returned, status
+``"check_failed"``, with the same warning). ``RefineResult.selfcheck``/``selection`` record the scores.
 
 Deliberate handling of degenerate inputs (``status`` and ``messages`` say what happened; never NaN):
   - empty prediction -> every mask empty, status ``"empty_prediction"``.
@@ -35,33 +42,52 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ugcn.evaluate.metrics import dice
-from ugcn.graph.voxel_graph import VoxelGraph, build_voxel_graph
+from ugcn.config import setting
+from ugcn.graph.voxel_graph import LONG_RANGE, TAU_MODES, VoxelGraph, build_voxel_graph
 from ugcn.parallel.mesh import mesh_size, padded_size, resolve_mesh
 from ugcn.refine.crf import CRFConfig, CRFUnavailableError, crf_refine
 from ugcn.refine.fit import FitConfig, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
+from ugcn.refine.selfcheck import SelfCheckConfig, check_fit, scores_dict, validation_scores
+from ugcn.refine.variants import CONFIGURED, DEFAULT_VARIANTS, Variant, select_variant
 
 MASK_NAMES = ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf")
 
 
+REPLACE_MODES = ("all", "unlabelled")
+
+
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
-    """Every setting of method R (docs/method.md defaults).
+    """Every setting of method R. The defaults are the safe, selecting configuration (:data:`PRESETS`
+    ``"safe"``); ``RefineConfig.preset("reference")`` is the published method (docs/method.md defaults).
 
     Attributes:
-      tau, tau_mode, dilation, k_random, margin, lam, feature_norm, row_normalize, val_fraction,
-        max_nodes: see :func:`~ugcn.graph.voxel_graph.build_voxel_graph`.
+      tau, tau_mode, max_uncertain_fraction, dilation, k_random, long_range, long_range_weight, margin, lam,
+        feature_norm, row_normalize, val_fraction, max_nodes: see
+        :func:`~ugcn.graph.voxel_graph.build_voxel_graph` (``tau_mode="adaptive"`` caps the uncertain share
+        of ``Ŷ`` at ``max_uncertain_fraction``; the method: ``"absolute"``).
       threshold: GCN output threshold.
+      replace: what the ``refined`` mask takes from the GCN: ``"all"`` nodes (the method) or only the
+        ``"unlabelled"`` (uncertain) ones, keeping ``Ŷ`` on the labelled nodes.
+      variants: extra candidate graphs (:class:`~ugcn.refine.variants.Variant`) fitted beside the configured
+        one in one batched program; the candidate with the best validation score is returned
+        (:func:`~ugcn.refine.variants.select_variant`). ``()``: the configured graph only.
+      check: :class:`~ugcn.refine.selfcheck.SelfCheckConfig`: when a fit fails the self-check, the refined
+        masks fall back to ``Ŷ`` with a warning (status ``"fallback"``).
       crf: :class:`~ugcn.refine.crf.CRFConfig` of the dense-CRF baseline (default: unary from ``E``, widths in
         mm, tuned on the demo's phantoms); :data:`~ugcn.refine.crf.REFERENCE_CRF` is the published setting.
-      fit: :class:`~ugcn.refine.fit.FitConfig` (epochs, hidden, learning rate, weight decay, dropout).
+      fit: :class:`~ugcn.refine.fit.FitConfig` (epochs, hidden, learning rate, weight decay, dropout, loss).
       min_bucket_nodes, min_bucket_edges: smallest padding buckets (larger values = fewer recompiles
         for small graphs).
     """
 
     tau: float = 0.8
-    tau_mode: str = "absolute"
+    tau_mode: str = setting("adaptive", choices=TAU_MODES)
+    max_uncertain_fraction: float = setting(0.5, gt=0, max=1)
     dilation: tuple = (5, 7, 7)
     k_random: int = 16
+    long_range: str = setting("random", choices=LONG_RANGE)
+    long_range_weight: float = setting(1.0, min=0)
     margin: int = 0
     lam: float = 0.5
     feature_norm: str = "zscore"
@@ -69,17 +95,46 @@ class RefineConfig:
     val_fraction: float = 0.2
     max_nodes: Optional[int] = 2_000_000
     threshold: float = 0.5
+    replace: str = setting("unlabelled", choices=REPLACE_MODES)
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS
+    check: SelfCheckConfig = SelfCheckConfig()
     crf: CRFConfig = CRFConfig()
     fit: FitConfig = FitConfig()
     min_bucket_nodes: int = 256
     min_bucket_edges: int = 256
 
+    def __post_init__(self):
+        if self.replace not in REPLACE_MODES:
+            raise ValueError(f"replace must be one of {REPLACE_MODES}, got {self.replace!r}")
+
+    @staticmethod
+    def preset(name: str, **overrides) -> "RefineConfig":
+        """The configuration called ``name`` in :data:`PRESETS`, with ``overrides`` (field=value) applied."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
     def graph_kwargs(self) -> dict:
         return dict(
             tau=self.tau, tau_mode=self.tau_mode, dilation=tuple(self.dilation), k_random=self.k_random,
             margin=self.margin, lam=self.lam, feature_norm=self.feature_norm, row_normalize=self.row_normalize,
-            val_fraction=self.val_fraction, max_nodes=self.max_nodes,
+            val_fraction=self.val_fraction, max_nodes=self.max_nodes, long_range=self.long_range,
+            long_range_weight=self.long_range_weight, max_uncertain_fraction=self.max_uncertain_fraction,
         )
+
+    def candidates(self) -> tuple:
+        """The candidate graphs fitted per volume: the configured one, then :attr:`variants`."""
+        return (CONFIGURED,) + tuple(self.variants)
+
+
+PRESETS = {
+    # The default: τ capped when the CNN is uncertain over most of its organ, class-balanced BCE, the best of
+    # three graphs by validation score, only uncertain nodes replaced, and the self-check's fallback.
+    "safe": RefineConfig(),
+    # The published method (docs/method.md R1-R12): absolute τ, random edges, plain BCE, every node replaced.
+    # The self-check still runs and falls back on a failed fit (check=SelfCheckConfig(fallback=False): warn only).
+    "reference": RefineConfig(tau_mode="absolute", replace="all", variants=(), fit=FitConfig(loss="bce")),
+}
 
 
 class RefineInput(NamedTuple):
@@ -102,7 +157,13 @@ class RefineResult:
       refined, refined_unlabelled, expectation_mask, cnn: ``u8[X, Y, Z]`` (see the module docstring).
       crf: ``u8[X, Y, Z]`` or ``None``.
       node_probs: ``f32[N]`` GCN foreground probability per node (``None`` when no fit ran).
-      status: ``"refined"``, ``"empty_prediction"``, ``"no_uncertain_voxels"`` or ``"no_labelled_nodes"``.
+      status: ``"refined"``, ``"fallback"`` (the fit failed the self-check: refined masks = ``Ŷ``),
+        ``"check_failed"`` (failed, returned anyway: ``check.fallback=False``), ``"empty_prediction"``,
+        ``"no_uncertain_voxels"`` or ``"no_labelled_nodes"``.
+      selfcheck: the returned fit's validation scores against ``Ŷ``, ``passed`` and ``reason`` (empty
+        when no fit ran).
+      selection: ``variant`` (the candidate returned, ``None`` on fallback), ``why``, and every candidate's
+        scores (empty when no fit ran).
       messages: what was unusual, in words.
       graph_stats: nodes, edges, labelled, unlabelled, train, ROI, threshold (empty when no graph).
       timings: seconds: ``graph``, ``fit`` (includes compilation on a first call), ``crf``, ``total``.
@@ -124,6 +185,8 @@ class RefineResult:
     dice: Optional[dict] = None
     uncertainty_name: str = "uncertainty"
     graph: Optional[VoxelGraph] = dataclasses.field(default=None, repr=False)
+    selfcheck: dict = dataclasses.field(default_factory=dict)
+    selection: dict = dataclasses.field(default_factory=dict)
 
     def masks(self) -> dict:
         """``{name: u8[X, Y, Z]}`` of every mask that exists (``crf`` only when computed)."""
@@ -136,6 +199,8 @@ class RefineResult:
             "messages": list(self.messages),
             "uncertainty": self.uncertainty_name,
             "graph": self.graph_stats,
+            "selfcheck": self.selfcheck,
+            "selection": self.selection,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
             "dice": self.dice,
             "voxels": {name: int(np.count_nonzero(m)) for name, m in self.masks().items()},
@@ -147,6 +212,7 @@ class _Prepared(NamedTuple):
 
     result: Optional[RefineResult]
     graph: Optional[VoxelGraph]
+    candidates: list  # [C] VoxelGraph, the first is ``graph``
     base: dict
     timings: dict
     messages: list
@@ -169,7 +235,7 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
     if not np.any(prediction):
         result = RefineResult(empty, empty.copy(), empty.copy(), empty.copy(), status="empty_prediction",
                               messages=["the prediction is empty: nothing to refine, every mask is empty"])
-        return _Prepared(result, None, {}, {"graph": 0.0}, [])
+        return _Prepared(result, None, [], {}, {"graph": 0.0}, [])
     graph = build_voxel_graph(image, prediction, expectation, uncertainty, seed=seed, **config.graph_kwargs())
     timings = {"graph": time.perf_counter() - t0}
     cnn = graph.prediction_lcc.astype(np.uint8)
@@ -194,31 +260,74 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
     if status is not None:
         result = RefineResult(cnn, cnn.copy(), roi_e, cnn.copy(), status=status, messages=messages,
                               graph_stats=graph.stats(), timings=timings, graph=graph)
-        return _Prepared(result, None, base, timings, messages)
+        return _Prepared(result, None, [], base, timings, messages)
+    # Variants share nodes, features, labels and the split (same seed); only edges and weights differ.
+    candidates = [graph] + [
+        build_voxel_graph(image, prediction, expectation, uncertainty, seed=seed,
+                          **variant.apply(config.graph_kwargs()))
+        for variant in config.candidates()[1:]
+    ]
+    timings["graph"] = time.perf_counter() - t0
     if not graph.train_mask.any():  # tiny graphs: the validation split took every labelled node
-        graph = dataclasses.replace(graph, train_mask=graph.label_mask.copy())
-        messages.append("the validation split left no training node: trained on every labelled node")
+        candidates = [dataclasses.replace(g, train_mask=g.label_mask.copy()) for g in candidates]
+        graph = candidates[0]
+        messages.append("the validation split left no training node: trained on every labelled node "
+                        "(the self-check can then only detect a collapse)")
     fg = graph.labels[graph.train_mask] > 0.5
     if fg.all() or not fg.any():
         cls = "foreground" if fg.all() else "background"
         messages.append(f"every labelled training node is {cls}: the GCN can only learn to predict {cls}")
-    return _Prepared(None, graph, base, timings, messages)
+    return _Prepared(None, graph, candidates, base, timings, messages)
 
 
 def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: RefineConfig) -> RefineResult:
+    """Self-check every candidate fit (``node_probs: f32[C, N]``), keep the best passing one, build the masks."""
     graph = prep.fitted_graph
+    names = [v.name for v in config.candidates()]
+    node_probs = np.asarray(node_probs).reshape(len(names), graph.n_nodes)
+    validation = graph.label_mask & ~graph.train_mask
+    scores = validation_scores(node_probs, graph.labels, validation, config.threshold)
+    passed, reasons = check_fit(scores, config.check)
+    chosen, why = select_variant(scores, passed, names)
+    messages = list(prep.messages)
+    status = "refined"
+    index = chosen
+    if chosen is None:
+        index = 0 if len(names) == 1 else int(np.nanargmax(np.nan_to_num(scores.balanced_accuracy, nan=-1.0)))
+        status = "fallback" if config.check.fallback else "check_failed"
+        detail = reasons[0] if len(names) == 1 else "; ".join(f"{n}: {r}" for n, r in zip(names, reasons))
+        msg = (f"the GCN fit failed the self-check ({detail}): " + (
+            "the refined masks are the prediction" if config.check.fallback
+            else "returned anyway (check.fallback=False), it is likely worse than the prediction"))
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        messages.append(msg)
     shape = graph.volume_shape
     coords = tuple(graph.node_coords.T)
-    gcn = node_probs > config.threshold
-    refined = np.zeros(shape, np.uint8)
-    refined[coords] = gcn
-    unlabelled = prep.base["cnn"].copy()
-    free = ~graph.label_mask
-    unlabelled[tuple(graph.node_coords[free].T)] = gcn[free]
+    gcn = node_probs[index] > config.threshold
+    cnn = prep.base["cnn"]
+    if status == "fallback":
+        refined, unlabelled = cnn.copy(), cnn.copy()
+    else:
+        unlabelled = cnn.copy()
+        free = ~graph.label_mask
+        unlabelled[tuple(graph.node_coords[free].T)] = gcn[free]
+        if config.replace == "all":
+            refined = np.zeros(shape, np.uint8)
+            refined[coords] = gcn
+        else:
+            refined = unlabelled.copy()
+    selfcheck = dict(scores_dict(scores, index), passed=bool(passed[index]), reason=reasons[index])
+    selection = {
+        "variant": None if chosen is None else names[chosen],
+        "why": why,
+        "candidates": [dict(scores_dict(scores, c), name=names[c], passed=bool(passed[c]), reason=reasons[c])
+                       for c in range(len(names))],
+    }
+    stats = prep.candidates[index].stats()
     timings = dict(prep.timings, fit=fit_s)
-    return RefineResult(refined, unlabelled, prep.base["expectation_mask"], prep.base["cnn"],
-                        node_probs=node_probs, messages=list(prep.messages), graph_stats=graph.stats(),
-                        timings=timings, graph=graph)
+    return RefineResult(refined, unlabelled, prep.base["expectation_mask"], cnn,
+                        node_probs=node_probs[index], status=status, messages=messages, graph_stats=stats,
+                        timings=timings, graph=prep.candidates[index], selfcheck=selfcheck, selection=selection)
 
 
 def _complete(result: RefineResult, x: RefineInput, crf: bool, t_start: float, uncertainty_name: str,
@@ -289,12 +398,16 @@ def refine_volume(
     prep = _prepare(image, prediction, expectation, uncertainty, config, seed)
     if prep.result is not None:
         return _complete(prep.result, x, crf, t_start, uncertainty_name, config)
-    graph = prep.fitted_graph
-    n_nodes, n_edges = _buckets([graph], config)
+    n_nodes, n_edges = _buckets(prep.candidates, config)
     t0 = time.perf_counter()
-    out = fit_gcn(pad_graph(graph, n_nodes, n_edges), jax.random.PRNGKey(seed), config.fit)
-    probs = np.asarray(out.node_probs)[: graph.n_nodes]
-    result = _finish(prep, probs, time.perf_counter() - t0, config)
+    key = jax.random.PRNGKey(seed)
+    if len(prep.candidates) == 1:
+        probs = np.asarray(fit_gcn(pad_graph(prep.fitted_graph, n_nodes, n_edges), key, config.fit).node_probs)[None]
+    else:  # every candidate in one compiled program, same key: they differ only in their edges
+        stacked = stack_graphs(prep.candidates, n_nodes, n_edges)
+        keys = jax.numpy.stack([key] * len(prep.candidates))
+        probs = np.asarray(fit_batch(stacked, keys, config.fit).node_probs)
+    result = _finish(prep, probs[:, : prep.fitted_graph.n_nodes], time.perf_counter() - t0, config)
     return _complete(result, x, crf, t_start, uncertainty_name, config)
 
 
@@ -343,20 +456,23 @@ def refine_batch(
         preps.append(_prepare(x.image, x.prediction, x.expectation, x.uncertainty, config, seed))
     todo = [i for i, p in enumerate(preps) if p.result is None]
     probs = {}
+    n_cand = len(config.candidates())
     if todo:
         mesh = resolve_mesh(devices)
-        n_nodes, n_edges = _buckets([preps[i].fitted_graph for i in todo], config)
+        n_nodes, n_edges = _buckets([g for i in todo for g in preps[i].candidates], config)
         size = padded_size(min(batch_size or len(todo), len(todo)), mesh_size(mesh))
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         for chunk in tqdm(chunks, desc="fits", disable=not progress):
             filled = chunk + [chunk[0]] * (size - len(chunk))
-            stacked = stack_graphs([preps[i].fitted_graph for i in filled], n_nodes, n_edges)
-            keys = jax.numpy.stack([jax.random.PRNGKey(seeds[i]) for i in filled])
+            # Every candidate of every volume of the chunk: ONE compiled program of size·C fits.
+            stacked = stack_graphs([g for i in filled for g in preps[i].candidates], n_nodes, n_edges)
+            keys = jax.numpy.stack([jax.random.PRNGKey(seeds[i]) for i in filled for _ in range(n_cand)])
             t0 = time.perf_counter()
             out = np.asarray(fit_batch(stacked, keys, config.fit, strategy=strategy, devices=mesh).node_probs)
+            out = out.reshape(size, n_cand, -1)
             elapsed = (time.perf_counter() - t0) / len(chunk)
             for row, i in enumerate(chunk):
-                probs[i] = (out[row, : preps[i].fitted_graph.n_nodes], elapsed)
+                probs[i] = (out[row, :, : preps[i].fitted_graph.n_nodes], elapsed)
     results = []
     for i, (x, prep) in enumerate(zip(volumes, preps)):
         if prep.result is not None:

@@ -1,0 +1,146 @@
+"""Method R's variants: the class-balanced loss against numpy, that it reaches the fit, the choice among
+candidate graphs, and the replace modes."""
+import jax
+import numpy as np
+import pytest
+
+from ugcn.graph.voxel_graph import build_voxel_graph
+from ugcn.refine.fit import FitConfig, bce_loss, fit_gcn, pad_graph
+from ugcn.refine.pipeline import RefineConfig, refine_volume
+from ugcn.refine.selfcheck import FitScores
+from ugcn.refine.variants import LOCAL, Variant, select_variant
+
+FAST = FitConfig(epochs=30)
+
+
+def numpy_bce(z, y, m, balanced):
+    z, y, m = (np.asarray(a, np.float64) for a in (z, y, m))
+    p = 1 / (1 + np.exp(-z))
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    out = []
+    for b in range(z.shape[0]):
+        sel = m[b] > 0
+        if not balanced:
+            out.append(bce[b][sel].mean())
+            continue
+        means = [bce[b][sel & (y[b] == c)].mean() for c in (0, 1) if np.any(sel & (y[b] == c))]
+        out.append(np.mean(means))
+    return np.array(out)
+
+
+def test_balanced_bce_matches_numpy():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, (3, 50)).astype(np.float32)
+    y = (rng.uniform(size=(3, 50)) < [[0.05], [0.5], [0.0]]).astype(np.float32)  # rare fg, even, one class
+    y[0, :2] = 1.0
+    m = rng.uniform(size=(3, 50)) < 0.7
+    for loss, balanced in (("bce", False), ("balanced_bce", True)):
+        np.testing.assert_allclose(bce_loss(z, y, m, loss), numpy_bce(z, y, m, balanced), rtol=1e-5)
+    with pytest.raises(ValueError, match="loss"):
+        FitConfig(loss="focal")
+
+
+def imbalanced_case(shape=(18, 18, 12), radius=5.0):
+    """A sphere with an informative intensity, labelled nodes mostly background (the organ is uncertain)."""
+    rng = np.random.default_rng(3)
+    grid = np.indices(shape, dtype=np.float32)
+    r = np.sqrt(((grid - np.array(shape, np.float32)[:, None, None, None] / 2) ** 2).sum(0))
+    label = r < radius
+    image = (0.6 * label + rng.normal(0, 0.5, shape)).astype(np.float32)
+    e = np.where(label, 0.6, 0.1).astype(np.float32)
+    u = np.where(label & (r < radius - 0.7), 0.95, 0.3).astype(np.float32)
+    return image, label, e, u, label
+
+
+def test_balanced_loss_reaches_the_fit():
+    image, pred, e, u, _ = imbalanced_case()
+    g = build_voxel_graph(image, pred, e, u, dilation=(5, 5, 5), k_random=0, lam=0.0, margin=3)
+    fg = g.train_mask & (g.labels > 0.5)
+    assert 0 < fg.sum() < 0.2 * g.train_mask.sum()
+    padded = pad_graph(g)
+    key = jax.random.PRNGKey(0)
+    plain = np.asarray(fit_gcn(padded, key, FitConfig(epochs=30, loss="bce")).node_probs)[: g.n_nodes]
+    balanced = np.asarray(fit_gcn(padded, key, FitConfig(epochs=30, loss="balanced_bce")).node_probs)[: g.n_nodes]
+    # Same key and graph: only the loss differs; balancing raises the rare class's probabilities.
+    assert balanced[fg].mean() > plain[fg].mean() + 0.05
+
+
+def scores(ba, dice):
+    ba, dice = np.asarray(ba, float), np.asarray(dice, float)
+    return FitScores(ba, dice, ba, np.full(ba.shape, 0.3), 100, 40, 0.3)
+
+
+def test_select_variant_rules():
+    names = ["a", "b", "c"]
+    assert select_variant(scores([0.9, 0.95, 0.99], [0.9] * 3), np.array([1, 1, 0], bool), names)[0] == 1
+    assert select_variant(scores([0.9, 0.9, 0.8], [0.8, 0.9, 0.9]), np.ones(3, bool), names)[0] == 1  # Dice
+    assert select_variant(scores([0.9, 0.9, 0.9], [0.9] * 3), np.ones(3, bool), names)[0] == 0  # order
+    index, why = select_variant(scores([0.9] * 3, [0.9] * 3), np.zeros(3, bool), names)
+    assert index is None and "no candidate" in why
+
+
+def sphere_case(shape=(24, 24, 16), radius=6.5, seed=0):
+    """The CNN is right except in a band where it is wrong AND uncertain (as tests/test_refine.py)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = np.array(shape, np.float32)[:, None, None, None] / 2
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    label = r < radius
+    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
+    fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])
+    fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])
+    prediction = (label | fp) & ~fn
+    wrong = fp | fn
+    e = np.where(prediction, 0.97, 0.03).astype(np.float32)
+    e[wrong] = np.where(prediction[wrong], 0.6, 0.4)
+    u = np.where(wrong, 0.95, 0.15).astype(np.float32)
+    return image, prediction, e, u, label
+
+
+def dice(a, b):
+    return 2 * np.sum(a & b) / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def selected():
+    """The configured graph made known-bad (heavy random edges drown every node's own features) beside
+    the local graph, which is known to fix the band."""
+    image, pred, e, u, label = sphere_case()
+    config = RefineConfig(fit=FAST, k_random=16, long_range_weight=50.0, variants=(LOCAL,))
+    return sphere_case(), config, refine_volume(image, pred, e, u, config=config, label=label)
+
+
+def test_selection_picks_the_known_best_variant(selected):
+    (image, pred, e, u, label), config, r = selected
+    assert r.status == "refined"
+    assert r.selection["variant"] == "local"
+    cands = {c["name"]: c for c in r.selection["candidates"]}
+    assert cands["local"]["validation_balanced_accuracy"] > cands["configured"]["validation_balanced_accuracy"]
+    assert r.graph.n_random_edges == 0  # the returned graph is the local one
+    assert dice(r.refined.astype(bool), label) > 0.95 > dice(pred, label)
+
+
+def test_selected_candidate_equals_its_own_single_fit(selected):
+    (image, pred, e, u, label), config, r = selected
+    alone = RefineConfig(fit=FAST, k_random=0, lam=0.0, variants=())
+    single = refine_volume(image, pred, e, u, config=alone, label=label)
+    assert single.selection["variant"] == "configured"
+    np.testing.assert_allclose(single.node_probs, r.node_probs, atol=2e-4)
+    np.testing.assert_array_equal(single.refined, r.refined)
+
+
+def test_replace_modes(selected):
+    (image, pred, e, u, label), config, r = selected
+    np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # default: only uncertain nodes
+    labelled = tuple(r.graph.node_coords[r.graph.label_mask].T)
+    np.testing.assert_array_equal(r.refined[labelled], pred[labelled])
+    every = refine_volume(image, pred, e, u, config=RefineConfig(fit=FAST, replace="all", variants=()))
+    nodes = tuple(every.graph.node_coords.T)
+    np.testing.assert_array_equal(every.refined[nodes], every.node_probs > 0.5)
+    assert every.refined.sum() == (every.node_probs > 0.5).sum()  # nothing outside the nodes
+    with pytest.raises(ValueError, match="replace"):
+        RefineConfig(replace="some")
+    with pytest.raises(ValueError, match="preset"):
+        RefineConfig.preset("fast")
+    ref = RefineConfig.preset("reference")
+    assert (ref.tau_mode, ref.replace, ref.variants, ref.fit.loss) == ("absolute", "all", (), "bce")
