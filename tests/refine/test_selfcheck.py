@@ -1,6 +1,5 @@
 """Method R's self-check: validation scores against hand counts, the check's rules, and the fallback on a
 graph built to collapse."""
-import warnings
 
 import numpy as np
 import pytest

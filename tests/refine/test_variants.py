@@ -8,7 +8,7 @@ from ugcn.graph.voxel_graph import build_voxel_graph
 from ugcn.refine.fit import FitConfig, bce_loss, fit_gcn, pad_graph
 from ugcn.refine.pipeline import RefineConfig, refine_volume
 from ugcn.refine.selfcheck import FitScores
-from ugcn.refine.variants import LOCAL, Variant, select_variant
+from ugcn.refine.variants import LOCAL, select_variant
 
 FAST = FitConfig(epochs=30)
 

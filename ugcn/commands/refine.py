@@ -25,7 +25,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -58,10 +58,8 @@ class RefineRun:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from ugcn.refine.pipeline import PRESETS, RefineConfig
-
     from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
-    from ugcn.refine.pipeline import RefineConfig
+    from ugcn.refine.pipeline import PRESETS, RefineConfig
 
     add_config_options(p, RefineConfig, name="refine_config", title="method R settings (defaults: docs/method.md)",
                        record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),
@@ -304,7 +302,7 @@ def _write_summary(out_dir: Path, stems: list) -> dict:
     """``summary.json`` from every case's ``report.json`` (cases without one are listed as pending)."""
     from ugcn.io import write_text_atomic
 
-    summary = {"ugcn_version": __version__, "volumes": {}, "pending": []}
+    summary: dict[str, Any] = {"ugcn_version": __version__, "volumes": {}, "pending": []}
     for stem in stems:
         path = out_dir / stem / REPORT
         if not path.is_file():

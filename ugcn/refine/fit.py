@@ -36,7 +36,6 @@ import optax
 from ugcn.config import setting
 from ugcn.graph.gcn import gcn_normalize, propagate
 
-
 LOSSES = ("balanced_bce", "bce")
 
 

@@ -41,8 +41,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ugcn.evaluate.metrics import dice
 from ugcn.config import setting
+from ugcn.evaluate.metrics import dice
 from ugcn.graph.voxel_graph import LONG_RANGE, TAU_MODES, VoxelGraph, build_voxel_graph
 from ugcn.parallel.mesh import mesh_size, padded_size, resolve_mesh
 from ugcn.refine.crf import CRFConfig, CRFUnavailableError, crf_refine
@@ -108,7 +108,7 @@ class RefineConfig:
             raise ValueError(f"replace must be one of {REPLACE_MODES}, got {self.replace!r}")
 
     @staticmethod
-    def preset(name: str, **overrides) -> "RefineConfig":
+    def preset(name: str, **overrides) -> RefineConfig:
         """The configuration called ``name`` in :data:`PRESETS`, with ``overrides`` (field=value) applied."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
@@ -291,9 +291,10 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
     chosen, why = select_variant(scores, passed, names)
     messages = list(prep.messages)
     status = "refined"
-    index = chosen
+    # On a failure the best-scoring fit is kept for the report (and returned with check.fallback=False).
+    best_failed = 0 if len(names) == 1 else int(np.argmax(np.nan_to_num(scores.balanced_accuracy, nan=-1.0)))
+    index = chosen if chosen is not None else best_failed
     if chosen is None:
-        index = 0 if len(names) == 1 else int(np.nanargmax(np.nan_to_num(scores.balanced_accuracy, nan=-1.0)))
         status = "fallback" if config.check.fallback else "check_failed"
         detail = reasons[0] if len(names) == 1 else "; ".join(f"{n}: {r}" for n, r in zip(names, reasons))
         msg = (f"the GCN fit failed the self-check ({detail}): " + (
