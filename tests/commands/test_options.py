@@ -339,3 +339,53 @@ def test_lesions_evaluate_config_reads_the_recorded_protocol(tmp_path):
     assert resolve_options(build_parser().parse_args(base)).protocol_config == recorded
     args = resolve_options(build_parser().parse_args(base + ["--unet-epochs", "4", "--cases"]))
     assert args.protocol_config == dataclasses.replace(recorded, unet_epochs=4, write_cases=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A record without a flag."""
+
+    name: str = "a"
+
+
+@dataclasses.dataclass(frozen=True)
+class WithPresets:
+    """Settings with presets.
+
+    Attributes:
+      tau: threshold.
+    """
+
+    tau: float = 0.8
+    variants: tuple = (Variant("a"),)
+    fit: Fit = Fit()
+
+
+SAFE = WithPresets()
+REFERENCE = WithPresets(tau=0.1, variants=(), fit=Fit(epochs=9))
+
+
+def _preset_parser():
+    parser = argparse.ArgumentParser(prog="ugcn toy")
+    add_config_options(parser, WithPresets, name="cfg", record="config",
+                       presets={"": ({"safe": SAFE, "reference": REFERENCE}, "method preset"),
+                                "fit": ({"plain": Fit(), "long": Fit(epochs=500)}, "fit preset")})
+    add_config_file_option(parser)
+    return parser
+
+
+def test_root_and_nested_presets(tmp_path):
+    def cfg(*argv):
+        return resolve_options(_preset_parser().parse_args(list(argv))).cfg
+
+    assert cfg() == SAFE
+    assert cfg("--preset", "reference") == WithPresets(tau=0.1, variants=(), fit=Fit(epochs=9))  # fields w/o flag too
+    assert cfg("--preset", "reference", "--tau", "0.3") == dataclasses.replace(REFERENCE, tau=0.3)
+    assert cfg("--preset", "reference", "--fit-preset", "long") == dataclasses.replace(REFERENCE, fit=Fit(epochs=500))
+    from ugcn.config import config_to_dict
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"config": config_to_dict(REFERENCE)}))
+    assert cfg("--config", str(path)) == REFERENCE  # the record, variants included
+    assert cfg("--config", str(path), "--preset", "safe") == SAFE  # an explicit preset wins over the record
+    assert cfg("--config", str(path), "--fit-epochs", "2") == dataclasses.replace(REFERENCE, fit=Fit(epochs=2))

@@ -218,8 +218,9 @@ def add_config_options(
       prefixes: ``{"nested_field": "gcn-"}``: the flag prefix of a nested config's fields (default: the
         field's metadata ``prefix``, else its name and ``-``).
       presets: ``{"nested_field": ({name: config, ...}, help)}``: a ``--<prefix>preset NAME`` flag choosing the
-        config that nested field starts from (the first name is the default; on the command line, a preset
-        given explicitly wins over ``--config``'s record of that field, single-field flags win over both).
+        config that nested field starts from (``""``: the whole config, flag ``--preset``). The first name is
+        the default; a preset given explicitly wins over ``--config``'s record, single-field flags win over
+        both, and the most specific preset wins over an enclosing one.
 
     Every flag's value lands in ``args.<flag with _>`` too, resolved and checked.
     """
@@ -248,8 +249,8 @@ def add_config_options(
         group.add_argument(f"--{opt.flag}", **kwargs)
     preset_list = []
     for key, (choices, text) in (presets or {}).items():
-        path = tuple(key.split(".")) if key else ()  # "": a preset of the whole config, --<prefix>preset
-        field_prefix = (prefixes or {}).get(key, f"{path[-1].replace('_', '-')}-") if path else ""
+        path = tuple(key.split(".")) if key else ()  # "": the whole config
+        field_prefix = (prefixes or {}).get(key, f"{path[-1].replace('_', '-')}-" if path else "")
         flag = f"{prefix}{field_prefix}preset"
         first = next(iter(choices))
         group.add_argument(f"--{flag}", dest=flag.replace("-", "_"), choices=tuple(choices), default=argparse.SUPPRESS,
@@ -287,19 +288,19 @@ def _split(value: Any, t: FieldType) -> Any:
     return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
 
 
-def _build(cls: type, values: dict[tuple, Any], prefix: tuple = (), start: Any = None) -> Any:
-    """``cls`` from ``values`` (``{path: value}``); fields without a value take ``start``'s (a preset) or
-    the class default."""
+def _build(cls: type, values: dict[tuple, Any], base: Any, bases: dict, prefix: tuple = ()) -> Any:
+    """A ``cls`` from ``values`` (by field path); fields without a value are taken from ``base`` (the chosen
+    preset, or the default config), nested configs from their own preset in ``bases`` when there is one."""
     kwargs = {}
     for f in config_fields(cls):
         t = field_type(cls, f)
+        path = prefix + (f.name,)
         if dataclasses.is_dataclass(t.base) and t.length is None:
-            kwargs[f.name] = _build(t.base, values, prefix + (f.name,),
-                                    getattr(start, f.name) if start is not None else None)
-        elif prefix + (f.name,) in values:
-            kwargs[f.name] = values[prefix + (f.name,)]
-        elif start is not None:
-            kwargs[f.name] = getattr(start, f.name)
+            kwargs[f.name] = _build(t.base, values, bases.get(path, getattr(base, f.name)), bases, path)
+        elif path in values:
+            kwargs[f.name] = values[path]
+        else:
+            kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)
 
 
@@ -332,49 +333,47 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             section = recorded if option_set.record is None else recorded.get(option_set.record)
             if section is not None and not isinstance(section, dict):
                 raise ValueError(f"--config {path}: {option_set.record!r} is not a JSON object of settings")
-        base, overrides = option_set.cls(), dict(option_set.defaults)
-        chosen = {}  # nested path -> (preset config, given explicitly)
+        overrides = dict(option_set.defaults)
+        chosen: dict[tuple, tuple[Any, Optional[str]]] = {}  # preset path -> (its config, flag if given)
         for preset in option_set.presets:
             explicit = hasattr(args, preset.dest)
             name = getattr(args, preset.dest) if explicit else next(iter(preset.choices))
             setattr(args, preset.dest, name)
-            chosen[preset.path] = (preset.choices[name], explicit)
+            chosen[preset.path] = (preset.choices[name], f"--{preset.flag}" if explicit else None)
 
-        def under_preset(path: tuple):
-            for k in range(len(path) - 1, -1, -1):  # the innermost preset; () is the whole config's
-                if path[:k] in chosen:
-                    return path[:k]
-            return None
+        def presets_over(path: tuple) -> list:
+            """The presets whose config holds ``path``, the most specific first."""
+            return [path[:k] for k in range(len(path) - 1, -1, -1) if path[:k] in chosen]
 
+        # Each value: the flag given > an explicit preset > --config's record > the preset (default) > default.
         values: dict[tuple, Any] = {}
         for opt in option_set.options:
-            preset_path = under_preset(opt.path)
-            preset_value = None
-            if preset_path is not None:
-                preset_config, preset_explicit = chosen[preset_path]
-                preset_value = _get(preset_config, opt.path[len(preset_path):])
+            over = presets_over(opt.path)
+            given = [q for q in over if chosen[q][1]]
             if hasattr(args, opt.dest):
                 value, name = _split(getattr(args, opt.dest), opt.type), f"--{opt.flag}"
-            elif preset_path is not None and preset_explicit:
-                value, name = preset_value, f"--{next(p.flag for p in option_set.presets if p.path == preset_path)}"
+            elif given:
+                value, name = _get(chosen[given[0]][0], opt.path[len(given[0]):]), chosen[given[0]][1]
             elif section is not None and _has(section, opt.path):
                 value = _get(section, opt.path)
                 key = ".".join(((option_set.record,) if option_set.record else ()) + opt.path)
                 name = f"--config {path}: {key}"
-            elif preset_path is not None:
-                value, name = preset_value, f"--{opt.flag}"
+            elif over:
+                value, name = _get(chosen[over[0]][0], opt.path[len(over[0]):]), f"--{opt.flag}"
             else:
-                value, name = overrides.get(opt.path, _get(base, opt.path)), f"--{opt.flag}"
+                value, name = overrides.get(opt.path, _get(option_set.cls(), opt.path)), f"--{opt.flag}"
             value = check_value(name, value, opt.field, opt.type)
             values[opt.path] = value
             setattr(args, opt.dest, value)
-        whole = chosen.get(())  # a preset of the whole config: where fields without a flag start from
-        if section is not None and not (whole and whole[1]):
-            # fields without a flag (e.g. a tuple of records) come from the record too (an explicit preset wins)
+        # Fields without a flag (e.g. a tuple of records): an explicit preset's, else the record's, else the
+        # preset's (default) or the dataclass default (in _build).
+        if section is not None:
             where = f"--config {path}: {option_set.record + '.' if option_set.record else ''}"
-            values.update(_recorded_only(option_set.cls, section, set(values) | option_set.excluded, where))
+            recorded_only = _recorded_only(option_set.cls, section, set(values) | option_set.excluded, where)
+            values.update({k: v for k, v in recorded_only.items() if not any(chosen[q][1] for q in presets_over(k))})
+        bases = {q: config for q, (config, _) in chosen.items()}
         try:
-            config = _build(option_set.cls, values, start=whole[0] if whole else None)
+            config = _build(option_set.cls, values, bases.get((), option_set.cls()), bases)
         except ValueError as err:
             raise ValueError(f"{err} (check the {option_set.cls.__name__} settings)") from None
         setattr(args, option_set.name, config)
