@@ -13,6 +13,8 @@ pytestmark = pytest.mark.skipif(not crf_available(), reason="pydensecrf not inst
 SPACING = (0.8, 0.8, 2.5)
 EDGE = 12  # the organ is x >= EDGE
 ROI = (slice(4, 28), slice(None), slice(None))  # a box around the boundary with room on both sides
+# A CRF that trusts the image: unary from E with a 0.01 floor, strong bilateral term.
+SNAP = CRFConfig(unary="expectation", floor=0.01, gaussian_compat=3.0, intensity_width=1.0, bilateral_compat=5.0)
 
 
 def slab_case(centre: float, blur_mm: float = 3.0, noise: float = 6.0, seed: int = 0):
@@ -34,12 +36,12 @@ def slab_case(centre: float, blur_mm: float = 3.0, noise: float = 6.0, seed: int
 def test_bilateral_term_snaps_a_blurred_boundary_to_the_intensity_edge(centre):
     image, e, prediction, truth = slab_case(centre)
     assert (prediction != truth).sum() >= 400  # the CNN's boundary is wrong by whole planes
-    out = crf_refine(image, e, prediction, spacing=SPACING, roi=ROI)
+    out = crf_refine(image, e, prediction, spacing=SPACING, roi=ROI, config=SNAP)
     np.testing.assert_array_equal(out[ROI], truth[ROI])  # the ground-truth edge, voxel for voxel
     assert not out[:4].any() and out.dtype == np.uint8
     # the bilateral (intensity) term does it: without it the boundary stays where E put it
     smooth_only = crf_refine(image, e, prediction, spacing=SPACING, roi=ROI,
-                             config=CRFConfig(bilateral_compat=0.0))
+                             config=dataclasses.replace(SNAP, bilateral_compat=0.0))
     np.testing.assert_array_equal(smooth_only[ROI], prediction[ROI])
 
 
@@ -51,7 +53,7 @@ def test_reference_setting_returns_the_prediction():
 
 def test_default_roi_is_the_predictions_box_and_empty_prediction_gives_empty():
     image, e, prediction, truth = slab_case(9.5)
-    out = crf_refine(image, e, prediction, spacing=SPACING)
+    out = crf_refine(image, e, prediction, spacing=SPACING, config=SNAP)
     assert not out[:10].any()  # ROI = bounding box of the prediction (x >= 10)
     np.testing.assert_array_equal(out[12:], truth[12:])
     assert not crf_refine(image, e, np.zeros_like(prediction), spacing=SPACING).any()
@@ -60,10 +62,10 @@ def test_default_roi_is_the_predictions_box_and_empty_prediction_gives_empty():
 def test_intensity_width_is_relative_to_the_organs_spread():
     image, e, prediction, truth = slab_case(14.5)
     scaled = image * 0.01 - 3.0  # another scanner's units: contrast 0.6, noise 0.06
-    out = crf_refine(scaled, e, prediction, spacing=SPACING, roi=ROI)
+    out = crf_refine(scaled, e, prediction, spacing=SPACING, roi=ROI, config=SNAP)
     np.testing.assert_array_equal(out[ROI], truth[ROI])  # same answer in any units
     raw = crf_refine(scaled, e, prediction, spacing=SPACING, roi=ROI,
-                     config=CRFConfig(intensity_units="raw", intensity_width=1.0))
+                     config=dataclasses.replace(SNAP, intensity_units="raw", intensity_width=1.0))
     assert (raw[ROI] != truth[ROI]).any()  # a width of 1 raw unit is blind to a contrast of 0.6
 
 
@@ -81,7 +83,8 @@ def test_organ_intensity_spread_is_the_robust_std_over_the_prediction():
 
 def test_widths_reach_dense_crf_in_voxels_and_image_units():
     image, e, prediction, truth = slab_case(14.5, noise=12.0, seed=3)
-    config = CRFConfig(gaussian_width=3.0, bilateral_width=7.0, intensity_width=0.7, bilateral_compat=4.0)
+    config = CRFConfig(unary="expectation", floor=0.01, gaussian_width=3.0, gaussian_compat=3.0, bilateral_width=7.0,
+                       intensity_width=0.7, bilateral_compat=4.0)
     out = crf_refine(image, e, prediction, spacing=SPACING, roi=ROI, config=config)
     values = image[ROI][prediction[ROI]]
     spread = 1.4826 * np.median(np.abs(values - np.median(values)))
@@ -96,15 +99,15 @@ def test_widths_reach_dense_crf_in_voxels_and_image_units():
 def test_floor_caps_the_unary():
     image, e, prediction, truth = slab_case(14.5)
     hard = np.where(e > 0.5, 1.0, 0.0).astype(np.float32)  # a binary "expectation": only the floor lets it move
-    soft = crf_refine(image, hard, prediction, spacing=SPACING, roi=ROI, config=CRFConfig(floor=0.2))
-    stiff = crf_refine(image, hard, prediction, spacing=SPACING, roi=ROI, config=CRFConfig(floor=1e-6))
+    soft = crf_refine(image, hard, prediction, spacing=SPACING, roi=ROI, config=dataclasses.replace(SNAP, floor=0.2))
+    stiff = crf_refine(image, hard, prediction, spacing=SPACING, roi=ROI, config=dataclasses.replace(SNAP, floor=1e-6))
     np.testing.assert_array_equal(stiff[ROI], prediction[ROI])
     assert (soft[ROI] != prediction[ROI]).any()
 
 
 def test_tune_crf_picks_the_setting_that_finds_the_edge():
     cases = [CRFCase(*slab_case(c, seed=s), spacing=SPACING) for c, s in ((9.5, 0), (14.5, 1))]
-    tuning = tune_crf(cases, grid={"bilateral_compat": (0.0, 5.0)}, base=CRFConfig(), margin=6)
+    tuning = tune_crf(cases, grid={"bilateral_compat": (0.0, 5.0)}, base=SNAP, margin=6)
     assert [r["bilateral_compat"] for r in tuning.rows] == [0.0, 5.0]
     assert tuning.best.bilateral_compat == 5.0 and tuning.best_row()["bilateral_compat"] == 5.0
     assert tuning.rows[1]["mean_dice"] > tuning.rows[0]["mean_dice"]
@@ -122,7 +125,7 @@ def test_bad_settings_and_inputs_raise():
     with pytest.raises(ValueError, match="spacing"):
         crf_refine(image, e, prediction, spacing=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="expectation"):
-        crf_refine(image, None, prediction)
+        crf_refine(image, None, prediction, config=SNAP)
 
 
 def test_pipeline_runs_the_configured_crf_with_the_volumes_spacing():
@@ -132,9 +135,10 @@ def test_pipeline_runs_the_configured_crf_with_the_volumes_spacing():
     image, e, prediction, truth = slab_case(14.5)
     u = (-(e * np.log2(e) + (1 - e) * np.log2(1 - e))).astype(np.float32)
     fast = RefineConfig(margin=8, fit=FitConfig(epochs=2))
+    fast = dataclasses.replace(fast, crf=SNAP)
     tuned = refine_volume(image, prediction, e, u, config=fast, label=truth, crf=True, spacing=SPACING)
     roi = tuned.graph.roi
-    np.testing.assert_array_equal(tuned.crf, crf_refine(image, e, prediction, spacing=SPACING, roi=roi))
+    np.testing.assert_array_equal(tuned.crf, crf_refine(image, e, prediction, spacing=SPACING, roi=roi, config=SNAP))
     assert tuned.dice["crf"] > tuned.dice["cnn"]
     reference = refine_volume(image, prediction, e, u, config=dataclasses.replace(fast, crf=REFERENCE_CRF),
                               label=truth, crf=True, spacing=SPACING)
@@ -145,14 +149,3 @@ def test_pipeline_runs_the_configured_crf_with_the_volumes_spacing():
     no_spacing = refine_volume(image, prediction, e, u, config=fast, crf=True)
     assert any("1 mm voxels" in m for m in no_spacing.messages)
 
-
-def test_cli_presets_reach_the_config():
-    import argparse
-
-    from ugcn.commands.refine import _add_common, _config
-
-    parser = argparse.ArgumentParser()
-    _add_common(parser)
-    assert _config(parser.parse_args([])).crf == CRFConfig()
-    assert _config(parser.parse_args(["--crf-preset", "reference"])).crf == REFERENCE_CRF
-    assert _config(parser.parse_args(["--crf-unary", "prediction"])).crf == CRFConfig(unary="prediction")

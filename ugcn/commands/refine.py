@@ -70,10 +70,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                                      "to the prediction, with a warning, when the fit fails the self-check "
                                      "(--no-check-fallback: warn only)"),
                                 "crf": ({"tuned": CRFConfig(), "reference": REFERENCE_CRF},
-                                        "CRF setting the --crf-* flags start from: tuned (unary from E with a 0.01 "
-                                        "floor, widths in mm and in units of the organ's intensity spread, tuned on "
-                                        "the demo's phantoms) or reference (the published one, which returns the "
-                                        "prediction unchanged)")})
+                                        "CRF setting the --crf-* flags start from: tuned (CRFConfig(): unary with a "
+                                        "0.05 floor, widths in mm and in units of the organ's intensity spread, "
+                                        "chosen by a grid search on the demo's phantoms) or reference (the "
+                                        "published one, which returns the prediction unchanged)")})
     add_config_options(p, RefineRun, name="run_config", title="uncertainty and baselines")
     add_config_options(p, Sampling, name="sampling", title="MC dropout (with --model)")
     add_config_file_option(p)
