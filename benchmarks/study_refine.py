@@ -5,10 +5,11 @@ Usage: ``python benchmarks/study_refine.py [--size small|full] [--cache DIR] [--
 CNNs of graded quality (training steps × number of training volumes × dropout 0.1 / 0.3, 2D U-Nets as the
 demo's) segment the same held-out CT phantoms. Per volume the study measures the Dice of ``Ŷ`` (the CNN's
 largest component) and of every refinement the installed ``ugcn`` offers: ``E > 0.5``; the dense CRF with
-the default setting (unary from ``E``), with the same kernels on the binary ``Ŷ``, and the published
-setting; the GCN as published (``RefineConfig.preset("reference")`` when it exists), with only the
-uncertain nodes replaced, each graph variant of ``ugcn.refine.variants`` alone, and the default
-``RefineConfig()`` (which selects among the variants per volume). Per regime and pooled over all volumes,
+the default setting (``CRFConfig()``, unary from ``Ŷ``), with the same kernels and the unary from ``E``, and the
+published setting; the GCN as published (``RefineConfig.preset("reference")`` without the self-check's
+fallback, when presets exist), the same with only the uncertain nodes replaced, each graph variant of
+``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), and the default
+``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled over all volumes,
 each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
 post-processing: never adopt a step that harms).
@@ -48,7 +49,7 @@ CT_WINDOW = (-160.0, 240.0)
 UNCERTAINTY = "entropy"
 WORSE_BY = 0.01  # "more than 1 Dice point worse"
 #: Methods drawn in the figure (when present).
-FIGURE_METHODS = ("E>0.5", "CRF (E)", "GCN (reference)", "GCN (default)")
+FIGURE_METHODS = ("E>0.5", "CRF (Ŷ)", "GCN (published)", "GCN (default)")
 
 
 def _say(text: str) -> None:
@@ -123,9 +124,13 @@ def gcn_methods() -> dict:
     from ugcn.refine import RefineConfig
 
     default = RefineConfig()
-    reference = RefineConfig.preset("reference") if hasattr(RefineConfig, "preset") else default
-    methods = {"GCN (reference)": (reference, "refined"),
-               "GCN (reference, uncertain nodes only)": (reference, "refined_unlabelled")}
+    reference = default
+    if hasattr(RefineConfig, "preset"):  # the published method, without the self-check's fallback
+        reference = RefineConfig.preset("reference")
+        if hasattr(reference, "check"):
+            reference = dataclasses.replace(reference, check=dataclasses.replace(reference.check, fallback=False))
+    methods = {"GCN (published)": (reference, "refined"),
+               "GCN (published, uncertain nodes only)": (reference, "refined_unlabelled")}
     try:
         from ugcn.refine.variants import CONFIGURED, DEFAULT_VARIANTS
     except ImportError:
@@ -141,7 +146,8 @@ def gcn_methods() -> dict:
 def crf_methods() -> dict:
     from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
 
-    return {"CRF (E)": CRFConfig(), "CRF (Ŷ)": CRFConfig(unary="prediction"), "CRF (reference)": REFERENCE_CRF}
+    return {"CRF (Ŷ)": CRFConfig(unary="prediction"), "CRF (E)": CRFConfig(unary="expectation"),
+            "CRF (reference)": REFERENCE_CRF}
 
 
 def evaluate_regime(cases: list[dict], size: str, seed: int = 0) -> dict:
