@@ -26,10 +26,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from common import machine_info, save_results
 from jax import lax
 
 from ugcn.segment.conv3d import AUTO_FORM, conv3d_slices
-from common import machine_info, save_results
 
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
 JAX_FORMS = ("xla", "taps_in", "taps_out")
@@ -156,8 +156,8 @@ def network_totals(rows: list[dict], key: str) -> dict:
 
 def bench_unet(batch: int, rounds: int) -> dict:
     """Whole 3D U-Net forward (inference mode) with lax's conv3d vs the slice-wise convolutions."""
-    from ugcn.segment.unet import UNet, UNetConfig
     from ugcn.segment.model import init_model
+    from ugcn.segment.unet import UNet, UNetConfig
 
     config = UNetConfig(dims=3)
     model = init_model(config, jax.random.PRNGKey(0))

@@ -341,7 +341,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, preset.dest, name)
             chosen[preset.path] = (preset.choices[name], f"--{preset.flag}" if explicit else None)
 
-        def presets_over(path: tuple) -> list:
+        def presets_over(path: tuple, chosen: dict = chosen) -> list:
             """The presets whose config holds ``path``, the most specific first."""
             return [path[:k] for k in range(len(path) - 1, -1, -1) if path[:k] in chosen]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import operator
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -351,8 +352,8 @@ def _cohort_mc(args, paths, volume_fn, mesh) -> dict:
                                  chunk_size=args.chunk, keep_samples=estimator.needs == "samples", devices=mesh)
         seconds = (time.perf_counter() - t0) / len(group)
         for i, p in enumerate(group):
-            out[p] = (result_from_canonical(jax.tree_util.tree_map(lambda x: x[i], result), volumes[p].affine),
-                      seconds)
+            out[p] = (result_from_canonical(jax.tree_util.tree_map(operator.itemgetter(i), result),
+                                            volumes[p].affine), seconds)
     return out
 
 
@@ -365,8 +366,15 @@ def run_refine_batch(args: argparse.Namespace) -> int:
     (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``, or SLURM), each process takes
     ``sorted(images)[process_id::num_processes]`` and process 0 writes ``summary.json`` once all are done.
     """
-    from ugcn.parallel import barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size
-    from ugcn.parallel import process_slice
+    from ugcn.parallel import (
+        barrier,
+        describe,
+        device_mesh,
+        initialize_distributed,
+        mesh_size,
+        padded_size,
+        process_slice,
+    )
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
 
     initialize_distributed()
@@ -412,7 +420,7 @@ def run_refine_batch(args: argparse.Namespace) -> int:
         results = refine_batch([x for _, x, *_ in loaded], config=config, seeds=[args.seed] * len(loaded),
                                crf=args.crf, batch_size=size, uncertainty_name=args.uncertainty, progress=False,
                                devices=mesh)
-        for (stem, x, image, source, mc_s), result in zip(loaded, results):
+        for (stem, _x, image, source, mc_s), result in zip(loaded, results):
             report = {**_report(result, source, config, args, mc_s), SETTINGS_KEY: settings}
             _write_case(out_dir / stem, result, image, report)
             if not args.quiet:

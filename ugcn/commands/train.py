@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     in_channels = None
     for case in cases:
         image, label = load_case(case)
+        if label is None:
+            raise ValueError(f"{case.image_path}: no label; training needs a label for every case")
         channels = 1 if image.array.ndim == 3 else image.array.shape[3]
         if in_channels is not None and channels != in_channels:
             raise ValueError(f"{case.image_path}: {channels} modalities, but earlier cases have {in_channels}")

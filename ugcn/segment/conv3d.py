@@ -23,7 +23,7 @@ dilations, feature groups, other layouts or ranks) goes to ``lax.conv_general_di
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import jax.numpy as jnp
 from jax import lax
@@ -118,7 +118,7 @@ def _is_channels_last_3d(lhs_ndim: int, dimension_numbers) -> bool:
 def conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
     feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-    preferred_element_type: Optional = None,
+    preferred_element_type: Optional[Any] = None,
 ):
     """Drop-in for ``lax.conv_general_dilated`` that runs stride-1 channels-last 3D convolutions as
     :func:`conv3d_slices` (``form="auto"``); every other case is passed to ``lax.conv_general_dilated``.

@@ -23,10 +23,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from ugcn.config import setting
 from ugcn.segment.conv3d import conv_general_dilated as slicewise_conv_general_dilated
 from ugcn.segment.conv3d import upsample_conv_transpose
-
-from ugcn.config import setting
 
 DEFAULT_DROPOUT = {2: 0.3, 3: 0.2}
 DEFAULT_PATCH_SIZE = (32, 32, 32)
