@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ugcn import __version__
-from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
+from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options, resolve_options
 from ugcn.config import config_to_dict, setting
 
 OUTPUT_FILES = {
@@ -62,7 +62,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     from ugcn.refine.crf import REFERENCE_CRF, CRFConfig
     from ugcn.refine.pipeline import PRESETS, RefineConfig
 
-    add_config_options(p, RefineConfig, name="refine_config", title="method R settings (defaults: docs/method.md)",
+    add_config_options(p, RefineConfig, name="refine_config", title="method R settings (see docs/method.md)",
                        record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),
                        presets={"": ({"safe": PRESETS["safe"], "reference": PRESETS["reference"]},
                                      "method R setting the other flags start from: safe (adaptive tau, class-balanced "
@@ -112,7 +112,10 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    """The ``RefineConfig`` built from the flags (and ``--config``) by ``resolve_options``."""
+    """The ``RefineConfig`` built from the flags (and ``--config``) by ``resolve_options`` (run here when the
+    arguments come from a bare parser rather than ``ugcn.cli.main``)."""
+    if not hasattr(args, "refine_config"):
+        resolve_options(args)
     return args.refine_config
 
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ugcn.config import setting
 from ugcn.evaluate.metrics import dice
-from ugcn.graph.voxel_graph import LONG_RANGE, TAU_MODES, VoxelGraph, build_voxel_graph
+from ugcn.graph.voxel_graph import FEATURE_NORMS, LONG_RANGE, TAU_MODES, VoxelGraph, build_voxel_graph
 from ugcn.parallel.mesh import mesh_size, padded_size, resolve_mesh
 from ugcn.refine.crf import CRFConfig, CRFUnavailableError, crf_refine
 from ugcn.refine.fit import FitConfig, bucket_size, fit_batch, fit_gcn, pad_graph, stack_graphs
@@ -81,27 +81,36 @@ class RefineConfig:
         for small graphs).
     """
 
-    tau: float = 0.8
-    tau_mode: str = setting("adaptive", choices=TAU_MODES)
-    max_uncertain_fraction: float = setting(0.5, gt=0, max=1)
-    dilation: tuple = (5, 7, 7)
-    k_random: int = 16
-    long_range: str = setting("random", choices=LONG_RANGE)
-    long_range_weight: float = setting(1.0, min=0)
-    margin: int = 0
-    lam: float = 0.5
-    feature_norm: str = "zscore"
-    row_normalize: bool = False
-    val_fraction: float = 0.2
-    max_nodes: Optional[int] = 2_000_000
-    threshold: float = 0.5
-    replace: str = setting("unlabelled", choices=REPLACE_MODES)
+    tau: float = setting(0.8, min=0, help="uncertainty threshold on the estimator's scale (absolute, adaptive) or "
+                         "quantile level in [0, 1] over the ROI (quantile)")
+    tau_mode: str = setting("adaptive", choices=TAU_MODES, help="absolute: U > tau (the method); quantile: U above "
+                            "its tau-quantile over the ROI; adaptive: as absolute, but the uncertain share of the "
+                            "prediction is capped at --max-uncertain-fraction")
+    max_uncertain_fraction: float = setting(0.5, gt=0, max=1, help="the cap of --tau-mode adaptive")
+    dilation: tuple = setting((5, 7, 7), min=1, help="box size of the dilation of the uncertain voxels along the "
+                              "array axes 0, 1, 2 (the ROI)")
+    k_random: int = setting(16, min=0, help="long-range edges per node (0: none)")
+    long_range: str = setting("random", choices=LONG_RANGE, help="long-range partners: random (the method) or the "
+                              "k nearest nodes in feature space (knn)")
+    long_range_weight: float = setting(1.0, min=0, help="factor on the long-range edges' weights (1: the method)")
+    margin: int = setting(0, min=0, help="voxels added around the ROI box, clipped to the volume")
+    lam: float = setting(0.5, min=0, help="weight of the diversity term in the edge weights (0 drops it)")
+    feature_norm: str = setting("zscore", choices=FEATURE_NORMS, help="node intensity features: zscore, or "
+                                "reference (divided by the variance, the reference code's quirk)")
+    row_normalize: bool = setting(False, help="divide each node's feature vector by its sum (the reference code)")
+    val_fraction: float = setting(0.2, min=0, lt=1, help="share of the labelled nodes held out of the fit for the "
+                                  "self-check")
+    max_nodes: Optional[int] = setting(2_000_000, min=1, help="refuse a volume whose graph would have more nodes "
+                                       "(none: no limit)")
+    threshold: float = setting(0.5, gt=0, lt=1, help="GCN output threshold")
+    replace: str = setting("unlabelled", choices=REPLACE_MODES, help="what the refined mask takes from the GCN: all "
+                           "nodes (the method) or only the unlabelled (uncertain) ones")
     variants: tuple[Variant, ...] = DEFAULT_VARIANTS
     check: SelfCheckConfig = SelfCheckConfig()
     crf: CRFConfig = CRFConfig()
     fit: FitConfig = FitConfig()
-    min_bucket_nodes: int = 256
-    min_bucket_edges: int = 256
+    min_bucket_nodes: int = setting(256, min=1, cli=False)
+    min_bucket_edges: int = setting(256, min=1, cli=False)
 
     def __post_init__(self):
         if self.replace not in REPLACE_MODES:

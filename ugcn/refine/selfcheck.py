@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ugcn.config import setting
+
 
 @dataclasses.dataclass(frozen=True)
 class SelfCheckConfig:
@@ -35,9 +37,9 @@ class SelfCheckConfig:
       fallback: replace a failed fit's masks by ``Ŷ`` (True) or only warn (False).
     """
 
-    min_balanced_accuracy: float = 0.75
-    min_dice: float = 0.5
-    collapse_fraction: float = 0.01
+    min_balanced_accuracy: float = setting(0.75, min=0, max=1)
+    min_dice: float = setting(0.5, min=0, max=1)
+    collapse_fraction: float = setting(0.01, min=0, lt=0.5)
     fallback: bool = True
 
 
