@@ -10,8 +10,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ugcn.lesion.baselines import (
-    MetaSeg,
     SHAPE_FEATURES,
+    MetaSeg,
     fit_metaseg,
     fit_shape_baseline,
     lesion_shape_statistics,

@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve, spearman
 from ugcn.evaluate.metrics import dice
-from ugcn.io import atomic_directory, jsonable
 from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS, LesionGraphs, build_lesion_graphs, concat_lesion_graphs
+from ugcn.io import atomic_directory, jsonable
 from ugcn.lesion.baselines import (
     MetaSeg,
     baseline_method_names,
@@ -491,7 +491,7 @@ def _stochastic_fn(model: Any):
 
 
 def find_samples(samples_dir: Any, case: str) -> Path:
-    """The sample-map file of ``case`` in ``samples_dir``: ``<case>.nii.gz``, ``<case>_samples.nii.gz`` (or ``.nii``)."""
+    """The sample-map file of ``case`` in ``samples_dir``: ``<case>.nii.gz`` or ``<case>_samples.nii.gz`` (or .nii)."""
     folder = Path(samples_dir)
     for suffix in ("", "_samples"):
         for ext in (".nii.gz", ".nii"):
@@ -544,13 +544,43 @@ def run_protocol(
     return result
 
 
+def _fold_lesions(cases, indices, desc: str, *, config: LesionProtocolConfig, model, volume_fn, key, progress: bool,
+                  out_cases: Optional[Path]) -> tuple[list[CaseLesions], int]:
+    """The lesions of ``cases[indices]`` under one fold's U-Net (or the sample maps), and the GT lesions missed;
+    writes ``out_cases/<case>/`` when given. Cases are loaded one at a time."""
+    import jax
+
+    from ugcn.data import load_case
+    from ugcn.lesion.case_outputs import write_case_outputs
+    from ugcn.lesion.components import missed_lesions
+
+    found, missed = [], 0
+    for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
+        image, label = load_case(cases[i])
+        if label is None:
+            raise ValueError(f"case {cases[i].name}: no label; the protocol needs a labelled data set")
+        if config.samples_dir is not None:
+            pred, maps = _samples_uncertainty(config.samples_dir, cases[i].name, image, config.estimators)
+        else:
+            pred, maps = mc_uncertainty(
+                model, image.array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
+                n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
+                volume_fn=volume_fn,
+            )
+        c = case_lesions(cases[i].name, image.array, pred, maps, label.array, affine=image.affine,
+                         estimators=config.estimators, epsilon=config.epsilon, logsum=config.logsum)
+        missed += missed_lesions(pred, label.array)
+        if out_cases is not None:
+            write_case_outputs(out_cases / cases[i].name, pred, c.table.labels, maps, image.affine, header=image.header)
+        found.append(c)
+    return found, missed
+
+
 def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Path], progress: bool) -> ProtocolResult:
     import jax
 
     from ugcn.data import find_cases, kfold_splits, load_case
     from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
-    from ugcn.lesion.case_outputs import write_case_outputs
-    from ugcn.lesion.components import missed_lesions
 
     start = time.time()
     cases = find_cases(data_dir)
@@ -574,38 +604,17 @@ def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Pat
             volume_fn = _stochastic_fn(model)
         key = jax.random.PRNGKey(fold_seed)
 
-        def lesions_of(indices, what):
-            out_cases, missed = [], 0
-            for i in tqdm(indices, desc=f"fold {fold} {what}", disable=not progress, leave=False):
-                image, label = load_case(cases[i])
-                if label is None:
-                    raise ValueError(f"case {cases[i].name}: no label; the protocol needs a labelled data set")
-                if config.samples_dir is not None:
-                    pred, maps = _samples_uncertainty(config.samples_dir, cases[i].name, image, config.estimators)
-                else:
-                    pred, maps = mc_uncertainty(
-                        model, image.array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
-                        n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
-                        volume_fn=volume_fn,
-                    )
-                c = case_lesions(cases[i].name, image.array, pred, maps, label.array, affine=image.affine,
-                                 estimators=config.estimators, epsilon=config.epsilon, logsum=config.logsum)
-                missed += missed_lesions(pred, label.array)
-                if what == "test" and out is not None and config.write_cases:
-                    write_case_outputs(out / "cases" / cases[i].name, pred, c.table.labels, maps, image.affine,
-                                       header=image.header)
-                out_cases.append(c)
-            return out_cases, missed
-
-        val_cases, _ = lesions_of(split.val, "val")
-        test_cases, missed = lesions_of(split.test, "test")
+        fold_source = dict(config=config, model=model, volume_fn=volume_fn, key=key, progress=progress)
+        case_dir = out / "cases" if out is not None and config.write_cases else None
+        val_cases, _ = _fold_lesions(cases, split.val, f"fold {fold} val", out_cases=None, **fold_source)
+        test_cases, missed = _fold_lesions(cases, split.test, f"fold {fold} test", out_cases=case_dir, **fold_source)
         val, test = merge_cases(val_cases), merge_cases(test_cases)
         n_val_fp = int(val.is_fp.sum())
         reliable = n_val_fp >= config.min_val_fp
         if not reliable:
-            notes.append(f"fold {fold}: {n_val_fp} FP lesion(s) among {val.n} validation lesions (< {config.min_val_fp}): "
-                         "too few to fit the learned methods (GCNN, MetaSeg, shape); the fold is left out of the "
-                         "evaluation of every method (its AUCs are still listed per fold)")
+            notes.append(f"fold {fold}: {n_val_fp} FP lesion(s) among {val.n} validation lesions "
+                         f"(< {config.min_val_fp}): too few to fit the learned methods (GCNN, MetaSeg, shape); "
+                         "the fold is left out of the evaluation of every method (its AUCs are still listed per fold)")
         methods = fit_lesion_methods(val, estimators=config.estimators, gcnn_epochs=config.gcnn_epochs,
                                      gcnn_batch_size=config.gcnn_batch_size, seed=fold_seed,
                                      epsilon=config.epsilon, progress=progress)
