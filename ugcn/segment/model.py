@@ -6,16 +6,18 @@
     samples = jax.jit(jax.vmap(fn, in_axes=(0, None)))(jax.random.split(key, 20), image)   # [T,X,Y,Z,C]
 
 The returned function is pure: normalisation (recorded in the model), slicing or patching, the network,
-blending and cropping all happen inside it, so it can be jitted and vmapped over keys. Under
-``vmap(fn, in_axes=(0, None))`` every value that does not depend on the key (normalised image, patch
-extraction, the first convolution and batch-norm before the first dropout) is computed once and shared by
-the T passes: vmap only batches what depends on the batched argument.
+blending and cropping all happen inside it, so it can be jitted and vmapped over keys. Work that does not
+depend on the dropout key is done once for several passes: under ``vmap(fn, in_axes=(0, None))`` (2D) vmap
+batches only what depends on the key, and a 3D model's ``fn.apply.passes`` (used by
+:func:`ugcn.uncertainty.mc_sample`) extracts each chunk of patches and runs the U-Net's stem (the layers
+before its first dropout, :class:`~ugcn.segment.unet.UNet` ``stage="stem"``) once for all passes.
 
 - 2D model: all axial slices go through the network as one batch ``[Z, X, Y, M]`` (or in chunks of
   ``batch_size`` slices), in-plane sizes padded (edge values) to multiples of ``2**depth``.
 - 3D model: overlapping patches on a fixed grid (stride = ``patch * (1 - overlap)``, the last patch flush
   with the border), all patches in one network call (or ``batch_size`` per call in a ``lax.scan``), blended
-  with Gaussian (or uniform) weights; volumes smaller than a patch are padded, then cropped back.
+  with Gaussian (or uniform) weights; volumes smaller than a patch are padded, then cropped back. Several
+  passes at once run the patch chunks in the outer loop and the passes (vmap over keys) in the inner one.
 """
 from __future__ import annotations
 
@@ -234,63 +236,104 @@ def blend_weights(patch: tuple[int, int, int], mode: str) -> np.ndarray:
     return np.maximum(w, GAUSSIAN_FLOOR).astype(np.float32)
 
 
-def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
+def _patch_plan(cfg: UNetConfig, shape: tuple[int, int, int], batch_size: Optional[int]):
+    """Host-side plan of a patch grid: ``(padded, starts i32[n_chunks, batch, 3], valid f32[n_chunks, batch],
+    total f32[padded])`` (``total`` is the blending normaliser)."""
     patch = cfg.patch
     weights = blend_weights(patch, cfg.blend)
+    padded = tuple(max(s, p) for s, p in zip(shape, patch))
+    starts = patch_starts(padded, patch, cfg.patch_overlap)
+    total = np.zeros(padded, np.float32)
+    for s in starts:
+        total[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]] += weights
+    n_patches = starts.shape[0]
+    if batch_size is not None:
+        batch = min(int(batch_size), n_patches)
+    elif n_patches * int(np.prod(patch)) <= PATCH_VOXELS_PER_CALL:
+        batch = n_patches
+    else:
+        batch = DEFAULT_PATCH_BATCH
+    n_chunks = -(-n_patches // batch)
+    pad = n_chunks * batch - n_patches
+    valid = np.concatenate([np.ones(n_patches, np.float32), np.zeros(pad, np.float32)])
+    starts = np.concatenate([starts, np.repeat(starts[-1:], pad, axis=0)])
+    return padded, starts.reshape(n_chunks, batch, 3), valid.reshape(n_chunks, batch), total
 
-    def fn(variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+
+def _patches_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
+    """``passes(variables, keys [S], image) -> probs f32[S, X, Y, Z, C]``: ``S`` passes over one patch grid.
+
+    Pass ``s`` equals the single-pass function with key ``keys[s]`` (patch chunk ``c`` gets dropout key
+    ``split(keys[s], n_chunks)[c]``), but each chunk of patches is extracted, and run through the layers
+    before the first dropout (the U-Net's stem), once for all ``S`` passes.
+    """
+    patch = cfg.patch
+    weights = blend_weights(patch, cfg.blend)
+    unet = UNet(cfg)
+
+    def passes(variables: Any, keys: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         check_image(image, cfg)
-        net = _network_fn(cfg, variables, stochastic)
         x = norm(_with_channels(image))  # [X, Y, Z, M]
         size = x.shape[:3]
         m = x.shape[3]
-        padded = tuple(max(s, p) for s, p in zip(size, patch))
-        x = jnp.pad(x, [(0, p - s) for s, p in zip(size, padded)] + [(0, 0)], mode="edge")
         # The grid and the blending normaliser depend on shapes only: computed on the host at trace time.
-        starts = patch_starts(padded, patch, cfg.patch_overlap)
-        total = np.zeros(padded, np.float32)
-        for s in starts:
-            total[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]] += weights
-        n_patches = starts.shape[0]
-        if batch_size is not None:
-            batch = min(int(batch_size), n_patches)
-        elif n_patches * int(np.prod(patch)) <= PATCH_VOXELS_PER_CALL:
-            batch = n_patches
-        else:
-            batch = DEFAULT_PATCH_BATCH
-        n_chunks = -(-n_patches // batch)
-        pad = n_chunks * batch - n_patches
-        valid = np.concatenate([np.ones(n_patches, np.float32), np.zeros(pad, np.float32)])
-        starts = np.concatenate([starts, np.repeat(starts[-1:], pad, axis=0)])
-        starts_by_chunk = jnp.asarray(starts.reshape(n_chunks, batch, 3))
-        valid_by_chunk = jnp.asarray(valid.reshape(n_chunks, batch))
+        padded, starts, valid, total = _patch_plan(cfg, size, batch_size)
+        x = jnp.pad(x, [(0, p - s) for s, p in zip(size, padded)] + [(0, 0)], mode="edge")
+        n_chunks, batch = valid.shape
+        n_passes = keys.shape[0]
         w = jnp.asarray(weights)[..., None]
         n_out = cfg.output_classes
+        # [n_chunks, S] dropout keys: chunk c of pass s uses split(keys[s], n_chunks)[c].
+        chunk_keys = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, n_chunks))(keys), 0, 1)
 
         def body(acc, inputs):
-            chunk_starts, chunk_valid, chunk_key = inputs
+            chunk_starts, chunk_valid, pass_keys = inputs
             patches = jax.vmap(lambda s: jax.lax.dynamic_slice(x, (s[0], s[1], s[2], 0), patch + (m,)))(
                 chunk_starts
             )
-            probs = net(patches, chunk_key) * w * chunk_valid[:, None, None, None, None]
+            if stochastic:
+                stem = unet.apply(variables, patches, train=False, stage="stem")
+
+                def rest(key):
+                    return unet.apply(variables, stem, train=False, dropout=True, stage="after_stem",
+                                      rngs={"dropout": key})
+
+                logits = jax.vmap(rest)(pass_keys)  # [S, batch, *patch, K]
+            else:
+                logits = unet.apply(variables, patches, train=False, dropout=False)[None]
+            probs = logits_to_probs(logits) * w * chunk_valid[None, :, None, None, None, None]
 
             def add(i, acc):
-                corner = (chunk_starts[i, 0], chunk_starts[i, 1], chunk_starts[i, 2], 0)
-                current = jax.lax.dynamic_slice(acc, corner, patch + (n_out,))
-                return jax.lax.dynamic_update_slice(acc, current + probs[i], corner)
+                corner = (0, chunk_starts[i, 0], chunk_starts[i, 1], chunk_starts[i, 2], 0)
+                current = jax.lax.dynamic_slice(acc, corner, (acc.shape[0],) + patch + (n_out,))
+                return jax.lax.dynamic_update_slice(acc, current + probs[:, i], corner)
 
             return jax.lax.fori_loop(0, batch, add, acc), None
 
-        acc0 = jnp.zeros(padded + (n_out,), jnp.float32)
-        keys = jax.random.split(key, n_chunks)
+        acc0 = jnp.zeros((n_passes if stochastic else 1,) + padded + (n_out,), jnp.float32)
+        inputs = (jnp.asarray(starts), jnp.asarray(valid), chunk_keys)
         if n_chunks == 1:
-            acc, _ = body(acc0, (starts_by_chunk[0], valid_by_chunk[0], keys[0]))
+            acc, _ = body(acc0, jax.tree_util.tree_map(lambda a: a[0], inputs))
         else:
-            acc, _ = jax.lax.scan(body, acc0, (starts_by_chunk, valid_by_chunk, keys))
+            acc, _ = jax.lax.scan(body, acc0, inputs)
         probs = acc / jnp.asarray(total)[..., None]
-        return probs[: size[0], : size[1], : size[2]]
+        probs = probs[:, : size[0], : size[1], : size[2]]
+        return probs if stochastic else jnp.broadcast_to(probs, (n_passes,) + probs.shape[1:])
 
-    return fn
+    return passes
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VolumeApply:
+    """``apply(variables, key, image) -> probs f32[X, Y, Z, C]``, one pass; ``passes(variables, keys [S],
+    image) -> f32[S, X, Y, Z, C]`` computes ``S`` passes at once (equal to ``vmap(apply)``) when the
+    network can share work between them, else ``None``."""
+
+    single: Callable[[Any, jax.Array, jnp.ndarray], jnp.ndarray]
+    passes: Optional[Callable[[Any, jax.Array, jnp.ndarray], jnp.ndarray]] = None
+
+    def __call__(self, variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+        return self.single(variables, key, image)
 
 
 def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Optional[int] = None) -> VolumeFn:
@@ -337,8 +380,10 @@ class BoundVolumeFn:
 @functools.lru_cache(maxsize=32)
 def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     """``fn(variables, key, image) -> probs``: the volume function with the weights as an argument."""
-    build = _slices_fn if config.dims == 2 else _patches_fn
-    return build(config, norm, stochastic, batch_size)
+    if config.dims == 2:
+        return VolumeApply(_slices_fn(config, norm, stochastic, batch_size))
+    passes = _patches_fn(config, norm, stochastic, batch_size)
+    return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes)
 
 
 @functools.lru_cache(maxsize=16)

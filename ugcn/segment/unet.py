@@ -130,16 +130,19 @@ class UNetConfig:
         return cls(**data)
 
 
-def channel_dropout(rate: float, dims: int) -> nn.Dropout:
+def channel_dropout(rate: float, dims: int, name: Optional[str] = None) -> nn.Dropout:
     """Dropout of whole feature maps (PyTorch ``Dropout2d``/``Dropout3d``) for ``[B, *spatial, C]`` inputs."""
-    return nn.Dropout(rate, broadcast_dims=tuple(range(1, dims + 1)))
+    return nn.Dropout(rate, broadcast_dims=tuple(range(1, dims + 1)), name=name)
 
 
 class ConvBlock(nn.Module):
     """Two ``conv3 -> BN -> ReLU`` layers with channel-wise dropout.
 
     ``dropout_each_conv=True`` puts dropout after each of the two convs (2D, method R); ``False`` puts one
-    dropout at the end of the block (3D, method L).
+    dropout at the end of the block (3D, method L). ``stage="stem"`` returns the activation just before
+    the block's first dropout; ``stage="after_stem"`` takes that activation as ``x`` and runs the rest
+    (layers are named explicitly, so both stages address the same parameters and dropout streams as
+    ``stage="all"``).
     """
 
     features: int
@@ -149,14 +152,20 @@ class ConvBlock(nn.Module):
     conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool, dropout: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool, dropout: bool, stage: str = "all") -> jnp.ndarray:
+        stem_convs = 1 if self.dropout_each_conv else 2  # convs before the first dropout
+        n_dropout = 0
         for i in range(2):
-            x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False,
-                        conv_general_dilated=self.conv_general_dilated)(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM)(x)
-            x = nn.relu(x)
+            if stage != "after_stem" or i >= stem_convs:
+                x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False,
+                            conv_general_dilated=self.conv_general_dilated, name=f"Conv_{i}")(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name=f"BatchNorm_{i}")(x)
+                x = nn.relu(x)
+            if stage == "stem" and i + 1 == stem_convs:
+                return x
             if self.dropout_each_conv or i == 1:
-                x = channel_dropout(self.rate, self.dims)(x, deterministic=not dropout)
+                x = channel_dropout(self.rate, self.dims, name=f"Dropout_{n_dropout}")(x, deterministic=not dropout)
+                n_dropout += 1
         return x
 
 
@@ -181,6 +190,11 @@ class UNet(nn.Module):
     multiple of ``2**depth``. ``train`` switches batch-norm to batch statistics (and needs
     ``mutable=["batch_stats"]``); ``dropout`` switches dropout on (and needs ``rngs={"dropout": key}``).
 
+    ``stage``: ``"all"`` (the network), ``"stem"`` (only the layers before the first dropout, which do not
+    depend on the dropout key: ``f32[B, *spatial, base_features]``) or ``"after_stem"`` (``x`` is that
+    stem; the rest of the network). ``apply(v, apply(v, x, stage="stem"), stage="after_stem", ...)``
+    equals ``apply(v, x, ...)`` with the same dropout key: MC dropout computes the stem once for all passes.
+
     ``conv_general_dilated`` computes the convolutions (``lax.conv_general_dilated``'s signature); ``None``:
     :func:`ugcn.segment.conv3d.conv_general_dilated` for 3D (XLA:CPU's own 3D convolution is several times
     slower, see ``benchmarks/bench_conv3d.py``), ``lax.conv_general_dilated`` for 2D. Same parameters either way.
@@ -190,7 +204,9 @@ class UNet(nn.Module):
     conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False, stage: str = "all") -> jnp.ndarray:
+        if stage not in ("all", "stem", "after_stem"):
+            raise ValueError(f"stage must be 'all', 'stem' or 'after_stem', got {stage!r}")
         cfg = self.config
         dims = cfg.dims
         conv = self.conv_general_dilated
@@ -201,7 +217,12 @@ class UNet(nn.Module):
         )
         skips = []
         for level in range(cfg.depth):
-            x = block(level)(x, train=train, dropout=dropout)
+            if level == 0 and stage != "all":
+                x = block(0)(x, train=train, dropout=dropout, stage=stage)
+                if stage == "stem":
+                    return x
+            else:
+                x = block(level)(x, train=train, dropout=dropout)
             skips.append(x)
             x = nn.max_pool(x, (2,) * dims, strides=(2,) * dims)
         x = block(cfg.depth)(x, train=train, dropout=dropout)

@@ -73,7 +73,8 @@ def reduce_passes(
     :class:`SampleStats` (padding passes of the last chunk repeat real inputs and get weight 0).
 
     Args:
-      pass_fn: ``fn(variables, inputs_t, image) -> probs f32[X, Y, Z, C]`` for one pass.
+      pass_fn: ``fn(variables, inputs_t, image) -> probs f32[X, Y, Z, C]`` for one pass; when it has a
+        ``passes(variables, inputs [S], image) -> f32[S, X, Y, Z, C]`` attribute, that computes a chunk.
       per_pass: pytree of arrays with leading axis ``T`` (a pass's PRNG key, transform, ...).
       n_samples, chunk_size: ``T`` and the passes per ``vmap`` (``chunk_size <= T``), static.
       keep_samples: also return all ``T`` samples.
@@ -83,7 +84,9 @@ def reduce_passes(
     """
     n_chunks = math.ceil(n_samples / chunk_size)
     padded = n_chunks * chunk_size
-    batched_fn = jax.vmap(pass_fn, in_axes=(None, 0, None))
+    # A pass function that can share work between passes (a 3D model's patch extraction and stem,
+    # ugcn.segment.model.VolumeApply.passes) computes a chunk itself; vmap otherwise.
+    batched_fn = getattr(pass_fn, "passes", None) or jax.vmap(pass_fn, in_axes=(None, 0, None))
 
     def pad_and_chunk(x):
         x = jnp.concatenate([x, x[: padded - n_samples]], axis=0) if padded > n_samples else x

@@ -1,0 +1,59 @@
+"""MC dropout computes the U-Net's stem (layers before the first dropout) once for several passes.
+
+References: the plain network (``UNet.apply`` with ``stage="all"``) with the same dropout keys, and the
+single-pass volume function called key by key.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ugcn.segment.model import init_model, make_volume_fn
+from ugcn.segment.unet import UNet, UNetConfig
+from ugcn.uncertainty.sampling import mc_sample
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_stem_then_rest_equals_the_whole_network_with_the_same_key(dims):
+    config = UNetConfig(dims=dims, base_features=4, depth=1, dropout_rate=0.5)
+    variables = init_model(config, jax.random.PRNGKey(0)).variables
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2,) + (6,) * dims + (1,)).astype(np.float32))
+    key = jax.random.PRNGKey(3)
+    whole = UNet(config).apply(variables, x, dropout=True, rngs={"dropout": key})
+    stem = UNet(config).apply(variables, x, stage="stem")
+    assert stem.shape == x.shape[:-1] + (4,)
+    split = UNet(config).apply(variables, stem, stage="after_stem", dropout=True, rngs={"dropout": key})
+    np.testing.assert_allclose(split, whole, atol=1e-6)
+    other = UNet(config).apply(variables, x, dropout=True, rngs={"dropout": jax.random.PRNGKey(4)})
+    assert float(jnp.max(jnp.abs(other - whole))) > 1e-3  # the key matters: the check above can fail
+    with pytest.raises(ValueError, match="stage"):
+        UNet(config).apply(variables, x, stage="middle")
+
+
+def test_mc_sample_3d_equals_the_plain_network_per_key_on_a_one_patch_volume():
+    config = UNetConfig(dims=3, base_features=2, depth=1, patch_size=(8, 8, 8), dropout_rate=0.5)
+    model = init_model(config, jax.random.PRNGKey(0))
+    image = np.random.default_rng(1).normal(size=(8, 8, 8)).astype(np.float32)
+    key = jax.random.key(2)
+    result = mc_sample(make_volume_fn(model, stochastic=True), image, key, n_samples=3, chunk_size=2,
+                       keep_samples=True)
+    z = (image - image.mean()) / image.std()  # the model's default z-score normalisation
+    for t, pass_key in enumerate(jax.random.split(key, 3)):
+        chunk_key = jax.random.split(pass_key, 1)[0]  # one patch chunk
+        logits = UNet(config).apply(model.variables, jnp.asarray(z)[None, ..., None], dropout=True,
+                                    rngs={"dropout": chunk_key})[0, ..., 0]
+        p = 1.0 / (1.0 + np.exp(-np.asarray(logits)))
+        np.testing.assert_allclose(result.samples[t, ..., 1], p, atol=2e-5)
+
+
+def test_mc_sample_3d_shared_passes_equal_single_passes_over_many_patch_chunks():
+    config = UNetConfig(dims=3, base_features=2, depth=1, patch_size=(8, 8, 8), dropout_rate=0.5)
+    model = init_model(config, jax.random.PRNGKey(0))
+    image = np.random.default_rng(0).normal(size=(13, 10, 9)).astype(np.float32)
+    fn = make_volume_fn(model, stochastic=True, batch_size=3)  # 3 chunks of 3 patches (2 x 2 x 2 grid)
+    key = jax.random.key(1)
+    result = mc_sample(fn, image, key, n_samples=5, chunk_size=2, keep_samples=True)
+    single = jax.jit(fn)
+    reference = np.stack([np.asarray(single(k, image)) for k in jax.random.split(key, 5)])
+    np.testing.assert_allclose(result.samples, reference, atol=1e-5)
+    assert np.abs(reference[0] - reference[1]).max() > 1e-3
