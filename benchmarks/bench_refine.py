@@ -35,7 +35,7 @@ from common import median_time, save_results
 
 
 def sphere_case(radius: float, seed: int = 0):
-    """Synthetic organ: sphere with a wrong, uncertain boundary band (as tests/test_refine.py)."""
+    """Synthetic organ: sphere with a wrong, uncertain boundary band (as tests/conftest.py build_sphere_case)."""
     size = int(4 * radius)
     shape = (size, size, max(int(3 * radius), 8))
     rng = np.random.default_rng(seed)

@@ -1,7 +1,6 @@
-"""The ``ugcn`` command line: help, version, phantoms, one-line errors with exit code 2."""
+"""The ``ugcn`` command line (ugcn.cli): help, version, one-line errors with exit code 2, the compilation cache."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,78 +10,43 @@ import numpy as np
 import pytest
 
 from ugcn import __version__
-from ugcn.cli import COMMAND_MODULES, main
-from ugcn.commands.phantoms import case_seed
-from ugcn.data import ct_phantom, find_cases, load_case
+from ugcn.cli import COMMAND_MODULES
+from ugcn.data import find_cases, load_case
 from ugcn.io import save_volume
 
 SMALL = ["--shape", "24,24,16", "--quiet"]
-
-
-def _run(capsys, argv):
-    """``main(argv)`` in-process; SystemExit from argparse becomes its code."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_phantoms_command_is_registered():
     assert "ugcn.commands.phantoms" in COMMAND_MODULES
 
 
-def test_help_lists_commands(capsys):
-    code, out, _ = _run(capsys, ["--help"])
+def test_help_lists_commands(capsys, run_cli):
+    code, out, _ = run_cli(capsys, ["--help"])
     assert code == 0
     assert "phantoms" in out and "usage: ugcn" in out
 
 
-def test_version(capsys):
-    code, out, err = _run(capsys, ["--version"])
+def test_version(capsys, run_cli):
+    code, out, err = run_cli(capsys, ["--version"])
     assert code == 0
     assert __version__ in out + err
 
 
-def test_no_command_prints_help_and_exits_2(capsys):
-    code, _, err = _run(capsys, [])
+def test_no_command_prints_help_and_exits_2(capsys, run_cli):
+    code, _, err = run_cli(capsys, [])
     assert code == 2 and "usage" in err
 
 
-def test_phantoms_ct_writes_three_readable_cases(tmp_path, capsys):
-    out_dir = tmp_path / "ct"
-    code, out, err = _run(capsys, ["phantoms", "ct", str(out_dir), "--n", "3", "--seed", "7", "--shape", "24,24,16"])
-    assert code == 0, err
-    assert out.strip().count("\n") == 0 and "3 ct phantom cases" in out
-    cases = find_cases(out_dir)
-    assert [c.name for c in cases] == ["ct_000", "ct_001", "ct_002"]
-    for i, case in enumerate(cases):
-        image, label = load_case(case)
-        expected = ct_phantom(case_seed(7, i), shape=(24, 24, 16))  # the documented seed rule: 7 * 1000 + i
-        np.testing.assert_allclose(image.array, expected.image, rtol=1e-6)
-        np.testing.assert_array_equal(label.array, expected.label)
-    meta = json.loads((out_dir / "dataset.json").read_text())
-    assert meta["numTraining"] == 3 and meta["labels"]["1"] == "spleen"
-
-
-def test_phantoms_brain(tmp_path, capsys):
-    code, _, err = _run(capsys, ["phantoms", "brain", str(tmp_path / "b"), "--n", "1", "--shape", "32,32,24", "--quiet"])
-    assert code == 0, err
-    (case,) = find_cases(tmp_path / "b")
-    assert case.name == "brain_000"
-    assert load_case(case)[1].array.sum() > 0
-
-
-def test_existing_output_refused_without_overwrite(tmp_path, capsys):
+def test_existing_output_refused_without_overwrite(tmp_path, capsys, run_cli):
     out_dir = str(tmp_path / "ds")
-    assert _run(capsys, ["phantoms", "ct", out_dir, "--n", "1", *SMALL])[0] == 0
+    assert run_cli(capsys, ["phantoms", "ct", out_dir, "--n", "1", *SMALL])[0] == 0
     before = sorted(p.name for p in Path(out_dir, "imagesTr").iterdir())
-    code, _, err = _run(capsys, ["phantoms", "ct", out_dir, "--n", "2", *SMALL])
+    code, _, err = run_cli(capsys, ["phantoms", "ct", out_dir, "--n", "2", *SMALL])
     assert code == 2
     assert err.count("\n") == 1 and "--overwrite" in err and "Traceback" not in err
     assert sorted(p.name for p in Path(out_dir, "imagesTr").iterdir()) == before
-    assert _run(capsys, ["phantoms", "ct", out_dir, "--n", "2", "--overwrite", *SMALL])[0] == 0
+    assert run_cli(capsys, ["phantoms", "ct", out_dir, "--n", "2", "--overwrite", *SMALL])[0] == 0
     assert len(find_cases(out_dir)) == 2
 
 
@@ -97,16 +61,16 @@ def test_existing_output_refused_without_overwrite(tmp_path, capsys):
         ["phantoms", "ct", "X", "--bogus"],
     ],
 )
-def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv):
+def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv, run_cli):
     argv = [str(tmp_path / a) if a == "X" else a for a in argv]
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 2
     assert err.strip().count("\n") == 0 and "error" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", [["--n", "0"], ["--shape", "8,8,8", "--n", "1"]])
-def test_bad_values_one_line_exit_2(tmp_path, capsys, argv):
-    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "o"), "--quiet", *argv])
+def test_bad_values_one_line_exit_2(tmp_path, capsys, argv, run_cli):
+    code, _, err = run_cli(capsys, ["phantoms", "ct", str(tmp_path / "o"), "--quiet", *argv])
     assert code == 2
     assert err.strip().count("\n") == 0 and err.startswith("ugcn phantoms: error:")
     assert not (tmp_path / "o").exists()
@@ -126,14 +90,14 @@ def test_corrupt_nifti_through_reader_gives_one_line(tmp_path):
         load_case(case)
 
 
-def test_value_error_in_a_command_is_one_line(capsys, monkeypatch):
+def test_value_error_in_a_command_is_one_line(capsys, monkeypatch, run_cli):
     import ugcn.commands.phantoms as phantoms
 
     def boom(args):
         raise ValueError("/data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz shape (4, 4, 4)")
 
     monkeypatch.setattr(phantoms, "run", boom)
-    code, _, err = _run(capsys, ["phantoms", "ct", "somewhere"])
+    code, _, err = run_cli(capsys, ["phantoms", "ct", "somewhere"])
     assert code == 2
     assert err == "ugcn phantoms: error: /data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz shape (4, 4, 4)\n"
 
@@ -153,10 +117,10 @@ def test_entry_point_subprocess(tmp_path):
 
 
 @pytest.mark.skipif("ugcn.commands.mcdo" not in COMMAND_MODULES, reason="no command reading NIfTI is registered")
-def test_corrupt_nifti_through_a_command_exits_2(tmp_path, capsys):
+def test_corrupt_nifti_through_a_command_exits_2(tmp_path, capsys, run_cli):
     bad = tmp_path / "maps.nii.gz"
     bad.write_bytes(b"garbage, not a NIfTI file")
-    code, _, err = _run(capsys, ["mcdo", "--samples", str(bad), "--out", str(tmp_path / "o")])
+    code, _, err = run_cli(capsys, ["mcdo", "--samples", str(bad), "--out", str(tmp_path / "o")])
     assert code == 2
     assert err.strip().count("\n") == 0 and "maps.nii.gz" in err and "Traceback" not in err
 

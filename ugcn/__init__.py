@@ -29,11 +29,11 @@ _PUBLIC = {
                     "SelfCheckConfig", "Variant"],
     "ugcn.lesion": ["LesionModel", "GCNNConfig", "MetaSeg", "save_lesion_model", "load_lesion_model",
                     "label_lesions", "adjusted_iou", "case_lesions", "fit_gcnn", "score_lesions",
-                    "merge_cases", "fit_lesion_methods", "score_lesion_methods", "evaluate_lesion_scores",
-                    "LesionProtocolConfig", "run_protocol"],
+                    "merge_cases", "fit_lesion_methods", "score_lesion_methods", "evaluate_lesion_scores"],
     "ugcn.evaluate": ["dice", "accuracy_confidence_curve", "accuracy_confidence_auc", "spearman", "bootstrap_aucs",
                       "lesion_retention_curve"],
-    "ugcn.evaluate.estimator_compare": ["compare_estimators", "CompareConfig", "CaseSamples"],
+    "ugcn.experiments.lesion_protocol": ["LesionProtocolConfig", "run_protocol"],
+    "ugcn.experiments.estimator_study": ["compare_estimators", "CompareConfig", "CaseSamples"],
     "ugcn.parallel": ["device_mesh", "shard_batch", "unpad", "initialize_distributed", "process_slice"],
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from ugcn.evaluate import accuracy_confidence_curve
 from ugcn.evaluate.plots import figures_available, plot_accuracy_confidence
@@ -22,6 +23,7 @@ def test_without_matplotlib_the_library_imports_and_a_figure_fails_clearly(tmp_p
 import sys
 sys.modules["matplotlib"] = None  # as if it were not installed
 import numpy as np
+import pytest
 import ugcn.evaluate, ugcn.lesion, ugcn.refine
 from ugcn.evaluate.plots import FiguresUnavailableError, figures_available, plot_accuracy_confidence
 from ugcn.evaluate import accuracy_confidence_curve
@@ -37,3 +39,15 @@ except ValueError as err:  # the command line turns ValueErrors into one line
     assert out.returncode == 0, out.stderr
     assert 'pip install "ugcn[figures]"' in out.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_writes_png(tmp_path):
+    is_fp = np.array([1, 0, 1, 0], bool)
+    curves = {
+        "good": accuracy_confidence_curve(np.array([0.9, 0.1, 0.8, 0.2]), is_fp),
+        "none": accuracy_confidence_curve(np.array([0.9, 0.1]), np.array([False, False])),
+    }
+    path = plot_accuracy_confidence(curves, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="exists"):
+        plot_accuracy_confidence(curves, path, overwrite=False)

@@ -149,3 +149,13 @@ def test_pipeline_runs_the_configured_crf_with_the_volumes_spacing():
     no_spacing = refine_volume(image, prediction, e, u, config=fast, crf=True)
     assert any("1 mm voxels" in m for m in no_spacing.messages)
 
+
+def test_dense_crf_follows_a_sharp_image_edge():
+    image = np.zeros((16, 12, 8), np.float32)
+    image[8:] = 100.0
+    rng = np.random.default_rng(0)
+    prob = np.where(image > 0, 0.6, 0.4) + rng.uniform(-0.15, 0.15, image.shape)  # noisy, weak unary
+    out = dense_crf(image, prob.astype(np.float32))
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out, image > 0)
+    assert ((prob > 0.5) != (image > 0)).any()  # the unary alone was wrong somewhere

@@ -25,12 +25,12 @@ def run(args) -> int:
     if args.task == "refine":
         import dataclasses
 
-        from ugcn.demo import QUICK, DemoConfig, run_refinement_demo
+        from ugcn.experiments.demo import QUICK, DemoConfig, run_refinement_demo
 
         config = dataclasses.replace(QUICK if args.quick else DemoConfig(), seed=args.seed)
         run_refinement_demo(args.out / "refine", config, progress=progress)
     else:
-        from ugcn.demo import run_lesion_demo
+        from ugcn.experiments.demo import run_lesion_demo
 
         run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 20, seed=args.seed, quick=args.quick,
                         progress=progress, overwrite=True)

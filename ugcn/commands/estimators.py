@@ -7,7 +7,7 @@ detection (AUROC, AUPRC of the map against the voxels where the prediction is wr
 reliability diagram of the expectation; ECE of each map read as a confidence), method R's Dice at the
 default τ and at the best τ of a quantile sweep, and method L's accuracy-confidence AUC for the mean
 aggregation and for a lesion GCNN with the estimator as its only uncertainty feature. Writes
-OUTDIR/comparison.{csv,json,md,png} and prints the table. See ``ugcn.evaluate.estimator_compare`` for the
+OUTDIR/comparison.{csv,json,md,png} and prints the table. See ``ugcn.experiments.estimator_study`` for the
 exact definitions.
 
 Samples: ``--model`` (T MC-dropout passes of a model from ``ugcn train``; with ``--source tta``, T
@@ -99,7 +99,7 @@ def _range(est) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ugcn.evaluate.estimator_compare import resolve_estimators
+    from ugcn.experiments.estimator_study import resolve_estimators
 
     ests = resolve_estimators(args.estimators)
     rows = [(e.name, e.needs, _range(e), "uncertainty" if e.higher_is_uncertain else "confidence", e.description)
@@ -112,7 +112,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ugcn.evaluate.estimator_compare import (
+    from ugcn.experiments.estimator_study import (
         DEFAULT_R_SWEEP,
         CompareConfig,
         cases_from_model,

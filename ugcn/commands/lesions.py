@@ -109,12 +109,14 @@ def register(subparsers) -> None:
 
 def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
     import jax
-
-    from ugcn.data import load_case
-    from ugcn.lesion.protocol import _stochastic_fn, case_lesions, mc_uncertainty
     from tqdm.auto import tqdm
 
-    volume_fn = _stochastic_fn(model)
+    from ugcn.data import load_case
+    from ugcn.experiments.lesion_protocol import mc_uncertainty
+    from ugcn.lesion.protocol import case_lesions
+    from ugcn.segment import make_volume_fn
+
+    volume_fn = make_volume_fn(model, stochastic=True)
     key = jax.random.PRNGKey(args.seed)
     out = []
     for i, case in enumerate(tqdm(cases, desc="MC dropout", disable=not progress)):
@@ -131,7 +133,12 @@ def run_fit(args) -> int:
     from ugcn.data import find_cases
     from ugcn.io import check_replaceable
     from ugcn.lesion.baselines import (
-        SIDE_LEARNERS_FILE, fit_metaseg, fit_shape_baseline, metaseg_features, shape_features, side_learners_text,
+        SIDE_LEARNERS_FILE,
+        fit_metaseg,
+        fit_shape_baseline,
+        metaseg_features,
+        shape_features,
+        side_learners_text,
     )
     from ugcn.lesion.gcnn import CONFIG_FILE, fit_gcnn, save_lesion_model
     from ugcn.lesion.protocol import merge_cases
@@ -226,13 +233,14 @@ def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Pa
 def run_score(args) -> int:
     import jax
 
+    from ugcn.experiments.lesion_protocol import mc_uncertainty
     from ugcn.io import check_same_grid, load_volume, nifti_stem
     from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
-    from ugcn.lesion.protocol import _stochastic_fn, mc_uncertainty, uncertainty_from_samples
-    from ugcn.uncertainty.sampling import load_sample_maps
+    from ugcn.lesion.protocol import uncertainty_from_samples
     from ugcn.parallel import describe, device_mesh
-    from ugcn.segment import load_model
+    from ugcn.segment import load_model, make_volume_fn
+    from ugcn.uncertainty.sampling import load_sample_maps
 
     if bool(args.image) == bool(args.images):
         raise ValueError("give either --image or --images")
@@ -264,7 +272,7 @@ def run_score(args) -> int:
         model = load_model(args.model)
         pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
                                     n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
-                                    volume_fn=_stochastic_fn(model))
+                                    volume_fn=make_volume_fn(model, stochastic=True))
     print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
     n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
     print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
@@ -276,7 +284,13 @@ def run_score_folder(args) -> int:
     volumes stacked), one resumable ``OUT/<stem>/`` per case (the files of ``--image`` plus ``report.json``),
     ``OUT/summary.json``; several processes each take their slice of the sorted images."""
     from ugcn.parallel import (
-        barrier, describe, device_mesh, initialize_distributed, mesh_size, padded_size, process_slice,
+        barrier,
+        describe,
+        device_mesh,
+        initialize_distributed,
+        mesh_size,
+        padded_size,
+        process_slice,
     )
 
     initialize_distributed()
@@ -287,9 +301,8 @@ def run_score_folder(args) -> int:
     from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, write_text_atomic
     from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
-    from ugcn.lesion.protocol import _stochastic_fn
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
-    from ugcn.segment import load_model, predict_mask
+    from ugcn.segment import load_model, make_volume_fn, predict_mask
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import estimator_maps
 
@@ -310,7 +323,7 @@ def run_score_folder(args) -> int:
         side = load_side_learners(args.lesion_model)
         estimators, channels = _model_estimators(lesion_model.config.feature_names)
         model = load_model(args.model)
-        volume_fn = _stochastic_fn(model)
+        volume_fn = make_volume_fn(model, stochastic=True)
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     for batch in tqdm(batches, desc="batches", disable=args.no_progress or len(batches) < 2):
         volumes = {p: load_volume(p) for p in batch}

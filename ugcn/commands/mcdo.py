@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from ugcn import __version__
 from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
 from ugcn.config import config_to_dict, setting
 from ugcn.uncertainty.estimators import DEFAULT_ESTIMATORS
-
-RESERVED = ("prediction", "expectation", "samples", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,36 +68,7 @@ def register(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def estimator_filename(name: str) -> str:
-    """File stem of an estimator's map: the name with characters outside ``[A-Za-z0-9_.-]`` as ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
-
-def _summary(values: np.ndarray, mask: np.ndarray) -> dict:
-    inside = values[mask]
-    out = {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
-    out["mean_in_prediction"] = float(inside.mean()) if inside.size else None
-    return out
-
-
-def _plan_outputs(out_dir: Path, names: list[str], save_samples: bool, multiclass_samples: int, overwrite: bool):
-    from ugcn.io import check_replaceable
-
-    files = {"prediction": "prediction.nii.gz", "expectation": "expectation.nii.gz"}
-    for name in names:
-        stem = estimator_filename(name)
-        if stem in RESERVED or any(v == f"{stem}.nii.gz" for v in files.values()):
-            raise ValueError(f"estimator {name!r} would overwrite another output ({stem}.nii.gz); rename it")
-        files[f"estimator:{name}"] = f"{stem}.nii.gz"
-    if save_samples:
-        if multiclass_samples:
-            for c in range(multiclass_samples):
-                files[f"samples:{c}"] = f"samples_class{c}.nii.gz"
-        else:
-            files["samples"] = "samples.nii.gz"
-    files["report"] = "report.json"
-    check_replaceable(out_dir, overwrite=overwrite, marker=files["report"])
-    return files
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ugcn.io import atomic_directory, load_image, save_volume, to_canonical
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
+    from ugcn.uncertainty.outputs import map_summary, plan_outputs
     from ugcn.uncertainty.sampling import load_sample_maps, mc_sample, result_from_canonical
     from ugcn.uncertainty.stats import stats_from_samples
 
@@ -128,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     names = [e.name for e in estimators]
     keep = args.save_samples or any(e.needs == "samples" for e in estimators)
     out_dir = Path(args.out)
-    _plan_outputs(out_dir, names, False, 0, args.overwrite)  # fail early, before any heavy work
+    plan_outputs(out_dir, names, False, 0, args.overwrite)  # fail early, before any heavy work
 
     t = time.perf_counter()
     if args.samples:
@@ -183,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples if keep else None).items()}
     timings["estimators_s"] = time.perf_counter() - t
 
-    files = _plan_outputs(out_dir, names, args.save_samples, num_classes if num_classes > 2 else 0, args.overwrite)
+    files = plan_outputs(out_dir, names, args.save_samples, num_classes if num_classes > 2 else 0, args.overwrite)
     affine, header = reference.affine, reference.header
     arrays: dict[str, np.ndarray] = {
         "prediction": prediction,
@@ -218,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 "description": by_name[name].description,
                 "value_range": by_name[name].value_range,
                 "higher_is_uncertain": by_name[name].higher_is_uncertain,
-                **_summary(maps[name], fg),
+                **map_summary(maps[name], fg),
             }
             for name in names
         },

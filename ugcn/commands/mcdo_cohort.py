@@ -56,7 +56,6 @@ def run_folder(args: argparse.Namespace) -> int:
     import nibabel as nib
     from tqdm.auto import tqdm
 
-    from ugcn.commands.mcdo import _plan_outputs, _summary
     from ugcn.io import (
         atomic_directory,
         canonical_shape,
@@ -70,6 +69,7 @@ def run_folder(args: argparse.Namespace) -> int:
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
     from ugcn.uncertainty.measures import expectation
+    from ugcn.uncertainty.outputs import map_summary, plan_outputs
     from ugcn.uncertainty.sampling import result_from_canonical
 
     if args.image or args.samples or not args.model:
@@ -121,7 +121,7 @@ def run_folder(args: argparse.Namespace) -> int:
             mean = np.asarray(expectation(stats))
             maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples).items()}
             num_classes = mean.shape[-1]
-            files = _plan_outputs(out_dir / case_name(path) / ".plan", names, args.save_samples,
+            files = plan_outputs(out_dir / case_name(path) / ".plan", names, args.save_samples,
                                   num_classes if num_classes > 2 else 0, True)
             arrays = {"prediction": prediction, "expectation": mean[..., 1] if num_classes == 2 else mean}
             arrays.update({f"estimator:{n}": maps[n] for n in names})
@@ -141,7 +141,7 @@ def run_folder(args: argparse.Namespace) -> int:
                 "predicted_voxels": int(fg.sum()),
                 "estimators": {n: {"file": files[f"estimator:{n}"], "description": by_name[n].description,
                                    "value_range": by_name[n].value_range,
-                                   "higher_is_uncertain": by_name[n].higher_is_uncertain, **_summary(maps[n], fg)}
+                                   "higher_is_uncertain": by_name[n].higher_is_uncertain, **map_summary(maps[n], fg)}
                                for n in names},
                 "files": dict(files),
                 "timings": {"load_s": load_s, "mc_sampling_s": mc_s},  # per volume, batch shared

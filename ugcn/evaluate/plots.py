@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence
 from ugcn.io import atomic_file
 
@@ -99,5 +101,73 @@ def plot_accuracy_confidence(
     ax.set_title(title or "Accuracy-confidence curves (AUC %)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _fmt4(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def plot_estimator_comparison(result: Any, path: Union[str, os.PathLike]) -> Path:
+    """One panel per criterion (bars per estimator) plus the reliability diagram; written atomically.
+
+    Args:
+      result: an estimator comparison (:class:`ugcn.experiments.estimator_study.EstimatorComparison`, or
+        anything with its ``rows``, ``summary`` and ``reliability``).
+      path: the PNG to write.
+
+    Raises:
+      FiguresUnavailableError: matplotlib is not installed.
+    """
+
+    names = [r["estimator"] for r in result.rows]
+    panels = [
+        ("Error detection: AUROC", [("auroc", None)], (0.0, 1.0)),
+        ("Error detection: AUPRC", [("auprc", None)], (0.0, 1.0)),
+        ("ECE of implied confidence 1-ũ (lower better)", [("ece_confidence", None)], (0.0, None)),
+        ("Method R: mean Dice", [("r_dice_default", "default τ"), ("r_dice_best", "best τ")], (0.0, 1.0)),
+        ("Method L: accuracy-confidence AUC", [("l_auc_mean", "mean"), ("l_auc_gcnn", "GCNN")], (0.0, 1.0)),
+    ]
+    fig = new_figure(figsize=(15, 8.5), dpi=100)
+    axes = [fig.add_subplot(2, 3, i + 1) for i in range(6)]
+    x = np.arange(len(names))
+    for ax, (title, series, (lo, hi)) in zip(axes, panels):
+        width = 0.8 / len(series)
+        for j, (key, label) in enumerate(series):
+            values = np.array([r[key] if r[key] is not None else np.nan for r in result.rows], float)
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
+            for xi, v in zip(x, values):
+                if not np.isfinite(v):
+                    ax.text(xi + (j - (len(series) - 1) / 2) * width, 0.01, "n/a", ha="center", fontsize=6,
+                            rotation=90)
+        if key == "auroc":
+            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
+        if key == "auprc" and math.isfinite(result.summary.get("error_rate", math.nan)):
+            ax.axhline(result.summary["error_rate"], color="0.5", linestyle=":", linewidth=1)
+        if key == "r_dice_best" and "r_dice_cnn" in result.summary:
+            ax.axhline(result.summary["r_dice_cnn"], color="0.3", linestyle="--", linewidth=1, label="CNN")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylim(lo, hi)
+        ax.grid(axis="y", alpha=0.3)
+        if any(label for _, label in series):
+            ax.legend(fontsize=7)
+    ax = axes[5]
+    rel = result.reliability
+    conf = np.array(rel["confidence"][0], float)
+    acc = np.array(rel["accuracy"][0], float)
+    ok = np.isfinite(conf) & np.isfinite(acc)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax.plot(conf[ok], acc[ok], "o-", label=f"expectation (ECE {_fmt4(result.summary['ece_expectation'])})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence max_c E_c", fontsize=8)
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.set_title("Reliability diagram of the expectation", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Uncertainty estimators on {result.summary['cases']} cases ({result.summary['voxels']} voxels)")
     fig.tight_layout()
     return save_figure(fig, path)

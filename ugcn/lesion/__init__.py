@@ -1,5 +1,6 @@
 """Method L: lesion-wise uncertainty. Connected components and MetaSeg targets, a GCNN over one graph per
-lesion (graphs: :mod:`ugcn.graph.lesion_graph`), mean/logsum/size/MetaSeg baselines."""
+lesion (graphs: :mod:`ugcn.graph.lesion_graph`), mean/logsum/size/MetaSeg baselines, fitting and scoring
+them on lesion data. The k-fold experiment that trains U-Nets is :mod:`ugcn.experiments.lesion_protocol`."""
 from ugcn.lesion.baselines import (
     MetaSeg,
     baseline_method_names,
@@ -21,30 +22,24 @@ from ugcn.lesion.gcnn import (
 from ugcn.lesion.protocol import (
     CaseLesions,
     LesionMethods,
-    LesionProtocolConfig,
     LesionSet,
-    ProtocolResult,
     case_lesions,
     evaluate_lesion_scores,
     fit_lesion_methods,
     merge_cases,
     method_names,
-    run_protocol,
     score_lesion_methods,
 )
 
 __all__ = [
     "CaseLesions",
     "LesionMethods",
-    "LesionProtocolConfig",
     "LesionSet",
-    "ProtocolResult",
     "case_lesions",
     "evaluate_lesion_scores",
     "fit_lesion_methods",
     "merge_cases",
     "method_names",
-    "run_protocol",
     "score_lesion_methods",
     "FP_EPSILON",
     "GCNN",

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ugcn.buckets import bucket_size
 from ugcn.config import setting
 from ugcn.graph.gcn import gcn_normalize, propagate
 
@@ -118,17 +119,6 @@ class FitResult(NamedTuple):
     params: dict
     node_probs: jnp.ndarray
     losses: jnp.ndarray
-
-
-def bucket_size(n: int, minimum: int = 256) -> int:
-    """Smallest size ``>= n`` of the form ``m · 2^k`` with ``m in {4, 5, 6, 7}`` (at most 25% padding).
-
-    Four buckets per doubling keep recompilations rare while wasting little memory.
-    """
-    n = max(int(n), minimum, 1)
-    k = max(n.bit_length() - 3, 0)
-    m = -(-n // (1 << k))
-    return m << k
 
 
 def pad_graph(graph, n_nodes: int | None = None, n_edges: int | None = None) -> PaddedGraph:

@@ -4,7 +4,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-from ugcn.demo import DemoConfig, run_refinement_demo
+from ugcn.experiments.demo import DemoConfig, run_refinement_demo
 
 TINY = DemoConfig(n_train=1, n_test=2, shape=(48, 48, 16), base_features=4, depth=2, epochs=1, steps_per_epoch=3,
                   batch_size=4, n_samples=3, tau_sweep=(0.8,))

@@ -43,7 +43,7 @@ Conventions:
 * Undefined quantities are NaN with a note (no error voxel; method R on a multi-class model; too few cases
   or lesions for method L), never an exception.
 
-The voxel-level measures of all ``K`` estimators come from one compiled call (:func:`voxel_measures`: the
+The voxel-level measures of all ``K`` estimators come from one compiled call (:func:`ugcn.evaluate.voxel_metrics.voxel_measures`: the
 maps stacked ``[K, V]``, ``vmap`` over the estimator axis), and all maps of a case from one compiled
 :func:`~ugcn.uncertainty.estimators.estimator_maps` call: one pass over the samples, not one per estimator.
 """
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -65,10 +64,25 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ugcn.io import atomic_directory, atomic_file, jsonable
+from ugcn import __version__
+from ugcn.data.layout import find_cases, kfold_splits, load_case
+from ugcn.data.phantoms import brain_phantom
+from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
+from ugcn.evaluate.plots import plot_estimator_comparison
+from ugcn.evaluate.voxel_metrics import ECE_BINS, VoxelMeasures, voxel_measures
+from ugcn.graph.voxel_graph import bounding_box, largest_component
+from ugcn.io import atomic_directory, check_same_grid, jsonable
+from ugcn.lesion.gcnn import fit_gcnn, score_lesions
+from ugcn.lesion.protocol import case_lesions, merge_cases
+from ugcn.refine.fit import FitConfig
+from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch
+from ugcn.segment import UNetConfig, load_model, make_volume_fn
+from ugcn.segment.train import train_model
 from ugcn.uncertainty.estimators import Estimator, estimator_maps, get_estimator, list_estimators
-
-ECE_BINS = 15
+from ugcn.uncertainty.measures import expectation
+from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
+from ugcn.uncertainty.stats import stats_from_samples
+from ugcn.uncertainty.tta import tta_sample
 REGIONS = ("box", "volume")
 DEFAULT_R_SWEEP = (0.8, 0.9, 0.95, 0.98, 0.99)
 ENTROPY_TAU = 0.8
@@ -81,19 +95,14 @@ __all__ = [
     "CompareConfig",
     "CaseSamples",
     "CaseMaps",
-    "VoxelMeasures",
     "EstimatorComparison",
     "resolve_estimators",
-    "auroc_auprc",
-    "reliability",
-    "voxel_measures",
     "case_maps",
     "compare_estimators",
     "cases_from_samples_dir",
     "cases_from_model",
     "find_sample_file",
     "write_comparison",
-    "plot_comparison",
     "quick_model",
     "quick_cases",
 ]
@@ -234,180 +243,6 @@ def resolve_estimators(spec: Union[None, str, Sequence[Union[str, Estimator]]] =
 
 
 # --------------------------------------------------------------------------------------------------------
-# Voxel-level measures: one compiled call for all estimators
-# --------------------------------------------------------------------------------------------------------
-
-
-def _tie_groups(scores: jnp.ndarray, positive: jnp.ndarray, negative: jnp.ndarray):
-    """Positive and negative counts ``i32[V]`` per group of equal scores, groups in descending score order."""
-    order = jnp.argsort(-scores, stable=True)
-    s = scores[order]
-    new = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
-    group = jnp.cumsum(new.astype(jnp.int32)) - 1
-    n = scores.shape[0]
-    pos = jax.ops.segment_sum(positive[order], group, num_segments=n)
-    neg = jax.ops.segment_sum(negative[order], group, num_segments=n)
-    return pos, neg
-
-
-def auroc_auprc(scores: jnp.ndarray, positive: jnp.ndarray, weights: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Exact AUROC and average precision of ``scores`` for the ``positive`` voxels (jit/vmap-able).
-
-    Args:
-      scores: ``f32[V]`` (higher = more likely positive), finite.
-      positive: ``bool[V]`` the positives (here: voxels where the prediction is wrong).
-      weights: ``bool[V]`` voxels that count (False: padding or outside the region).
-
-    Returns:
-      ``(auroc f32[], ap f32[])``. AUROC = ``P(s_pos > s_neg) + ½ P(s_pos = s_neg)`` (ties averaged, as
-      ``sklearn.metrics.roc_auc_score``); AP = ``Σ_k (R_k - R_{k-1}) P_k`` over the distinct score values in
-      descending order (``sklearn.metrics.average_precision_score``). NaN without positives (both) or
-      without negatives (AUROC).
-    """
-    weights = weights.astype(bool)
-    pos_w = (positive.astype(bool) & weights).astype(jnp.int32)
-    neg_w = (~positive.astype(bool) & weights).astype(jnp.int32)
-    pos, neg = _tie_groups(scores, pos_w, neg_w)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    cum_pos, cum_neg = jnp.cumsum(pos), jnp.cumsum(neg)
-    above = (cum_pos - pos).astype(jnp.float32)  # positives with a strictly higher score
-    fp, fn = n_pos.astype(jnp.float32), n_neg.astype(jnp.float32)
-    auroc = jnp.sum(neg.astype(jnp.float32) * (above + 0.5 * pos.astype(jnp.float32))) / (fp * fn)
-    seen = (cum_pos + cum_neg).astype(jnp.float32)
-    precision = jnp.where(seen > 0, cum_pos.astype(jnp.float32) / jnp.maximum(seen, 1.0), 0.0)
-    ap = jnp.sum(pos.astype(jnp.float32) * precision) / fp
-    auroc = jnp.where((n_pos > 0) & (n_neg > 0), auroc, jnp.nan)
-    ap = jnp.where(n_pos > 0, ap, jnp.nan)
-    return auroc, ap
-
-
-def reliability(confidence: jnp.ndarray, correct: jnp.ndarray, weights: jnp.ndarray, n_bins: int = ECE_BINS):
-    """Reliability bins and expected calibration error (jit/vmap-able; ``n_bins`` static).
-
-    Bin ``b`` holds confidences in ``(b/B, (b+1)/B]`` (0 goes to bin 0).
-
-    Args:
-      confidence: ``f32[V]`` in ``[0, 1]``.
-      correct: ``bool[V]``.
-      weights: ``bool[V]`` voxels that count.
-
-    Returns:
-      ``(ece f32[], count f32[B], mean_confidence f32[B], accuracy f32[B])``; empty bins hold NaN means.
-      ECE = ``Σ_b n_b/n |acc_b - conf_b|`` (NaN when no voxel counts).
-    """
-    w = weights.astype(jnp.float32)
-    conf = jnp.clip(confidence.astype(jnp.float32), 0.0, 1.0)
-    index = jnp.clip(jnp.ceil(conf * n_bins).astype(jnp.int32) - 1, 0, n_bins - 1)
-    count = jax.ops.segment_sum(w, index, num_segments=n_bins)
-    conf_sum = jax.ops.segment_sum(w * conf, index, num_segments=n_bins)
-    acc_sum = jax.ops.segment_sum(w * correct.astype(jnp.float32), index, num_segments=n_bins)
-    total = count.sum()
-    ece = jnp.where(total > 0, jnp.sum(jnp.abs(acc_sum - conf_sum)) / jnp.maximum(total, 1.0), jnp.nan)
-    safe = jnp.maximum(count, 1.0)
-    mean_conf = jnp.where(count > 0, conf_sum / safe, jnp.nan)
-    accuracy = jnp.where(count > 0, acc_sum / safe, jnp.nan)
-    return ece, count, mean_conf, accuracy
-
-
-class VoxelMeasures(NamedTuple):
-    """Result of :func:`voxel_measures` (numpy).
-
-    Attributes:
-      auroc, auprc: ``f32[K]`` error detection of each map.
-      ece_confidence: ``f32[K]`` ECE of each map's implied confidence ``1 - ũ``.
-      ece_expectation: ``f32[]`` ECE of ``max_c E_c``.
-      bins_count, bins_confidence, bins_accuracy: ``f32[K + 1, B]`` reliability bins; row 0 is the
-        expectation, row ``k + 1`` map ``k``.
-      n_voxels, n_errors: voxels counted and wrong ones among them.
-    """
-
-    auroc: np.ndarray
-    auprc: np.ndarray
-    ece_confidence: np.ndarray
-    ece_expectation: float
-    bins_count: np.ndarray
-    bins_confidence: np.ndarray
-    bins_accuracy: np.ndarray
-    n_voxels: int
-    n_errors: int
-
-
-@functools.partial(jax.jit, static_argnames=("n_bins",))
-def _voxel_measures(maps, errors, weights, confidence, lo, hi, n_bins: int):
-    auroc, ap = jax.vmap(auroc_auprc, in_axes=(0, None, None))(maps, errors, weights)
-    # Implied confidence 1 - ũ: rescale by the declared range, or the observed one (NaN bounds).
-    big = jnp.finfo(jnp.float32).max
-    seen_lo = jnp.min(jnp.where(weights[None], maps, big), axis=1)
-    seen_hi = jnp.max(jnp.where(weights[None], maps, -big), axis=1)
-    lo = jnp.where(jnp.isnan(lo), seen_lo, lo)
-    hi = jnp.where(jnp.isnan(hi), seen_hi, hi)
-    scaled = (maps - lo[:, None]) / jnp.maximum(hi - lo, 1e-12)[:, None]
-    implied = jnp.concatenate([confidence[None], 1.0 - jnp.clip(scaled, 0.0, 1.0)], axis=0)
-    rel = jax.vmap(functools.partial(reliability, n_bins=n_bins), in_axes=(0, None, None))
-    ece, count, mean_conf, acc = rel(implied, ~errors, weights)
-    return auroc, ap, ece, count, mean_conf, acc
-
-
-def voxel_measures(
-    maps: np.ndarray,
-    errors: np.ndarray,
-    confidence: np.ndarray,
-    *,
-    weights: Optional[np.ndarray] = None,
-    value_ranges: Optional[Sequence[Optional[tuple[float, float]]]] = None,
-    n_bins: int = ECE_BINS,
-) -> VoxelMeasures:
-    """Error detection and calibration of ``K`` uncertainty maps at once (one compiled call).
-
-    The voxel axis is padded to a size bucket (weights 0 on the padding), so data sets of similar size
-    share one compiled program.
-
-    Args:
-      maps: ``f32[K, V]`` uncertainties (higher = more uncertain), finite.
-      errors: ``bool[V]`` voxels where the prediction is wrong.
-      confidence: ``f32[V]`` the expectation's ``max_c E_c``.
-      weights: ``bool[V]`` voxels that count (default all).
-      value_ranges: per map ``(lo, hi)`` of the oriented uncertainty, or ``None`` to use its observed range.
-      n_bins: ECE bins.
-
-    Returns:
-      :class:`VoxelMeasures`.
-    """
-    from ugcn.refine.fit import bucket_size
-
-    maps = np.asarray(maps, np.float32)
-    if maps.ndim != 2:
-        raise ValueError(f"maps must be [K, V], got shape {maps.shape}")
-    k, v = maps.shape
-    errors = np.asarray(errors, bool).reshape(-1)
-    confidence = np.asarray(confidence, np.float32).reshape(-1)
-    weights = np.ones(v, bool) if weights is None else np.asarray(weights, bool).reshape(-1)
-    if errors.shape != (v,) or confidence.shape != (v,) or weights.shape != (v,):
-        raise ValueError(f"errors, confidence and weights must have {v} voxels like the maps")
-    if not np.all(np.isfinite(maps)):
-        raise ValueError("uncertainty maps hold NaN or infinite values")
-    ranges = list(value_ranges) if value_ranges is not None else [None] * k
-    if len(ranges) != k:
-        raise ValueError(f"value_ranges: {len(ranges)} entries for {k} maps")
-    lo = np.array([np.nan if r is None else r[0] for r in ranges], np.float32)
-    hi = np.array([np.nan if r is None else r[1] for r in ranges], np.float32)
-    size = bucket_size(max(v, 1), 1024)
-    pad = size - v
-
-    def padded(a, value):
-        return np.concatenate([a, np.full((pad,) + a.shape[1:], value, a.dtype)]) if pad else a
-
-    out = _voxel_measures(
-        jnp.asarray(np.pad(maps, ((0, 0), (0, pad)))), jnp.asarray(padded(errors, False)),
-        jnp.asarray(padded(weights, False)), jnp.asarray(padded(confidence, 0.0)), jnp.asarray(lo),
-        jnp.asarray(hi), n_bins=int(n_bins),
-    )
-    auroc, ap, ece, count, mean_conf, acc = (np.asarray(x) for x in out)
-    return VoxelMeasures(auroc, ap, ece[1:], float(ece[0]), count, mean_conf, acc, int(weights.sum()),
-                         int((errors & weights).sum()))
-
-
-# --------------------------------------------------------------------------------------------------------
 # Per case: every map in one compiled call
 # --------------------------------------------------------------------------------------------------------
 
@@ -418,7 +253,6 @@ def case_maps(case: CaseSamples, estimators: Sequence[Estimator]) -> CaseMaps:
     Raises:
       ValueError: label/statistics shape mismatch, label values outside the classes, a map with NaN.
     """
-    from ugcn.uncertainty.measures import expectation
 
     entropy = get_estimator("entropy")
     wanted = list(estimators) + ([] if any(e.name == entropy.name for e in estimators) else [entropy])
@@ -447,7 +281,6 @@ def _region(case: CaseMaps, config: CompareConfig) -> Optional[np.ndarray]:
     """``bool[X, Y, Z]`` evaluation region, or ``None`` when the box is empty."""
     if config.region == "volume":
         return np.ones(case.prediction.shape, bool)
-    from ugcn.graph.voxel_graph import bounding_box
 
     fg = (case.prediction != 0) | (case.label != 0)
     if not fg.any():
@@ -464,7 +297,6 @@ def _region(case: CaseMaps, config: CompareConfig) -> Optional[np.ndarray]:
 
 def _matched_quantile(cases: Sequence[CaseMaps], margin: int) -> float:
     """Share of ROI voxels (pooled over cases) with entropy <= 0.8: method R's default quantile level."""
-    from ugcn.graph.voxel_graph import bounding_box, largest_component
 
     below = total = 0
     for c in cases:
@@ -478,8 +310,6 @@ def _matched_quantile(cases: Sequence[CaseMaps], margin: int) -> float:
 
 
 def _method_r(cases, estimators, config: CompareConfig, progress: bool):
-    from ugcn.refine.fit import FitConfig
-    from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch
 
     notes: list[str] = []
     names = [e.name for e in estimators]
@@ -532,10 +362,6 @@ def _method_r(cases, estimators, config: CompareConfig, progress: bool):
 
 
 def _method_l(cases, estimators, config: CompareConfig, progress: bool):
-    from ugcn.data.layout import kfold_splits
-    from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
-    from ugcn.lesion.gcnn import fit_gcnn, score_lesions
-    from ugcn.lesion.protocol import case_lesions, merge_cases
 
     names = [e.name for e in estimators]
     notes: list[str] = []
@@ -687,7 +513,6 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _versions() -> dict:
-    from ugcn import __version__
 
     return {"ugcn": __version__, "jax": jax.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
@@ -848,10 +673,6 @@ def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) 
     Yields :class:`CaseSamples` one at a time (``samples`` kept only when ``keep_samples``). All files are
     looked up before the first case is read, so a missing file fails fast.
     """
-    from ugcn.data.layout import find_cases, load_case
-    from ugcn.io import check_same_grid
-    from ugcn.uncertainty.sampling import load_sample_maps
-    from ugcn.uncertainty.stats import stats_from_samples
 
     folder = Path(samples_dir)
     if not folder.is_dir():
@@ -890,8 +711,6 @@ def cases_from_model(
       source: ``"mc"`` (dropout on) or ``"tta"`` (dropout off; flips and in-plane shifts up to
         ``tta_max_shift`` voxels).
     """
-    from ugcn.segment import load_model, make_volume_fn
-    from ugcn.uncertainty.sampling import mc_sample
 
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -901,7 +720,6 @@ def cases_from_model(
         model = load_model(model)
     volume_fn = make_volume_fn(model, stochastic=source == "mc")
     if isinstance(data, (str, Path)):
-        from ugcn.data.layout import find_cases, load_case
 
         found = find_cases(data)
         length: Optional[int] = len(found)
@@ -921,8 +739,6 @@ def cases_from_model(
         for i, (name, image, label) in enumerate(items()):
             case_key = jax.random.fold_in(key, i)
             if source == "tta":
-                from ugcn.uncertainty.tta import tta_sample
-
                 result = tta_sample(volume_fn, image, case_key, seed=seed, n_samples=n_samples,
                                     shifts=tuple(range(-int(tta_max_shift), int(tta_max_shift) + 1)),
                                     chunk_size=chunk_size, keep_samples=keep_samples)
@@ -945,7 +761,6 @@ QUICK_TRAIN_SEED, QUICK_EVAL_SEED = 910_000, 920_000
 
 def quick_cases(n_cases: int = 8, *, shape=QUICK_SHAPE, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, image, label)`` of ``n_cases`` brain phantoms for ``--quick`` (distinct from its training ones)."""
-    from ugcn.data.phantoms import brain_phantom
 
     out = []
     for i in range(int(n_cases)):
@@ -956,9 +771,6 @@ def quick_cases(n_cases: int = 8, *, shape=QUICK_SHAPE, seed: int = 0) -> list[t
 
 def quick_model(*, n_train: int = 4, shape=QUICK_SHAPE, seed: int = 0, progress: bool = True):
     """A tiny MC-dropout U-Net (:data:`QUICK_UNET`) trained on ``n_train`` brain phantoms (``--quick``)."""
-    from ugcn.data.phantoms import brain_phantom
-    from ugcn.segment import UNetConfig
-    from ugcn.segment.train import train_model
 
     phantoms = [brain_phantom(QUICK_TRAIN_SEED + 100 * seed + i, shape=tuple(shape)) for i in range(n_train)]
     q = QUICK_UNET
@@ -989,67 +801,6 @@ def _csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def plot_comparison(result: EstimatorComparison, path: Union[str, Path]) -> Path:
-    """One panel per criterion (bars per estimator) plus the reliability diagram; written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [r["estimator"] for r in result.rows]
-    panels = [
-        ("Error detection: AUROC", [("auroc", None)], (0.0, 1.0)),
-        ("Error detection: AUPRC", [("auprc", None)], (0.0, 1.0)),
-        ("ECE of implied confidence 1-ũ (lower better)", [("ece_confidence", None)], (0.0, None)),
-        ("Method R: mean Dice", [("r_dice_default", "default τ"), ("r_dice_best", "best τ")], (0.0, 1.0)),
-        ("Method L: accuracy-confidence AUC", [("l_auc_mean", "mean"), ("l_auc_gcnn", "GCNN")], (0.0, 1.0)),
-    ]
-    fig = Figure(figsize=(15, 8.5), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(2, 3, i + 1) for i in range(6)]
-    x = np.arange(len(names))
-    for ax, (title, series, (lo, hi)) in zip(axes, panels):
-        width = 0.8 / len(series)
-        for j, (key, label) in enumerate(series):
-            values = np.array([r[key] if r[key] is not None else np.nan for r in result.rows], float)
-            ax.bar(x + (j - (len(series) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
-            for xi, v in zip(x, values):
-                if not np.isfinite(v):
-                    ax.text(xi + (j - (len(series) - 1) / 2) * width, 0.01, "n/a", ha="center", fontsize=6,
-                            rotation=90)
-        if key == "auroc":
-            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
-        if key == "auprc" and math.isfinite(result.summary.get("error_rate", math.nan)):
-            ax.axhline(result.summary["error_rate"], color="0.5", linestyle=":", linewidth=1)
-        if key == "r_dice_best" and "r_dice_cnn" in result.summary:
-            ax.axhline(result.summary["r_dice_cnn"], color="0.3", linestyle="--", linewidth=1, label="CNN")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-        ax.set_ylim(lo, hi)
-        ax.grid(axis="y", alpha=0.3)
-        if any(label for _, label in series):
-            ax.legend(fontsize=7)
-    ax = axes[5]
-    rel = result.reliability
-    conf = np.array(rel["confidence"][0], float)
-    acc = np.array(rel["accuracy"][0], float)
-    ok = np.isfinite(conf) & np.isfinite(acc)
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-    ax.plot(conf[ok], acc[ok], "o-", label=f"expectation (ECE {_fmt(result.summary['ece_expectation'], 4)})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence max_c E_c", fontsize=8)
-    ax.set_ylabel("accuracy", fontsize=8)
-    ax.set_title("Reliability diagram of the expectation", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.suptitle(f"Uncertainty estimators on {result.summary['cases']} cases ({result.summary['voxels']} voxels)")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    return path
-
-
 def write_comparison(result: EstimatorComparison, out_dir: Union[str, Path], *, overwrite: bool = False,
                      extra: Optional[dict] = None) -> Path:
     """Write ``comparison.csv``, ``.json``, ``.md`` and ``.png`` into ``out_dir`` (built in a temporary folder
@@ -1065,5 +816,5 @@ def write_comparison(result: EstimatorComparison, out_dir: Union[str, Path], *, 
             payload.update(jsonable(extra))
         (tmp / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
         (tmp / "comparison.md").write_text(result.markdown())
-        plot_comparison(result, tmp / "comparison.png")
+        plot_estimator_comparison(result, tmp / "comparison.png")
     return Path(out_dir)

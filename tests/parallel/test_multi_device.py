@@ -1,10 +1,11 @@
-"""Scale-out (ugcn.parallel): device mesh, sharded cohort fit / MC / lesion scoring, multi-host, resumable runs.
+"""Scale-out across modules: sharded cohort fit / MC / lesion scoring, multi-host, resumable runs.
 
 The multi-device checks need several devices, which a JAX process fixes at start-up: they run in ONE
-subprocess (tests/sharding_checks.py) with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``, so the
-rest of the suite keeps one device and the programs compile once. Sharded results are compared with the
-single-device ones (which tests/test_refine.py, test_uncertainty.py and test_lesion_gcnn.py check against
-independent references); cohorts of 5 items do not divide by 4 devices, so padding is always exercised.
+subprocess (tests/parallel/sharding_checks.py) with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``, so
+the rest of the suite keeps one device and the programs compile once. Sharded results are compared with the
+single-device ones (which tests/refine/test_fit.py, tests/uncertainty/test_sampling.py and
+tests/lesion/test_gcnn.py check against independent references); cohorts of 5 items do not divide by 4
+devices, so padding is always exercised.
 """
 import json
 import os
@@ -13,17 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from ugcn.parallel import (
-    describe, device_mesh, distributed_settings, initialize_distributed, pad_batch, padded_size, process_slice,
-    unpad,
-)
-from ugcn.parallel.resume import SETTINGS_KEY, case_state
-
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 
 
 def _env(devices: int) -> dict:
@@ -37,7 +31,7 @@ def _env(devices: int) -> dict:
 
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
-    """Results of tests/sharding_checks.py at 4 forced host devices (one subprocess for the module)."""
+    """Results of tests/parallel/sharding_checks.py at 4 forced host devices (one subprocess for the module)."""
     work = tmp_path_factory.mktemp("sharding")
     out = work / "checks.json"
     proc = subprocess.run([sys.executable, str(HERE / "sharding_checks.py"), str(out), str(work)], env=_env(4),
@@ -45,77 +39,6 @@ def four_devices(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 
-
-# --- in this process (one device) ------------------------------------------------------------------------
-
-def test_pad_and_unpad_leading_axis():
-    tree = {"a": np.arange(10).reshape(5, 2), "b": np.ones(5, bool)}
-    padded, n = pad_batch(tree, 4)
-    assert n == 5 and padded["a"].shape == (8, 2) and padded["b"].shape == (8,)
-    np.testing.assert_array_equal(padded["a"][5:], np.repeat(tree["a"][:1], 3, axis=0))  # copies of item 0
-    np.testing.assert_array_equal(unpad(padded, n)["a"], tree["a"])
-    assert pad_batch(tree, 5)[0]["a"].shape == (5, 2)  # a multiple already: unchanged
-    assert [padded_size(n, 4) for n in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 12]
-    with pytest.raises(ValueError, match="leading"):
-        pad_batch({"a": np.zeros(3), "b": np.zeros(4)}, 2)
-
-
-def test_mesh_on_one_device():
-    mesh = device_mesh()
-    assert mesh.axis_names == ("batch",) and mesh.shape["batch"] == 1
-    assert describe(mesh, 7) == "1 device (cpu), 7 volumes per device"
-    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
-        device_mesh(2)
-    with pytest.raises(ValueError, match="positive"):
-        device_mesh(0)
-
-
-def test_distributed_settings_from_environment():
-    explicit = {"JAX_COORDINATOR_ADDRESS": "node0:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
-    s = distributed_settings(explicit)
-    assert (s.mode, s.coordinator_address, s.num_processes, s.process_id) == ("explicit", "node0:1234", 4, 2)
-    assert distributed_settings({}).mode == "single"
-    assert distributed_settings({**explicit, "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}).mode == "single"
-    assert distributed_settings({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "1"}).mode == "cluster"
-    assert distributed_settings({"SLURM_NTASKS": "1"}).mode == "single"
-    assert distributed_settings({"OMPI_COMM_WORLD_SIZE": "2"}).mode == "cluster"
-    for bad, match in (({"JAX_COORDINATOR_ADDRESS": "node0:1234"}, "missing"),
-                       ({**explicit, "JAX_PROCESS_ID": "4"}, "must lie"),
-                       ({**explicit, "JAX_NUM_PROCESSES": "four"}, "integer"),
-                       ({**explicit, "JAX_COORDINATOR_ADDRESS": "node0"}, "host:port")):
-        with pytest.raises(ValueError, match=match):
-            distributed_settings(bad)
-    assert initialize_distributed({}).mode == "single"  # nothing to do, nothing done
-
-
-def test_process_slice_partitions_the_sorted_inputs():
-    items = [f"case{i:02d}" for i in range(11)][::-1]
-    parts = [process_slice(items, index=i, count=3) for i in range(3)]
-    assert sorted(sum(parts, [])) == sorted(items)  # every item once
-    assert parts[0] == ["case00", "case03", "case06", "case09"]  # independent of the listing order
-    assert process_slice(items) == sorted(items)  # one process: everything
-    with pytest.raises(ValueError):
-        process_slice(items, index=3, count=3)
-
-
-def test_case_state(tmp_path):
-    settings = {"seed": 0, "dilation": (5, 7, 7)}
-    assert case_state(tmp_path / "missing", settings) == "todo"
-    done = tmp_path / "done"
-    done.mkdir()
-    (done / "report.json").write_text(json.dumps({SETTINGS_KEY: {"seed": 0, "dilation": [5, 7, 7]}}))
-    assert case_state(done, settings) == "finished"
-    assert case_state(done, settings, overwrite=True) == "todo"
-    with pytest.raises(ValueError, match="seed differ"):
-        case_state(done, {**settings, "seed": 1})
-    junk = tmp_path / "junk"
-    junk.mkdir()
-    (junk / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="no report.json"):
-        case_state(junk, settings)
-
-
-# --- four forced host devices (one subprocess) -------------------------------------------------------------
 
 def test_shard_batch_splits_a_padded_cohort(four_devices):
     m = four_devices["mesh"]
@@ -167,8 +90,6 @@ def test_lesions_score_folder_mode_equals_single_image(four_devices):
         assert r["column_diffs"][name] < 1e-5, (name, r["column_diffs"])
 
 
-# --- two processes (jax.distributed on localhost) ------------------------------------------------------------
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -176,11 +97,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_share_a_folder(tmp_path):
+def test_two_processes_share_a_folder(tmp_path, sphere_case, write_case):
     """JAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID: each process refines its slice; process 0 waits
     for the other and writes the complete summary."""
-    from test_refine import sphere_case, write_case
-
     src = tmp_path / "in"
     for i in range(3):
         write_case(src, f"case{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))

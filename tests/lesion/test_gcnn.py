@@ -3,39 +3,11 @@ import numpy as np
 import pytest
 
 from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc, spearman
-from ugcn.graph.lesion_graph import build_lesion_graphs
-from ugcn.lesion.components import label_lesions
 from ugcn.lesion.gcnn import fit_gcnn, load_lesion_model, save_lesion_model, score_lesions
 
-NAMES = ("entropy", "variance", "one_minus_pcs")
-
-
-def _synthetic(seed, cells=6, cell=5):
-    """Lesions of 1-8 voxels, one per 5^3 cell; each cell has its own entropy level h."""
-    rng = np.random.default_rng(seed)
-    shape = (cells * cell,) * 3
-    pred = np.zeros(shape, np.uint8)
-    level = np.zeros(shape, np.float32)
-    for i, j, k in np.ndindex(cells, cells, cells):
-        a, b, c = (1 + rng.integers(0, 2, 3))
-        x, y, z = i * cell + 1, j * cell + 1, k * cell + 1
-        pred[x : x + a, y : y + b, z : z + c] = 1
-        level[i * cell : (i + 1) * cell, j * cell : (j + 1) * cell, k * cell : (k + 1) * cell] = rng.random()
-    labels, n = label_lesions(pred)
-    maps = {
-        "entropy": level + 0.05 * rng.random(shape, np.float32),
-        "variance": 0.01 * rng.random(shape, np.float32),
-        "one_minus_pcs": rng.random(shape, np.float32) * 0.5,
-    }
-    graphs = build_lesion_graphs(labels, n, rng.normal(size=shape), pred, maps, NAMES)
-    lesion_level = np.array([level[labels == k].mean() for k in range(1, n + 1)])
-    iou = np.where(lesion_level > 0.5, 0.0, 1.0 - 0.5 * lesion_level)
-    return graphs, iou.astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def data():
-    return _synthetic(0), _synthetic(1)
+def data(lesion_rule_data):
+    return lesion_rule_data(0), lesion_rule_data(1)
 
 
 def test_classification_learns_rule_and_roundtrips(data, tmp_path):

@@ -1,8 +1,8 @@
-"""Multi-device checks for tests/test_sharding.py, run in ONE subprocess with 4 forced host devices.
+"""Multi-device checks for tests/parallel/test_multi_device.py, run in ONE subprocess with 4 forced host devices.
 
-Usage: ``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python tests/sharding_checks.py
+Usage: ``XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu python tests/parallel/sharding_checks.py
 OUT.json WORKDIR``. Computes sharded and single-device results side by side and writes their differences
-(and a few facts about the shards) to ``OUT.json``; the assertions live in tests/test_sharding.py.
+(and a few facts about the shards) to ``OUT.json``; the assertions live in tests/parallel/test_multi_device.py.
 """
 import json
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests/: the shared data builders of conftest.py
 
 import jax  # noqa: E402
 
@@ -51,7 +51,7 @@ def check_mesh(out: dict) -> None:
 
 
 def check_fit(out: dict) -> None:
-    from test_refine import sphere_case
+    from conftest import build_sphere_case as sphere_case
 
     from ugcn.graph.voxel_graph import build_voxel_graph
     from ugcn.refine.fit import FitConfig, fit_batch, stack_graphs
@@ -75,7 +75,7 @@ def check_fit(out: dict) -> None:
 
 
 def check_lesions(out: dict) -> None:
-    from test_lesion_gcnn import _synthetic
+    from conftest import build_lesion_rule_data as _synthetic
 
     from ugcn.lesion.gcnn import GCNNConfig, LesionModel, _compiled, _init_graph, score_lesions
 
@@ -94,7 +94,8 @@ def check_refine_batch(out: dict, work: Path) -> None:
     import nibabel as nib
 
     import ugcn.commands.refine as refine_cmd
-    from test_refine import sphere_case, write_case
+    from conftest import build_sphere_case as sphere_case
+    from conftest import write_sphere_case as write_case
     from ugcn.cli import main
 
     src = work / "in"

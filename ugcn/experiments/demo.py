@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from ugcn.data.layout import write_decathlon
-from ugcn.data.phantoms import ct_phantom
+from ugcn.data.phantoms import brain_phantom, ct_phantom, realistic_brain_phantom
+from ugcn.experiments.lesion_protocol import LesionProtocolConfig, run_protocol
 from ugcn.io import save_volume, write_text_atomic
 from ugcn.refine import RefineConfig, RefineInput, crf_available, refine_batch
 from ugcn.refine.crf import CRFCase, CRFConfig, tune_crf
@@ -300,12 +301,8 @@ def run_lesion_demo(out_dir, *, n_cases: int = 20, seed: int = 0, progress: bool
       settings: overrides of the settings (any :class:`LesionProtocolConfig` field).
 
     Returns:
-      :class:`ugcn.lesion.protocol.ProtocolResult`.
+      :class:`ugcn.experiments.lesion_protocol.ProtocolResult`.
     """
-    from ugcn.data import brain_phantom, write_decathlon
-    from ugcn.data.phantoms import realistic_brain_phantom
-    from ugcn.lesion.protocol import LesionProtocolConfig, run_protocol
-
     if n_cases < 8:
         raise ValueError(f"run_lesion_demo: n_cases must be at least 8 for 4 folds, got {n_cases}")
     out_dir = Path(out_dir)

@@ -1,177 +1,17 @@
-"""Phantoms, dataset layouts and k-fold splits (ugcn.data)."""
+"""Data set layouts and k-fold splits (ugcn.data.layout): Decathlon and nnU-Net raw round trips, folder readers,
+errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
 
-from ugcn.data import (
-    BRAIN_TISSUES,
-    CT_HU,
-    Case,
-    brain_phantom,
-    ct_phantom,
-    find_cases,
-    kfold_splits,
-    load_case,
-    write_decathlon,
-)
-from ugcn.io import load_mask, load_volume, save_volume
-
-SMALL_CT = (40, 40, 20)
-SMALL_BRAIN = (40, 40, 32)
-
-
-@pytest.fixture(scope="module")
-def ct_default():
-    return [ct_phantom(seed) for seed in (0, 1, 2)]
-
-
-@pytest.fixture(scope="module")
-def brains_default():
-    return [brain_phantom(seed) for seed in (0, 1, 2)]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Phantoms
-# ----------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("make", [ct_phantom, brain_phantom])
-def test_phantom_is_deterministic_per_seed(make):
-    shape = SMALL_CT if make is ct_phantom else SMALL_BRAIN
-    a, b, c = make(3, shape=shape), make(3, shape=shape), make(4, shape=shape)
-    np.testing.assert_array_equal(a.image, b.image)
-    np.testing.assert_array_equal(a.label, b.label)
-    assert not np.array_equal(a.image, c.image)
-    assert not np.array_equal(a.label, c.label)
-
-
-def test_ct_shapes_dtypes_affine(ct_default):
-    p = ct_default[0]
-    assert p.image.shape == (96, 96, 48) and p.image.dtype == np.float32
-    assert p.label.shape == (96, 96, 48) and p.label.dtype == np.uint8
-    assert set(np.unique(p.label)) == {0, 1}
-    np.testing.assert_allclose(np.diag(p.affine), [0.8, 0.8, 2.5, 1.0])
-    # Centre of the volume at world (0, 0, 0).
-    centre = p.affine @ np.array([47.5, 47.5, 23.5, 1.0])
-    np.testing.assert_allclose(centre[:3], 0.0, atol=1e-9)
-    assert p.spacing == pytest.approx((0.8, 0.8, 2.5))
-    assert np.all(np.isfinite(p.image))
-    # HU-like range: air outside, bone inside.
-    assert p.image.min() < -900 and p.image.max() > 250
-
-
-def test_ct_custom_geometry():
-    p = ct_phantom(5, shape=(48, 40, 24), spacing=(1.0, 1.2, 3.0))
-    assert p.image.shape == p.label.shape == (48, 40, 24)
-    np.testing.assert_allclose(np.diag(p.affine)[:3], [1.0, 1.2, 3.0])
-    assert p.label.sum() > 0
-
-
-def test_ct_organ_intensity_close_to_neighbours(ct_default):
-    for p in ct_default:
-        core = ndimage.binary_erosion(p.label > 0, iterations=2)  # away from partial-volume borders
-        assert abs(p.image[core].mean() - CT_HU["spleen"]) < 10
-        assert abs(CT_HU["spleen"] - CT_HU["liver"]) < 10 and abs(CT_HU["spleen"] - CT_HU["muscle"]) < 10
-
-
-def _best_threshold_dice(image: np.ndarray, label: np.ndarray) -> float:
-    """Best Dice of ``image > t`` or ``image < t`` over every threshold t (brute force by sorting)."""
-    order = np.argsort(image, kind="stable")
-    y = label[order].astype(np.int64)
-    n_pos = y.sum()
-    # "above": predicted = the top j voxels, j = 0..n.
-    tp_above = np.concatenate([[0], np.cumsum(y[::-1])])
-    j = np.arange(y.size + 1)
-    dice_above = 2 * tp_above / (j + n_pos)
-    tp_below = np.concatenate([[0], np.cumsum(y)])
-    dice_below = 2 * tp_below / (j + n_pos)
-    return float(max(dice_above.max(), dice_below.max()))
-
-
-def test_best_threshold_dice_reference():
-    # Hand-checked: image [1, 2, 3, 4], label [0, 1, 1, 0]: best is {2, 3} impossible by one threshold;
-    # "above 1.5" gives {2,3,4}: Dice 2*2/(3+2) = 0.8; "below 3.5" gives {1,2,3}: also 0.8.
-    assert _best_threshold_dice(np.array([1.0, 2, 3, 4]), np.array([0, 1, 1, 0])) == pytest.approx(0.8)
-    assert _best_threshold_dice(np.array([1.0, 2, 3, 4]), np.array([0, 0, 1, 1])) == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("connectivity", [1, 3])
-def test_ct_organ_is_not_threshold_separable(ct_default, connectivity):
-    struct = ndimage.generate_binary_structure(3, connectivity)
-    for p in ct_default:
-        hood = ndimage.binary_dilation(p.label > 0, struct, iterations=5)
-        score = _best_threshold_dice(p.image[hood], p.label[hood])
-        assert score < 0.8, score
-
-
-def test_ct_organ_is_one_sizeable_blob(ct_default):
-    for p in ct_default:
-        lab, n = ndimage.label(p.label, np.ones((3, 3, 3)))
-        sizes = np.bincount(lab.ravel())[1:]
-        assert sizes.max() > 1000
-        assert sizes.max() / sizes.sum() > 0.9
-
-
-def test_brain_shapes_and_zero_background(brains_default):
-    p = brains_default[0]
-    assert p.image.shape == p.label.shape == (64, 64, 48)
-    assert p.image.dtype == np.float32 and p.label.dtype == np.uint8
-    np.testing.assert_allclose(np.diag(p.affine), [1.0, 1.0, 1.0, 1.0])
-    background = p.tissue == BRAIN_TISSUES.index("background")
-    assert np.all(p.image[background] == 0)
-    assert np.all(p.label[background] == 0)
-    assert np.all(p.image >= 0)
-
-
-def test_brain_flair_contrast(brains_default):
-    for p in brains_default:
-        t = p.tissue
-        lesion = p.label > 0
-        mean = {name: p.image[(t == BRAIN_TISSUES.index(name)) & ~lesion].mean() for name in ("csf", "grey", "white")}
-        assert mean["csf"] < mean["white"] < mean["grey"]
-        assert p.image[lesion].mean() > mean["grey"]
-
-
-def test_brain_lesions_many_long_tailed_in_white_matter(brains_default):
-    largest, smallest = [], []
-    for p in brains_default:
-        lab, n = ndimage.label(p.label, np.ones((3, 3, 3)))
-        sizes = np.bincount(lab.ravel())[1:]
-        assert 10 <= n <= 45
-        largest.append(sizes.max())
-        smallest.append(sizes.min())
-        assert np.median(sizes) < sizes.mean()  # right-skewed
-        in_white = np.mean(p.tissue[p.label > 0] == BRAIN_TISSUES.index("white"))
-        assert in_white > 0.8
-    assert max(largest) >= 300 and max(largest) <= 1500
-    assert min(smallest) <= 10
-    assert all(big / small >= 20 for big, small in zip(largest, smallest))
-
-
-def test_brain_lesion_contrast_varies(brains_default):
-    # Some lesions are faint: their mean FLAIR value is close to grey matter.
-    p = brains_default[0]
-    lab, n = ndimage.label(p.label, np.ones((3, 3, 3)))
-    means = ndimage.mean(p.image, lab, index=np.arange(1, n + 1))
-    assert means.max() - means.min() > 0.2
-
-
-def test_phantom_rejects_tiny_shapes():
-    with pytest.raises(ValueError, match="shape"):
-        ct_phantom(0, shape=(8, 8, 8))
-    with pytest.raises(ValueError, match="spacing"):
-        brain_phantom(0, shape=(32, 32, 32), spacing=(1.0, 0.0, 1.0))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Layouts
-# ----------------------------------------------------------------------------------------------------------
+from ugcn.data import Case, ct_phantom, find_cases, kfold_splits, load_case, write_decathlon
+from ugcn.io import case_name, image_folder, load_image, load_mask, load_volume, save_volume
 
 
 @pytest.fixture(scope="module")
@@ -333,11 +173,6 @@ def test_written_phantom_files_read_back_with_io(tmp_path, small_cases):
     assert load_mask(tmp_path / "ds" / "labelsTr" / "ct_000.nii.gz").array.dtype == np.uint8
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Splits
-# ----------------------------------------------------------------------------------------------------------
-
-
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(8, 120), k=st.integers(2, 6), seed=st.integers(0, 2**31), frac=st.floats(0.1, 0.4))
 def test_kfold_partition_properties(n, k, seed, frac):
@@ -382,3 +217,94 @@ def test_kfold_errors():
         kfold_splits(10, 1)
     with pytest.raises(ValueError, match="val_fraction"):
         kfold_splits(10, 4, val_fraction=1.0)
+
+
+AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+
+
+def write_nnunet_raw(root: Path, n_cases=3, channels=("CT", "CT_inverted"), shape=(24, 24, 16), ending=".nii.gz"):
+    """An nnU-Net v2 raw data set of CT phantoms; channel 1 (if any) is the negated image. Returns
+    ``{case: (image f32[X, Y, Z, M], label u8[X, Y, Z])}``."""
+    truth = {}
+    for i in range(n_cases):
+        phantom = ct_phantom(100 + i, shape=shape)
+        name = f"case_{i:03d}"
+        stack = [phantom.image, -phantom.image][: len(channels)]
+        for c, array in enumerate(stack):
+            save_volume(root / "imagesTr" / f"{name}_{c:04d}{ending}", array.astype(np.float32), AFFINE)
+        save_volume(root / "labelsTr" / f"{name}{ending}", phantom.label.astype(np.uint8), AFFINE)
+        truth[name] = (np.stack(stack, axis=-1).astype(np.float32), phantom.label)
+    meta = {"channel_names": {str(c): n for c, n in enumerate(channels)}, "labels": {"background": 0, "spleen": 1},
+            "numTraining": n_cases, "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return truth
+
+
+@pytest.mark.parametrize("channels", [("CT",), ("CT", "CT_inverted")])
+def test_find_and_load_an_nnunet_raw_dataset(tmp_path, channels):
+    truth = write_nnunet_raw(tmp_path, channels=channels)
+    cases = find_cases(tmp_path)
+    assert [c.name for c in cases] == sorted(truth)
+    for case in cases:
+        image, label = load_case(case)
+        expected_image, expected_label = truth[case.name]
+        np.testing.assert_array_equal(image.array.reshape(expected_image.shape), expected_image)
+        assert image.array.ndim == (3 if len(channels) == 1 else 4)
+        np.testing.assert_array_equal(label.array, expected_label)
+    (tmp_path / "dataset.json").unlink()  # the imagesTr/labelsTr pairing groups the channels too
+    assert [c.name for c in find_cases(tmp_path)] == sorted(truth)
+
+
+def test_nnunet_dataset_errors(tmp_path):
+    write_nnunet_raw(tmp_path, n_cases=2)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "numTraining": 5}))
+    with pytest.raises(ValueError, match="numTraining is 5, but imagesTr holds 2"):
+        find_cases(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".png"}))
+    with pytest.raises(ValueError, match="'.png' is not supported"):
+        find_cases(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "CT"}}))
+    with pytest.raises(ValueError, match="2 channel file\\(s\\), but dataset.json lists 1"):
+        find_cases(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    with pytest.raises(ValueError, match="case_001_0001.nii.gz: a channel file without"):
+        find_cases(tmp_path)
+
+
+def test_image_folder_groups_channels_for_the_folder_commands(tmp_path):
+    truth = write_nnunet_raw(tmp_path, n_cases=2)
+    images = image_folder(tmp_path / "imagesTr")
+    assert [p.name for p in images] == ["case_000_0000.nii.gz", "case_001_0000.nii.gz"]
+    assert [case_name(p) for p in images] == ["case_000", "case_001"]
+    np.testing.assert_array_equal(load_image(images[1]).array, truth["case_001"][0])
+    plain = tmp_path / "plain"
+    save_volume(plain / "a.nii.gz", np.zeros((4, 4, 4), np.float32), AFFINE)
+    save_volume(plain / "b_seg.nii.gz", np.zeros((4, 4, 4), np.float32), AFFINE)
+    assert [p.name for p in image_folder(plain)] == ["a.nii.gz", "b_seg.nii.gz"]  # no channel naming
+
+
+@pytest.mark.slow
+def test_an_nnunet_raw_dataset_trains_and_refines(tmp_path, capsys):
+    from ugcn.cli import main
+    from ugcn.segment import load_model
+
+    write_nnunet_raw(tmp_path / "Dataset001_Phantom", n_cases=2)
+    model_dir = tmp_path / "model"
+    assert main(["train", "--data", str(tmp_path / "Dataset001_Phantom"), "--out", str(model_dir), "--unet-epochs",
+                 "1", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
+                 "--unet-depth", "2", "--quiet"]) == 0
+    model = load_model(model_dir)
+    assert model.config.in_channels == 2  # both channel files of every case
+    assert model.training["cases"] == ["case_000", "case_001"] and model.training["spacing"] == [1.5, 1.5, 3.0]
+    images = tmp_path / "Dataset001_Phantom" / "imagesTr"
+    out = tmp_path / "refined"
+    code = main(["refine-batch", "--images", str(images), "--model", str(model_dir), "--out", str(out),
+                 "--labels", str(tmp_path / "Dataset001_Phantom" / "labelsTr"), "--n-samples", "2", "--chunk", "2",
+                 "--epochs", "3", "--tau", "0.5", "--tau-mode", "quantile", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["volumes"]) == ["case_000", "case_001"]  # one case per channel group, nnU-Net's names
+    report = json.loads((out / "case_000" / "report.json").read_text())
+    assert report["image"].endswith("case_000_0000.nii.gz") and "dice" in report

@@ -1,9 +1,6 @@
-"""Test-time augmentation as a sample source, against a plain numpy loop over the same transforms."""
-import json
-
+"""Test-time augmentation as a sample source (ugcn.uncertainty.tta), against a plain numpy loop over the same transforms."""
 import jax
 import jax.numpy as jnp
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -32,24 +29,6 @@ def position_model(key, image):
     y = jnp.arange(image.shape[1], dtype=jnp.float32)[None, :, None]
     p = jax.nn.sigmoid(image + 0.4 * x - 0.3 * y)
     return jnp.stack([1.0 - p, p], -1)
-
-
-def np_tta_samples(model, image, transforms, max_shift):
-    """Independent reference: one numpy pass per transform (edge-pad, flip, roll; roll back, flip back, crop)."""
-    out = []
-    for row in transforms:
-        pad = [max_shift if row_axis_shifted else 0 for row_axis_shifted in (True, True, False)]
-        x = np.pad(np.asarray(image, np.float64), [(p, p) for p in pad], mode="edge")
-        for axis in range(3):
-            if row[axis]:
-                x = np.flip(x, axis)
-        x = np.roll(x, tuple(row[3:6]), axis=(0, 1, 2))
-        y = np.roll(model(x), tuple(-row[3:6]), axis=(0, 1, 2))
-        for axis in range(3):
-            if row[axis]:
-                y = np.flip(y, axis)
-        out.append(y[pad[0]:y.shape[0] - pad[0], pad[1]:y.shape[1] - pad[1]])
-    return np.stack(out)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +78,7 @@ def test_multimodal_image_and_z_axis(image):
 
 
 @pytest.mark.parametrize("chunk", [4])  # T = 6: the last chunk is padded
-def test_position_dependent_model_matches_numpy_loop(image, chunk):
+def test_position_dependent_model_matches_numpy_loop(image, chunk, np_tta_samples):
     t = 6
     result = tta_sample(position_model, image, seed=5, n_samples=t, chunk_size=chunk, keep_samples=True)
     ref = np_tta_samples(np_position_model, image, tta_transforms(t, seed=5), 2)
@@ -114,7 +93,7 @@ def test_position_dependent_model_matches_numpy_loop(image, chunk):
     np.testing.assert_allclose(streamed.stats.sum_p, result.stats.sum_p, atol=1e-6)
 
 
-def test_key_seeds_transforms_and_one_program_per_architecture(image):
+def test_key_seeds_transforms_and_one_program_per_architecture(image, np_tta_samples):
     key = jax.random.key(7)
     a = tta_sample(position_model, image, key, n_samples=4, keep_samples=True)
     b = tta_sample(position_model, image, key, n_samples=4, keep_samples=True)
@@ -148,33 +127,3 @@ def test_tta_input_errors(image):
         tta_sample(intensity_model, np.full(SHAPE, np.nan, np.float32), n_samples=2)
     with pytest.raises(ValueError, match="shift_axes"):
         tta_sample(intensity_model, image, n_samples=2, shift_axes=(5,))
-
-
-def test_mcdo_cli_source_tta(tmp_path):
-    from ugcn.cli import main
-    from ugcn.segment.checkpoint import save_model
-    from ugcn.segment.model import init_model, predict_probabilities
-    from ugcn.segment.unet import UNetConfig
-
-    model = init_model(UNetConfig(dims=2, base_features=4, depth=2), jax.random.PRNGKey(0))
-    save_model(model, tmp_path / "model")
-    img = np.random.default_rng(1).normal(size=(12, 12, 3)).astype(np.float32)
-    nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "img.nii.gz"))
-    out = tmp_path / "out"
-    argv = ["mcdo", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "img.nii.gz"), "--out", str(out),
-            "--source", "tta", "--n-samples", "4", "--seed", "2", "--tta-max-shift", "1", "--save-samples",
-            "--estimators", "variance,variation_ratio", "--quiet"]
-    assert main(argv) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["source"] == "tta" and "tta_sampling_s" in report["timings"]
-    transforms = np.asarray(report["tta"]["transforms"])
-    np.testing.assert_array_equal(transforms, tta_transforms(4, seed=2, shifts=(-1, 0, 1)))
-    # every saved sample = the deterministic model on the transformed, edge-padded image, transformed back
-    ref = np_tta_samples(lambda x: predict_probabilities(model, x.astype(np.float32)), img, transforms, 1)
-    samples = np.moveaxis(np.asarray(nib.load(str(out / "samples.nii.gz")).dataobj), -1, 0)
-    np.testing.assert_allclose(samples, ref[..., 1], atol=1e-5)
-    np.testing.assert_allclose(nib.load(str(out / "variance.nii.gz")).get_fdata(), ref[..., 1].var(0), atol=1e-5)
-    # --source is for models; sample maps bring their own samples
-    assert main(["mcdo", "--samples", str(out / "samples.nii.gz"), "--out", str(tmp_path / "o2"),
-                 "--source", "tta"]) == 2
-    assert main(argv[:-1] + ["--out", str(tmp_path / "o3"), "--tta-max-shift", "-1"]) == 2

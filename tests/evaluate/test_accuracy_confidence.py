@@ -1,4 +1,4 @@
-"""Accuracy-confidence curves, AUC, Spearman and plots against independent references."""
+"""Accuracy-confidence curves, their AUC and Spearman's rho (ugcn.evaluate.accuracy_confidence) against independent references."""
 import math
 
 import numpy as np
@@ -6,7 +6,6 @@ import pytest
 from scipy import stats
 
 from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc, accuracy_confidence_curve, spearman
-from ugcn.evaluate.plots import plot_accuracy_confidence
 
 
 def _mann_whitney(scores, is_fp):
@@ -59,15 +58,3 @@ def test_spearman_matches_scipy_and_handles_degenerate_input():
     assert spearman(1 / np.arange(1, 10), np.arange(1, 10)) == pytest.approx(-1.0)
     assert math.isnan(spearman([1.0], [2.0]))
     assert math.isnan(spearman(np.ones(5), np.arange(5)))
-
-
-def test_plot_writes_png(tmp_path):
-    is_fp = np.array([1, 0, 1, 0], bool)
-    curves = {
-        "good": accuracy_confidence_curve(np.array([0.9, 0.1, 0.8, 0.2]), is_fp),
-        "none": accuracy_confidence_curve(np.array([0.9, 0.1]), np.array([False, False])),
-    }
-    path = plot_accuracy_confidence(curves, tmp_path / "curves.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="exists"):
-        plot_accuracy_confidence(curves, path, overwrite=False)

@@ -1,4 +1,7 @@
-"""Every built-in estimator: plain numpy references, exact p = 0 / 1, streaming == all samples, value ranges."""
+"""The uncertainty measures and every built-in estimator (ugcn.uncertainty.measures) against plain numpy computations on the
+samples: exact p = 0 / 1, streaming == all samples, value ranges."""
+import math
+
 import numpy as np
 import pytest
 
@@ -8,9 +11,90 @@ from ugcn.uncertainty import (
     empty_stats,
     estimator_maps,
     get_estimator,
+    list_estimators,
+    measures,
     merge,
     stats_from_samples,
 )
+
+
+def np_xlogx(p):
+    p = np.asarray(p, np.float64)
+    out = np.zeros_like(p)
+    nz = p > 0
+    out[nz] = p[nz] * np.log(p[nz])
+    return out
+
+
+def np_reference(samples):
+    """All measures of samples [T, ..., C] in float64, bits normalised by log2 C unless named nats."""
+    s = np.asarray(samples, np.float64)
+    c = s.shape[-1]
+    mean = s.mean(0)
+    h_nats = -np_xlogx(mean).sum(-1)
+    eh_nats = np.mean(-np_xlogx(s).sum(-1), axis=0)
+    var_c = s.var(0)  # population variance, 1/T
+    return {
+        "expectation": mean,
+        "entropy": h_nats / math.log(c),  # bits / log2(C) == nats / ln(C)
+        "entropy_nats": h_nats,
+        "expected_entropy": eh_nats / math.log(c),
+        "mutual_information": np.maximum(h_nats - eh_nats, 0) / math.log(c),
+        "variance": var_c[..., 1] if c == 2 else var_c.mean(-1),
+        "pcs": mean.max(-1),
+        "one_minus_pcs": 1 - mean.max(-1),
+    }
+
+
+CASES = [(t, c) for t in (1, 2, 7) for c in (2, 4)]
+
+
+@pytest.mark.parametrize("t,c", CASES)
+def test_measures_match_numpy(t, c, random_samples):
+    rng = np.random.default_rng(100 * t + c)
+    samples = random_samples(rng, t, (6, 5, 3), c)
+    ref = np_reference(samples)
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
+    for name in ("entropy", "entropy_nats", "expected_entropy", "mutual_information", "variance", "pcs",
+                 "one_minus_pcs"):
+        assert np.all(np.isfinite(maps[name])), name
+        np.testing.assert_allclose(maps[name], ref[name], atol=2e-5, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(measures.expectation(stats_from_samples(samples)), ref["expectation"], atol=1e-6)
+
+
+def test_exact_zero_and_one_give_zero_uncertainty():
+    # Samples that are all exactly one-hot and agree: every uncertainty is exactly 0, PCS exactly 1.
+    samples = np.zeros((5, 3, 2, 1, 2), np.float32)
+    samples[..., 1] = 1.0
+    samples[:, 0, ..., 0], samples[:, 0, ..., 1] = 1.0, 0.0
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
+    for name in ("entropy", "entropy_nats", "expected_entropy", "mutual_information", "variance", "one_minus_pcs"):
+        np.testing.assert_array_equal(maps[name], 0.0, err_msg=name)
+    np.testing.assert_array_equal(maps["pcs"], 1.0)
+
+
+def test_disagreeing_hard_samples_are_maximally_uncertain():
+    # Half the samples say 0, half say 1: entropy 1 bit, MI 1 bit, expected entropy 0, variance 1/4.
+    samples = np.zeros((4, 2, 2, 2, 2), np.float32)
+    samples[:2, ..., 1] = 1.0
+    samples[2:, ..., 0] = 1.0
+    maps = estimator_maps(list_estimators(), stats_from_samples(samples), samples)  # all: some need samples
+    np.testing.assert_allclose(maps["entropy"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(maps["mutual_information"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(maps["expected_entropy"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(maps["variance"], 0.25, atol=1e-7)
+    np.testing.assert_allclose(maps["entropy_nats"], math.log(2), atol=1e-6)
+    np.testing.assert_allclose(maps["pcs"], 0.5, atol=1e-7)
+
+
+def test_entropy_bases_and_normalisation(random_samples):
+    samples = random_samples(np.random.default_rng(3), 3, (4,), 3, exact_fraction=0.0)
+    stats = stats_from_samples(samples)
+    nats = np.asarray(measures.entropy(stats, base=math.e))
+    np.testing.assert_allclose(measures.entropy(stats, base=2.0), nats / math.log(2), rtol=1e-5)
+    np.testing.assert_allclose(measures.entropy(stats, base=2.0, normalise=True), nats / math.log(3), rtol=1e-5)
+    with pytest.raises(ValueError, match="base"):
+        measures.entropy(stats, base=1.0)
 
 
 def hand_samples(rng, t, shape, c):
@@ -44,9 +128,6 @@ def np_builtins(samples):
         "margin": 1.0 - (top[..., -1] - top[..., -2]),
         "variation_ratio": 1.0 - counts.max(-1) / t,
     }
-
-
-CASES = [(t, c) for t in (1, 2, 7) for c in (2, 4)]
 
 
 @pytest.mark.parametrize("t,c", CASES)

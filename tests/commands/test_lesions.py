@@ -1,0 +1,150 @@
+"""``ugcn lesions fit/score/evaluate``: outputs against scipy's components with a fake U-Net or another model's
+sample maps, flags reaching the protocol, one-line errors."""
+import csv
+import io
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import ugcn.experiments.lesion_protocol as protocol
+from ugcn.io import save_volume
+
+
+def _fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn):
+    rng = np.random.default_rng(int(abs(image).sum() * 1000) % 2**32)
+    gt = image > 1.0
+    pred = gt.copy()
+    for _ in range(3):
+        x, y, z = rng.integers(1, 13, 3)
+        pred[x : x + 2, y : y + 2, z : z + 2] = True
+    maps = {n: (0.3 * rng.random(image.shape) + 0.5 * (pred & ~gt)).astype(np.float32) for n in estimators}
+    return pred.astype(np.uint8), maps
+
+
+def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_cases):
+    import nibabel as nib
+
+    import ugcn.segment
+    from ugcn.cli import main
+
+    monkeypatch.setattr(ugcn.segment, "load_model", lambda path: {"fake": str(path)})
+    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
+    monkeypatch.setattr(ugcn.segment, "make_volume_fn", lambda model, stochastic: None)
+    data = tmp_path / "data"
+    write_lesion_cases(data, 3, 1)
+    lm = tmp_path / "lm"
+    args = ["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--gcnn-epochs", "2",
+            "--gcnn-hidden", "8", "--no-progress"]
+    assert main(args) == 0
+    assert (lm / "config.json").exists()
+    from ugcn.lesion.gcnn import load_lesion_model
+
+    fitted = load_lesion_model(lm)  # --gcnn-hidden reached the network: every hidden layer is 8 wide
+    import jax
+
+    widths = {leaf.shape[-1] for leaf in jax.tree_util.tree_leaves(fitted.params) if leaf.ndim == 2}
+    assert fitted.config.epochs == 2 and 8 in widths and 64 not in widths
+    assert main(args) == 2  # refuses to overwrite
+    out = tmp_path / "scores"
+    image = data / "imagesTr" / "c0.nii.gz"
+    score = ["lesions", "score", "--image", str(image), "--model", "m", "--lesion-model", str(lm), "--out", str(out)]
+    assert main(score) == 0
+    rows = (out / "c0_lesions.csv").read_text().splitlines()
+    assert rows[0].startswith("lesion,size,centroid_x") and "gcnn_classif" in rows[0] and len(rows) > 1
+    table = list(csv.DictReader(io.StringIO((out / "c0_lesions.csv").read_text())))
+    for col in ("metaseg_classif", "metaseg_reg", "shape_logreg"):  # saved with the lesion model
+        assert all(0.0 <= float(r[col]) <= 1.0 for r in table) or col == "metaseg_reg"
+    # size = voxel count of the 26-connected component (scipy), size_score = 1 / size
+    pred, _ = _fake_mc(None, np.asarray(nib.load(image).dataobj), None, estimators=(), n_samples=0,
+                       chunk_size=0, mask_from="mean", volume_fn=None)
+    ref_labels, n_ref = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+    assert [int(r["size"]) for r in table] == list(np.bincount(ref_labels.ravel())[1:])
+    assert [float(r["size_score"]) for r in table] == pytest.approx([1 / int(r["size"]) for r in table])
+    labels = np.asarray(nib.load(out / "c0_lesion_labels.nii.gz").dataobj)
+    unc = np.asarray(nib.load(out / "c0_lesion_uncertainty.nii.gz").dataobj)
+    # The lesion labels are scipy's 26-connected components of the (fake) prediction, in the table's order.
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert labels.max() == len(table) == n_ref
+    # Background is 0; every voxel of lesion k holds lesion k's GCNN score from the table.
+    assert np.all(unc[labels == 0] == 0)
+    for row in table:
+        k = int(row["lesion"])
+        np.testing.assert_allclose(unc[labels == k], np.float32(float(row["gcnn_classif"])), rtol=1e-6)
+    assert main(score) == 2  # refuses to overwrite
+
+
+def test_score_from_sample_maps(tmp_path, monkeypatch, write_lesion_cases):
+    import ugcn.segment
+    from ugcn.cli import main
+
+    monkeypatch.setattr(ugcn.segment, "load_model", lambda path: {"fake": str(path)})
+    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
+    monkeypatch.setattr(ugcn.segment, "make_volume_fn", lambda model, stochastic: None)
+    data = tmp_path / "data"
+    write_lesion_cases(data, 3, 1)
+    lm = tmp_path / "lm"
+    assert main(["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--gcnn-epochs", "2",
+                 "--estimators", "entropy", "variance", "--no-progress"]) == 0
+    # Another framework's T = 5 foreground maps: two blobs, one certain, one flickering.
+    rng = np.random.default_rng(0)
+    fg = np.zeros((5, 16, 16, 12), np.float32)  # the shape of write_lesion_cases
+    fg[:, 2:6, 2:6, 2:5] = 0.9
+    fg[:, 10:12, 10:13, 6:8] = rng.uniform(0.3, 1.0, size=(5, 1, 1, 1))
+    fg[:, 0, 0, 0] = 0.7  # a one-voxel lesion in the corner
+    samples = tmp_path / "c0_samples.nii.gz"
+    save_volume(samples, np.moveaxis(fg, 0, -1), np.eye(4))
+    out = tmp_path / "out"
+    image = data / "imagesTr" / "c0.nii.gz"
+    args = ["lesions", "score", "--image", str(image), "--samples", str(samples), "--lesion-model", str(lm),
+            "--out", str(out)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(io.StringIO((out / "c0_lesions.csv").read_text())))
+    labels, n = ndimage.label(fg.mean(0) > 0.5, structure=np.ones((3, 3, 3)))
+    assert len(rows) == n == 3
+    assert [int(r["size"]) for r in rows] == list(np.bincount(labels.ravel())[1:])
+    # Entropy (bits) of the mean foreground probability, averaged over each lesion, by hand.
+    p = np.clip(fg.mean(0), 1e-7, 1 - 1e-7)  # the background (p = 0) is not inside any lesion
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    for k, r in enumerate(rows, start=1):
+        assert float(r["entropy_mean"]) == pytest.approx(h[labels == k].mean(), rel=1e-4)
+        assert float(r["variance_mean"]) == pytest.approx(fg.var(0)[labels == k].mean(), rel=1e-3, abs=1e-7)
+    assert "metaseg_classif" in rows[0] and "shape_logreg" in rows[0]
+    # --samples replaces --model; deterministic masks need a model.
+    assert main(args + ["--model", "m", "--overwrite"]) == 2
+    assert main(args + ["--mask-from", "deterministic", "--overwrite"]) == 2
+
+
+def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch, write_lesion_cases):
+    from ugcn.cli import main
+
+    seen = {}
+
+    def fake_fit(images, labels, cfg, seed, progress):
+        seen.update(lr=cfg.unet_learning_rate, dropout=cfg.unet_dropout, patch=cfg.unet_patch, t=cfg.mc_samples,
+                    epochs=cfg.unet_epochs, steps=cfg.unet_steps_per_epoch, batch=cfg.unet_batch_size,
+                    width=cfg.unet_base_features, depth=cfg.unet_depth, chunk=cfg.mc_chunk)
+        return {}
+
+    monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
+    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
+    monkeypatch.setattr(protocol, "make_volume_fn", lambda model, stochastic: None)
+    data = tmp_path / "data"
+    write_lesion_cases(data, 8, 2)
+    args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--unet-learning-rate", "0.02",
+            "--unet-dropout", "0.15", "--unet-patch-size", "8", "8", "8", "--n-samples", "3", "--gcnn-epochs", "1",
+            "--unet-epochs", "3", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
+            "--unet-depth", "1", "--chunk", "2", "--no-progress"]
+    assert main(args) == 0
+    assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3, "epochs": 3, "steps": 2, "batch": 2,
+                    "width": 4, "depth": 1, "chunk": 2}
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    from ugcn.cli import main
+
+    assert main(["lesions", "evaluate", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    rc = main(["lesions", "score", "--image", "x.nii.gz", "--model", "m", "--lesion-model", str(tmp_path), "--out", "o"])
+    assert rc == 2
+    assert "not a lesion model" in capsys.readouterr().err

@@ -1,0 +1,124 @@
+"""``ugcn refine`` and ``ugcn refine-batch`` from NIfTI files: outputs, reports, options reaching the computation."""
+import json
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def test_cli_refine_and_refine_batch(tmp_path, capsys, sphere_case, write_case):
+    import json
+
+    import nibabel as nib
+
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    write_case(src, "a", sphere_case())
+    write_case(src, "b", sphere_case(radius=6.0, seed=3))
+    out = tmp_path / "out"
+    args = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--label", str(src / "labels" / "a.nii.gz"),
+            "--out", str(out), "--gcn-epochs", "30", "--crf"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf"):
+        img = nib.load(str(out / f"{name}.nii.gz"))
+        np.testing.assert_allclose(img.affine, np.diag([0.8, 0.8, 2.5, 1.0]))
+        assert img.shape == (24, 24, 16)
+    assert report["status"] == "refined" and report["uncertainty"] == "entropy"
+    assert report["dice"]["refined"] > report["dice"]["cnn"]
+    assert report["graph"]["nodes"] > 0 and "fit" in report["timings_s"]
+    assert report["selfcheck"]["passed"] and report["selection"]["variant"] and report["selection"]["why"]
+    assert len(report["selection"]["candidates"]) == 3
+    assert main(args) == 2 and "exist" in capsys.readouterr().err  # no silent overwrite
+    batch_out = tmp_path / "batch"
+    assert main(["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"),
+                 "--labels", str(src / "labels"), "--out", str(batch_out), "--gcn-epochs", "30", "--quiet"]) == 0
+    summary = json.loads((batch_out / "summary.json").read_text())
+    assert set(summary["volumes"]) == {"a", "b"}
+    for case in summary["volumes"].values():  # the self-check's columns
+        assert case["status"] == "refined" and case["variant"] in ("configured", "local", "knn")
+        assert case["validation_balanced_accuracy"] > 0.75
+    assert summary["status_counts"] == {"refined": 2}
+    # no --predictions: Ŷ = E > 0.5, which the synthetic E makes equal to the prediction. 30 epochs are
+    # too few for the all-node output of the second volume; the uncertain-node variant is already better.
+    assert summary["mean_dice"]["refined_unlabelled"] > summary["mean_dice"]["cnn"] + 0.1
+    assert (batch_out / "b" / "refined.nii.gz").exists()
+    assert main(["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "labels" / "a.nii.gz"),
+                 "--out", str(tmp_path / "bad")]) == 2  # a 3D file is not a set of sample maps
+
+
+@pytest.mark.slow
+def test_cli_refine_with_a_model(tmp_path, sphere_case, write_case):
+    """--model: deterministic prediction + MC dropout of a (tiny, untrained) ugcn model, any estimator."""
+    import json
+
+    from ugcn.cli import main
+    from ugcn.segment import UNetConfig, init_model, save_model
+
+    write_case(tmp_path / "in", "a", sphere_case())
+    save_model(init_model(UNetConfig(base_features=4, depth=2), jax.random.PRNGKey(0)), tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["refine", "--image", str(tmp_path / "in" / "a.nii.gz"), "--model", str(tmp_path / "model"),
+                 "--prediction", str(tmp_path / "in" / "predictions" / "a.nii.gz"), "--out", str(out),
+                 "--gcn-epochs", "30", "--n-samples", "2", "--chunk", "2", "--uncertainty", "variance",
+                 "--tau", "0.5", "--tau-mode", "quantile", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    # An untrained model: the fit may fail the self-check, which the report must then say.
+    assert report["status"] in ("refined", "fallback") and report["uncertainty"] == "variance"
+    assert report["selfcheck"]["passed"] == (report["status"] == "refined")
+    assert report["n_samples"] == 2 and report["model"] == str(tmp_path / "model")
+    assert (out / "refined.nii.gz").exists()
+
+
+def test_cli_lam_reaches_the_edge_weights(tmp_path, capsys, monkeypatch, sphere_case, write_case):
+    """--lam scales the diversity term of the graph that is fitted: w(λ) - w(0) = λ · D(E_i, E_j), with D
+    computed here from the expectation of the sample file and the edges' end points."""
+    import math
+
+    import ugcn.refine.pipeline as pipeline
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    graphs = []  # (lam it was built with, graph): the configured graph is the first built per run
+    real = pipeline.build_voxel_graph
+
+    def spy(*a, **k):
+        graphs.append((k.get("lam"), real(*a, **k)))
+        return graphs[-1][1]
+
+    monkeypatch.setattr(pipeline, "build_voxel_graph", spy)
+    # The published configuration: the configured graph only (no variants), its fit kept (no fallback).
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--gcn-epochs", "5", "--preset", "reference", "--no-check-fallback", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "bad"), "--lam", "-1"]) == 2
+    assert "--lam" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "o0"), "--lam", "0"]) == 0
+    first = len(graphs)
+    assert main(base + ["--out", str(tmp_path / "o2"), "--lam", "2"]) == 0
+    (lam0, g0), (lam2, g2) = graphs[0], graphs[first]
+    assert (lam0, lam2) == (0.0, 2.0)
+    np.testing.assert_array_equal(g0.senders, g2.senders)  # same seed: same edges, only the weights differ
+    np.testing.assert_array_equal(g0.receivers, g2.receivers)
+    expectation = case[2]  # every sample map of the file is E, so the file's expectation is E
+    div = []
+    for i, j in zip(g0.senders, g0.receivers):
+        p = min(max(float(expectation[tuple(g0.node_coords[i])]), 1e-15), 1 - 1e-15)
+        q = min(max(float(expectation[tuple(g0.node_coords[j])]), 1e-15), 1 - 1e-15)
+        div.append((p - q) * (math.log2(p / q) - math.log2((1 - p) / (1 - q))))
+    div = np.array(div)
+    assert div.max() > 0.1  # the term is not trivially zero on this case
+    np.testing.assert_allclose(g2.weights - g0.weights, 2.0 * div, rtol=1e-3, atol=1e-4)
+    r0 = np.asarray(nib.load(str(tmp_path / "o0" / "refined.nii.gz")).dataobj)
+    r2 = np.asarray(nib.load(str(tmp_path / "o2" / "refined.nii.gz")).dataobj)
+    assert not np.array_equal(r0, r2)  # and it changes the refined mask
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert (report["config"]["lam"], report["config"]["tau_mode"], report["config"]["replace"],
+            report["config"]["variants"]) == (2.0, "absolute", "all", [])
+    assert report["config"]["check"]["fallback"] is False
+    assert [c["name"] for c in report["selection"]["candidates"]] == ["configured"]
+    assert report["status"] == ("refined" if report["selfcheck"]["passed"] else "check_failed")

@@ -1,0 +1,110 @@
+"""Method L's k-fold protocol (ugcn.experiments.lesion_protocol): fold loop, aggregation and outputs, fake U-Net."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import ugcn.experiments.lesion_protocol as protocol
+from ugcn.experiments.lesion_protocol import LesionProtocolConfig
+from ugcn.io import save_volume
+from ugcn.lesion.protocol import method_names
+
+NAMES = ("entropy", "variance", "one_minus_pcs")
+
+
+def test_run_protocol_with_fake_unet(tmp_path, monkeypatch, write_lesion_cases):
+    """The fold loop, aggregation and outputs, with the U-Net and MC dropout replaced by a fake."""
+
+    def fake_fit(images, labels, cfg, seed, progress):
+        return {"seed": seed}
+
+    def fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn):
+        rng = np.random.default_rng(int(abs(image).sum() * 1000) % 2**32)
+        gt = (image > 1.0).astype(np.uint8)  # the label
+        pred = gt.copy()
+        for _ in range(3):  # false positives with high entropy
+            x, y, z = rng.integers(1, 13, 3)
+            pred[x : x + 2, y : y + 2, z : z + 2] = 1
+        maps = {n: (0.3 * rng.random(image.shape) + 0.5 * (pred & ~gt.astype(bool))).astype(np.float32)
+                for n in estimators}
+        return pred, maps
+
+    monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
+    monkeypatch.setattr(protocol, "mc_uncertainty", fake_mc)
+    monkeypatch.setattr(protocol, "make_volume_fn", lambda model, stochastic: None)
+    data = tmp_path / "data"
+    write_lesion_cases(data, 8, 0)
+    cfg = LesionProtocolConfig(folds=4, gcnn_epochs=3, mc_samples=2)
+    out = tmp_path / "out"
+    result = protocol.run_protocol(data, cfg, out_dir=out, progress=False)
+    assert [r["method"] for r in result.table] == method_names(NAMES)
+    assert len(result.folds) == 4 and all(f["test_cases"] == 2 for f in result.folds)
+    assert sum(f["tp"] + f["fp"] for f in result.folds) == len(result.lesions)
+    for name in ("results.csv", "results.json", "results.md", "folds.csv", "lesions.csv", "curves.png"):
+        assert (out / name).exists()
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["config"]["gcnn_epochs"] == 3
+    rows = list(csv.DictReader(io.StringIO((out / "lesions.csv").read_text())))
+    assert all(float(r["size_score"]) == pytest.approx(1 / int(r["size"])) for r in rows)
+    # Per test case: the written mask, lesion ids and lesion table agree with scipy.
+    import nibabel as nib
+
+    for case in sorted({r["case"] for r in rows}):
+        folder = out / "cases" / case
+        pred = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
+        ids = np.asarray(nib.load(folder / "lesions.nii.gz").dataobj)
+        ref, n = ndimage.label(pred, structure=np.ones((3, 3, 3)))
+        np.testing.assert_array_equal(ids, ref)
+        mine = sorted((int(r["lesion"]), int(r["size"])) for r in rows if r["case"] == case)
+        assert mine == [(k, int(v)) for k, v in enumerate(np.bincount(ref.ravel())[1:], start=1)]
+        assert {p.name for p in folder.iterdir()} >= {f"{e}.nii.gz" for e in NAMES}
+    assert all("val_fp" in f and "reliable" in f for f in payload["folds"])
+    assert payload["summary"]["best_baseline"] in {r["method"] for r in result.table}
+    for row in result.table:
+        if np.isfinite(row["auc_pct"]):
+            assert row["auc_low_pct"] <= row["auc_pct"] + 1e-9 and row["auc_pct"] <= row["auc_high_pct"] + 1e-9
+    means = {r["method"]: r["auc_pct"] for r in result.table}
+    assert means["entropy_mean"] > 80  # the fake FPs carry high entropy
+    assert (out / "results.md").read_text().count("|") > 20
+    assert all(f["reliable"] == (f["val_fp"] >= 5) for f in result.folds)
+    assert sum("too few" in n for n in result.notes) == sum(not f["reliable"] for f in result.folds)
+    with pytest.raises(ValueError, match="not empty"):
+        protocol.run_protocol(data, cfg, out_dir=out, progress=False)
+
+
+def test_run_protocol_from_sample_maps(tmp_path, write_lesion_cases):
+    """--samples-dir: no U-Net; lesions are those of the maps' mean > 0.5; folds with few val FP flagged."""
+    data = tmp_path / "data"
+    write_lesion_cases(data, 8, 3)
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    rng = np.random.default_rng(0)
+    import nibabel as nib
+
+    for i in range(8):
+        gt = np.asarray(nib.load(data / "labelsTr" / f"c{i}.nii.gz").dataobj) > 0
+        fg = np.where(gt, 0.9, 0.02) * np.ones((4, 1, 1, 1))
+        for _ in range(1 + i % 3):  # FP blobs with flickering samples (high uncertainty)
+            x, y, z = rng.integers(1, 13, 3)
+            fg[:, x : x + 2, y : y + 2, z : z + 2] = rng.uniform(0.3, 1.0, size=(4, 1, 1, 1))
+        save_volume(maps_dir / f"c{i}_samples.nii.gz", np.moveaxis(fg, 0, -1).astype(np.float32), np.eye(4))
+    cfg = LesionProtocolConfig(folds=4, gcnn_epochs=2, samples_dir=str(maps_dir), min_val_fp=2, n_bootstrap=100)
+    result = protocol.run_protocol(data, cfg, out_dir=tmp_path / "out", progress=False)
+    for row in result.lesions[:5]:
+        fg = np.asarray(nib.load(maps_dir / f"{row['case']}_samples.nii.gz").dataobj).mean(-1)
+        ref, _ = ndimage.label(fg > 0.5, structure=np.ones((3, 3, 3)))
+        assert row["size"] == int((ref == row["lesion"]).sum())
+    assert all(f["reliable"] == (f["val_fp"] >= 2) for f in result.folds)
+    with pytest.raises(ValueError, match="no sample maps"):
+        (maps_dir / "c3_samples.nii.gz").unlink()
+        protocol.run_protocol(data, cfg, progress=False)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="mask_from"):
+        LesionProtocolConfig(mask_from="mode")
+    with pytest.raises(ValueError, match="estimators"):
+        LesionProtocolConfig(estimators=())

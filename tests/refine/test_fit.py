@@ -1,0 +1,81 @@
+"""The jitted GCN fit of method R and its vmapped batch form (ugcn.refine.fit), against a dense numpy forward.
+
+Few epochs (FAST) and few padding buckets, so few programs compile: fit_gcn at SMALL_BUCKET and fit_batch
+with B = 2 at the synthetic spheres' natural bucket (3072 nodes, 65536 edges), where the pipeline and CLI
+tests land too."""
+import jax
+import numpy as np
+import pytest
+
+from ugcn.graph.voxel_graph import build_voxel_graph
+from ugcn.refine.fit import FitConfig, fit_batch, fit_gcn, pad_graph, stack_graphs
+
+FAST = FitConfig(epochs=30)
+SMALL_BUCKET = (1280, 12288)
+SPHERE_BUCKET = (3072, 65536)
+
+
+def dense_forward(params, graph):
+    """sigmoid(Â ReLU(Â X W1 + b1) W2 + b2) with a dense numpy Â = D^-1/2 (W + I) D^-1/2."""
+    n = graph.features.shape[0]
+    w = np.zeros((n, n))
+    np.add.at(w, (graph.receivers, graph.senders), graph.weights)
+    a = w + np.eye(n)
+    d = a.sum(axis=1)
+    a = a / np.sqrt(d[:, None] * d[None, :])
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    h = np.maximum(a @ graph.features @ p["w1"] + p["b1"], 0)
+    return 1 / (1 + np.exp(-(a @ h @ p["w2"] + p["b2"])[:, 0]))
+
+
+@pytest.fixture(scope="module")
+def small_graphs(sphere_case):
+    """Two graphs of different sizes from the synthetic case."""
+    a = build_voxel_graph(*sphere_case(shape=(16, 16, 12), radius=4.5)[:4], dilation=(1, 3, 3), k_random=4)
+    b = build_voxel_graph(*sphere_case(shape=(18, 16, 12), radius=5.0, seed=1)[:4], dilation=(1, 3, 3), k_random=4)
+    assert a.n_nodes != b.n_nodes
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def fitted(small_graphs):
+    padded = pad_graph(small_graphs[0], *SMALL_BUCKET)
+    return padded, fit_gcn(padded, jax.random.PRNGKey(0), FAST)
+
+
+def test_fit_is_deterministic_per_seed_and_loss_decreases(fitted):
+    padded, result = fitted
+    again = fit_gcn(padded, jax.random.PRNGKey(0), FAST)
+    np.testing.assert_array_equal(result.node_probs, again.node_probs)
+    other = fit_gcn(padded, jax.random.PRNGKey(1), FAST)
+    assert not np.allclose(result.node_probs, other.node_probs)
+    losses = np.asarray(result.losses)
+    assert losses.shape == (FAST.epochs,) and np.all(np.isfinite(losses))
+    assert losses[-5:].mean() < 0.7 * losses[:3].mean()
+
+
+def test_fit_output_equals_dense_forward_of_its_params(fitted, small_graphs):
+    padded, result = fitted
+    n = small_graphs[0].n_nodes
+    expected = dense_forward(result.params, small_graphs[0])
+    np.testing.assert_allclose(np.asarray(result.node_probs)[:n], expected, rtol=1e-4, atol=1e-5)
+    assert np.all(np.asarray(result.node_probs)[n:] == 0)  # padding
+
+
+def test_batch_equals_per_volume_fits_at_other_paddings(small_graphs):
+    a, b = small_graphs
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    single_a = fit_gcn(pad_graph(a, *SMALL_BUCKET), keys[0], FAST)
+    single_b = fit_gcn(pad_graph(b, *SMALL_BUCKET), keys[1], FAST)
+    # A bigger common bucket than the single fits': the padding differs.
+    stacked = stack_graphs([a, b], *SPHERE_BUCKET)
+    for strategy in ("parallel", "sequential"):
+        batch = fit_batch(stacked, keys, FAST, strategy=strategy)
+        for i, (g, single) in enumerate([(a, single_a), (b, single_b)]):
+            np.testing.assert_allclose(batch.node_probs[i, : g.n_nodes], single.node_probs[: g.n_nodes], atol=2e-4)
+            np.testing.assert_allclose(batch.losses[i], single.losses, rtol=1e-4, atol=1e-5)
+
+
+def test_pad_graph_rejects_too_small_bucket(small_graphs):
+    with pytest.raises(ValueError, match="bucket"):
+        pad_graph(small_graphs[0], n_nodes=8)

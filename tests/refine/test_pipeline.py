@@ -1,0 +1,113 @@
+"""Method R's pipeline (ugcn.refine.pipeline) on synthetic spheres: Dice, masks, batch vs single, edge cases.
+
+Every sphere lands in one padding bucket (SPHERE_BUCKET), so the fits share one compiled program."""
+import numpy as np
+import pytest
+
+from ugcn.graph.voxel_graph import build_voxel_graph
+from ugcn.refine.fit import FitConfig, bucket_size
+from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch, refine_volume
+
+FAST = FitConfig(epochs=30)
+SPHERE_BUCKET = (3072, 65536)
+PIPE = RefineConfig(fit=FAST)
+
+
+def reference_dice(a, b):
+    a, b = a.astype(bool), b.astype(bool)
+    return 2 * np.sum(a & b) / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def sphere_result(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case()
+    graph = build_voxel_graph(image, prediction, expectation, uncertainty)
+    assert (bucket_size(graph.n_nodes), bucket_size(graph.n_edges)) == SPHERE_BUCKET  # compile sharing
+    return sphere_case(), refine_volume(image, prediction, expectation, uncertainty, config=PIPE, label=label, crf=True)
+
+
+def test_refinement_raises_dice_where_the_cnn_is_wrong_only_where_uncertain(sphere_result):
+    (image, prediction, expectation, uncertainty, label), r = sphere_result
+    assert r.status == "refined"
+    cnn = reference_dice(prediction, label)
+    assert r.dice["cnn"] == pytest.approx(cnn)
+    assert r.dice["refined"] == pytest.approx(reference_dice(r.refined, label))
+    assert r.dice["refined"] > cnn + 0.05
+    assert r.dice["refined_unlabelled"] > cnn + 0.1
+
+
+def test_result_masks_are_consistent(sphere_result):
+    (image, prediction, expectation, uncertainty, label), r = sphere_result
+    g = r.graph
+    outside = np.ones(label.shape, bool)
+    outside[g.roi] = False
+    for name, mask in r.masks().items():
+        assert mask.dtype == np.uint8 and mask.shape == label.shape and not mask[outside].any(), name
+    node = np.zeros(label.shape, bool)
+    node[tuple(g.node_coords.T)] = True
+    assert not r.refined[~node].any()  # ROI voxels that are not nodes are 0
+    lab = tuple(g.node_coords[g.label_mask].T)
+    np.testing.assert_array_equal(r.refined_unlabelled[lab], prediction[lab])
+    np.testing.assert_array_equal(r.refined[tuple(g.node_coords.T)], r.node_probs > 0.5)
+    np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)
+    rep = r.report()
+    assert rep["graph"]["nodes"] == g.n_nodes and set(rep["dice"]) == set(r.masks())
+    assert r.crf is not None and r.crf.shape == label.shape
+
+
+def test_batch_equals_single_volume_refinements(sphere_result, sphere_case):
+    cases = [sphere_case(), sphere_case(radius=6.0, seed=3)]
+    inputs = [RefineInput(*c) for c in cases]
+    batch = refine_batch(inputs, config=PIPE, seeds=[0, 7], progress=False)
+    singles = [sphere_result[1], refine_volume(*cases[1][:4], config=PIPE, seed=7, label=cases[1][4])]
+    for b, s in zip(batch, singles):
+        assert b.status == s.status == "refined"
+        np.testing.assert_allclose(b.node_probs, s.node_probs, atol=2e-4)
+        assert b.dice["refined"] == pytest.approx(s.dice["refined"], abs=2e-3)
+
+
+def test_empty_prediction_gives_empty_result(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case(band=False)
+    r = refine_volume(image, np.zeros_like(prediction), expectation, uncertainty, config=PIPE, label=label, crf=True)
+    assert r.status == "empty_prediction" and "empty" in r.messages[0]
+    assert all(not m.any() for m in r.masks().values())
+    assert r.dice["refined"] == 0.0
+
+
+def test_no_uncertain_voxels_returns_prediction(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case()
+    r = refine_volume(image, prediction, expectation, np.zeros_like(uncertainty), config=PIPE)
+    assert r.status == "no_uncertain_voxels" and r.node_probs is None
+    np.testing.assert_array_equal(r.refined, prediction)
+
+
+def test_all_uncertain_returns_prediction_with_warning(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case()
+    # Absolute tau: the adaptive default would raise tau above a constant U (nothing uncertain then).
+    absolute = RefineConfig(fit=FAST, tau_mode="absolute")
+    with pytest.warns(RuntimeWarning, match="no labelled node"):
+        r = refine_volume(image, prediction, expectation, np.ones_like(uncertainty), config=absolute)
+    assert r.status == "no_labelled_nodes"
+    np.testing.assert_array_equal(r.refined_unlabelled, prediction)
+
+
+def test_labelled_nodes_of_one_class_only_fall_back_to_the_prediction(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case()
+    uncertainty = np.where(prediction & ~(np.asarray(uncertainty) > 0.8), 0.1, 0.95).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="self-check"):
+        r = refine_volume(image, prediction, expectation, uncertainty, config=PIPE)
+    # The fit can only learn "foreground": it collapses, and the self-check returns the prediction.
+    assert any("only learn to predict foreground" in m for m in r.messages)
+    assert r.status == "fallback" and "collapsed" in r.selfcheck["reason"]
+    assert np.all(np.isfinite(r.node_probs))
+    np.testing.assert_array_equal(r.refined, prediction)
+
+
+def test_node_budget_and_bad_inputs(sphere_case):
+    image, prediction, expectation, uncertainty, label = sphere_case()
+    with pytest.raises(ValueError, match="max_nodes"):
+        refine_volume(image, prediction, expectation, uncertainty, config=RefineConfig(max_nodes=100))
+    with pytest.raises(ValueError, match="shape"):
+        refine_volume(image, prediction, expectation[:-1], uncertainty, config=PIPE)
+    with pytest.raises(ValueError, match="label"):
+        refine_volume(image, prediction, expectation, np.zeros_like(uncertainty), config=PIPE, label=label[:-1])

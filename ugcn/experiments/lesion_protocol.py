@@ -1,0 +1,440 @@
+"""The k-fold lesion-uncertainty protocol (method L, the paper's Table 2) as an experiment.
+
+From a labelled data set folder: k folds (25 % test, the rest 80 % train / 20 % validation); per fold a 3D
+U-Net trained on the train cases and T MC-dropout passes on validation and test cases (or, with
+``samples_dir``, any model's 4D sample maps), lesions (:func:`ugcn.lesion.case_lesions`), the learned
+methods fitted on validation lesions (:func:`ugcn.lesion.fit_lesion_methods`), test lesions scored and
+evaluated. Writes the results table, per-fold counts, every test lesion's scores, per-case maps and the
+curves, as CSV/JSON/Markdown/PNG/NIfTI. The conventions (mask source, undefined AUCs, folds without
+validation lesions) are those of :mod:`ugcn.lesion.protocol`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ugcn.data import find_cases, kfold_splits, load_case
+from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve
+from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
+from ugcn.evaluate.plots import plot_accuracy_confidence
+from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
+from ugcn.io import atomic_directory, check_same_grid, jsonable
+from ugcn.lesion.case_outputs import write_case_outputs
+from ugcn.lesion.components import FP_EPSILON, missed_lesions
+from ugcn.lesion.protocol import (
+    GCNN_METHODS,
+    LEARNED_METHODS,
+    MASK_SOURCES,
+    case_lesions,
+    fit_lesion_methods,
+    merge_cases,
+    method_names,
+    score_lesion_methods,
+    uncertainty_from_samples,
+)
+from ugcn.segment import UNetConfig, make_volume_fn, predict_mask
+from ugcn.segment.train import train_model
+from ugcn.uncertainty import estimator_maps, mc_sample
+from ugcn.uncertainty.sampling import load_sample_maps
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionProtocolConfig:
+    """Settings of :func:`run_protocol` (defaults: the paper's protocol with a CPU-sized U-Net).
+
+    Attributes:
+      folds, val_fraction, seed: k folds, validation share of the non-test cases, seed of everything.
+      estimators: voxel uncertainty maps (registry names of :mod:`ugcn.uncertainty`).
+      mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
+      mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
+      unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
+        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps);
+        ``unet_patch_overlap``: share of a patch overlapped by its neighbours at inference (0.5 costs 8
+        network passes per voxel in 3D; 0 with a patch that tiles the volume costs one);
+        ``unet_inference_patch``: tile size of MC dropout when it differs from the training patch.
+      gcnn_epochs, gcnn_batch_size: GCNN training.
+      epsilon: FP threshold on ``IoU_adj``.
+      logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
+      min_val_fp: a fold whose validation set holds fewer FP lesions is unreliable for the learned methods
+        and left out of the evaluation (:mod:`ugcn.evaluate.lesion_summary`).
+      n_bootstrap: subject-bootstrap replicates of every confidence interval.
+      samples_dir: instead of training a U-Net per fold: a folder of 4D NIfTI ``(X, Y, Z, T)`` of T foreground
+        probability maps per case (``<case>.nii.gz`` or ``<case>_samples.nii.gz``), from any model; the
+        U-Net settings are then unused. The model must not have been trained on the cases it is evaluated on.
+      write_cases: write ``cases/<case>/`` (prediction, lesion ids, uncertainty maps) for every test case.
+    """
+
+    folds: int = 4
+    val_fraction: float = 0.2
+    seed: int = 0
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    mc_samples: int = 20
+    mc_chunk: int = 4
+    mask_from: str = "mean"
+    unet_base_features: int = 8
+    unet_depth: int = 2
+    unet_patch: Optional[tuple[int, int, int]] = None
+    unet_patch_overlap: float = 0.5
+    unet_inference_patch: Optional[tuple[int, int, int]] = None
+    unet_epochs: int = 10
+    unet_steps_per_epoch: int = 20
+    unet_batch_size: int = 4
+    unet_learning_rate: float = 1e-3
+    unet_dropout: Optional[float] = None
+    gcnn_epochs: int = 100
+    gcnn_batch_size: int = 10
+    epsilon: float = FP_EPSILON
+    logsum: str = "sum_of_logs"
+    min_val_fp: int = 5
+    n_bootstrap: int = 2000
+    samples_dir: Optional[str] = None
+    write_cases: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.min_val_fp) < 0:
+            raise ValueError(f"min_val_fp must be >= 0, got {self.min_val_fp!r}")
+        if int(self.n_bootstrap) < 1:
+            raise ValueError(f"n_bootstrap must be >= 1, got {self.n_bootstrap!r}")
+        if self.samples_dir is not None:
+            if not Path(self.samples_dir).is_dir():
+                raise ValueError(f"samples_dir {self.samples_dir}: no such folder")
+            object.__setattr__(self, "samples_dir", str(self.samples_dir))
+        if self.mask_from not in MASK_SOURCES:
+            raise ValueError(f"mask_from must be one of {MASK_SOURCES}, got {self.mask_from!r}")
+        for name in ("folds", "mc_samples", "mc_chunk", "unet_epochs", "gcnn_epochs", "gcnn_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.estimators:
+            raise ValueError("estimators: give at least one uncertainty estimator")
+        object.__setattr__(self, "estimators", tuple(self.estimators))
+        for name in ("unet_patch", "unet_inference_patch"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(p) for p in getattr(self, name)))
+
+
+def mc_uncertainty(
+    model: Any,
+    image: np.ndarray,
+    key: Any,
+    *,
+    estimators: Sequence[str],
+    n_samples: int = 20,
+    chunk_size: int = 4,
+    mask_from: str = "mean",
+    volume_fn: Any = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """MC dropout on one image: ``(pred_mask u8[X, Y, Z], {estimator: f32[X, Y, Z]})``.
+
+    Args:
+      model: a ``ugcn.segment.SegmentationModel``.
+      image: ``f32[X, Y, Z]`` or ``f32[X, Y, Z, M]``.
+      key: a ``jax.random`` key.
+      volume_fn: the stochastic volume function of ``model`` (pass the same one for every image, so the
+        sampler compiles once).
+    """
+
+    if volume_fn is None:
+        volume_fn = make_volume_fn(model, stochastic=True)
+    result = mc_sample(volume_fn, image, key, n_samples=n_samples, chunk_size=chunk_size)
+    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), result.stats).items()}
+    if mask_from == "mean":
+        mean = np.asarray(result.stats.sum_p / result.stats.count)
+        pred = (np.argmax(mean, axis=-1) > 0).astype(np.uint8)
+    else:
+        pred = (predict_mask(model, image) > 0).astype(np.uint8)
+    return pred, maps
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolResult:
+    """What :func:`run_protocol` measured.
+
+    Attributes:
+      table: one dict per method (:func:`ugcn.evaluate.lesion_summary.summarize_lesion_rankings`):
+        ``method``, pooled ``auc_pct`` with its subject-bootstrap interval ``auc_low_pct``/``auc_high_pct``,
+        ``auc_mean_pct`` (mean over folds), ``delta_pct`` (to the best baseline) with its interval,
+        ``spearman`` (against the size), ``retention_auc``, ``auc_all_folds_pct``, ``reliable``, per-fold AUCs.
+      folds: one dict per fold: ``fold, dice, tp, fp`` (test lesions), ``val_tp, val_fp``, ``missed``
+        (ground-truth test lesions no prediction touches), ``reliable``, train/val/test case counts.
+      lesions: one dict per test lesion (fold, case, lesion, size = voxel count, iou_adj, fp, every score;
+        the Size method's score is ``size_score``).
+      curves: pooled accuracy-confidence curve of each method over the evaluated folds (``None`` when undefined).
+      notes: remarks on unreliable folds and undefined quantities.
+      seconds: wall time.
+      summary: best baseline, evaluated/unreliable folds, lesion and subject counts, bootstrap settings.
+    """
+
+    table: list[dict]
+    folds: list[dict]
+    lesions: list[dict]
+    curves: dict[str, Optional[AccuracyConfidence]]
+    notes: list[str]
+    seconds: float
+    summary: dict = dataclasses.field(default_factory=dict)
+
+    def markdown(self) -> str:
+        """The results as Markdown: methods table, per-fold table, notes."""
+        sm = self.summary
+        level = int(round(100 * sm.get("bootstrap", {}).get("level", 0.95)))
+        best = sm.get("best_baseline")
+        lines = [
+            f"Test lesions of folds {sm.get('evaluated_folds')}: {sm.get('lesions')} ({sm.get('tp')} TP, "
+            f"{sm.get('fp')} FP) of {sm.get('subjects')} subjects; {level} % intervals from "
+            f"{sm.get('bootstrap', {}).get('replicates')} bootstrap replicates of the subjects; best baseline: "
+            f"{best}.", "",
+            f"| Method | pooled AUC (%) [{level} % CI] | mean over folds (%) | Δ vs {best} [{level} % CI] | "
+            "Spearman ρ (size) | retention AUC | folds |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in self.table:
+            flag = "" if row.get("reliable", True) else " (unreliable)"
+            lines.append(
+                f"| {row['method']}{flag} | {_fmt(row['auc_pct'], 1)} [{_fmt(row['auc_low_pct'], 1)}, "
+                f"{_fmt(row['auc_high_pct'], 1)}] | {_fmt(row['auc_mean_pct'], 1)} | {_fmt(row['delta_pct'], 1)} "
+                f"[{_fmt(row['delta_low_pct'], 1)}, {_fmt(row['delta_high_pct'], 1)}] | {_fmt(row['spearman'], 2)} | "
+                f"{_fmt(row['retention_auc'], 3)} | {row['folds_defined']} |"
+            )
+        lines += ["", "| Fold | Dice | test TP | test FP | missed | val TP | val FP | reliable |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for f in self.folds:
+            lines.append(f"| {f['fold']} | {_fmt(f['dice'], 3)} | {f['tp']} | {f['fp']} | {f['missed']} | "
+                         f"{f['val_tp']} | {f['val_fp']} | {'yes' if f['reliable'] else 'no'} |")
+        if self.notes:
+            lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, np.float64)
+    return float(np.nanmean(arr)) if np.any(np.isfinite(arr)) else float("nan")
+
+
+def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bool):
+    channels = 1 if images[0].ndim == 3 else images[0].shape[-1]
+    unet = UNetConfig(dims=3, in_channels=channels, num_classes=1, base_features=cfg.unet_base_features,
+                      depth=cfg.unet_depth, patch_size=cfg.unet_patch, dropout_rate=cfg.unet_dropout,
+                      patch_overlap=cfg.unet_patch_overlap)
+    model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
+                           batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
+                           progress=progress)
+    if cfg.unet_inference_patch is not None:  # fully convolutional: infer on larger tiles than it was trained on
+        model = dataclasses.replace(model, config=dataclasses.replace(model.config,
+                                                                      patch_size=cfg.unet_inference_patch))
+    return model
+
+
+def find_samples(samples_dir: Any, case: str) -> Path:
+    """The sample-map file of ``case`` in ``samples_dir``: ``<case>.nii.gz`` or ``<case>_samples.nii.gz`` (or .nii)."""
+    folder = Path(samples_dir)
+    for suffix in ("", "_samples"):
+        for ext in (".nii.gz", ".nii"):
+            path = folder / f"{case}{suffix}{ext}"
+            if path.is_file():
+                return path
+    raise ValueError(f"{folder}: no sample maps for case {case!r} (expected {case}.nii.gz or {case}_samples.nii.gz)")
+
+
+def _samples_uncertainty(samples_dir: Any, case: str, image: Any, estimators: Sequence[str]):
+
+    samples, volume = load_sample_maps(find_samples(samples_dir, case))
+    check_same_grid(image, volume, what="samples")
+    return uncertainty_from_samples(samples, estimators=estimators)
+
+
+def run_protocol(
+    data_dir: Any,
+    config: LesionProtocolConfig = LesionProtocolConfig(),
+    *,
+    out_dir: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ProtocolResult:
+    """The k-fold lesion-uncertainty protocol on a labelled data set folder.
+
+    Cases are loaded one at a time when needed (nothing but their lesion graphs is kept between folds), so
+    memory holds one fold's lesions and one volume's maps, not the data set.
+
+    Args:
+      data_dir: a data set folder readable by ``ugcn.data.find_cases`` (Decathlon layout, ...).
+      config: :class:`LesionProtocolConfig`.
+      out_dir: where to write ``results.{csv,json,md}``, ``folds.csv``, ``lesions.csv``, ``curves.png`` and
+        ``cases/<case>/{prediction,lesions,<estimator>}.nii.gz`` (``None``: write nothing). Must not exist or
+        be empty unless ``overwrite``; built in a temporary sibling and swapped in at the end.
+      overwrite: replace an existing ``out_dir``.
+      progress: progress bars.
+
+    Returns:
+      :class:`ProtocolResult`.
+    """
+    if out_dir is None:
+        return _run_protocol(data_dir, config, None, progress)
+    _check_out_dir(Path(out_dir), overwrite)
+    with atomic_directory(Path(out_dir), overwrite=True) as tmp:
+        result = _run_protocol(data_dir, config, tmp, progress)
+        _write_results(result, tmp, config)
+    return result
+
+
+def _fold_lesions(cases, indices, desc: str, *, config: LesionProtocolConfig, model, volume_fn, key, progress: bool,
+                  out_cases: Optional[Path]) -> tuple[list[CaseLesions], int]:
+    """The lesions of ``cases[indices]`` under one fold's U-Net (or the sample maps), and the GT lesions missed;
+    writes ``out_cases/<case>/`` when given. Cases are loaded one at a time."""
+    found, missed = [], 0
+    for i in tqdm(indices, desc=desc, disable=not progress, leave=False):
+        image, label = load_case(cases[i])
+        if label is None:
+            raise ValueError(f"case {cases[i].name}: no label; the protocol needs a labelled data set")
+        if config.samples_dir is not None:
+            pred, maps = _samples_uncertainty(config.samples_dir, cases[i].name, image, config.estimators)
+        else:
+            pred, maps = mc_uncertainty(
+                model, image.array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
+                n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
+                volume_fn=volume_fn,
+            )
+        c = case_lesions(cases[i].name, image.array, pred, maps, label.array, affine=image.affine,
+                         estimators=config.estimators, epsilon=config.epsilon, logsum=config.logsum)
+        missed += missed_lesions(pred, label.array)
+        if out_cases is not None:
+            write_case_outputs(out_cases / cases[i].name, pred, c.table.labels, maps, image.affine, header=image.header)
+        found.append(c)
+    return found, missed
+
+
+def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Path], progress: bool) -> ProtocolResult:
+    start = time.time()
+    cases = find_cases(data_dir)
+    splits = kfold_splits(len(cases), config.folds, seed=config.seed, val_fraction=config.val_fraction)
+    if config.samples_dir is not None:
+        for case in cases:  # fail before the work when a file is missing
+            find_samples(config.samples_dir, case.name)
+
+    names = method_names(config.estimators)
+    fold_rows, lesion_rows, notes = [], [], []
+    pooled_scores = {m: [] for m in names}
+    pooled_fp, pooled_vox, pooled_case, pooled_fold = [], [], [], []
+    for fold, split in enumerate(tqdm(splits, desc="folds", disable=not progress)):
+        fold_seed = config.seed * 1000 + fold
+        model = volume_fn = None
+        if config.samples_dir is None:
+            train = [load_case(cases[i]) for i in split.train]
+            model = _fit_unet([im.array for im, _ in train], [lb.array for _, lb in train], config, fold_seed,
+                              progress)
+            del train
+            volume_fn = make_volume_fn(model, stochastic=True)
+        key = jax.random.PRNGKey(fold_seed)
+
+        fold_source = dict(config=config, model=model, volume_fn=volume_fn, key=key, progress=progress)
+        case_dir = out / "cases" if out is not None and config.write_cases else None
+        val_cases, _ = _fold_lesions(cases, split.val, f"fold {fold} val", out_cases=None, **fold_source)
+        test_cases, missed = _fold_lesions(cases, split.test, f"fold {fold} test", out_cases=case_dir, **fold_source)
+        val, test = merge_cases(val_cases), merge_cases(test_cases)
+        n_val_fp = int(val.is_fp.sum())
+        reliable = n_val_fp >= config.min_val_fp
+        if not reliable:
+            notes.append(f"fold {fold}: {n_val_fp} FP lesion(s) among {val.n} validation lesions "
+                         f"(< {config.min_val_fp}): too few to fit the learned methods (GCNN, MetaSeg, shape); "
+                         "the fold is left out of the evaluation of every method (its AUCs are still listed per fold)")
+        methods = fit_lesion_methods(val, estimators=config.estimators, gcnn_epochs=config.gcnn_epochs,
+                                     gcnn_batch_size=config.gcnn_batch_size, seed=fold_seed,
+                                     epsilon=config.epsilon, progress=progress)
+        scores = score_lesion_methods(methods, test)
+        n_fp, n_tp = int(test.is_fp.sum()), int((~test.is_fp).sum())
+        if n_fp == 0 or n_tp == 0:
+            notes.append(f"fold {fold}: {n_tp} TP and {n_fp} FP test lesions; its AUC is undefined (NaN)")
+        fold_rows.append({
+            "fold": fold, "dice": _nanmean([c.dice for c in test_cases]), "tp": n_tp, "fp": n_fp, "missed": missed,
+            "val_tp": int(val.n - n_val_fp), "val_fp": n_val_fp, "reliable": reliable,
+            "train_cases": len(split.train), "val_cases": len(split.val), "test_cases": len(split.test),
+        })
+        for k in range(test.n):
+            row = {"fold": fold, "case": str(test.case[k]), "lesion": int(test.lesion[k]),
+                   "size": int(test.stats["voxels"][k]), "iou_adj": float(test.iou_adj[k]), "fp": bool(test.is_fp[k])}
+            # The Size method's score (1/size) is its own column; ``size`` stays the voxel count.
+            row.update({("size_score" if m == "size" else m): float(scores[m][k]) for m in names})
+            lesion_rows.append(row)
+        for m in names:
+            pooled_scores[m].append(scores[m])
+        pooled_fp.append(test.is_fp)
+        pooled_vox.append(test.stats["voxels"])
+        pooled_case.append(test.case)
+        pooled_fold.append(np.full(test.n, fold))
+
+    is_fp = np.concatenate(pooled_fp)
+    fold_of = np.concatenate(pooled_fold)
+    scores_all = {m: np.concatenate(v) for m, v in pooled_scores.items()}
+    bad = unreliable_folds({f["fold"]: f["val_fp"] for f in fold_rows}, config.min_val_fp)
+    table, summary = summarize_lesion_rankings(
+        scores_all, is_fp, np.concatenate(pooled_case), fold_of, np.concatenate(pooled_vox),
+        learned=LEARNED_METHODS, unreliable=bad, missed={f["fold"]: f["missed"] for f in fold_rows},
+        reference_excludes=GCNN_METHODS, n_boot=config.n_bootstrap, seed=config.seed,
+    )
+    if bad and len(bad) == len(fold_rows):
+        notes.append("no fold is reliable: every fold is evaluated and the learned methods are marked unreliable")
+    keep = np.isin(fold_of, summary["evaluated_folds"])
+    curves = {}
+    for m in names:
+        s = scores_all[m][keep]
+        defined = s.size and np.all(np.isfinite(s)) and 0 < is_fp[keep].sum() < s.size
+        curves[m] = accuracy_confidence_curve(s, is_fp[keep]) if defined else None
+    return ProtocolResult(table, fold_rows, lesion_rows, curves, notes, time.time() - start, summary)
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def _csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[k for k in rows[0] if not isinstance(rows[0][k], list)],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _write_results(result: ProtocolResult, folder: Path, config: Optional[LesionProtocolConfig]) -> None:
+    (folder / "results.csv").write_text(_csv(result.table))
+    (folder / "folds.csv").write_text(_csv(result.folds))
+    (folder / "lesions.csv").write_text(_csv(result.lesions))
+    (folder / "results.md").write_text(result.markdown())
+    payload = {"table": result.table, "folds": result.folds, "summary": result.summary, "notes": result.notes,
+               "seconds": result.seconds, "config": dataclasses.asdict(config) if config is not None else None}
+    (folder / "results.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
+    curves = {m: c for m, c in result.curves.items() if c is not None}
+    plot_accuracy_confidence(curves, folder / "curves.png",
+                             title="Accuracy-confidence curves (pooled test lesions of the evaluated folds)")
+
+
+def write_protocol_outputs(
+    result: ProtocolResult, out_dir: Path, *, config: Optional[LesionProtocolConfig] = None, overwrite: bool = False
+) -> Path:
+    """Write ``results.csv/json/md``, ``folds.csv``, ``lesions.csv``, ``curves.png`` into ``out_dir``.
+
+    Everything is written into a temporary sibling folder that replaces ``out_dir`` at the end, so an
+    error never leaves half the results. JSON holds ``null`` for undefined (NaN) values.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        _write_results(result, tmp, config)
+    return out_dir
