@@ -122,7 +122,7 @@ def plot_estimator_comparison(result: Any, path: Union[str, os.PathLike]) -> Pat
     """
 
     names = [r["estimator"] for r in result.rows]
-    panels = [
+    panels: list[tuple[str, list[tuple[str, Optional[str]]], tuple[float, Optional[float]]]] = [
         ("Error detection: AUROC", [("auroc", None)], (0.0, 1.0)),
         ("Error detection: AUPRC", [("auprc", None)], (0.0, 1.0)),
         ("ECE of implied confidence 1-ũ (lower better)", [("ece_confidence", None)], (0.0, None)),

@@ -43,8 +43,9 @@ Conventions:
 * Undefined quantities are NaN with a note (no error voxel; method R on a multi-class model; too few cases
   or lesions for method L), never an exception.
 
-The voxel-level measures of all ``K`` estimators come from one compiled call (:func:`ugcn.evaluate.voxel_metrics.voxel_measures`: the
-maps stacked ``[K, V]``, ``vmap`` over the estimator axis), and all maps of a case from one compiled
+The voxel-level measures of all ``K`` estimators come from one compiled call
+(:func:`ugcn.evaluate.voxel_metrics.voxel_measures`: the maps stacked ``[K, V]``, ``vmap`` over the estimator
+axis), and all maps of a case from one compiled
 :func:`~ugcn.uncertainty.estimators.estimator_maps` call: one pass over the samples, not one per estimator.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ from ugcn.uncertainty.measures import expectation
 from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
 from ugcn.uncertainty.stats import stats_from_samples
 from ugcn.uncertainty.tta import tta_sample
+
 REGIONS = ("box", "volume")
 DEFAULT_R_SWEEP = (0.8, 0.9, 0.95, 0.98, 0.99)
 ENTROPY_TAU = 0.8

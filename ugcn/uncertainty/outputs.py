@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -17,9 +18,11 @@ def estimator_filename(name: str) -> str:
 
 
 def map_summary(values: np.ndarray, mask: np.ndarray) -> dict:
-    """``min``, ``max``, ``mean`` of a map ``f32[X, Y, Z]`` and its mean inside ``mask: bool[X, Y, Z]`` (None if empty)."""
+    """``min``, ``max``, ``mean`` of a map ``f32[X, Y, Z]`` and its mean inside ``mask: bool[X, Y, Z]``
+    (``None`` when the mask is empty)."""
     inside = values[mask]
-    out = {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+    out: dict[str, Optional[float]] = {"min": float(values.min()), "max": float(values.max()),
+                                       "mean": float(values.mean())}
     out["mean_in_prediction"] = float(inside.mean()) if inside.size else None
     return out
 
