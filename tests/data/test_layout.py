@@ -302,7 +302,7 @@ def test_an_nnunet_raw_dataset_trains_and_refines(tmp_path, capsys):
     out = tmp_path / "refined"
     code = main(["refine-batch", "--images", str(images), "--model", str(model_dir), "--out", str(out),
                  "--labels", str(tmp_path / "Dataset001_Phantom" / "labelsTr"), "--n-samples", "2", "--chunk", "2",
-                 "--epochs", "3", "--tau", "0.5", "--tau-mode", "quantile", "--quiet"])
+                 "--gcn-epochs", "3", "--tau", "0.5", "--tau-mode", "quantile", "--quiet"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["volumes"]) == ["case_000", "case_001"]  # one case per channel group, nnU-Net's names

@@ -61,8 +61,8 @@ def _add_common(p: argparse.ArgumentParser, *, mask: bool = True, estimators: bo
 
 
 def register(subparsers) -> None:
+    from ugcn.experiments.lesion_protocol import LesionProtocolConfig
     from ugcn.lesion.gcnn import GCNNConfig
-    from ugcn.lesion.protocol import LesionProtocolConfig
 
     parser = subparsers.add_parser(
         "lesions", help="lesion-wise uncertainty with a graph network (method L)",
@@ -363,7 +363,7 @@ def run_score_folder(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from ugcn.lesion.protocol import run_protocol
+    from ugcn.experiments.lesion_protocol import run_protocol
 
     config = args.protocol_config
     result = run_protocol(args.data, config, out_dir=args.out, overwrite=args.overwrite,
