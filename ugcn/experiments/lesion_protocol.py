@@ -35,6 +35,7 @@ from ugcn.lesion.protocol import (
     GCNN_METHODS,
     LEARNED_METHODS,
     MASK_SOURCES,
+    CaseLesions,
     case_lesions,
     fit_lesion_methods,
     merge_cases,
