@@ -38,9 +38,14 @@ from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
 from ugcn.uncertainty.stats import accumulate, empty_stats
 
 SIZES = {
-    "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,)),
-    "large": dict(base=16, depth=3, shape=(96, 96, 48), samples=20, chunks=(1, 4, 20)),
+    "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,),
+                  three_d=dict(shape=(48, 48, 48), samples=4, batches=(4, 8))),
+    "large": dict(base=16, depth=3, shape=(96, 96, 48), samples=20, chunks=(1, 4, 20),
+                  three_d=dict(shape=(64, 64, 64), samples=4, batches=(4, 8, 27))),
 }
+# The brain of issue 15 (99 x 117 x 95, ~1.1 M voxels): its patch counts per overlap give the predicted T = 20
+# time from the measured seconds per patch-pass.
+BRAIN = (99, 117, 95)
 
 
 
@@ -200,6 +205,48 @@ def bench_torch(config: UNetConfig, variables, image: np.ndarray, T: int, chunk:
             "max_abs_diff_deterministic": max_diff}
 
 
+def bench_3d(settings: dict, repeats: int) -> dict:
+    """3D U-Net (default: base 16, depth 3, 32^3 patches, overlap 0.5) MC dropout on one volume.
+
+    Times a Python loop of T single passes (the stem recomputed every pass) against ``mc_sample`` with all
+    T passes in one chunk (patch extraction and stem once per patch chunk) for several patch batches, and
+    turns the best seconds per patch-pass into a predicted T = 20 time on the issue's brain for each
+    patch overlap (from the patch counts of :func:`patch_starts`).
+    """
+    from ugcn.segment.model import patch_starts
+    from ugcn.uncertainty.sampling import mc_sample
+
+    config = UNetConfig(dims=3)
+    model = init_model(config, jax.random.PRNGKey(0))
+    T = settings["samples"]
+    image = jnp.asarray(np.random.default_rng(0).normal(size=settings["shape"]).astype(np.float32))
+    key = jax.random.key(0)
+    n_patches = len(patch_starts(settings["shape"], config.patch, config.patch_overlap))
+    rows = []
+    single = jax.jit(make_volume_fn(model, stochastic=True))
+    keys = jax.random.split(key, T)
+    single(keys[0], image).block_until_ready()
+    t_loop = median_time(lambda: [single(k, image).block_until_ready() for k in keys], repeats)
+    rows.append({"method": "loop of single passes", "patch_batch": None, "seconds": t_loop})
+    for batch in settings["batches"]:
+        fn = make_volume_fn(model, stochastic=True, batch_size=batch)
+        run = lambda: jax.block_until_ready(mc_sample(fn, image, key, n_samples=T, chunk_size=T).stats)  # noqa: E731
+        t = time.perf_counter()
+        run()
+        compile_s = time.perf_counter() - t
+        rows.append({"method": "mc_sample, stem shared", "patch_batch": batch, "seconds": median_time(run, repeats),
+                     "first_call_seconds": compile_s})
+    best = min(r["seconds"] for r in rows)
+    per_patch_pass = best / (T * n_patches)
+    brain = {}
+    for overlap in (0.5, 0.25, 0.0):
+        n = len(patch_starts(BRAIN, config.patch, overlap))
+        brain[str(overlap)] = {"patches": n, "predicted_T20_seconds": per_patch_pass * n * 20}
+    return {"unet": config.to_dict(), "volume": list(settings["shape"]), "patches": n_patches, "n_samples": T,
+            "rows": rows, "seconds_per_patch_pass": per_patch_pass, "brain": list(BRAIN),
+            "brain_prediction": brain, "shared_speedup_vs_loop": t_loop / min(r["seconds"] for r in rows[1:])}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -257,6 +304,7 @@ def main(argv=None) -> int:
 
     for row in rows:
         row["speedup_vs_loop"] = (t_loop / row["seconds"]) if row["seconds"] else None
+    three_d = bench_3d(cfg["three_d"], args.repeats)
     best = min((r for r in rows if r["method"].startswith("jax: mc_sample") and r["seconds"]),
                key=lambda r: r["seconds"])
     ratios = {"jax loop / jax vmapped (same T passes)": t_loop / best["seconds"]}
@@ -264,9 +312,11 @@ def main(argv=None) -> int:
         ratios["torch loop / jax vmapped"] = torch_result["loop_seconds"] / best["seconds"]
         ratios["torch batched / jax vmapped"] = torch_result["chunked_seconds"] / best["seconds"]
         ratios["torch loop / jax loop"] = torch_result["loop_seconds"] / t_loop
+    ratios["3d: loop of single passes / stem-shared mc_sample (speedup)"] = three_d["shared_speedup_vs_loop"]
     machine = machine_info()
     machine["threads"] = cpu_threads()
     machine["load_average_1min"] = os.getloadavg()[0]
+    machine["load_average_end"] = list(os.getloadavg())
     result = {
         "benchmark": "mcdo",
         "size": args.size,
@@ -276,6 +326,7 @@ def main(argv=None) -> int:
                   "memory": "XLA compiled memory_analysis(): argument + output + temp bytes"},
         "rows": rows,
         "torch": torch_result,
+        "three_d": three_d,
         "ratios": ratios,
     }
     print(f"T={T} passes, 2D U-Net base {cfg['base']} depth {cfg['depth']}, volume {cfg['shape']}, "
@@ -294,6 +345,12 @@ def main(argv=None) -> int:
     else:
         print(f"PyTorch {torch_result['torch']} with the same weights: max |p_torch - p_jax| (dropout off) = "
               f"{torch_result['max_abs_diff_deterministic']:.1e}")
+    print(f"3D U-Net (default), volume {three_d['volume']} ({three_d['patches']} patches), T = {three_d['n_samples']}:")
+    for r in three_d["rows"]:
+        print(f"  {r['method']:28s} patch batch {str(r['patch_batch']):>4s}: {r['seconds']:7.2f} s")
+    for overlap, b in three_d["brain_prediction"].items():
+        print(f"  brain {BRAIN}, overlap {overlap}: {b['patches']} patches, predicted T = 20: "
+              f"{b['predicted_T20_seconds']:.0f} s (at this run's {three_d['seconds_per_patch_pass']:.3f} s/patch-pass)")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     save_results("mcdo", args.size, result)

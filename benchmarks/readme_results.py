@@ -24,7 +24,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 FIGURES = ROOT / "docs" / "figures"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KNOWN = ("mcdo", "refine", "lesion", "segment", "scaling")
+KNOWN = ("conv3d", "mcdo", "compile", "refine", "lesion", "segment", "scaling")
 MAX_FIGURE_BYTES = 200_000
 
 sys.path.insert(0, str(HERE))
@@ -101,6 +101,53 @@ def mcdo_section(r: dict, size: str) -> list[str]:
                    "for the batch" if t.get("by_threads") else f"{t['threads']} threads")
         out += ["", f"PyTorch {t['torch']} ({threads}) runs the same network with the JAX weights "
                 f"copied in (outputs agree to {t['max_abs_diff_deterministic']:.0e} with dropout off)."]
+    if r.get("three_d"):
+        out += mcdo_3d_lines(r["three_d"])
+    return out
+
+
+def mcdo_3d_lines(d: dict) -> list[str]:
+    """The 3D part of the MC-dropout benchmark: stem sharing, patch batch, predicted brain time per overlap."""
+    u = d["unet"]
+    out = ["", f"3D U-Net (base {u['base_features']}, depth {u['depth']}, {'x'.join(map(str, u['patch_size'] or [32] * 3))} "
+           f"patches, overlap {u['patch_overlap']}), T = {d['n_samples']} over a {'x'.join(map(str, d['volume']))} volume "
+           f"({d['patches']} patches):", ""]
+    rows = [[r["method"], r["patch_batch"] if r["patch_batch"] is not None else "-", r["seconds"]] for r in d["rows"]]
+    out += table(["implementation", "patches per call", "seconds"], rows)
+    brain = d["brain_prediction"]
+    out += ["", f"At this run's {d['seconds_per_patch_pass']:.3f} s per patch and pass, T = 20 on a "
+            f"{'x'.join(map(str, d['brain']))} brain would take "
+            + ", ".join(f"{b['predicted_T20_seconds']:.0f} s at overlap {o} ({b['patches']} patches)"
+                        for o, b in brain.items()) + " (compilation excluded)."]
+    return out
+
+
+def conv3d_section(r: dict, size: str) -> list[str]:
+    fwd, train = r["network_forward_gflops"], r["network_train_gflops"]
+    names = [n for n in ("xla", "taps_in", "taps_out", "torch", "torch_1thread") if n in fwd]
+    label = {"xla": "XLA conv3d", "taps_in": "slices, taps on inputs (default)", "taps_out": "slices, taps on outputs",
+             "torch": "PyTorch Conv3d", "torch_1thread": "PyTorch Conv3d, 1 thread"}
+    out = [f"**3D convolutions** ({size}): GFLOP/s over all 3x3x3 convolutions of the default 3D U-Net "
+           f"(32^3 patches, batch {r['setup']['batch']}), fastest of interleaved rounds; "
+           "`ugcn.segment.conv3d` writes each as one 2D convolution over slices.", ""]
+    out += table(["implementation", "forward GFLOP/s", "forward + backward GFLOP/s"],
+                 [[label[n], fwd[n], train[n]] for n in names])
+    u = r.get("unet_forward")
+    if u:
+        out += ["", f"Whole 3D U-Net forward (batch {u['batch']}): {u['speedup']:.2f}x faster than with XLA's conv3d "
+                f"and transposed convolution (max |difference| {u['max_abs_diff']:.0e})."]
+    return out
+
+
+def compile_section(r: dict, size: str) -> list[str]:
+    rows = []
+    for name, c in r["commands"].items():
+        first, second = c["first"], c["second"]
+        rows.append([name, first["misses"], first["compile_seconds"], first["max_program_seconds"], second["misses"],
+                     second["hits"], first["process_seconds"], second["process_seconds"]])
+    out = [f"**Compilation** ({size}): each command run twice in fresh processes sharing one empty persistent cache.", ""]
+    out += table(["command", "programs compiled", "compile s", "slowest program s", "2nd run compiled",
+                  "2nd run from cache", "1st run s", "2nd run s"], rows)
     return out
 
 
@@ -181,7 +228,7 @@ def scaling_section(r: dict, size: str) -> list[str]:
     return out
 
 
-SECTIONS = {"mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section,
+SECTIONS = {"conv3d": conv3d_section, "compile": compile_section, "mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section,
             "scaling": scaling_section}
 
 

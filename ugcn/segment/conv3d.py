@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -121,13 +122,15 @@ def conv_general_dilated(
     preferred_element_type: Optional[Any] = None,
 ):
     """Drop-in for ``lax.conv_general_dilated`` that runs stride-1 channels-last 3D convolutions as
-    :func:`conv3d_slices` (``form="auto"``); every other case is passed to ``lax.conv_general_dilated``.
+    :func:`conv3d_slices` (``form="auto"``) on the CPU; every other case, and every other backend (GPU
+    libraries have fast 3D convolutions), is passed to ``lax.conv_general_dilated``.
 
     Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
     """
     ones = (1, 1, 1)
     fast = (
-        _is_channels_last_3d(jnp.ndim(lhs), dimension_numbers)
+        jax.default_backend() == "cpu"
+        and _is_channels_last_3d(jnp.ndim(lhs), dimension_numbers)
         and tuple(window_strides) == ones
         and (lhs_dilation is None or tuple(lhs_dilation) == ones)
         and (rhs_dilation is None or tuple(rhs_dilation) == ones)

@@ -1,0 +1,134 @@
+"""Benchmark: compilation of the ``ugcn`` commands' programs, first run and second run (persistent cache).
+
+Runs each command twice in fresh processes sharing one empty ``UGCN_COMPILATION_CACHE`` folder, and counts
+through ``jax.monitoring`` the XLA programs compiled (persistent-cache misses) and loaded from the cache
+(hits), with the compile time of every program (``/jax/core/compile/backend_compile_duration``):
+  - ``mcdo`` with a 2D U-Net (the default architecture, random weights), T = 4;
+  - ``mcdo`` with a 3D U-Net (default, 32^3 patches), T = 4;
+  - ``refine`` with the 2D model (MC dropout, graph, fit).
+Goals: every program compiles in <= 20 s on a 2-core CPU; the second run compiles nothing.
+
+Usage:  python benchmarks/bench_compile.py [--size small|large]
+  small: 2D image 64x64x16, 3D image 40x40x40
+  large: 2D image 128x128x64, 3D image 96x96x96
+Writes (updates the entry of its size in) benchmarks/results/compile.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import machine_info, save_results
+
+SIZES = {"small": dict(shape2d=(64, 64, 16), shape3d=(40, 40, 40)),
+         "large": dict(shape2d=(128, 128, 64), shape3d=(96, 96, 96))}
+
+# Runs one command in this process with listeners on jax's compilation events; prints one JSON line.
+CHILD = r"""
+import json, sys, time
+from collections import defaultdict
+import jax.monitoring as monitoring
+stats = {"misses": 0, "hits": 0, "requests": 0, "programs": []}
+def on_event(event, **kw):
+    if event == "/jax/compilation_cache/cache_misses": stats["misses"] += 1
+    elif event == "/jax/compilation_cache/cache_hits": stats["hits"] += 1
+    elif event == "/jax/compilation_cache/compile_requests_use_cache": stats["requests"] += 1
+def on_duration(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+        stats["programs"].append([str(kw.get("fun_name", "?")), float(duration)])
+monitoring.register_event_listener(on_event)
+monitoring.register_event_duration_secs_listener(on_duration)
+from ugcn.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+stats["wall_seconds"] = time.perf_counter() - t
+stats["exit_code"] = code
+print("COMPILE_STATS " + json.dumps(stats))
+"""
+
+
+def make_inputs(folder: Path, size: dict) -> dict:
+    import jax
+    import numpy as np
+
+    from ugcn.io import save_volume
+    from ugcn.segment.checkpoint import save_model
+    from ugcn.segment.model import init_model
+    from ugcn.segment.unet import UNetConfig
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for dims, shape in ((2, size["shape2d"]), (3, size["shape3d"])):
+        save_model(init_model(UNetConfig(dims=dims), jax.random.PRNGKey(0)), folder / f"model{dims}d")
+        image = rng.normal(size=shape).astype(np.float32)
+        save_volume(folder / f"image{dims}d.nii.gz", image, np.eye(4))
+        paths[dims] = (folder / f"model{dims}d", folder / f"image{dims}d.nii.gz")
+    return paths
+
+
+def run_twice(name: str, argv: list[str], cache: Path) -> dict:
+    env = dict(os.environ, UGCN_COMPILATION_CACHE=str(cache))
+    out = {}
+    for attempt in ("first", "second"):
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", CHILD] + argv + ["--overwrite", "--quiet"], env=env,
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("COMPILE_STATS ")]
+        if proc.returncode != 0 or not line:
+            raise SystemExit(f"{name} ({attempt} run) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        stats = json.loads(line[-1].split(" ", 1)[1])
+        programs = sorted(stats.pop("programs"), key=lambda p: -p[1])
+        stats.update(process_seconds=wall, compile_seconds=sum(p[1] for p in programs),
+                     slowest_programs=programs[:5], max_program_seconds=programs[0][1] if programs else 0.0)
+        out[attempt] = stats
+        print(f"{name:10s} {attempt:6s} run: {stats['misses']:3d} compiled, {stats['hits']:3d} from cache, "
+              f"compile {stats['compile_seconds']:6.1f} s (slowest {stats['max_program_seconds']:5.1f} s "
+              f"{programs[0][0] if programs else ''}), process {wall:6.1f} s", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    machine = machine_info()
+    print(f"compilation of the commands' programs, {machine['device']}, load {machine['load_average'][0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_inputs(tmp, size)
+        cache = tmp / "cache"
+        commands = {
+            "mcdo-2d": ["mcdo", "--model", str(paths[2][0]), "--image", str(paths[2][1]), "--out", str(tmp / "o2"),
+                        "--n-samples", "4"],
+            "mcdo-3d": ["mcdo", "--model", str(paths[3][0]), "--image", str(paths[3][1]), "--out", str(tmp / "o3"),
+                        "--n-samples", "4"],
+            "refine-2d": ["refine", "--model", str(paths[2][0]), "--image", str(paths[2][1]),
+                          "--out", str(tmp / "r2"), "--n-samples", "4"],
+        }
+        results = {name: run_twice(name, argv_, cache) for name, argv_ in commands.items()}
+    ratios = {}
+    for name, r in results.items():
+        ratios[f"{name}: second-run compiled programs (count)"] = float(r["second"]["misses"])
+        ratios[f"{name}: slowest program compile seconds"] = r["first"]["max_program_seconds"]
+        ratios[f"{name}: second / first run process time (ratio)"] = (
+            r["second"]["process_seconds"] / r["first"]["process_seconds"])
+    machine["load_average_end"] = list(os.getloadavg())
+    save_results("compile", args.size, {
+        "benchmark": "compile", "size": args.size, "machine": machine,
+        "setup": {"shapes": {k: list(v) for k, v in size.items()}, "n_samples": 4,
+                  "cache": "fresh UGCN_COMPILATION_CACHE folder shared by the two runs"},
+        "commands": results, "ratios": ratios,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
