@@ -12,6 +12,9 @@ Measured (medians after a warm-up call that includes compilation):
     array: read + write);
   - the batch fit with B = 1, 4 (large: 16) graphs, both strategies (parallel = block-diagonal vmap,
     sequential = lax.map), against B separate fits;
+  - the per-volume selection among candidate graphs (``RefineConfig()``: the configured graph, ``local`` and
+    ``knn``, all fitted in one batched program) against one fit per volume (``RefineConfig(variants=())``),
+    same volume and settings otherwise: the fit and the whole ``refine_volume`` (graphs included);
   - PyTorch Geometric on the same graph in the same process (``GCNConv`` x 2, and the same algebra as ugcn:
     ``ÂX`` once, then ``Linear`` + ``GCNConv(32, 1)``), a few epochs, per epoch, with as many threads as
     cores and with one thread (the faster counts), when ``torch`` and ``torch_geometric`` import
@@ -227,6 +230,30 @@ SIZES = {
 }
 
 
+def bench_selection(radius: float, repeats: int) -> dict:
+    """``refine_volume`` with the default selection among candidate graphs vs the same settings with one
+    candidate: medians after a warm-up (compilation) call, fit and total seconds, the variant chosen."""
+    import statistics
+
+    from ugcn.refine import RefineConfig, refine_volume
+
+    image, prediction, expectation, uncertainty, label = sphere_case(radius)
+    out = {}
+    for name, config in (("one fit", RefineConfig(variants=())), ("selection", RefineConfig())):
+        runs = [refine_volume(image, prediction, expectation, uncertainty, config=config, label=label)
+                for _ in range(repeats + 1)][1:]
+        r = runs[-1]
+        out[name] = {"candidates": len(config.candidates()), "nodes": r.graph_stats["nodes"],
+                     "fit_s": statistics.median(x.timings["fit"] for x in runs),
+                     "graph_s": statistics.median(x.timings["graph"] for x in runs),
+                     "total_s": statistics.median(x.timings["total"] for x in runs),
+                     "variant": r.selection.get("variant"), "status": r.status,
+                     "dice_refined": r.dice["refined"], "dice_cnn": r.dice["cnn"]}
+    out["fit_ratio"] = out["selection"]["fit_s"] / out["one fit"]["fit_s"]
+    out["total_ratio"] = out["selection"]["total_s"] / out["one fit"]["total_s"]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=tuple(SIZES), default="small")
@@ -306,6 +333,14 @@ def main(argv=None) -> int:
               f"{row['sequential_s']:.2f} ({row['sequential_speedup']:.2f}x) | "
               f"{row['seconds_per_volume_auto']:.3f} | {row['auto']} |")
 
+    selection = bench_selection(radius_for(spec["batch_nodes"]), 2)
+    print("\n| per volume | candidates | nodes | fit s | graphs s | total s | variant | Dice (CNN) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for name in ("one fit", "selection"):
+        row = selection[name]
+        print(f"| {name} | {row['candidates']} | {row['nodes']} | {row['fit_s']:.2f} | {row['graph_s']:.2f} | "
+              f"{row['total_s']:.2f} | {row['variant']} | {row['dice_refined']:.3f} ({row['dice_cnn']:.3f}) |")
+
     largest = fits[-1]
     ratios = {
         "graph construction growth exponent (time ~ nodes^b)": graph_exp,
@@ -318,6 +353,8 @@ def main(argv=None) -> int:
         ratios[f"PyG same algebra / ugcn per epoch ({pyg['nodes']} nodes)"] = pyg["ratio_same_algebra_over_ugcn"]
     biggest_b = batch[-1]
     ratios[f"B={biggest_b['B']} separate fits / fit_batch (auto)"] = biggest_b[f"{biggest_b['auto']}_speedup"]
+    ratios["selection / one fit per volume: fit"] = selection["fit_ratio"]
+    ratios["selection / one fit per volume: total"] = selection["total_ratio"]
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
 
@@ -333,6 +370,7 @@ def main(argv=None) -> int:
         "fit_growth_exponent": fit_exp,
         "pyg": pyg,
         "batch": batch,
+        "selection": selection,
         "bytes_model": "2*20*E + 5*4*H*N + 4*F*N per epoch (float32/int32)",
         "ratios": ratios,
     }
