@@ -7,11 +7,14 @@ default ``entropy`` in bits, the scale of ``--tau 0.8``). With ``--samples`` and
 prediction ``Ŷ`` is ``E > 0.5`` (there is no deterministic pass to take it from).
 
 Outputs (in ``--out``; ``refine-batch``: one sub-folder per image plus ``summary.json``):
-``refined.nii.gz`` (GCN on all nodes), ``refined_unlabelled.nii.gz`` (``Ŷ`` with only the uncertain nodes
-replaced), ``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``cnn.nii.gz`` (``Ŷ``, largest
-component), ``crf.nii.gz`` (``--crf``) and ``report.json`` (graph counts, timings, Dice per method with
-``--label``). The folder is written whole in a temporary sibling and swapped in; ``--out`` must be new or
-empty, and ``--overwrite`` replaces only an earlier output (a folder with ``report.json``), whole.
+``refined.nii.gz`` (the refinement: ``Ŷ`` with the uncertain nodes replaced by the GCN; with
+``--preset reference`` the GCN on all graph nodes, as published; ``Ŷ`` itself when the fit fails the
+self-check), ``refined_unlabelled.nii.gz`` (``Ŷ`` with only the uncertain nodes replaced),
+``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``cnn.nii.gz`` (``Ŷ``, largest component),
+``crf.nii.gz`` (``--crf``) and ``report.json`` (status, the self-check's validation scores, the graph
+variant chosen and why, graph counts, timings, Dice per method with ``--label``). The folder is written
+whole in a temporary sibling and swapped in; ``--out`` must be new or empty, and ``--overwrite`` replaces
+only an earlier output (a folder with ``report.json``), whole.
 
 ``refine-batch`` is resumable and scales out: each case folder appears whole once its batch is done, a
 re-run skips the finished cases (same settings; ``--overwrite`` recomputes), ``--devices N`` spreads the GCN
