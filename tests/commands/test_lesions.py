@@ -2,6 +2,7 @@
 sample maps, flags reaching the protocol, one-line errors."""
 import csv
 import io
+import json
 
 import numpy as np
 import pytest
@@ -123,7 +124,8 @@ def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch, wr
     def fake_fit(images, labels, cfg, seed, progress):
         seen.update(lr=cfg.unet_learning_rate, dropout=cfg.unet_dropout, patch=cfg.unet_patch, t=cfg.mc_samples,
                     epochs=cfg.unet_epochs, steps=cfg.unet_steps_per_epoch, batch=cfg.unet_batch_size,
-                    width=cfg.unet_base_features, depth=cfg.unet_depth, chunk=cfg.mc_chunk)
+                    width=cfg.unet_base_features, depth=cfg.unet_depth, chunk=cfg.mc_chunk, min_val_fp=cfg.min_val_fp,
+                    boot=cfg.n_bootstrap, tiles=cfg.unet_inference_patch, overlap=cfg.unet_patch_overlap)
         return {}
 
     monkeypatch.setattr(protocol, "_fit_unet", fake_fit)
@@ -134,10 +136,15 @@ def test_cli_evaluate_unet_settings_reach_the_protocol(tmp_path, monkeypatch, wr
     args = ["lesions", "evaluate", "--data", str(data), "--out", str(tmp_path / "o"), "--unet-learning-rate", "0.02",
             "--unet-dropout", "0.15", "--unet-patch-size", "8", "8", "8", "--n-samples", "3", "--gcnn-epochs", "1",
             "--unet-epochs", "3", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
-            "--unet-depth", "1", "--chunk", "2", "--no-progress"]
+            "--unet-depth", "1", "--chunk", "2", "--min-val-fp", "1", "--bootstrap", "30", "--no-cases",
+            "--unet-inference-patch", "16", "16", "12", "--unet-patch-overlap", "0", "--no-progress"]
     assert main(args) == 0
     assert seen == {"lr": 0.02, "dropout": 0.15, "patch": (8, 8, 8), "t": 3, "epochs": 3, "steps": 2, "batch": 2,
-                    "width": 4, "depth": 1, "chunk": 2}
+                    "width": 4, "depth": 1, "chunk": 2, "min_val_fp": 1, "boot": 30, "tiles": (16, 16, 12),
+                    "overlap": 0.0}
+    payload = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert payload["summary"]["bootstrap"]["replicates"] == 30 and not (tmp_path / "o" / "cases").exists()
+    assert all(f["reliable"] == (f["val_fp"] >= 1) for f in payload["folds"])
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):

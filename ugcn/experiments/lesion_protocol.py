@@ -59,10 +59,11 @@ class LesionProtocolConfig:
       mc_samples, mc_chunk: T MC-dropout passes, evaluated ``mc_chunk`` at a time.
       mask_from: ``"mean"`` (MC expectation) or ``"deterministic"`` (dropout off).
       unet_*: the 3D U-Net (``ugcn.segment.UNetConfig`` / ``train_model`` settings); ``unet_dropout``
-        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps);
-        ``unet_patch_overlap``: share of a patch overlapped by its neighbours at inference (0.5 costs 8
-        network passes per voxel in 3D; 0 with a patch that tiles the volume costs one);
-        ``unet_inference_patch``: tile size of MC dropout when it differs from the training patch.
+        None = docs/method.md's 0.2 (tiny CPU networks need ~0.1 to train in a few hundred steps).
+      unet_patch_overlap: share of an MC-dropout tile overlapped by its neighbours (0.5 costs 8 network
+        passes per voxel in 3D; 0 with tiles that cover the volume exactly costs one).
+      unet_inference_patch: MC-dropout tile size when it differs from the training patch (the U-Net is fully
+        convolutional), each a multiple of 2**depth.
       gcnn_epochs, gcnn_batch_size: GCNN training.
       epsilon: FP threshold on ``IoU_adj``.
       logsum: ``"log_of_sum"`` or ``"sum_of_logs"`` (see :mod:`ugcn.lesion.baselines`).
