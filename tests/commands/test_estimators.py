@@ -27,14 +27,14 @@ def test_cli_compare_with_samples_dir(dataset, comparison_estimators, capsys):
     out = dataset / "out"
     argv = ["estimators", "compare", "--data", str(dataset / "data"), "--samples-dir", str(dataset / "samples"),
             "--out", str(out), "--estimators", "entropy,pcs,one_minus_pcs,cmp_noise,cmp_spread", "--region", "volume",
-            "--no-r", "--gcnn-epochs", "3", "--folds", "2"]  # method R runs in the library test above
+            "--no-method-r", "--gcnn-epochs", "3", "--folds", "2"]  # method R runs in the library test above
     assert main(argv + ["--quiet"]) == 0
     assert capsys.readouterr().out == ""
     with open(out / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["estimator"] for r in rows] == ["entropy", "pcs", "one_minus_pcs", "cmp_noise", "cmp_spread"]
     assert rows[4]["needs"] == "samples" and rows[1]["higher_is_uncertain"] == "False"
-    assert rows[0]["r_dice_default"] == "" and rows[0]["l_auc_gcnn"] != ""  # --no-r: empty cells, not errors
+    assert rows[0]["r_dice_default"] == "" and rows[0]["l_auc_gcnn"] != ""  # --no-method-r: empty cells, not errors
     payload = json.loads((out / "comparison.json").read_text())
     assert payload["source"]["samples_dir"].endswith("samples") and payload["versions"]["jax"] == jax.__version__
     # pcs is a confidence: oriented as 1 - pcs, it ranks voxels exactly as one_minus_pcs

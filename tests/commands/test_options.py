@@ -268,6 +268,12 @@ SCORE = ["lesions", "score", "--image", "i.nii.gz", "--model", "m", "--lesion-mo
          "ugcn lesions: error: --gcnn-lr-start must be a positive finite number, got nan"),
         (SCORE + ["--n-samples", "-3"], "ugcn lesions: error: --n-samples must be a positive integer, got -3"),
         (SCORE + ["--devices", "0"], "ugcn lesions: error: --devices must be a positive integer, got 0"),
+        (["estimators", "compare", "--quick", "--out", "o", "--r-sweep", "0.8,1.5"],
+         "ugcn estimators: error: --r-sweep must be a number in [0, 1], got 1.5"),
+        (["estimators", "compare", "--quick", "--out", "o", "--r-sweep", "0.8,x"],
+         "ugcn estimators: error: --r-sweep: expected a number, got 'x'"),
+        (["estimators", "compare", "--quick", "--out", "o", "--gcn-epochs", "0"],
+         "ugcn estimators: error: --gcn-epochs must be a positive integer, got 0"),
         (["phantoms", "ct", "o", "--n", "1001"],
          "ugcn phantoms: error: --n must be a positive integer <= 1000, got 1001"),
     ],
@@ -329,7 +335,7 @@ def test_crf_preset_then_single_flags_then_config_file(tmp_path):
 def test_lesions_evaluate_config_reads_the_recorded_protocol(tmp_path):
     from ugcn.cli import build_parser
     from ugcn.config import config_to_dict
-    from ugcn.lesion.protocol import LesionProtocolConfig
+    from ugcn.experiments.lesion_protocol import LesionProtocolConfig
 
     recorded = LesionProtocolConfig(folds=3, mc_samples=7, unet_epochs=2, unet_patch=(8, 8, 8), gcnn_epochs=5,
                                     estimators=("entropy",), write_cases=False)

@@ -34,18 +34,12 @@ import argparse
 import time
 from pathlib import Path
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.9,0.95, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return values
+from ugcn.commands.options import SampleSource, Sampling, add_config_options
 
 
 def register(subparsers) -> None:
+    from ugcn.experiments.estimator_study import CompareConfig
+
     doc = __doc__.split("\n\n", 1)[1] if __doc__ else None
     parser = subparsers.add_parser("estimators", help="list uncertainty estimators, or compare them on data",
                                    description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,25 +64,12 @@ def register(subparsers) -> None:
     p.add_argument("--estimators", default="all", metavar="NAMES",
                    help="'all' (default: every registered estimator), names, 'package.module:function' specs, "
                    "comma-separated; e.g. all,my_pkg.mod:margin")
-    p.add_argument("--n-samples", type=int, default=None, metavar="T",
-                   help="MC passes with --model/--quick (default 20; --quick 10)")
-    p.add_argument("--source", choices=("mc", "tta"), default="mc",
-                   help="with --model/--quick: mc = MC dropout passes (default); tta = test-time augmentation "
-                   "(dropout off, flips and in-plane shifts)")
-    p.add_argument("--tta-max-shift", type=int, default=2, metavar="S",
-                   help="--source tta: in-plane shifts drawn from -S..S voxels (default 2)")
-    p.add_argument("--chunk", type=int, default=4, help="passes computed together (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of MC dropout, R fits, folds, GCNNs (default 0)")
-    p.add_argument("--region", choices=("box", "volume"), default="box",
-                   help="voxels of the error/calibration measures: box around prediction+label (default) or all")
-    p.add_argument("--region-margin", type=int, default=4, help="voxels around the box (default 4)")
-    p.add_argument("--r-epochs", type=int, default=200, help="method R: GCN epochs per fit (default 200)")
-    p.add_argument("--r-sweep", type=_floats, default=None, metavar="Q,Q,...",
-                   help="method R: quantile levels of the τ sweep (default 0.8,0.9,0.95,0.98,0.99)")
-    p.add_argument("--no-r", action="store_true", help="skip method R")
-    p.add_argument("--folds", type=int, default=4, help="method L: folds of the GCNN evaluation (default 4)")
-    p.add_argument("--gcnn-epochs", type=int, default=30, help="method L: GCNN epochs (default 30)")
-    p.add_argument("--no-l", action="store_true", help="skip method L")
+    add_config_options(p, Sampling, name="sampling", title="stochastic passes (with --model or --quick)",
+                       exclude=("seed",))  # --seed of the comparison seeds them too
+    add_config_options(p, SampleSource, name="source_config", title="sample source")
+    add_config_options(p, CompareConfig, name="compare_config", title="comparison", record="config",
+                       flags={"r_epochs": "gcn-epochs", "r_k_random": "k-random", "r_margin": "margin",
+                              "l_folds": "folds"})
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTDIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no table")
     p.set_defaults(run=run_compare)
@@ -113,8 +94,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from ugcn.experiments.estimator_study import (
-        DEFAULT_R_SWEEP,
-        CompareConfig,
         cases_from_model,
         cases_from_samples_dir,
         compare_estimators,
@@ -132,12 +111,8 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ValueError("--data is required with --model or --samples-dir")
     if args.data and not Path(args.data).is_dir():
         raise ValueError(f"{args.data}: no such folder")
-    n_samples = args.n_samples if args.n_samples is not None else (10 if args.quick else 20)
-    if n_samples < 1 or args.chunk < 1:
-        raise ValueError("--n-samples and --chunk must be >= 1")
-    config = CompareConfig(region=args.region, region_margin=args.region_margin, method_r=not args.no_r,
-                           r_sweep=args.r_sweep or DEFAULT_R_SWEEP, r_epochs=args.r_epochs, method_l=not args.no_l,
-                           l_folds=args.folds, gcnn_epochs=args.gcnn_epochs, seed=args.seed)
+    n_samples = 10 if args.quick and "n_samples" not in args.explicit_options else args.n_samples
+    config = args.compare_config
     estimators = resolve_estimators(args.estimators)
     keep = any(e.needs == "samples" for e in estimators)
     progress = not args.quiet

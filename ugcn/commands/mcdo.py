@@ -19,25 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from ugcn import __version__
-from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
+from ugcn.commands.options import Batching, SampleSource, Sampling, add_config_file_option, add_config_options
 from ugcn.config import config_to_dict, setting
 from ugcn.uncertainty.estimators import DEFAULT_ESTIMATORS
 
 
 @dataclasses.dataclass(frozen=True)
 class McdoRun:
-    """Which samples and which maps.
+    """Which maps.
 
     Attributes:
-      source: mc = MC dropout passes; tta = test-time augmentation (flips and shifts of the image, dropout
-        off), for models without dropout.
-      tta_max_shift: with --source tta, in-plane shifts are drawn from -S..S voxels.
       estimators: estimator names or 'package.module:function' specs (see ugcn estimators list).
       save_samples: also write the samples (4D NIfTI).
     """
 
-    source: str = setting("mc", choices=("mc", "tta"))
-    tta_max_shift: int = setting(2, min=0, metavar="S")
     estimators: tuple[str, ...] = setting(DEFAULT_ESTIMATORS, metavar="NAME")
     save_samples: bool = False
 
@@ -60,7 +55,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     add_config_options(p, Sampling, name="sampling", title="stochastic passes (with --model)")
-    add_config_options(p, McdoRun, name="run_config", title="samples and maps", record="settings")
+    add_config_options(p, SampleSource, name="source_config", title="sample source", record="settings")
+    add_config_options(p, McdoRun, name="run_config", title="maps", record="settings")
     add_config_options(p, Batching, name="batching", title="folder processing (with --images)")
     add_config_file_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -178,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
         "n_samples": n_samples,
         "chunk": args.chunk,
         "seed": args.seed,
-        "settings": config_to_dict(args.run_config),  # with n_samples, chunk, seed: what --config reads back
+        # with n_samples, chunk and seed: what --config reads back
+        "settings": {**config_to_dict(args.source_config), **config_to_dict(args.run_config)},
         "device": str(jax.devices()[0]),
         "predicted_voxels": int(fg.sum()),
         "estimators": {

@@ -136,7 +136,8 @@ def run_folder(args: argparse.Namespace) -> int:
             report = {
                 "ugcn_version": __version__, "model": str(args.model), "image": str(path),
                 "shape": list(mean.shape[:3]), "num_classes": int(num_classes), "n_samples": args.n_samples,
-                "chunk": args.chunk, "seed": args.seed, "settings": config_to_dict(args.run_config),
+                "chunk": args.chunk, "seed": args.seed,
+                "settings": {**config_to_dict(args.source_config), **config_to_dict(args.run_config)},
                 "devices": describe(mesh, len(batch)),
                 "predicted_voxels": int(fg.sum()),
                 "estimators": {n: {"file": files[f"estimator:{n}"], "description": by_name[n].description,

@@ -52,6 +52,20 @@ class Sampling:
 
 
 @dataclasses.dataclass(frozen=True)
+class SampleSource:
+    """Where the stochastic passes of a model come from.
+
+    Attributes:
+      source: mc = MC dropout passes; tta = test-time augmentation (flips and in-plane shifts of the image,
+        dropout off), for models trained without dropout.
+      tta_max_shift: with --source tta, in-plane shifts are drawn from -S..S voxels.
+    """
+
+    source: str = setting("mc", choices=("mc", "tta"))
+    tta_max_shift: int = setting(2, min=0, metavar="S")
+
+
+@dataclasses.dataclass(frozen=True)
 class Batching:
     """How a folder is processed (the folder modes: refine-batch, mcdo --images, lesions score --images).
 
@@ -123,6 +137,8 @@ def _parse_float(text: str) -> float:
 
 
 def _parser_of(t: FieldType):
+    if t.length == -1:  # a list of any length: "0.8,0.9" or "0.8 0.9", split and converted by _split
+        return str
     parse = {int: _parse_int, float: _parse_float}.get(t.base, str)
     if not t.optional:
         return parse
@@ -185,7 +201,7 @@ def _help(option: Option, doc: str, default: Any) -> str:
         if b:
             extra.append(describe_bounds(option.type, b))
     extra.append(f"default {_show_default(default)}")
-    if choices is None and option.type.base is str and option.type.length is not None:
+    if choices is None and option.type.length == -1:
         extra.append("comma-separated")
     return f"{text} ({'; '.join(extra)})".replace("%", "%%")
 
@@ -281,11 +297,19 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
-def _split(value: Any, t: FieldType) -> Any:
-    """Comma-separated text values of a tuple-of-text option split into items (``a,b c`` -> a, b, c)."""
-    if t.length is None or t.base is not str or not isinstance(value, (list, tuple)):
+def _split(value: Any, t: FieldType, flag: str = "") -> Any:
+    """The comma-separated values of a variable-length tuple option split into items (``a,b c`` -> a, b, c),
+    numbers converted (``ValueError`` naming ``flag`` when one is not a number)."""
+    if t.length != -1 or not isinstance(value, (list, tuple)):
         return value
-    return [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+    items = [part.strip() for v in value for part in str(v).split(",") if part.strip()]
+    parse = {int: _parse_int, float: _parse_float}.get(t.base)
+    if parse is None:
+        return items
+    try:
+        return [parse(item) for item in items]
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"{flag}: {err}") from None
 
 
 def _build(cls: type, values: dict[tuple, Any], base: Any, bases: dict, prefix: tuple = ()) -> Any:
@@ -325,6 +349,7 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
     Raises ``ValueError`` with one line naming the flag (or the ``--config`` key) of a bad value.
     """
     sets: tuple[OptionSet, ...] = getattr(args, SETS, None) or ()
+    given_dests: set[str] = set()  # the dests given on the command line (args.explicit_options)
     path = getattr(args, CONFIG_FLAG, None)
     recorded = _read_config_file(path) if path else None
     for option_set in sets:
@@ -351,7 +376,8 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
             over = presets_over(opt.path)
             given = [q for q in over if chosen[q][1]]
             if hasattr(args, opt.dest):
-                value, name = _split(getattr(args, opt.dest), opt.type), f"--{opt.flag}"
+                value, name = _split(getattr(args, opt.dest), opt.type, f"--{opt.flag}"), f"--{opt.flag}"
+                given_dests.add(opt.dest)
             elif given:
                 value, name = _get(chosen[given[0]][0], opt.path[len(given[0]):]), chosen[given[0]][1]
             elif section is not None and _has(section, opt.path):
@@ -377,5 +403,6 @@ def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
         except ValueError as err:
             raise ValueError(f"{err} (check the {option_set.cls.__name__} settings)") from None
         setattr(args, option_set.name, config)
+    args.explicit_options = frozenset(given_dests)
     return args
 

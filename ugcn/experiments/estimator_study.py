@@ -66,6 +66,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ugcn import __version__
+from ugcn.config import MAX_SEED, setting
 from ugcn.data.layout import find_cases, kfold_splits, load_case
 from ugcn.data.phantoms import brain_phantom
 from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
@@ -133,20 +134,22 @@ class CompareConfig:
       seed: seeds the R fits, folds and GCNNs.
     """
 
-    region: str = "box"
-    region_margin: int = 4
-    ece_bins: int = ECE_BINS
-    method_r: bool = True
-    r_sweep: tuple[float, ...] = DEFAULT_R_SWEEP
-    r_epochs: int = 200
-    r_k_random: int = 16
-    r_margin: int = 0
-    method_l: bool = True
-    l_folds: int = 4
-    gcnn_epochs: int = 30
-    gcnn_batch_size: int = 10
-    epsilon: float = 0.1
-    seed: int = 0
+    region: str = setting("box", choices=REGIONS, help="voxels of the error and calibration measures: the box "
+                          "around prediction and label, or the whole volume")
+    region_margin: int = setting(4, min=0, help="voxels around the box")
+    ece_bins: int = setting(ECE_BINS, min=1)
+    method_r: bool = setting(True, help="run method R (criterion 3)")
+    r_sweep: tuple[float, ...] = setting(DEFAULT_R_SWEEP, min=0, max=1, metavar="Q",
+                                         help="method R: quantile levels of the tau sweep")
+    r_epochs: int = setting(200, min=1, help="method R: GCN epochs per fit")
+    r_k_random: int = setting(16, min=0, help="method R: long-range edges per node")
+    r_margin: int = setting(0, min=0, help="method R: voxels added around the ROI box")
+    method_l: bool = setting(True, help="run method L (criterion 4)")
+    l_folds: int = setting(4, min=1, help="method L: folds of the GCNN evaluation (clipped to the number of cases)")
+    gcnn_epochs: int = setting(30, min=1, help="method L: GCNN epochs")
+    gcnn_batch_size: int = setting(10, min=1, help="method L: lesion graphs per GCNN batch")
+    epsilon: float = setting(0.1, min=0, max=1)
+    seed: int = setting(0, min=0, max=MAX_SEED, help="seed of MC dropout, R fits, folds and GCNNs")
 
     def __post_init__(self) -> None:
         if self.region not in REGIONS:
