@@ -101,3 +101,18 @@ def test_a_scan_far_from_the_training_spacing_warns(tiny_model_dir):
     with pytest.warns(UserWarning, match=r"spacing \(0.5, 0.5, 3.0\) mm is far from the model's training spacing"):
         predict_probabilities(model, image, np.diag([0.5, 0.5, 3.0, 1.0]))
     assert json.loads((tiny_model_dir / "config.json").read_text())["training"]["spacing"] == [1.5, 1.5, 3.0]
+
+
+def test_lesion_mc_uncertainty_follows_the_scan_orientation(tiny_model_dir):
+    from ugcn.experiments.lesion_protocol import mc_uncertainty
+    from ugcn.segment import load_model
+
+    model = load_model(tiny_model_dir)
+    canonical = np.random.default_rng(0).normal(size=(16, 12, 8)).astype(np.float32)
+    array, affine = _stored_permuted(canonical)
+    kwargs = dict(estimators=("entropy",), n_samples=2, chunk_size=2)
+    pred_ras, maps_ras = mc_uncertainty(model, canonical, jax.random.PRNGKey(0), affine=RAS_AFFINE, **kwargs)
+    pred, maps = mc_uncertainty(model, array, jax.random.PRNGKey(0), affine=affine, **kwargs)
+    assert pred.shape == array.shape and maps["entropy"].shape == array.shape  # the file's voxel order
+    np.testing.assert_array_equal(to_canonical(pred, affine), pred_ras)
+    np.testing.assert_allclose(to_canonical(maps["entropy"], affine), maps_ras["entropy"], atol=1e-6)

@@ -12,7 +12,7 @@ import ugcn.experiments.lesion_protocol as protocol
 from ugcn.io import save_volume
 
 
-def _fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn):
+def _fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from, volume_fn, affine=None):
     rng = np.random.default_rng(int(abs(image).sum() * 1000) % 2**32)
     gt = image > 1.0
     pred = gt.copy()

@@ -123,7 +123,7 @@ def _lesions_of_cases(cases, model, *, estimators, args, progress: bool):
         image, label = load_case(case)
         pred, maps = mc_uncertainty(model, image.array, jax.random.fold_in(key, i), estimators=estimators,
                                     n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
-                                    volume_fn=volume_fn)
+                                    volume_fn=volume_fn, affine=image.affine)
         out.append(case_lesions(case.name, image.array, pred, maps, None if label is None else label.array,
                                 affine=image.affine, estimators=estimators))
     return out
@@ -234,7 +234,7 @@ def run_score(args) -> int:
     import jax
 
     from ugcn.experiments.lesion_protocol import mc_uncertainty
-    from ugcn.io import check_same_grid, load_volume, nifti_stem
+    from ugcn.io import case_name, check_same_grid, load_image
     from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
     from ugcn.lesion.protocol import uncertainty_from_samples
@@ -256,10 +256,10 @@ def run_score(args) -> int:
     lesion_model = load_lesion_model(args.lesion_model)
     side = load_side_learners(args.lesion_model)
     estimators, channels = _model_estimators(lesion_model.config.feature_names)
-    image = load_volume(args.image)
+    image = load_image(args.image)  # nnU-Net's channel files stacked
     _check_channels(args.image, image, channels)
     out = Path(args.out)
-    stem = nifti_stem(args.image)
+    stem = case_name(args.image)
     paths = _score_paths(out, stem)
     for p in paths:
         if p.exists() and not args.overwrite:
@@ -272,7 +272,7 @@ def run_score(args) -> int:
         model = load_model(args.model)
         pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
                                     n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
-                                    volume_fn=make_volume_fn(model, stochastic=True))
+                                    volume_fn=make_volume_fn(model, stochastic=True), affine=image.affine)
     print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
     n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
     print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
@@ -298,13 +298,14 @@ def run_score_folder(args) -> int:
     from tqdm.auto import tqdm
 
     from ugcn import __version__
-    from ugcn.io import atomic_directory, image_folder, load_volume, nifti_stem, write_text_atomic
+    from ugcn.io import atomic_directory, case_name, image_folder, load_image, to_canonical, write_text_atomic
     from ugcn.lesion.baselines import load_side_learners
     from ugcn.lesion.gcnn import load_lesion_model
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
-    from ugcn.segment import load_model, make_volume_fn, predict_mask
+    from ugcn.segment import load_model, make_volume_fn, predict_probabilities
     from ugcn.uncertainty.cohort import mc_sample_batch
     from ugcn.uncertainty.estimators import estimator_maps
+    from ugcn.uncertainty.sampling import result_from_canonical
 
     folder, out = Path(args.images), Path(args.out)
     images = image_folder(folder)
@@ -313,7 +314,7 @@ def run_score_folder(args) -> int:
         "model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),
         "mc_samples": args.n_samples, "seed": args.seed, "mask_from": args.mask_from})
     mine = process_slice(images)
-    todo = [p for p in mine if case_state(out / nifti_stem(p), settings, overwrite=args.overwrite) == "todo"]
+    todo = [p for p in mine if case_state(out / case_name(p), settings, overwrite=args.overwrite) == "todo"]
     size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
     where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
     print(f"lesions score: {where}{len(todo)} of {len(mine)} volumes to score ({len(mine) - len(todo)} finished, "
@@ -326,23 +327,26 @@ def run_score_folder(args) -> int:
         volume_fn = make_volume_fn(model, stochastic=True)
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     for batch in tqdm(batches, desc="batches", disable=args.no_progress or len(batches) < 2):
-        volumes = {p: load_volume(p) for p in batch}
+        volumes = {p: load_image(p) for p in batch}
+        canonical = {p: to_canonical(v.array, v.affine) for p, v in volumes.items()}  # the model runs in RAS+
         groups: dict = {}
         for p, v in volumes.items():
             _check_channels(p, v, channels)
-            groups.setdefault(v.array.shape, []).append(p)
+            groups.setdefault(canonical[p].shape, []).append(p)
         for group in groups.values():
             keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))  # as `--image` uses
-            result = mc_sample_batch(volume_fn, np.stack([volumes[p].array for p in group]), keys,
+            result = mc_sample_batch(volume_fn, np.stack([canonical[p] for p in group]), keys,
                                      n_samples=args.n_samples, chunk_size=args.chunk, devices=mesh)
             for i, p in enumerate(group):
-                stats = jax.tree_util.tree_map(lambda x: x[i], result.stats)
+                mine_i = jax.tree_util.tree_map(lambda x: x[i], result)  # noqa: B023 - used at once
+                stats = result_from_canonical(mine_i, volumes[p].affine).stats  # the file's voxel order
                 maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), stats).items()}
                 if args.mask_from == "mean":
                     pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
                 else:
-                    pred = (predict_mask(model, volumes[p].array) > 0).astype(np.uint8)
-                stem = nifti_stem(p)
+                    probs = predict_probabilities(model, volumes[p].array, volumes[p].affine)
+                    pred = (np.argmax(probs, axis=-1) > 0).astype(np.uint8)
+                stem = case_name(p)
                 with atomic_directory(out / stem, overwrite=True) as tmp:
                     n = _score_case(stem, volumes[p], pred, maps, lesion_model, estimators, mesh, tmp, False, side)
                     report = {"ugcn_version": __version__, "image": str(p), "lesions": n,
@@ -352,11 +356,11 @@ def run_score_folder(args) -> int:
     if jax.process_index() == 0:
         summary = {"volumes": {}, "pending": []}
         for p in images:
-            report = out / nifti_stem(p) / "report.json"
+            report = out / case_name(p) / "report.json"
             if report.is_file():
-                summary["volumes"][nifti_stem(p)] = {"lesions": json.loads(report.read_text())["lesions"]}
+                summary["volumes"][case_name(p)] = {"lesions": json.loads(report.read_text())["lesions"]}
             else:
-                summary["pending"].append(nifti_stem(p))
+                summary["pending"].append(case_name(p))
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         print(f"lesions score: {len(summary['volumes'])} of {len(images)} volumes done, written to {out}")
     return 0

@@ -28,7 +28,7 @@ from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confi
 from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
 from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
-from ugcn.io import atomic_directory, check_same_grid, jsonable
+from ugcn.io import atomic_directory, check_same_grid, from_canonical, jsonable, to_canonical
 from ugcn.lesion.case_outputs import write_case_outputs
 from ugcn.lesion.components import FP_EPSILON, missed_lesions
 from ugcn.lesion.protocol import (
@@ -134,6 +134,7 @@ def mc_uncertainty(
     chunk_size: int = 4,
     mask_from: str = "mean",
     volume_fn: Any = None,
+    affine: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """MC dropout on one image: ``(pred_mask u8[X, Y, Z], {estimator: f32[X, Y, Z]})``.
 
@@ -143,8 +144,14 @@ def mc_uncertainty(
       key: a ``jax.random`` key.
       volume_fn: the stochastic volume function of ``model`` (pass the same one for every image, so the
         sampler compiles once).
+      affine: the image's voxel-to-world matrix: the passes then run in RAS+ order (as ``ugcn train``
+        trains) and the mask and maps come back in the image's voxel order; ``None`` takes the array as it is.
     """
-
+    if affine is not None:
+        pred, maps = mc_uncertainty(model, to_canonical(image, affine), key, estimators=estimators,
+                                    n_samples=n_samples, chunk_size=chunk_size, mask_from=mask_from,
+                                    volume_fn=volume_fn)
+        return from_canonical(pred, affine), {k: from_canonical(v, affine) for k, v in maps.items()}
     if volume_fn is None:
         volume_fn = make_volume_fn(model, stochastic=True)
     result = mc_sample(volume_fn, image, key, n_samples=n_samples, chunk_size=chunk_size)
