@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from ugcn.config import MAX_SEED, setting
 from ugcn.data import find_cases, kfold_splits, load_case
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve
 from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
@@ -30,6 +31,7 @@ from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
 from ugcn.io import atomic_directory, check_same_grid, from_canonical, jsonable, to_canonical
 from ugcn.lesion.case_outputs import write_case_outputs
+from ugcn.lesion.baselines import LOGSUM_MODES
 from ugcn.lesion.components import FP_EPSILON, missed_lesions
 from ugcn.lesion.protocol import (
     GCNN_METHODS,
@@ -76,29 +78,31 @@ class LesionProtocolConfig:
       write_cases: write ``cases/<case>/`` (prediction, lesion ids, uncertainty maps) for every test case.
     """
 
-    folds: int = 4
-    val_fraction: float = 0.2
-    seed: int = 0
-    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
-    mc_samples: int = 20
-    mc_chunk: int = 4
-    mask_from: str = "mean"
-    unet_base_features: int = 8
-    unet_depth: int = 2
-    unet_patch: Optional[tuple[int, int, int]] = None
-    unet_patch_overlap: float = 0.5
-    unet_inference_patch: Optional[tuple[int, int, int]] = None
-    unet_epochs: int = 10
-    unet_steps_per_epoch: int = 20
-    unet_batch_size: int = 4
-    unet_learning_rate: float = 1e-3
-    unet_dropout: Optional[float] = None
-    gcnn_epochs: int = 100
-    gcnn_batch_size: int = 10
-    epsilon: float = FP_EPSILON
-    logsum: str = "sum_of_logs"
-    min_val_fp: int = 5
-    n_bootstrap: int = 2000
+    folds: int = setting(4, min=2, help="k folds of the cross-validation")
+    val_fraction: float = setting(0.2, gt=0, lt=1, help="validation share of the non-test cases")
+    seed: int = setting(0, min=0, max=MAX_SEED, help="seed of the folds, U-Nets, MC dropout and GCNNs")
+    estimators: tuple[str, ...] = setting(DEFAULT_ESTIMATORS, metavar="NAME")
+    mc_samples: int = setting(20, min=1, metavar="T", help="T MC-dropout passes")
+    mc_chunk: int = setting(4, min=1, help="MC-dropout passes computed together")
+    mask_from: str = setting("mean", choices=MASK_SOURCES)
+    unet_base_features: int = setting(8, min=1, help="U-Net feature maps of the first block")
+    unet_depth: int = setting(2, min=1, help="U-Net down-samplings")
+    unet_patch: Optional[tuple[int, int, int]] = setting(None, min=1, help="U-Net training patch, each a multiple "
+                                                         "of 2**depth (none: the whole volume)")
+    unet_patch_overlap: float = setting(0.5, min=0, lt=1)
+    unet_inference_patch: Optional[tuple[int, int, int]] = setting(None, min=1)
+    unet_epochs: int = setting(10, min=1, help="U-Net epochs (of --unet-steps-per-epoch steps) per fold")
+    unet_steps_per_epoch: int = setting(20, min=1, help="U-Net Adam steps per epoch")
+    unet_batch_size: int = setting(4, min=1, help="U-Net patches per step")
+    unet_learning_rate: float = setting(1e-3, gt=0, help="U-Net Adam learning rate")
+    unet_dropout: Optional[float] = setting(None, min=0, lt=1, help="U-Net channel-wise dropout rate, also used by "
+                                            "MC dropout (none: 0.2, docs/method.md)")
+    gcnn_epochs: int = setting(100, min=1, help="lesion GCNN epochs")
+    gcnn_batch_size: int = setting(10, min=1, help="lesion graphs per GCNN batch")
+    epsilon: float = setting(FP_EPSILON, min=0, max=1)
+    logsum: str = setting("sum_of_logs", choices=LOGSUM_MODES)
+    min_val_fp: int = setting(5, min=0)
+    n_bootstrap: int = setting(2000, min=1)
     samples_dir: Optional[str] = None
     write_cases: bool = True
 
