@@ -30,8 +30,8 @@ from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_f
 from ugcn.evaluate.plots import plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
 from ugcn.io import atomic_directory, check_same_grid, from_canonical, jsonable, to_canonical
-from ugcn.lesion.case_outputs import write_case_outputs
 from ugcn.lesion.baselines import LOGSUM_MODES
+from ugcn.lesion.case_outputs import write_case_outputs
 from ugcn.lesion.components import FP_EPSILON, missed_lesions
 from ugcn.lesion.protocol import (
     GCNN_METHODS,
