@@ -278,6 +278,7 @@ SCORE = ["lesions", "score", "--image", "i.nii.gz", "--model", "m", "--lesion-mo
          "ugcn lesions: error: --unet-dropout must be a number in [0, 1), got -0.1"),
         (["lesions", "evaluate", "--data", "d", "--out", "o", "--folds", "1"],
          "ugcn lesions: error: --folds must be an integer >= 2, got 1"),
+        (["demo", "--seed", "-1"], "ugcn demo: error: --seed must be a non-negative integer, got -1"),
         (["phantoms", "ct", "o", "--n", "1001"],
          "ugcn phantoms: error: --n must be a positive integer <= 1000, got 1001"),
     ],
