@@ -119,16 +119,26 @@ def image_folder(folder: PathLike) -> list[Path]:
     images = nifti_files(folder)
     if not images:
         raise ValueError(f"{folder}: no .nii/.nii.gz images")
+    return group_channel_files(images)
+
+
+def group_channel_files(images: list[Path]) -> list[Path]:
+    """One path per case: when every file is named ``<case>_XXXX`` (nnU-Net), the ``_0000`` files (whose
+    further channels :func:`channel_files` finds); otherwise ``images`` unchanged.
+
+    Raises:
+      ValueError: a channel file whose case has no ``_0000`` file or misses a channel before it.
+    """
     matches = [_CHANNEL_RE.match(nifti_stem(p)) for p in images]
-    if all(matches):
-        firsts = [p for p, m in zip(images, matches) if m is not None and m.group("channel") == "0000"]
-        grouped = sum(len(channel_files(p)) for p in firsts)
-        if grouped != len(images):
-            orphans = sorted(set(images) - {c for p in firsts for c in channel_files(p)})
-            raise ValueError(f"{orphans[0]}: a channel file without the channels before it (nnU-Net naming "
-                             "<case>_0000.nii.gz, <case>_0001.nii.gz, ...)")
-        return firsts
-    return images
+    if not images or not all(matches):
+        return list(images)
+    firsts = [p for p, m in zip(images, matches) if m is not None and m.group("channel") == "0000"]
+    grouped = {c for p in firsts for c in channel_files(p)}
+    orphans = sorted(set(images) - grouped)
+    if orphans:
+        raise ValueError(f"{orphans[0]}: a channel file without the channels before it (nnU-Net naming "
+                         "<case>_0000.nii.gz, <case>_0001.nii.gz, ...)")
+    return firsts
 
 
 def nifti_stem(path: PathLike) -> str:

@@ -308,3 +308,14 @@ def test_an_nnunet_raw_dataset_trains_and_refines(tmp_path, capsys):
     assert sorted(summary["volumes"]) == ["case_000", "case_001"]  # one case per channel group, nnU-Net's names
     report = json.loads((out / "case_000" / "report.json").read_text())
     assert report["image"].endswith("case_000_0000.nii.gz") and "dice" in report
+
+
+def test_a_flat_folder_groups_nnunet_channel_files(tmp_path):
+    rng = np.random.default_rng(0)
+    channels = [rng.normal(size=(6, 5, 4)).astype(np.float32) for _ in range(2)]
+    for c, array in enumerate(channels):
+        save_volume(tmp_path / f"x_{c:04d}.nii.gz", array, AFFINE)
+    save_volume(tmp_path / "x_seg.nii.gz", np.ones((6, 5, 4), np.uint8), AFFINE)
+    (case,) = find_cases(tmp_path)
+    assert case.name == "x" and case.label_path.name == "x_seg.nii.gz"
+    np.testing.assert_array_equal(load_case(case)[0].array, np.stack(channels, axis=-1))

@@ -29,6 +29,7 @@ from ugcn.io import (
     atomic_directory,
     channel_files,
     check_same_grid,
+    group_channel_files,
     image_folder,
     load_image,
     load_mask,
@@ -264,6 +265,7 @@ def _flat_folder(folder: Path, require_labels: bool) -> list[Case]:
             labels[key] = path
     if not images:
         raise ValueError(f"{folder}: no NIfTI images (.nii or .nii.gz) found")
+    images = group_channel_files(images)  # nnU-Net channel files: one case each
     cases = [Case(_case_name(p), p, labels.get(nifti_stem(p), labels.get(_case_name(p)))) for p in images]
     used = {c.label_path for c in cases}
     orphans = sorted(p for p in labels.values() if p not in used)

@@ -152,6 +152,9 @@ def mc_uncertainty(
         trains) and the mask and maps come back in the image's voxel order; ``None`` takes the array as it is.
     """
     if affine is not None:
+        from ugcn.segment.model import check_spacing
+
+        check_spacing(model, affine)
         pred, maps = mc_uncertainty(model, to_canonical(image, affine), key, estimators=estimators,
                                     n_samples=n_samples, chunk_size=chunk_size, mask_from=mask_from,
                                     volume_fn=volume_fn)
