@@ -404,3 +404,23 @@ def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch
     assert code == 0
     assert err.splitlines() == ["ugcn phantoms: warning: divide by zero encountered in divide (RuntimeWarning)",
                                 "ugcn phantoms: warning: first line; second line (UserWarning)"]
+
+
+def test_a_rerun_after_a_real_sigkill_removes_its_temporaries(tmp_path, capsys):
+    # A process killed with SIGKILL inside both writers (no handler can run) leaves its hidden temporaries.
+    script = (
+        "import os, signal, sys\n"
+        "from ugcn.io import atomic_directory, atomic_file\n"
+        "out = sys.argv[1]\n"
+        "with atomic_file(out + '/notes.txt') as f:\n"
+        "    f.write_text('half')\n"
+        "    with atomic_directory(out + '/ds') as tmp:\n"
+        "        (tmp / 'imagesTr').mkdir()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_hidden(tmp_path)) == 2 and not (tmp_path / "ds").exists()
+    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "ds"), "--n", "1", "--shape", "16,16,16", "--quiet"])
+    assert code == 0, err
+    assert os.listdir(tmp_path) == ["ds"]
