@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ugcn demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 # Static checks (configured in pyproject.toml): ruff (style, imports, likely bugs) and mypy (types).

@@ -9,8 +9,8 @@ the default setting (``CRFConfig()``, unary from ``Ŷ``), with the same kernels 
 published setting; the GCN as published (``RefineConfig.preset("reference")`` without the self-check's
 fallback, when presets exist), the same with only the uncertain nodes replaced, each graph variant of
 ``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), and the default
-``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled over all volumes,
-each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
+``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled
+over all volumes, each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
 post-processing: never adopt a step that harms).
 

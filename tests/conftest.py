@@ -94,7 +94,8 @@ def build_lesion_rule_data(seed, cells=6, cell=5):
         "variance": 0.01 * rng.random(shape, np.float32),
         "one_minus_pcs": rng.random(shape, np.float32) * 0.5,
     }
-    graphs = build_lesion_graphs(labels, n, rng.normal(size=shape), pred, maps, ("entropy", "variance", "one_minus_pcs"))
+    names = ("entropy", "variance", "one_minus_pcs")
+    graphs = build_lesion_graphs(labels, n, rng.normal(size=shape), pred, maps, names)
     lesion_level = np.array([level[labels == k].mean() for k in range(1, n + 1)])
     iou = np.where(lesion_level > 0.5, 0.0, 1.0 - 0.5 * lesion_level)
     return graphs, iou.astype(np.float32)
@@ -173,8 +174,8 @@ def _noise_field(stats, seed):
     import jax
     import jax.numpy as jnp
 
-    checksum = (jnp.sum(stats.sum_p2[..., 1] * jnp.arange(stats.sum_p2[..., 1].size).reshape(stats.sum_p2.shape[:-1]) % 7)
-                * 1000).astype(jnp.int32)
+    fg = stats.sum_p2[..., 1]
+    checksum = (jnp.sum(fg * jnp.arange(fg.size).reshape(stats.sum_p2.shape[:-1]) % 7) * 1000).astype(jnp.int32)
     return jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(seed), checksum), stats.sum_p.shape[:-1])
 
 

@@ -99,7 +99,8 @@ def test_value_error_in_a_command_is_one_line(capsys, monkeypatch, run_cli):
     monkeypatch.setattr(phantoms, "run", boom)
     code, _, err = run_cli(capsys, ["phantoms", "ct", "somewhere"])
     assert code == 2
-    assert err == "ugcn phantoms: error: /data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz shape (4, 4, 4)\n"
+    assert err == ("ugcn phantoms: error: /data/x.nii.gz: shape (4, 4, 5) does not match /data/y.nii.gz "
+                   "shape (4, 4, 4)\n")
 
 
 def test_entry_point_subprocess(tmp_path):

@@ -112,7 +112,8 @@ def test_header_metadata_kept(tmp_path):
 
 def test_names():
     assert is_nifti("a/b.nii") and is_nifti("b.nii.gz") and not is_nifti("b.npy") and not is_nifti("b.gz")
-    assert nifti_stem("/x/case_01.nii.gz") == "case_01" and nifti_stem("y.nii") == "y" and nifti_stem("z.txt") == "z.txt"
+    assert nifti_stem("/x/case_01.nii.gz") == "case_01" and nifti_stem("y.nii") == "y"
+    assert nifti_stem("z.txt") == "z.txt"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def test_committed_without_outputs(name):
     assert all(c.get("outputs") == [] and c.get("execution_count") is None for c in code), (
         f"{name} carries outputs: clear them (python notebooks/build_notebooks.py writes clean notebooks)"
     )
-    assert "parameters" in code[0].get("metadata", {}).get("tags", []), f"{name}: first code cell is not the parameters cell"
+    tags = code[0].get("metadata", {}).get("tags", [])
+    assert "parameters" in tags, f"{name}: first code cell is not the parameters cell"
 
 
 @pytest.mark.slow

@@ -79,8 +79,8 @@ def test_sections_without_data_are_kept_and_the_study_is_rendered(gen, tmp_path,
     monkeypatch.setattr(sys.modules["run_all"], "RESULTS", results)
     old = gen.generate("small", tmp_path / "no-demo", "")
     assert "section:refine-demo" not in old  # nothing to show, nothing to keep
-    previous = ("\n<!-- section:header -->\nold header\n\n<!-- section:refine-demo -->\n**Refinement demo** old table\n\n"
-                "<!-- section:benchmarks -->\n### Benchmarks\nold bench\n")
+    previous = ("\n<!-- section:header -->\nold header\n\n<!-- section:refine-demo -->\n"
+                "**Refinement demo** old table\n\n<!-- section:benchmarks -->\n### Benchmarks\nold bench\n")
     regime = {"regime": {"steps": 60, "n_train": 2, "dropout": 0.1}, "cnn_mean_dice": 0.62,
               "stats": {"E>0.5": _stats(0.01, 0.12), "GCN (default)": _stats(-0.03, 0.01, 0.75, 0.5)}}
     good = {"regime": {"steps": 300, "n_train": 5, "dropout": 0.3}, "cnn_mean_dice": 0.86,

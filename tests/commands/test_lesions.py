@@ -152,6 +152,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
 
     assert main(["lesions", "evaluate", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    rc = main(["lesions", "score", "--image", "x.nii.gz", "--model", "m", "--lesion-model", str(tmp_path), "--out", "o"])
+    rc = main(["lesions", "score", "--image", "x.nii.gz", "--model", "m", "--lesion-model", str(tmp_path),
+               "--out", "o"])
     assert rc == 2
     assert "not a lesion model" in capsys.readouterr().err

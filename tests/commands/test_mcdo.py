@@ -32,8 +32,8 @@ def test_mcdo_cli_end_to_end(mcdo_inputs):
     root, affine = mcdo_inputs
     out = root / "out"
     argv = ["mcdo", "--model", str(root / "model"), "--image", str(root / "img.nii.gz"), "--out", str(out),
-            "--n-samples", "3", "--chunk", "2", "--seed", "1", "--estimators", "entropy,variance,pcs,mutual_information",
-            "--save-samples", "--quiet"]
+            "--n-samples", "3", "--chunk", "2", "--seed", "1",
+            "--estimators", "entropy,variance,pcs,mutual_information", "--save-samples", "--quiet"]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["n_samples"] == 3 and set(report["estimators"]) == {"entropy", "variance", "pcs",

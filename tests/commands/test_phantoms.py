@@ -26,7 +26,8 @@ def test_phantoms_ct_writes_three_readable_cases(tmp_path, capsys, run_cli):
 
 
 def test_phantoms_brain(tmp_path, capsys, run_cli):
-    code, _, err = run_cli(capsys, ["phantoms", "brain", str(tmp_path / "b"), "--n", "1", "--shape", "32,32,24", "--quiet"])
+    code, _, err = run_cli(capsys, ["phantoms", "brain", str(tmp_path / "b"), "--n", "1", "--shape", "32,32,24",
+                                    "--quiet"])
     assert code == 0, err
     (case,) = find_cases(tmp_path / "b")
     assert case.name == "brain_000"

@@ -74,7 +74,8 @@ def test_decathlon_failure_leaves_nothing(tmp_path, small_cases):
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_pair(folder, stem, array, label=None, affine=np.eye(4)):
+def _write_pair(folder, stem, array, label=None, affine=None):
+    affine = np.eye(4) if affine is None else affine
     save_volume(folder / f"{stem}.nii.gz", array, affine)
     return folder / f"{stem}.nii.gz"
 

@@ -1,4 +1,5 @@
-"""Accuracy-confidence curves, their AUC and Spearman's rho (ugcn.evaluate.accuracy_confidence) against independent references."""
+"""Accuracy-confidence curves, their AUC and Spearman's rho (ugcn.evaluate.accuracy_confidence) against independent
+references."""
 import math
 
 import numpy as np

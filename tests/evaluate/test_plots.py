@@ -24,6 +24,7 @@ import sys
 sys.modules["matplotlib"] = None  # as if it were not installed
 import numpy as np
 import pytest
+import pytest
 import ugcn.evaluate, ugcn.lesion, ugcn.refine
 from ugcn.evaluate.plots import FiguresUnavailableError, figures_available, plot_accuracy_confidence
 from ugcn.evaluate import accuracy_confidence_curve
@@ -51,3 +52,16 @@ def test_plot_writes_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="exists"):
         plot_accuracy_confidence(curves, path, overwrite=False)
+
+
+def test_runs_skip_their_by_product_figures_with_a_warning(monkeypatch):
+    import warnings
+
+    from ugcn.evaluate import plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plots.figures_or_warn("curves.png")  # matplotlib installed: draw, no warning
+    monkeypatch.setattr(plots, "figures_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r'curves.png not drawn: .*pip install "ugcn\[figures\]"'):
+        assert not plots.figures_or_warn("curves.png")

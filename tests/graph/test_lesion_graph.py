@@ -1,4 +1,5 @@
-"""Lesion graphs of method L (ugcn.graph.lesion_graph) against a slow per-lesion reference; selection, concatenation, padding."""
+"""Lesion graphs of method L (ugcn.graph.lesion_graph) against a slow per-lesion reference; selection,
+concatenation, padding."""
 import itertools
 
 import numpy as np
@@ -89,4 +90,5 @@ def test_select_concat_and_padding():
     assert batch.n_node.shape == (11,)
     nodes_budget, edges_budget = bucket_budget(int(g.n_node[:3].sum()), int(g.n_edge[:3].sum()))
     assert batch.nodes.shape[0] == nodes_budget and batch.senders.shape[0] == edges_budget
-    assert batch.edges[: int(g.n_edge[:3].sum())].min() == 1 and batch.edges[int(g.n_edge[:3].sum()):].max(initial=0) == 0
+    n_real = int(g.n_edge[:3].sum())
+    assert batch.edges[:n_real].min() == 1 and batch.edges[n_real:].max(initial=0) == 0

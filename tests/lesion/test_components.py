@@ -1,4 +1,5 @@
-"""Lesion components, MetaSeg IoU_adj and the lesion table (ugcn.lesion.components) against hand-checked / slow references."""
+"""Lesion components, MetaSeg IoU_adj and the lesion table (ugcn.lesion.components) against hand-checked / slow
+references."""
 import numpy as np
 from scipy import ndimage
 

@@ -5,6 +5,7 @@ import pytest
 from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc, spearman
 from ugcn.lesion.gcnn import fit_gcnn, load_lesion_model, save_lesion_model, score_lesions
 
+
 @pytest.fixture(scope="module")
 def data(lesion_rule_data):
     return lesion_rule_data(0), lesion_rule_data(1)

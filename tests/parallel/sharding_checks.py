@@ -92,10 +92,10 @@ def check_lesions(out: dict) -> None:
 def check_refine_batch(out: dict, work: Path) -> None:
     """A clean run at 1 device vs a run interrupted at 4 devices and resumed at 1 (the clean run's program)."""
     import nibabel as nib
-
-    import ugcn.commands.refine as refine_cmd
     from conftest import build_sphere_case as sphere_case
     from conftest import write_sphere_case as write_case
+
+    import ugcn.commands.refine as refine_cmd
     from ugcn.cli import main
 
     src = work / "in"

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from ugcn.refine.crf import (
-    REFERENCE_CRF, CRFCase, CRFConfig, crf_available, crf_refine, dense_crf, organ_intensity_spread, tune_crf,
+    REFERENCE_CRF,
+    CRFCase,
+    CRFConfig,
+    crf_available,
+    crf_refine,
+    dense_crf,
+    organ_intensity_spread,
+    tune_crf,
 )
 
 pytestmark = pytest.mark.skipif(not crf_available(), reason="pydensecrf not installed")

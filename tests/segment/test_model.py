@@ -1,4 +1,5 @@
-"""Whole-volume inference (ugcn.segment.model) against the U-Net applied directly: 2D slices, 3D patches, dropout on/off."""
+"""Whole-volume inference (ugcn.segment.model) against the U-Net applied directly: 2D slices, 3D patches, dropout
+on/off."""
 from __future__ import annotations
 
 import jax
@@ -93,7 +94,8 @@ def test_dropout_on_differs_and_same_key_repeats(samples2, trained2, image):
     assert np.abs(samples2[0] - samples2[1]).max() > 1e-3
     np.testing.assert_array_equal(samples2[0], samples2[2])
     # vmapped sample == unbatched call with the same key
-    single = np.asarray(jax.jit(make_volume_fn(model, stochastic=True))(jax.random.split(jax.random.PRNGKey(5), 3)[1], image))
+    key_1 = jax.random.split(jax.random.PRNGKey(5), 3)[1]
+    single = np.asarray(jax.jit(make_volume_fn(model, stochastic=True))(key_1, image))
     np.testing.assert_allclose(single, samples2[1], atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""Training (ugcn.segment.train): the Dice + CE loss by hand, aligned augmentation, training lowers the loss, bad input."""
+"""Training (ugcn.segment.train): the Dice + CE loss by hand, aligned augmentation, training lowers the loss, bad
+input."""
 from __future__ import annotations
 
 import jax
@@ -53,7 +54,8 @@ def test_3d_training_runs(trained3):
     cfg = model.config
     assert len(history["loss"]) == 2 and np.all(np.isfinite(history["loss"]))
     start = init_model(cfg, jax.random.PRNGKey(0))  # train_model's initial weights come from split(key(seed))
-    assert any(not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(start.params), jax.tree_util.tree_leaves(model.params)))
+    leaves = zip(jax.tree_util.tree_leaves(start.params), jax.tree_util.tree_leaves(model.params))
+    assert any(not np.allclose(a, b) for a, b in leaves)
 
 
 def test_bad_training_input(blob_volume):

@@ -16,7 +16,8 @@ from ugcn.segment.unet import channel_dropout
 def test_channel_dropout_drops_whole_channels(dims):
     shape = (6,) + (5,) * dims + (16,)
     x = jnp.ones(shape)
-    y = np.asarray(channel_dropout(0.5, dims).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)}))
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    y = np.asarray(channel_dropout(0.5, dims).apply({}, x, deterministic=False, rngs=rngs))
     per_map = y.reshape(6, -1, 16)
     # every (sample, channel) map is constant: all 0 (dropped) or all 1/(1-0.5) = 2 (kept)
     assert np.all(per_map.min(1) == per_map.max(1))

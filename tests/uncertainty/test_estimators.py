@@ -1,4 +1,5 @@
-"""The estimator registry (ugcn.uncertainty.estimators): registration, names, import specs, samples estimators, one compiled call."""
+"""The estimator registry (ugcn.uncertainty.estimators): registration, names, import specs, samples estimators, one
+compiled call."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
-"""The uncertainty measures and every built-in estimator (ugcn.uncertainty.measures) against plain numpy computations on the
+"""The uncertainty measures and every built-in estimator (ugcn.uncertainty.measures) against plain numpy
+computations on the
 samples: exact p = 0 / 1, streaming == all samples, value ranges."""
 import math
 

@@ -1,4 +1,5 @@
-"""MC sampling (ugcn.uncertainty.sampling): streaming vs all samples, keys, chunking, sample-map loading, one sampler per architecture."""
+"""MC sampling (ugcn.uncertainty.sampling): streaming vs all samples, keys, chunking, sample-map loading, one
+sampler per architecture."""
 import jax
 import jax.numpy as jnp
 import nibabel as nib

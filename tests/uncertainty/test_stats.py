@@ -1,4 +1,5 @@
-"""Streaming sample statistics (ugcn.uncertainty.stats): chunked accumulation equals all samples at once; input errors."""
+"""Streaming sample statistics (ugcn.uncertainty.stats): chunked accumulation equals all samples at once; input
+errors."""
 import jax.numpy as jnp
 import numpy as np
 import pytest

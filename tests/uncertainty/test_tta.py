@@ -1,4 +1,5 @@
-"""Test-time augmentation as a sample source (ugcn.uncertainty.tta), against a plain numpy loop over the same transforms."""
+"""Test-time augmentation as a sample source (ugcn.uncertainty.tta), against a plain numpy loop over the same
+transforms."""
 import jax
 import jax.numpy as jnp
 import numpy as np

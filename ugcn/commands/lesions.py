@@ -24,8 +24,9 @@ import csv
 import dataclasses
 import io
 import json
+import operator
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -174,7 +175,8 @@ def _model_estimators(feature_names: Sequence[str]) -> tuple[tuple[str, ...], in
 
 
 def _score_paths(out: Path, stem: str) -> list:
-    return [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz", out / f"{stem}_lesion_labels.nii.gz"]
+    return [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz",
+            out / f"{stem}_lesion_labels.nii.gz"]
 
 
 def _check_channels(path, image, channels: int) -> None:
@@ -338,7 +340,7 @@ def run_score_folder(args) -> int:
             result = mc_sample_batch(volume_fn, np.stack([canonical[p] for p in group]), keys,
                                      n_samples=args.n_samples, chunk_size=args.chunk, devices=mesh)
             for i, p in enumerate(group):
-                mine_i = jax.tree_util.tree_map(lambda x: x[i], result)  # noqa: B023 - used at once
+                mine_i = jax.tree_util.tree_map(operator.itemgetter(i), result)
                 stats = result_from_canonical(mine_i, volumes[p].affine).stats  # the file's voxel order
                 maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), stats).items()}
                 if args.mask_from == "mean":
@@ -354,11 +356,11 @@ def run_score_folder(args) -> int:
                     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     barrier("ugcn lesions score --images: every process done")
     if jax.process_index() == 0:
-        summary = {"volumes": {}, "pending": []}
+        summary: dict[str, Any] = {"volumes": {}, "pending": []}
         for p in images:
-            report = out / case_name(p) / "report.json"
-            if report.is_file():
-                summary["volumes"][case_name(p)] = {"lesions": json.loads(report.read_text())["lesions"]}
+            report_path = out / case_name(p) / "report.json"
+            if report_path.is_file():
+                summary["volumes"][case_name(p)] = {"lesions": json.loads(report_path.read_text())["lesions"]}
             else:
                 summary["pending"].append(case_name(p))
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -99,13 +100,14 @@ def run(args: argparse.Namespace) -> int:
     if args.samples:
         samples_np, volume = load_sample_maps(args.samples)
         reference = volume
-        samples = jax.numpy.asarray(samples_np)
-        stats = stats_from_samples(samples)
-        n_samples = int(samples.shape[0])
+        loaded = jax.numpy.asarray(samples_np)
+        stats = stats_from_samples(loaded)
+        n_samples = int(loaded.shape[0])
+        samples: Optional[jax.Array] = loaded
         timings["load_s"] = time.perf_counter() - t
         mean = np.asarray(expectation(stats))
         prediction = np.argmax(mean, axis=-1).astype(np.uint8)
-        source = {"samples": str(args.samples), "source": "samples"}
+        source: dict[str, Any] = {"samples": str(args.samples), "source": "samples"}
     else:
         from ugcn.segment.checkpoint import load_model
         from ugcn.segment.model import make_volume_fn, predict_probabilities

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from ugcn.config import config_to_dict
 def _write_summary(out_dir: Path, stems: list) -> dict:
     from ugcn.io import write_text_atomic
 
-    summary = {"ugcn_version": __version__, "volumes": {}, "pending": []}
+    summary: dict[str, Any] = {"ugcn_version": __version__, "volumes": {}, "pending": []}
     for stem in stems:
         path = out_dir / stem / "report.json"
         if not path.is_file():
@@ -93,7 +95,7 @@ def run_folder(args: argparse.Namespace) -> int:
               f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
     by_shape = defaultdict(list)  # stacking needs one shape (in the model's RAS+ order); the header tells it
     for path in todo:
-        header = nib.load(str(path))
+        header: Any = nib.load(str(path))  # a NIfTI image (nibabel types it generically)
         by_shape[canonical_shape(header.shape, header.affine)].append(path)
     batches = [group[k : k + size] for group in by_shape.values() for k in range(0, len(group), size)]
     if batches:
@@ -115,7 +117,7 @@ def run_folder(args: argparse.Namespace) -> int:
         mc_s = (time.perf_counter() - t) / len(batch)
         for i, (path, volume) in enumerate(zip(batch, volumes)):
             t_case = time.perf_counter()
-            mine_i = result_from_canonical(jax.tree_util.tree_map(lambda x: x[i], result), volume.affine)
+            mine_i = result_from_canonical(jax.tree_util.tree_map(operator.itemgetter(i), result), volume.affine)
             stats, samples = mine_i.stats, (mine_i.samples if keep else None)
             prediction = np.argmax(predict_probabilities(model, volume.array, volume.affine), axis=-1).astype(np.uint8)
             mean = np.asarray(expectation(stats))

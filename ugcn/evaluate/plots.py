@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -42,6 +43,15 @@ def figures_available() -> bool:
     except FiguresUnavailableError:
         return False
     return True
+
+
+def figures_or_warn(what: str) -> bool:
+    """True when figures can be drawn; otherwise a ``RuntimeWarning`` says that ``what`` is skipped and how to
+    install matplotlib (for runs whose figures are a by-product of their results)."""
+    if figures_available():
+        return True
+    warnings.warn(f"{what} not drawn: {INSTALL_HINT}", RuntimeWarning, stacklevel=2)
+    return False
 
 
 def new_figure(figsize: tuple[float, float] = (6.4, 4.8), dpi: int = 110) -> Any:

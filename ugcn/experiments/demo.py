@@ -13,13 +13,14 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
 from ugcn.data.layout import write_decathlon
 from ugcn.data.phantoms import brain_phantom, ct_phantom, realistic_brain_phantom
+from ugcn.evaluate.plots import figures_or_warn
 from ugcn.experiments.lesion_protocol import LesionProtocolConfig, run_protocol
 from ugcn.io import save_volume, write_text_atomic
 from ugcn.refine import RefineConfig, RefineInput, crf_available, refine_batch
@@ -29,8 +30,18 @@ from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import train_model
 from ugcn.uncertainty import estimator_maps, expectation, mc_sample
 
+
+def _crf_case(x: RefineInput) -> CRFCase:
+    """A demo volume (labelled, with its voxel spacing) as a case of :func:`tune_crf`."""
+    if x.label is None:
+        raise ValueError(f"{x.name}: tuning the CRF needs a label")
+    spacing = (1.0, 1.0, 1.0) if x.spacing is None else tuple(x.spacing)
+    return CRFCase(x.image, x.expectation, x.prediction, x.label, spacing)
+
+
 # Columns of the Dice table: report name -> RefineResult mask name.
-METHODS = {"CNN": "cnn", "E>0.5": "expectation_mask", "CRF": "crf", "GCN": "refined", "GCN-unlabelled": "refined_unlabelled"}
+METHODS = {"CNN": "cnn", "E>0.5": "expectation_mask", "CRF": "crf", "GCN": "refined",
+           "GCN-unlabelled": "refined_unlabelled"}
 # The published GCN (``RefineConfig.preset("reference")``), when the installed ugcn has presets.
 REFERENCE_METHODS = {"GCN-reference": "refined"}
 
@@ -157,16 +168,17 @@ def run_refinement_demo(
     train_inputs, inputs, maps = inputs[:n_tune], inputs[n_tune:], maps[n_tune:]
 
     crf_config = CRFConfig()
-    crf_summary = {"available": use_crf, "tuned": False}
+    crf_summary: dict[str, Any] = {"available": use_crf, "tuned": False}
     if tune:
         _say(log, f"[4/5] tuning the dense CRF on the {len(train_inputs)} training volumes (grid search), then GCN "
                   f"refinement of {len(inputs)} volumes in one vmapped fit (tau = {config.tau})")
-        tuning = tune_crf([CRFCase(x.image, x.expectation, x.prediction, x.label, x.spacing) for x in train_inputs])
+        tuning = tune_crf([_crf_case(x) for x in train_inputs])
         crf_config = tuning.best
         best = tuning.best_row()
         crf_summary.update(tuned=True, grid_points=len(tuning.rows), train_dice_crf=best["mean_dice"],
                            train_dice_cnn=float(np.mean(tuning.prediction_dice)), grid=tuning.rows)
-        _say(log, "      tuned CRF: " + ", ".join(f"{k} = {v}" for k, v in best.items() if k not in ("dice", "mean_dice"))
+        chosen = ", ".join(f"{k} = {v}" for k, v in best.items() if k not in ("dice", "mean_dice"))
+        _say(log, f"      tuned CRF: {chosen}"
                   + f" (training Dice {best['mean_dice']:.3f}, CNN {np.mean(tuning.prediction_dice):.3f})")
     else:
         _say(log, f"[4/5] GCN refinement of {len(inputs)} volumes in one vmapped fit (tau = {config.tau})"
@@ -180,10 +192,11 @@ def run_refinement_demo(
         reference = refine_batch(inputs, config=RefineConfig.preset("reference", tau=config.tau), seeds=config.seed,
                                  uncertainty_name=config.uncertainty, progress=False)
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for x, (e, u), r in zip(inputs, maps, results):
-        case_dir = out_dir / "cases" / x.name
-        affine = phantoms[names.index(x.name)].affine
+        case = str(x.name)
+        case_dir = out_dir / "cases" / case
+        affine = phantoms[names.index(case)].affine
         for fname, arr in (("image", x.image), ("label", x.label), ("expectation", e), (config.uncertainty, u),
                            *r.masks().items()):
             save_volume(case_dir / f"{fname}.nii.gz", arr, affine, overwrite=True)
@@ -195,7 +208,7 @@ def run_refinement_demo(
             row.update({m: (ref.dice or {}).get(key) for m, key in REFERENCE_METHODS.items()})
         rows.append(row)
     methods = list(METHODS) + (list(REFERENCE_METHODS) if reference is not None else [])
-    means = {"case": "mean"}
+    means: dict[str, Any] = {"case": "mean"}
     for m in methods:
         vals = [r[m] for r in rows if r[m] is not None]
         means[m] = float(np.mean(vals)) if vals else None
@@ -211,11 +224,12 @@ def run_refinement_demo(
                       "unlabelled nodes": int(np.mean([s.graph_stats.get("unlabelled", 0) for s in swept]))})
     sweep_table = format_table(sweep, ["GCN", "GCN-unlabelled", "unlabelled nodes"], first="tau")
 
-    best = int(np.argmax([r["GCN"] - r["CNN"] for r in rows]))
-    figure = out_dir / "slice.png"
-    x, (e, u), r = inputs[best], maps[best], results[best]
-    _slice_figure(figure, x.image, x.label, r.cnn, u, r.refined, x.name, config.uncertainty, config.ct_window)
-    _tau_figure(out_dir / "tau_sweep.png", sweep, means)
+    if figures_or_warn("slice.png and tau_sweep.png"):
+        shown = int(np.argmax([r["GCN"] - r["CNN"] for r in rows]))
+        x, (e, u), r = inputs[shown], maps[shown], results[shown]
+        _slice_figure(out_dir / "slice.png", x.image, x.label, r.cnn, u, r.refined, str(x.name), config.uncertainty,
+                      config.ct_window)
+        _tau_figure(out_dir / "tau_sweep.png", sweep, means)
 
     summary = {
         "config": dataclasses.asdict(config),

@@ -70,7 +70,7 @@ from ugcn.config import MAX_SEED, setting
 from ugcn.data.layout import find_cases, kfold_splits, load_case
 from ugcn.data.phantoms import brain_phantom
 from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
-from ugcn.evaluate.plots import plot_estimator_comparison
+from ugcn.evaluate.plots import figures_or_warn, plot_estimator_comparison
 from ugcn.evaluate.voxel_metrics import ECE_BINS, VoxelMeasures, voxel_measures
 from ugcn.graph.voxel_graph import bounding_box, largest_component
 from ugcn.io import atomic_directory, check_same_grid, jsonable
@@ -232,7 +232,7 @@ def resolve_estimators(spec: Union[None, str, Sequence[Union[str, Estimator]]] =
     resolved = [None if (isinstance(i, str) and i == ALL) else get_estimator(i) for i in items]
     out: list[Estimator] = []
     registry = {name: get_estimator(name) for name in list_estimators()}
-    for item, est in zip(items, resolved):
+    for est in resolved:
         group = list(registry.values()) if est is None else [est]
         for e in group:
             if any(e.name == o.name or e.fn is o.fn for o in out):
@@ -498,7 +498,8 @@ class EstimatorComparison:
                      f"{_fmt(s['error_rate'], 4)} (= AUPRC of a random map); ECE of the expectation "
                      f"{_fmt(s['ece_expectation'], 4)}.")
         if "r_dice_cnn" in s:
-            lines.append(f"Method R baselines: Dice CNN {_fmt(s['r_dice_cnn'])}, E>0.5 {_fmt(s['r_dice_expectation'])}; "
+            lines.append(f"Method R baselines: Dice CNN {_fmt(s['r_dice_cnn'])}, "
+                         f"E>0.5 {_fmt(s['r_dice_expectation'])}; "
                          f"default quantile for non-entropy estimators {_fmt(s['r_matched_quantile'], 4)}.")
         if "l_lesions" in s:
             lines.append(f"Method L: {s['l_lesions']} lesions ({s['l_tp_lesions']} TP, {s['l_fp_lesions']} FP).")
@@ -566,7 +567,7 @@ def compare_estimators(
 
     t0 = time.perf_counter()
     notes: list[str] = []
-    parts = {"maps": [], "errors": [], "confidence": []}
+    parts: dict[str, list] = {"maps": [], "errors": [], "confidence": []}
     for c in reduced:
         region = _region(c, config)
         if region is None:
@@ -757,8 +758,8 @@ def cases_from_model(
 
 #: Tiny 2D (axial-slice) U-Net of ``--quick``: trains in about a CPU minute and finds most phantom lesions
 #: (a 3D U-Net this small needs several times the steps to find any).
-QUICK_UNET = dict(dims=2, base_features=8, depth=2, dropout_rate=0.1, epochs=12, steps_per_epoch=10, batch_size=8,
-                  learning_rate=3e-3)
+QUICK_UNET: dict[str, Any] = dict(dims=2, base_features=8, depth=2, dropout_rate=0.1, epochs=12, steps_per_epoch=10,
+                                  batch_size=8, learning_rate=3e-3)
 QUICK_SHAPE = (32, 32, 24)
 #: Phantom seeds of ``--quick`` (far from ``ugcn phantoms``' ``S * 1000 + i`` for small S).
 QUICK_TRAIN_SEED, QUICK_EVAL_SEED = 910_000, 920_000
@@ -821,5 +822,6 @@ def write_comparison(result: EstimatorComparison, out_dir: Union[str, Path], *, 
             payload.update(jsonable(extra))
         (tmp / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
         (tmp / "comparison.md").write_text(result.markdown())
-        plot_estimator_comparison(result, tmp / "comparison.png")
+        if figures_or_warn("comparison.png"):
+            plot_estimator_comparison(result, tmp / "comparison.png")
     return Path(out_dir)

@@ -27,7 +27,7 @@ from ugcn.config import MAX_SEED, setting
 from ugcn.data import find_cases, kfold_splits, load_case
 from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve
 from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
-from ugcn.evaluate.plots import plot_accuracy_confidence
+from ugcn.evaluate.plots import figures_or_warn, plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
 from ugcn.io import atomic_directory, check_same_grid, from_canonical, jsonable, to_canonical
 from ugcn.lesion.baselines import LOGSUM_MODES
@@ -340,21 +340,28 @@ def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Pat
             find_samples(config.samples_dir, case.name)
 
     names = method_names(config.estimators)
-    fold_rows, lesion_rows, notes = [], [], []
-    pooled_scores = {m: [] for m in names}
+    fold_rows: list[dict[str, Any]] = []
+    lesion_rows: list = []
+    notes: list[str] = []
+    pooled_scores: dict[str, list[np.ndarray]] = {m: [] for m in names}
     pooled_fp, pooled_vox, pooled_case, pooled_fold = [], [], [], []
     for fold, split in enumerate(tqdm(splits, desc="folds", disable=not progress)):
         fold_seed = config.seed * 1000 + fold
         model = volume_fn = None
         if config.samples_dir is None:
             train = [load_case(cases[i]) for i in split.train]
-            model = _fit_unet([im.array for im, _ in train], [lb.array for _, lb in train], config, fold_seed,
-                              progress)
+            labels = []
+            for case_index, (_, lb) in zip(split.train, train):
+                if lb is None:
+                    raise ValueError(f"{cases[case_index].image_path}: no label; the protocol trains on labelled cases")
+                labels.append(lb.array)
+            model = _fit_unet([im.array for im, _ in train], labels, config, fold_seed, progress)
             del train
             volume_fn = make_volume_fn(model, stochastic=True)
         key = jax.random.PRNGKey(fold_seed)
 
-        fold_source = dict(config=config, model=model, volume_fn=volume_fn, key=key, progress=progress)
+        fold_source: dict[str, Any] = dict(config=config, model=model, volume_fn=volume_fn, key=key,
+                                           progress=progress)
         case_dir = out / "cases" if out is not None and config.write_cases else None
         val_cases, _ = _fold_lesions(cases, split.val, f"fold {fold} val", out_cases=None, **fold_source)
         test_cases, missed = _fold_lesions(cases, split.test, f"fold {fold} test", out_cases=case_dir, **fold_source)
@@ -437,8 +444,9 @@ def _write_results(result: ProtocolResult, folder: Path, config: Optional[Lesion
                "seconds": result.seconds, "config": dataclasses.asdict(config) if config is not None else None}
     (folder / "results.json").write_text(json.dumps(jsonable(payload), indent=2) + "\n")
     curves = {m: c for m, c in result.curves.items() if c is not None}
-    plot_accuracy_confidence(curves, folder / "curves.png",
-                             title="Accuracy-confidence curves (pooled test lesions of the evaluated folds)")
+    if figures_or_warn("curves.png"):
+        plot_accuracy_confidence(curves, folder / "curves.png",
+                                 title="Accuracy-confidence curves (pooled test lesions of the evaluated folds)")
 
 
 def write_protocol_outputs(

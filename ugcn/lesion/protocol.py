@@ -11,10 +11,10 @@ layers per fold is :mod:`ugcn.experiments.lesion_protocol`):
 3. :func:`evaluate_lesion_scores` — AUC of the accuracy-confidence curve and Spearman's rho against the
    lesion size for every method.
 4. :func:`ugcn.experiments.lesion_protocol.run_protocol` — from a data set folder: k folds (25 % test, the
-   rest 80 % train / 20 % validation); per fold a 3D U-Net trained on the train cases, T MC-dropout passes on validation and test
-   cases, lesions, fitting on validation lesions, scoring test lesions. Writes the results table (the layout
-   of the paper's Table 2: method -> AUC %, rho), per-fold Dice and TP/FP counts, every test lesion's
-   scores, and the curves, as CSV/JSON/Markdown/PNG.
+   rest 80 % train / 20 % validation); per fold a 3D U-Net trained on the train cases, T MC-dropout passes on
+   validation and test cases, lesions, fitting on validation lesions, scoring test lesions. Writes the
+   results table (the layout of the paper's Table 2: method -> AUC %, rho), per-fold Dice and TP/FP counts,
+   every test lesion's scores, and the curves, as CSV/JSON/Markdown/PNG.
 
 Conventions and edge cases:
 
@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confidence_curve, spearman
+from ugcn.evaluate.accuracy_confidence import accuracy_confidence_curve, spearman
 from ugcn.evaluate.metrics import dice
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS, LesionGraphs, build_lesion_graphs, concat_lesion_graphs
 from ugcn.lesion.baselines import (
@@ -132,12 +132,12 @@ def uncertainty_from_samples(
     from ugcn.uncertainty import estimator_maps
     from ugcn.uncertainty.stats import stats_from_samples
 
-    samples = jnp.asarray(samples, jnp.float32)
-    if samples.ndim != 5 or samples.shape[-1] < 2:
-        raise ValueError(f"samples must be [T, X, Y, Z, C] with C >= 2, got shape {tuple(samples.shape)}")
-    stats = stats_from_samples(samples)
+    sample_array = jnp.asarray(samples, jnp.float32)
+    if sample_array.ndim != 5 or sample_array.shape[-1] < 2:
+        raise ValueError(f"samples must be [T, X, Y, Z, C] with C >= 2, got shape {tuple(sample_array.shape)}")
+    stats = stats_from_samples(sample_array)
     names = list(estimators)
-    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(names, stats, samples).items()}
+    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(names, stats, sample_array).items()}
     pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
     return pred, maps
 
@@ -228,7 +228,8 @@ def fit_lesion_methods(
         return LesionMethods(None, None, None, estimators)
     if np.any(np.isnan(val.iou_adj)):
         raise ValueError("fit_lesion_methods: validation lesions need ground truth (IoU_adj)")
-    common = dict(epochs=gcnn_epochs, seed=seed, batch_size=gcnn_batch_size, epsilon=epsilon, progress=progress)
+    common: dict[str, Any] = dict(epochs=gcnn_epochs, seed=seed, batch_size=gcnn_batch_size, epsilon=epsilon,
+                                  progress=progress)
     classif = fit_gcnn(val.graphs, val.iou_adj, task="classification", **common)
     reg = fit_gcnn(val.graphs, val.iou_adj, task="regression", **common)
     meta = fit_metaseg(metaseg_features(val.stats, estimators), val.iou_adj, estimators=estimators, epsilon=epsilon)
@@ -270,7 +271,7 @@ def evaluate_lesion_scores(
     for name, s in scores.items():
         s = np.asarray(s, np.float64)
         if s.size and np.all(np.isfinite(s)):
-            curve: Optional[AccuracyConfidence] = accuracy_confidence_curve(s, is_fp)
+            curve = accuracy_confidence_curve(s, is_fp)
             out[name] = {"auc": curve.auc, "spearman": spearman(s, voxels), "curve": curve}
         else:
             out[name] = {"auc": float("nan"), "spearman": float("nan"), "curve": None}

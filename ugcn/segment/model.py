@@ -236,7 +236,7 @@ def blend_weights(patch: tuple[int, int, int], mode: str) -> np.ndarray:
     return np.maximum(w, GAUSSIAN_FLOOR).astype(np.float32)
 
 
-def _patch_plan(cfg: UNetConfig, shape: tuple[int, int, int], batch_size: Optional[int]):
+def _patch_plan(cfg: UNetConfig, shape: tuple[int, ...], batch_size: Optional[int]):
     """Host-side plan of a patch grid: ``(padded, starts i32[n_chunks, batch, 3], valid f32[n_chunks, batch],
     total f32[padded])`` (``total`` is the blending normaliser)."""
     patch = cfg.patch

@@ -204,7 +204,9 @@ class UNet(nn.Module):
     conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False, stage: str = "all") -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False, stage: str = "all"
+    ) -> jnp.ndarray:
         if stage not in ("all", "stem", "after_stem"):
             raise ValueError(f"stage must be 'all', 'stem' or 'after_stem', got {stage!r}")
         cfg = self.config
