@@ -350,7 +350,8 @@ def main(argv=None) -> int:
         print(f"  {r['method']:28s} patch batch {str(r['patch_batch']):>4s}: {r['seconds']:7.2f} s")
     for overlap, b in three_d["brain_prediction"].items():
         print(f"  brain {BRAIN}, overlap {overlap}: {b['patches']} patches, predicted T = 20: "
-              f"{b['predicted_T20_seconds']:.0f} s (at this run's {three_d['seconds_per_patch_pass']:.3f} s/patch-pass)")
+              f"{b['predicted_T20_seconds']:.0f} s "
+              f"(at this run's {three_d['seconds_per_patch_pass']:.3f} s/patch-pass)")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     save_results("mcdo", args.size, result)

@@ -109,9 +109,10 @@ def mcdo_section(r: dict, size: str) -> list[str]:
 def mcdo_3d_lines(d: dict) -> list[str]:
     """The 3D part of the MC-dropout benchmark: stem sharing, patch batch, predicted brain time per overlap."""
     u = d["unet"]
-    out = ["", f"3D U-Net (base {u['base_features']}, depth {u['depth']}, {'x'.join(map(str, u['patch_size'] or [32] * 3))} "
-           f"patches, overlap {u['patch_overlap']}), T = {d['n_samples']} over a {'x'.join(map(str, d['volume']))} volume "
-           f"({d['patches']} patches):", ""]
+    patch = "x".join(map(str, u["patch_size"] or [32] * 3))
+    volume = "x".join(map(str, d["volume"]))
+    out = ["", f"3D U-Net (base {u['base_features']}, depth {u['depth']}, {patch} patches, overlap "
+           f"{u['patch_overlap']}), T = {d['n_samples']} over a {volume} volume ({d['patches']} patches):", ""]
     rows = [[r["method"], r["patch_batch"] if r["patch_batch"] is not None else "-", r["seconds"]] for r in d["rows"]]
     out += table(["implementation", "patches per call", "seconds"], rows)
     brain = d["brain_prediction"]
@@ -145,7 +146,8 @@ def compile_section(r: dict, size: str) -> list[str]:
         first, second = c["first"], c["second"]
         rows.append([name, first["misses"], first["compile_seconds"], first["max_program_seconds"], second["misses"],
                      second["hits"], first["process_seconds"], second["process_seconds"]])
-    out = [f"**Compilation** ({size}): each command run twice in fresh processes sharing one empty persistent cache.", ""]
+    out = [f"**Compilation** ({size}): each command run twice in fresh processes sharing one empty persistent "
+           "cache.", ""]
     out += table(["command", "programs compiled", "compile s", "slowest program s", "2nd run compiled",
                   "2nd run from cache", "1st run s", "2nd run s"], rows)
     return out
@@ -228,8 +230,8 @@ def scaling_section(r: dict, size: str) -> list[str]:
     return out
 
 
-SECTIONS = {"conv3d": conv3d_section, "compile": compile_section, "mcdo": mcdo_section, "refine": refine_section, "lesion": lesion_section, "segment": segment_section,
-            "scaling": scaling_section}
+SECTIONS = {"conv3d": conv3d_section, "compile": compile_section, "mcdo": mcdo_section, "refine": refine_section,
+            "lesion": lesion_section, "segment": segment_section, "scaling": scaling_section}
 
 
 WRITE_FIGURES = True  # False under --check: nothing is written
