@@ -48,7 +48,11 @@ def test_result_masks_are_consistent(sphere_result):
     assert not r.refined[~node].any()  # ROI voxels that are not nodes are 0
     lab = tuple(g.node_coords[g.label_mask].T)
     np.testing.assert_array_equal(r.refined_unlabelled[lab], prediction[lab])
-    np.testing.assert_array_equal(r.refined[tuple(g.node_coords.T)], r.node_probs > 0.5)
+    # Uncertain nodes take the GCN's class where it is confident (beyond 0.5 +- the margin), else keep Ŷ.
+    nodes, free, m = tuple(g.node_coords.T), ~g.label_mask, PIPE.confidence_margin
+    expected = np.where(r.node_probs > 0.5 + m, 1, np.where(r.node_probs <= 0.5 - m, 0, prediction[nodes]))
+    np.testing.assert_array_equal(r.refined_unlabelled[nodes][free], expected[free])
+    np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # the default replaces uncertain nodes only
     np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)
     rep = r.report()
     assert rep["graph"]["nodes"] == g.n_nodes and set(rep["dice"]) == set(r.masks())

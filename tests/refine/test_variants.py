@@ -117,7 +117,8 @@ def test_selection_picks_the_known_best_variant(selected):
     cands = {c["name"]: c for c in r.selection["candidates"]}
     assert cands["local"]["validation_balanced_accuracy"] > cands["configured"]["validation_balanced_accuracy"]
     assert r.graph.n_random_edges == 0  # the returned graph is the local one
-    assert dice(r.refined.astype(bool), label) > 0.95 > dice(pred, label)
+    # 30 epochs leave the GCN unsure on part of the band (kept as Ŷ by the confidence margin); 200 reach 0.97.
+    assert dice(r.refined.astype(bool), label) > dice(pred, label) + 0.15
 
 
 def test_selected_candidate_equals_its_own_single_fit(selected):
@@ -134,7 +135,8 @@ def test_replace_modes(selected):
     np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # default: only uncertain nodes
     labelled = tuple(r.graph.node_coords[r.graph.label_mask].T)
     np.testing.assert_array_equal(r.refined[labelled], pred[labelled])
-    every = refine_volume(image, pred, e, u, config=RefineConfig(fit=FAST, replace="all", variants=()))
+    every = refine_volume(image, pred, e, u,
+                          config=RefineConfig(fit=FAST, replace="all", variants=(), confidence_margin=0.0))
     nodes = tuple(every.graph.node_coords.T)
     np.testing.assert_array_equal(every.refined[nodes], every.node_probs > 0.5)
     assert every.refined.sum() == (every.node_probs > 0.5).sum()  # nothing outside the nodes
@@ -144,3 +146,16 @@ def test_replace_modes(selected):
         RefineConfig.preset("fast")
     ref = RefineConfig.preset("reference")
     assert (ref.tau_mode, ref.replace, ref.variants, ref.fit.loss) == ("absolute", "all", (), "bce")
+
+
+def test_confidence_margin_keeps_the_prediction_where_the_gcn_is_unsure(selected):
+    (image, pred, e, u, label), config, r = selected
+    assert config.confidence_margin == 0.4
+    g = r.graph
+    free = ~g.label_mask
+    p = r.node_probs[free]
+    coords = tuple(g.node_coords[free].T)
+    expected = np.where(p > 0.9, 1, np.where(p <= 0.1, 0, pred[coords]))
+    np.testing.assert_array_equal(r.refined[coords], expected)
+    band = (p > 0.1) & (p <= 0.9)
+    assert band.any() and np.any((p[band] > 0.5) != pred[coords][band])  # the margin changed something
