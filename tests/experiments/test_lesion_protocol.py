@@ -108,3 +108,25 @@ def test_config_rejects_bad_values():
         LesionProtocolConfig(mask_from="mode")
     with pytest.raises(ValueError, match="estimators"):
         LesionProtocolConfig(estimators=())
+
+
+def test_inference_tiles_replace_the_training_patch(monkeypatch):
+    """unet_inference_patch / unet_patch_overlap reach the model MC dropout runs (its patch grid)."""
+    import jax
+
+    from ugcn.segment import UNetConfig
+    from ugcn.segment.model import init_model, patch_starts
+
+    seen = {}
+
+    def fake_train(images, labels, unet, **kwargs):
+        seen["train_patch"] = unet.patch
+        return init_model(unet, jax.random.PRNGKey(0)), {}
+
+    monkeypatch.setattr(protocol, "train_model", fake_train)
+    cfg = LesionProtocolConfig(unet_base_features=2, unet_depth=1, unet_patch=(8, 8, 8),
+                               unet_inference_patch=(16, 12, 8), unet_patch_overlap=0.0)
+    model = protocol._fit_unet([np.zeros((16, 24, 16), np.float32)], [np.zeros((16, 24, 16), np.uint8)], cfg, 0, False)
+    assert seen["train_patch"] == (8, 8, 8)
+    assert isinstance(model.config, UNetConfig) and model.config.patch == (16, 12, 8)
+    assert len(patch_starts((16, 24, 16), model.config.patch, model.config.patch_overlap)) == 4  # 1 x 2 x 2 tiles
