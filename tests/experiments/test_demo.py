@@ -1,5 +1,6 @@
 """The refinement demo end to end at a toy size: every output is written and every Dice is a number."""
 import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -28,8 +29,10 @@ def test_refinement_demo_writes_every_output(tmp_path):
     np.testing.assert_allclose(refined.affine, image.affine)
     assert any("Dice per test volume" in line for line in lines)
     from ugcn.refine import crf_available
+    from ugcn.refine.crf import DEFAULT_GRID
 
     if crf_available():  # the CRF was grid-searched on the training volumes and its setting recorded
-        assert summary["crf"]["tuned"] and summary["crf"]["grid_points"] == len(summary["crf"]["grid"]) == 27
+        n_grid = math.prod(len(values) for values in DEFAULT_GRID.values())
+        assert summary["crf"]["tuned"] and summary["crf"]["grid_points"] == len(summary["crf"]["grid"]) == n_grid
         assert set(summary["crf"]["config"]) >= {"unary", "bilateral_width", "intensity_width", "bilateral_compat"}
         assert (case / "crf.nii.gz").is_file()
