@@ -261,7 +261,8 @@ def _demo_crf_sentence(crf) -> str:
                f"{k['bilateral_width']:g} {k['spatial_units']} and {k['intensity_width']:g} x the organ's intensity "
                f"spread (compat {k['bilateral_compat']:g})")
     if crf.get("tuned"):
-        return (f" The CRF was tuned by a grid search over {crf['grid_points']} settings on the training volumes "
+        return (f" The CRF was tuned by a grid search over {crf['grid_points']} settings on "
+                f"{crf.get('volumes', 'the')} training volumes "
                 f"(their Dice: CNN {crf['train_dice_cnn']:.3f}, tuned CRF {crf['train_dice_crf']:.3f}): {setting}.")
     return f" CRF: {setting}."
 
@@ -372,7 +373,10 @@ def study_section(notes: list[str], size: str) -> list[str] | None:
     out = ["### Where refinement helps: the regime study", "",
            f"`make study` ({used} size, `python benchmarks/study_refine.py --size {used}`, "
            f"{r['seconds'] / 60:.0f} min): "
-           f"{len(regimes)} 2D U-Nets of graded quality (training steps {steps} x training volumes {n_train} x "
+           + (f"**only {len(regimes)} of the {r['regimes_planned']} planned regimes finished** (the run was "
+              "stopped; the others are missing, not averaged in): " if r.get("regimes_planned", len(regimes)) > len(regimes)
+              else "")
+           + f"{len(regimes)} 2D U-Nets of graded quality (training steps {steps} x training volumes {n_train} x "
            f"dropout {dropout}) segment the same {st['n_test']} held-out CT phantoms "
            f"{'x'.join(map(str, st['shape']))}; T = {st['n_samples']} MC passes, {st['uncertainty']} uncertainty. "
            "ΔDice is each method's Dice minus the CNN's (`Ŷ`, its largest component), per volume; p is a paired "
