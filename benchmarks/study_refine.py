@@ -39,9 +39,9 @@ RESULTS = HERE / "results"
 #: small: 8 CNNs, about 15 minutes on a quiet 2-core CPU; full: 18 CNNs on larger volumes (hours there).
 SIZES = {
     "small": dict(shape=(64, 64, 32), spacing=(1.2, 1.2, 3.75), steps=(150, 600), n_train=(2, 5),
-                  dropout=(0.1, 0.3), n_test=4, n_samples=8),
+                  dropout=(0.1, 0.3), n_test=4, n_samples=8, variants_alone=False),
     "full": dict(shape=(96, 96, 48), spacing=(0.8, 0.8, 2.5), steps=(100, 300, 900), n_train=(2, 5, 10),
-                 dropout=(0.1, 0.3), n_test=8, n_samples=20),
+                 dropout=(0.1, 0.3), n_test=8, n_samples=20, variants_alone=True),
 }
 UNET = dict(base_features=8, depth=3)
 TRAIN = dict(batch_size=8, learning_rate=1e-2)  # 3e-3 left 64x64 U-Nets empty after 250 steps
@@ -57,10 +57,15 @@ def _say(text: str) -> None:
 
 
 def regimes(size: str) -> list[dict]:
-    """The CNN regimes of a size: every (steps, n_train, dropout) combination."""
+    """The CNN regimes of a size: every (steps, n_train, dropout) combination, ordered so that each prefix
+    spreads over the grid (a stopped run still spans weak and strong CNNs): sorted by the number of factors
+    at their low value, alternating ends."""
     s = SIZES[size]
-    return [{"steps": st, "n_train": n, "dropout": d} for st, n, d in itertools.product(s["steps"], s["n_train"],
-                                                                                           s["dropout"])]
+    grid = list(itertools.product(s["steps"], s["n_train"], s["dropout"]))
+    low = {r: sum(v == min(axis) for v, axis in zip(r, (s["steps"], s["n_train"], s["dropout"]))) for r in grid}
+    ordered = sorted(grid, key=lambda r: low[r])
+    spread = [ordered[-1 - i // 2] if i % 2 == 0 else ordered[i // 2] for i in range(len(ordered))]
+    return [{"steps": st, "n_train": n, "dropout": d} for st, n, d in spread]
 
 
 def regime_name(r: dict) -> str:
@@ -119,8 +124,9 @@ def test_phantoms(size: str) -> list:
     return _TEST[size]
 
 
-def gcn_methods() -> dict:
-    """``{method name: (RefineConfig, mask name)}`` of every GCN setting the installed ugcn offers."""
+def gcn_methods(variants_alone: bool = True) -> dict:
+    """``{method name: (RefineConfig, mask name)}`` of every GCN setting the installed ugcn offers
+    (``variants_alone``: also each graph variant fitted on its own; the default selects among them anyway)."""
     from ugcn.refine import RefineConfig
 
     default = RefineConfig()
@@ -134,6 +140,9 @@ def gcn_methods() -> dict:
     try:
         from ugcn.refine.variants import CONFIGURED, DEFAULT_VARIANTS
     except ImportError:
+        return methods
+    if not variants_alone:
+        methods["GCN (default)"] = (default, "refined")
         return methods
     for variant in (CONFIGURED, *DEFAULT_VARIANTS):
         fields = {f.name: getattr(variant, f.name) for f in dataclasses.fields(variant)
@@ -179,7 +188,7 @@ def evaluate_regime(cases: list[dict], size: str, seed: int = 0) -> dict:
                           s["spacing"]) for i, (p, c) in enumerate(zip(phantoms, cases))]
     statuses = {}
     runs = {}
-    for name, (config, mask) in gcn_methods().items():
+    for name, (config, mask) in gcn_methods(s["variants_alone"]).items():
         key = repr(config)
         if key not in runs:
             with warnings.catch_warnings():
@@ -304,7 +313,7 @@ def _result(size, per_regime, n_planned, seconds, jax, scipy, ugcn) -> dict:
         "size": size,
         "setup": {**{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "unet": UNET, "train": TRAIN,
                   "uncertainty": UNCERTAINTY, "test_seeds": [5000 + i for i in range(s["n_test"])],
-                  "gcn_methods": {m: repr(c) for m, (c, _) in gcn_methods().items()},
+                  "gcn_methods": {m: repr(c) for m, (c, _) in gcn_methods(s["variants_alone"]).items()},
                   "crf_methods": {m: repr(c) for m, c in crf_methods().items()}},
         "regimes_planned": n_planned,
         "regimes": per_regime,
