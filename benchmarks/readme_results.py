@@ -374,8 +374,8 @@ def study_section(notes: list[str], size: str) -> list[str] | None:
            f"`make study` ({used} size, `python benchmarks/study_refine.py --size {used}`, "
            f"{r['seconds'] / 60:.0f} min): "
            + (f"**only {len(regimes)} of the {r['regimes_planned']} planned regimes finished** (the run was "
-              "stopped; the others are missing, not averaged in): " if r.get("regimes_planned", len(regimes)) > len(regimes)
-              else "")
+              "stopped; the others are missing, not averaged in): "
+              if r.get("regimes_planned", len(regimes)) > len(regimes) else "")
            + f"{len(regimes)} 2D U-Nets of graded quality (training steps {steps} x training volumes {n_train} x "
            f"dropout {dropout}) segment the same {st['n_test']} held-out CT phantoms "
            f"{'x'.join(map(str, st['shape']))}; T = {st['n_samples']} MC passes, {st['uncertainty']} uncertainty. "

@@ -1,9 +1,10 @@
 """The demos (``ugcn demo``): method R on CT phantoms and method L on brain phantoms, in a few CPU minutes.
 
 Steps: make CT phantoms; train a small 2D U-Net on a few of them (8 volumes, the low-data regime of the
-papers, trained for 600 steps); T MC-dropout passes on each test volume and on 4 training volumes; tune the dense CRF's kernels by a grid search on the training volumes
-(:func:`~ugcn.refine.crf.tune_crf`); refine every test volume with the vmapped GCN fit (the default
-configuration, and the published one when the installed ugcn has presets); compare Dice of the CNN,
+papers, trained for 600 steps); T MC-dropout passes on each test volume and on 4 training volumes; tune the
+dense CRF's kernels by a grid search on the training volumes (:func:`~ugcn.refine.crf.tune_crf`); refine every
+test volume with the vmapped GCN fit (the default configuration, and the published one when the installed ugcn
+has presets); compare Dice of the CNN,
 ``E > 0.5``, the tuned CRF and the GCN; sweep τ; write NIfTI outputs, a CSV/JSON report and PNGs.
 """
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run_refinement_demo(
     names = [f"ct_{i:03d}" for i in range(n_cases)]
     write_decathlon(out_dir / "phantoms", [(n, p.image, p.label, p.affine) for n, p in zip(names, phantoms)],
                     name="ugcn-demo-ct", description="CT phantoms of the ugcn demo", overwrite=True)
-    train, test = phantoms[: config.n_train], phantoms[config.n_train:]
+    train = phantoms[: config.n_train]
 
     _say(log, f"[2/5] training a 2D U-Net (base {config.base_features}, depth {config.depth}) on "
               f"{config.n_train} volumes: {config.epochs} x {config.steps_per_epoch} steps")
@@ -155,7 +156,8 @@ def run_refinement_demo(
     tune = use_crf and config.crf_tune
     n_tune = min(config.crf_tune_volumes, config.n_train) if tune else 0
     mc_cases = list(range(n_tune)) + list(range(config.n_train, n_cases))  # phantom indices
-    _say(log, f"[3/5] MC dropout: T = {config.n_samples} passes per test volume{' and on ' + str(n_tune) + ' training volumes' if tune else ''}, "
+    on_training = f" and on {n_tune} training volumes" if tune else ""
+    _say(log, f"[3/5] MC dropout: T = {config.n_samples} passes per test volume{on_training}, "
               f"uncertainty = {config.uncertainty}")
     stochastic = make_volume_fn(model, stochastic=True)
     inputs, maps = [], []
@@ -177,8 +179,9 @@ def run_refinement_demo(
         tuning = tune_crf([_crf_case(x) for x in train_inputs])
         crf_config = tuning.best
         best = tuning.best_row()
-        crf_summary.update(tuned=True, volumes=len(train_inputs), grid_points=len(tuning.rows), train_dice_crf=best["mean_dice"],
-                           train_dice_cnn=float(np.mean(tuning.prediction_dice)), grid=tuning.rows)
+        crf_summary.update(tuned=True, volumes=len(train_inputs), grid_points=len(tuning.rows),
+                           train_dice_crf=best["mean_dice"], train_dice_cnn=float(np.mean(tuning.prediction_dice)),
+                           grid=tuning.rows)
         chosen = ", ".join(f"{k} = {v}" for k, v in best.items() if k not in ("dice", "mean_dice"))
         _say(log, f"      tuned CRF: {chosen}"
                   + f" (training Dice {best['mean_dice']:.3f}, CNN {np.mean(tuning.prediction_dice):.3f})")
