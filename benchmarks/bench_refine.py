@@ -12,8 +12,8 @@ Measured (medians after a warm-up call that includes compilation):
     array: read + write);
   - the batch fit with B = 1, 4 (large: 16) graphs, both strategies (parallel = block-diagonal vmap,
     sequential = lax.map), against B separate fits;
-  - the per-volume selection among candidate graphs (``RefineConfig()``: the configured graph, ``local`` and
-    ``knn``, all fitted in one batched program) against one fit per volume (``RefineConfig(variants=())``),
+  - the per-volume selection among candidate graphs (``RefineConfig()``: the configured k-NN graph and the
+    ``local`` one, fitted in one batched program) against one fit per volume (``RefineConfig(variants=())``),
     same volume and settings otherwise: the fit and the whole ``refine_volume`` (graphs included);
   - PyTorch Geometric on the same graph in the same process (``GCNConv`` x 2, and the same algebra as ugcn:
     ``ÂX`` once, then ``Linear`` + ``GCNConv(32, 1)``), a few epochs, per epoch, with as many threads as

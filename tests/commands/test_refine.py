@@ -31,7 +31,7 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys, sphere_case, write_case):
     assert report["dice"]["refined"] > report["dice"]["cnn"]
     assert report["graph"]["nodes"] > 0 and "fit" in report["timings_s"]
     assert report["selfcheck"]["passed"] and report["selection"]["variant"] and report["selection"]["why"]
-    assert len(report["selection"]["candidates"]) == 3
+    assert len(report["selection"]["candidates"]) == 2
     assert main(args) == 2 and "exist" in capsys.readouterr().err  # no silent overwrite
     batch_out = tmp_path / "batch"
     assert main(["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"),
@@ -39,7 +39,7 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys, sphere_case, write_case):
     summary = json.loads((batch_out / "summary.json").read_text())
     assert set(summary["volumes"]) == {"a", "b"}
     for case in summary["volumes"].values():  # the self-check's columns
-        assert case["status"] == "refined" and case["variant"] in ("configured", "local", "knn")
+        assert case["status"] == "refined" and case["variant"] in ("configured", "local")
         assert case["validation_balanced_accuracy"] > 0.75
     assert summary["status_counts"] == {"refined": 2}
     # no --predictions: Ŷ = E > 0.5, which the synthetic E makes equal to the prediction. 30 epochs are

@@ -106,7 +106,7 @@ def selected():
     """The configured graph made known-bad (heavy random edges drown every node's own features) beside
     the local graph, which is known to fix the band."""
     image, pred, e, u, label = sphere_case()
-    config = RefineConfig(fit=FAST, k_random=16, long_range_weight=50.0, variants=(LOCAL,))
+    config = RefineConfig(fit=FAST, k_random=16, long_range="random", long_range_weight=50.0, variants=(LOCAL,))
     return sphere_case(), config, refine_volume(image, pred, e, u, config=config, label=label)
 
 

@@ -69,7 +69,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                        record="config", prefixes={"fit": "gcn-"}, exclude=("min_bucket_nodes", "min_bucket_edges"),
                        presets={"": ({"safe": PRESETS["safe"], "reference": PRESETS["reference"]},
                                      "method R setting the other flags start from: safe (adaptive tau, class-balanced "
-                                     "loss, the best of three graphs by the self-check's validation score, only "
+                                     "loss, the better of two graphs by the self-check's validation score, only "
                                      "uncertain voxels replaced) or reference (the published method). Both fall back "
                                      "to the prediction, with a warning, when the fit fails the self-check "
                                      "(--no-check-fallback: warn only)"),

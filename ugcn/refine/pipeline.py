@@ -93,12 +93,13 @@ class RefineConfig:
     max_uncertain_fraction: float = setting(0.5, gt=0, max=1, help="the cap of --tau-mode adaptive")
     dilation: tuple = setting((5, 7, 7), min=1, help="box size of the dilation of the uncertain voxels along the "
                               "array axes 0, 1, 2 (the ROI)")
-    k_random: int = setting(16, min=0, help="long-range edges per node (0: none)")
-    long_range: str = setting("random", choices=LONG_RANGE, help="long-range partners: random (the method) or the "
+    k_random: int = setting(8, min=0, help="long-range edges per node (0: none; the method: 16)")
+    long_range: str = setting("knn", choices=LONG_RANGE, help="long-range partners: random (the method) or the "
                               "k nearest nodes in feature space (knn)")
     long_range_weight: float = setting(1.0, min=0, help="factor on the long-range edges' weights (1: the method)")
     margin: int = setting(0, min=0, help="voxels added around the ROI box, clipped to the volume")
-    lam: float = setting(0.5, min=0, help="weight of the diversity term in the edge weights (0 drops it)")
+    lam: float = setting(0.0, min=0, help="weight of the diversity term in the edge weights (0 drops it; the method: "
+                         "0.5)")
     feature_norm: str = setting("zscore", choices=FEATURE_NORMS, help="node intensity features: zscore, or "
                                 "reference (divided by the variance, the reference code's quirk)")
     row_normalize: bool = setting(False, help="divide each node's feature vector by its sum (the reference code)")
@@ -144,13 +145,14 @@ class RefineConfig:
 
 
 PRESETS = {
-    # The default: τ capped when the CNN is uncertain over most of its organ, class-balanced BCE, the best of
-    # three graphs by validation score, only uncertain nodes replaced, and the self-check's fallback.
+    # The default: τ capped when the CNN is uncertain over most of its organ, class-balanced BCE, the better of
+    # two graphs (k-NN long-range edges, 6-neighbour edges only; no diversity term) by validation score, only
+    # uncertain nodes replaced where the GCN is confident, and the self-check's fallback.
     "safe": RefineConfig(),
     # The published method (docs/method.md R1-R12): absolute τ, random edges, plain BCE, every node replaced.
     # The self-check still runs and falls back on a failed fit (check=SelfCheckConfig(fallback=False): warn only).
-    "reference": RefineConfig(tau_mode="absolute", replace="all", variants=(), confidence_margin=0.0,
-                              fit=FitConfig(loss="bce")),
+    "reference": RefineConfig(tau_mode="absolute", k_random=16, long_range="random", lam=0.5, replace="all",
+                              variants=(), confidence_margin=0.0, fit=FitConfig(loss="bce")),
 }
 
 
