@@ -15,7 +15,6 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
 
 import numpy as np
 
@@ -71,12 +70,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from ugcn.io import atomic_directory, load_image, save_volume, to_canonical
-    from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
-    from ugcn.uncertainty.measures import expectation
+    from ugcn.io import atomic_directory, load_image, save_volume
+    from ugcn.uncertainty.estimators import parse_estimator_names
     from ugcn.uncertainty.outputs import map_summary, plan_outputs
-    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample, result_from_canonical
-    from ugcn.uncertainty.stats import stats_from_samples
+    from ugcn.uncertainty.sampling import load_sample_maps
+    from ugcn.uncertainty.sources import from_model, from_samples
 
     if args.images:
         from ugcn.commands.mcdo_cohort import run_folder
@@ -98,57 +96,27 @@ def run(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     if args.samples:
-        samples_np, volume = load_sample_maps(args.samples)
-        reference = volume
-        loaded = jax.numpy.asarray(samples_np)
-        stats = stats_from_samples(loaded)
-        n_samples = int(loaded.shape[0])
-        samples: Optional[jax.Array] = loaded
-        timings["load_s"] = time.perf_counter() - t
-        mean = np.asarray(expectation(stats))
-        prediction = np.argmax(mean, axis=-1).astype(np.uint8)
-        source: dict[str, Any] = {"samples": str(args.samples), "source": "samples"}
+        samples_np, reference = load_sample_maps(args.samples)  # the outputs take the maps' grid and header
+        sampled = from_samples(samples_np, estimators, keep_samples=keep, source={"file": str(args.samples)})
+        source = {"samples": str(args.samples), "source": "samples"}
     else:
         from ugcn.segment.checkpoint import load_model
-        from ugcn.segment.model import make_volume_fn, predict_probabilities
 
         model = load_model(args.model)
         reference = load_image(args.image)  # nnU-Net's channel files stacked
-        image = to_canonical(reference.array, reference.affine)  # the model runs in RAS+; maps come back below
         timings["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        probs = predict_probabilities(model, reference.array, reference.affine)
-        prediction = np.argmax(probs, axis=-1).astype(np.uint8)
-        timings["deterministic_pass_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        # The model runs on the image in RAS+ order; every map comes back in the file's voxel order.
+        sampled = from_model(model, reference.array, estimators, method=args.source, key=jax.random.key(args.seed),
+                             seed=args.seed, n_samples=args.n_samples, chunk_size=args.chunk,
+                             tta_max_shift=args.tta_max_shift, affine=reference.affine, keep_samples=keep)
         source = {"model": str(args.model), "image": str(args.image), "source": args.source}
-        if args.source == "tta":
-            from ugcn.uncertainty.tta import TRANSFORM_COLUMNS, tta_sample, tta_transforms
-
-            shifts = tuple(range(-args.tta_max_shift, args.tta_max_shift + 1))
-            result = tta_sample(
-                make_volume_fn(model, stochastic=False), image, seed=args.seed, n_samples=args.n_samples,
-                shifts=shifts, chunk_size=args.chunk, keep_samples=keep,
-            )
-            transforms = tta_transforms(args.n_samples, seed=args.seed, shifts=shifts)
-            source["tta"] = {"max_shift": args.tta_max_shift, "columns": list(TRANSFORM_COLUMNS),
-                             "transforms": transforms.tolist()}
-        else:
-            volume_fn = make_volume_fn(model, stochastic=True)
-            result = mc_sample(
-                volume_fn, image, jax.random.key(args.seed), n_samples=args.n_samples, chunk_size=args.chunk,
-                keep_samples=keep,
-            )
-        jax.block_until_ready(result)
-        result = result_from_canonical(result, reference.affine)  # the file's voxel order, as every output
-        stats, samples, n_samples = result.stats, result.samples, args.n_samples
-        timings[f"{args.source}_sampling_s"] = time.perf_counter() - t  # includes compilation
-        mean = np.asarray(expectation(stats))
-
-    num_classes = mean.shape[-1]
-    t = time.perf_counter()
-    maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples if keep else None).items()}
-    timings["estimators_s"] = time.perf_counter() - t
+        if "tta" in sampled.source:
+            source["tta"] = sampled.source["tta"]
+    timings["load_s" if args.samples else f"{args.source}_sampling_s"] = time.perf_counter() - t
+    prediction, mean, maps, samples, n_samples = (sampled.prediction, sampled.expectation, sampled.maps,
+                                                  sampled.samples, sampled.n_samples)
+    num_classes = sampled.num_classes
 
     files = plan_outputs(out_dir, names, args.save_samples, num_classes if num_classes > 2 else 0, args.overwrite)
     affine, header = reference.affine, reference.header

@@ -23,21 +23,16 @@ from ugcn import __version__
 from ugcn.config import config_to_dict
 
 
-def _write_summary(out_dir: Path, stems: list) -> dict:
-    from ugcn.io import write_text_atomic
+def _case_summary(rep: dict) -> dict:
+    """A case's entry in ``summary.json``: predicted voxels and each map's mean inside the prediction."""
+    return {"predicted_voxels": rep.get("predicted_voxels"),
+            "estimators": {k: v.get("mean_in_prediction") for k, v in rep.get("estimators", {}).items()}}
 
-    summary: dict[str, Any] = {"ugcn_version": __version__, "volumes": {}, "pending": []}
-    for stem in stems:
-        path = out_dir / stem / "report.json"
-        if not path.is_file():
-            summary["pending"].append(stem)
-            continue
-        rep = json.loads(path.read_text())
-        summary["volumes"][stem] = {"predicted_voxels": rep.get("predicted_voxels"),
-                                    "estimators": {k: v.get("mean_in_prediction")
-                                                   for k, v in rep.get("estimators", {}).items()}}
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+
+def _write_summary(out_dir: Path, stems: list) -> dict:
+    from ugcn.parallel.resume import write_summary
+
+    return write_summary(out_dir, stems, _case_summary)
 
 
 def run_folder(args: argparse.Namespace) -> int:

@@ -305,31 +305,32 @@ def _write_case(case_dir: Path, result, image, report: dict) -> None:
         _write_outputs(tmp, result, image, report)
 
 
+def _case_summary(rep: dict) -> dict:
+    """A case's entry in ``summary.json``: status, chosen variant, self-check scores, Dice, graph counts."""
+    check = rep.get("selfcheck") or {}
+    return {
+        "status": rep.get("status"), "variant": (rep.get("selection") or {}).get("variant"),
+        "validation_balanced_accuracy": check.get("validation_balanced_accuracy"),
+        "validation_dice": check.get("validation_dice"),
+        "dice": rep.get("dice"), "graph": rep.get("graph"),
+    }
+
+
+def _cohort_figures(volumes: dict) -> dict:
+    """Status counts and mean Dice per method over the finished cases."""
+    statuses = [v["status"] for v in volumes.values()]
+    out: dict[str, Any] = {"status_counts": {k: statuses.count(k) for k in sorted(set(statuses), key=str)}}
+    with_dice = [v["dice"] for v in volumes.values() if v["dice"]]
+    if with_dice:
+        out["mean_dice"] = {k: float(np.mean([d[k] for d in with_dice])) for k in with_dice[0]}
+    return out
+
+
 def _write_summary(out_dir: Path, stems: list) -> dict:
     """``summary.json`` from every case's ``report.json`` (cases without one are listed as pending)."""
-    from ugcn.io import write_text_atomic
+    from ugcn.parallel.resume import write_summary
 
-    summary: dict[str, Any] = {"ugcn_version": __version__, "volumes": {}, "pending": []}
-    for stem in stems:
-        path = out_dir / stem / REPORT
-        if not path.is_file():
-            summary["pending"].append(stem)
-            continue
-        rep = json.loads(path.read_text())
-        check = rep.get("selfcheck") or {}
-        summary["volumes"][stem] = {
-            "status": rep.get("status"), "variant": (rep.get("selection") or {}).get("variant"),
-            "validation_balanced_accuracy": check.get("validation_balanced_accuracy"),
-            "validation_dice": check.get("validation_dice"),
-            "dice": rep.get("dice"), "graph": rep.get("graph"),
-        }
-    statuses = [v["status"] for v in summary["volumes"].values()]
-    summary["status_counts"] = {k: statuses.count(k) for k in sorted(set(statuses), key=str)}
-    with_dice = [v["dice"] for v in summary["volumes"].values() if v["dice"]]
-    if with_dice:
-        summary["mean_dice"] = {k: float(np.mean([d[k] for d in with_dice])) for k in with_dice[0]}
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return write_summary(out_dir, stems, _case_summary, aggregate=_cohort_figures)
 
 
 def _cohort_mc(args, paths, volume_fn, mesh) -> dict:

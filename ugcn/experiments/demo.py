@@ -25,10 +25,9 @@ from ugcn.experiments.lesion_protocol import LesionProtocolConfig, run_protocol
 from ugcn.io import save_volume, write_text_atomic
 from ugcn.refine import RefineConfig, RefineInput, crf_available, refine_batch
 from ugcn.refine.crf import CRFCase, CRFConfig, tune_crf
-from ugcn.segment import UNetConfig, make_volume_fn, predict_probabilities, save_model
+from ugcn.segment import UNetConfig, make_volume_fn, save_model
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import train_model
-from ugcn.uncertainty import estimator_maps, expectation, mc_sample
 
 
 def _crf_case(x: RefineInput) -> CRFCase:
@@ -163,11 +162,10 @@ def run_refinement_demo(
     inputs, maps = [], []
     for k in _progress(mc_cases, progress, "MC dropout"):
         p = phantoms[k]
-        prediction = predict_probabilities(model, p.image)[..., 1] > 0.5
-        result = mc_sample(stochastic, p.image, jax.random.PRNGKey(config.seed + 100 + k), n_samples=config.n_samples)
-        e = np.asarray(expectation(result.stats))[..., 1]
-        u = np.asarray(estimator_maps([config.uncertainty], result.stats)[config.uncertainty])
-        inputs.append(RefineInput(p.image, prediction, e, u, p.label, names[k], p.spacing))
+        sampled = from_model(model, p.image, [config.uncertainty], key=jax.random.PRNGKey(config.seed + 100 + k),
+                             n_samples=config.n_samples, volume_fn=stochastic)
+        e, u = sampled.foreground, sampled.maps[config.uncertainty]
+        inputs.append(RefineInput(p.image, sampled.prediction > 0, e, u, p.label, names[k], p.spacing))
         maps.append((e, u))
     train_inputs, inputs, maps = inputs[:n_tune], inputs[n_tune:], maps[n_tune:]
 

@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -73,7 +72,7 @@ from ugcn.evaluate.accuracy_confidence import accuracy_confidence_auc
 from ugcn.evaluate.plots import figures_or_warn, plot_estimator_comparison
 from ugcn.evaluate.voxel_metrics import ECE_BINS, VoxelMeasures, voxel_measures
 from ugcn.graph.voxel_graph import bounding_box, largest_component
-from ugcn.io import atomic_directory, check_same_grid, jsonable
+from ugcn.io import atomic_directory, jsonable
 from ugcn.lesion.gcnn import fit_gcnn, score_lesions
 from ugcn.lesion.protocol import case_lesions, merge_cases
 from ugcn.refine.fit import FitConfig
@@ -82,9 +81,7 @@ from ugcn.segment import UNetConfig, load_model, make_volume_fn
 from ugcn.segment.train import train_model
 from ugcn.uncertainty.estimators import Estimator, estimator_maps, get_estimator, list_estimators
 from ugcn.uncertainty.measures import expectation
-from ugcn.uncertainty.sampling import load_sample_maps, mc_sample
-from ugcn.uncertainty.stats import stats_from_samples
-from ugcn.uncertainty.tta import tta_sample
+from ugcn.uncertainty.sources import from_model, from_sample_file
 
 REGIONS = ("box", "volume")
 DEFAULT_R_SWEEP = (0.8, 0.9, 0.95, 0.98, 0.99)
@@ -689,11 +686,8 @@ def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) 
     def generate():
         for case, path in zip(cases, files):
             image, label = load_case(case)
-            samples, volume = load_sample_maps(path)
-            check_same_grid(image, volume, what="sample maps")
-            samples = jnp.asarray(samples)
-            yield CaseSamples(case.name, image.array, label.array, stats_from_samples(samples),
-                              samples if keep_samples else None)
+            sampled = from_sample_file(path, reference=image, keep_samples=keep_samples)
+            yield CaseSamples(case.name, image.array, label.array, sampled.stats, sampled.samples)
 
     return _CaseStream(generate(), len(cases))
 
@@ -743,15 +737,10 @@ def cases_from_model(
     def generate():
         key = jax.random.PRNGKey(seed)
         for i, (name, image, label) in enumerate(items()):
-            case_key = jax.random.fold_in(key, i)
-            if source == "tta":
-                result = tta_sample(volume_fn, image, case_key, seed=seed, n_samples=n_samples,
-                                    shifts=tuple(range(-int(tta_max_shift), int(tta_max_shift) + 1)),
-                                    chunk_size=chunk_size, keep_samples=keep_samples)
-            else:
-                result = mc_sample(volume_fn, image, case_key, n_samples=n_samples, chunk_size=chunk_size,
-                                   keep_samples=keep_samples)
-            yield CaseSamples(name, image, label, result.stats, result.samples)
+            sampled = from_model(model, image, method=source, key=jax.random.fold_in(key, i), seed=seed,
+                                 n_samples=n_samples, chunk_size=chunk_size, tta_max_shift=tta_max_shift,
+                                 prediction="mean", keep_samples=keep_samples, volume_fn=volume_fn)
+            yield CaseSamples(name, image, label, sampled.stats, sampled.samples)
 
     return _CaseStream(generate(), length)
 

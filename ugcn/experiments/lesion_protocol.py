@@ -29,7 +29,7 @@ from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confi
 from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
 from ugcn.evaluate.plots import figures_or_warn, plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
-from ugcn.io import atomic_directory, check_same_grid, from_canonical, jsonable, to_canonical
+from ugcn.io import atomic_directory, from_canonical, jsonable, to_canonical
 from ugcn.lesion.baselines import LOGSUM_MODES
 from ugcn.lesion.case_outputs import write_case_outputs
 from ugcn.lesion.components import FP_EPSILON, missed_lesions
@@ -43,12 +43,10 @@ from ugcn.lesion.protocol import (
     merge_cases,
     method_names,
     score_lesion_methods,
-    uncertainty_from_samples,
 )
-from ugcn.segment import UNetConfig, make_volume_fn, predict_mask
+from ugcn.segment import UNetConfig, make_volume_fn
 from ugcn.segment.train import train_model
-from ugcn.uncertainty import estimator_maps, mc_sample
-from ugcn.uncertainty.sampling import load_sample_maps
+from ugcn.uncertainty.sources import from_model, from_sample_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,16 +157,9 @@ def mc_uncertainty(
                                     n_samples=n_samples, chunk_size=chunk_size, mask_from=mask_from,
                                     volume_fn=volume_fn)
         return from_canonical(pred, affine), {k: from_canonical(v, affine) for k, v in maps.items()}
-    if volume_fn is None:
-        volume_fn = make_volume_fn(model, stochastic=True)
-    result = mc_sample(volume_fn, image, key, n_samples=n_samples, chunk_size=chunk_size)
-    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), result.stats).items()}
-    if mask_from == "mean":
-        mean = np.asarray(result.stats.sum_p / result.stats.count)
-        pred = (np.argmax(mean, axis=-1) > 0).astype(np.uint8)
-    else:
-        pred = (predict_mask(model, image) > 0).astype(np.uint8)
-    return pred, maps
+    sampled = from_model(model, image, list(estimators), key=key, n_samples=n_samples, chunk_size=chunk_size,
+                         prediction="mean" if mask_from == "mean" else "deterministic", volume_fn=volume_fn)
+    return (sampled.prediction > 0).astype(np.uint8), sampled.maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,10 +256,8 @@ def find_samples(samples_dir: Any, case: str) -> Path:
 
 
 def _samples_uncertainty(samples_dir: Any, case: str, image: Any, estimators: Sequence[str]):
-
-    samples, volume = load_sample_maps(find_samples(samples_dir, case))
-    check_same_grid(image, volume, what="samples")
-    return uncertainty_from_samples(samples, estimators=estimators)
+    sampled = from_sample_file(find_samples(samples_dir, case), list(estimators), reference=image, keep_samples=False)
+    return (sampled.prediction > 0).astype(np.uint8), sampled.maps
 
 
 def run_protocol(

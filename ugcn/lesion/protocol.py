@@ -127,19 +127,12 @@ def uncertainty_from_samples(
       ``(pred_mask u8[X, Y, Z], {estimator: f32[X, Y, Z]})``: the mask is the expectation's most probable
       class being foreground (E_fg > 0.5 for binary maps), as ``mask_from="mean"`` does for MC dropout.
     """
-    import jax.numpy as jnp
+    from ugcn.uncertainty.sources import from_samples
 
-    from ugcn.uncertainty import estimator_maps
-    from ugcn.uncertainty.stats import stats_from_samples
-
-    sample_array = jnp.asarray(samples, jnp.float32)
-    if sample_array.ndim != 5 or sample_array.shape[-1] < 2:
-        raise ValueError(f"samples must be [T, X, Y, Z, C] with C >= 2, got shape {tuple(sample_array.shape)}")
-    stats = stats_from_samples(sample_array)
-    names = list(estimators)
-    maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(names, stats, sample_array).items()}
-    pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
-    return pred, maps
+    if np.ndim(samples) != 5 or np.shape(samples)[-1] < 2:
+        raise ValueError(f"samples must be [T, X, Y, Z, C] with C >= 2, got shape {tuple(np.shape(samples))}")
+    sampled = from_samples(samples, list(estimators), keep_samples=False)
+    return (sampled.prediction > 0).astype(np.uint8), sampled.maps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,11 @@ Typical use::
 
     result = mc_sample(volume_fn, image, jax.random.key(0), n_samples=20)   # or tta_sample(...) without dropout
     maps = estimator_maps(["entropy", "variance", "pcs"], result.stats)
+
+or, from a model, a 4D NIfTI of any framework's samples, or arrays, everything a consumer needs at once::
+
+    sampled = from_model(model, image, ["entropy", "variance"], n_samples=20)   # from_sample_file / from_samples
+    sampled.prediction, sampled.expectation, sampled.maps["entropy"]
 """
 from ugcn.uncertainty.estimators import (
     BUILTIN_ESTIMATORS,
@@ -31,6 +36,7 @@ from ugcn.uncertainty.measures import (
     variation_ratio,
 )
 from ugcn.uncertainty.sampling import MCResult, load_sample_maps, mc_sample, samples_from_probability_maps
+from ugcn.uncertainty.sources import SampledVolume, from_model, from_sample_file, from_samples
 from ugcn.uncertainty.stats import SampleStats, accumulate, empty_stats, merge, stats_from_samples
 from ugcn.uncertainty.tta import tta_sample, tta_transforms
 
@@ -40,12 +46,16 @@ __all__ = [
     "Estimator",
     "MCResult",
     "SampleStats",
+    "SampledVolume",
     "accumulate",
     "class_variance",
     "empty_stats",
     "entropy",
     "estimator_maps",
     "expectation",
+    "from_model",
+    "from_sample_file",
+    "from_samples",
     "expected_entropy",
     "get_estimator",
     "list_estimators",
