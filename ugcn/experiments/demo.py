@@ -28,6 +28,7 @@ from ugcn.refine.crf import CRFCase, CRFConfig, tune_crf
 from ugcn.segment import UNetConfig, make_volume_fn, save_model
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import train_model
+from ugcn.uncertainty.sources import from_model
 
 
 def _crf_case(x: RefineInput) -> CRFCase:
