@@ -49,7 +49,10 @@ class UNetConfig:
         they settle on encoding the foreground as "all channels off" (robust to dropping channels), which
         caps p at sigmoid(head bias) < 0.5. Use about 0.1 for tiny demo networks.
       patch_size: 3D only, ``(px, py, pz)`` each a multiple of ``2**depth``; ``None`` = (32, 32, 32).
-      patch_overlap: 3D inference: fraction of a patch shared by neighbouring patches, in ``[0, 1)``.
+      patch_overlap: 3D inference: fraction of a patch shared by neighbouring patches, in ``[0, 1)``. The
+        time of a pass grows with the patch count: on a 99x117x95 brain with 32^3 patches, 210 patches at
+        0.5, 80 at 0.25, 48 at 0 (``benchmarks/bench_mcdo.py`` predicts T = 20 from the measured seconds
+        per patch and pass); 0.5 is kept as the default for the smoother Gaussian blending.
       blend: 3D inference: ``"gaussian"`` (centre-weighted, sigma = patch/8) or ``"uniform"`` averaging.
     """
 
