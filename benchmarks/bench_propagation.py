@@ -24,7 +24,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from bench_refine import memory_bandwidth, radius_for, sphere_case
 from common import machine_info, save_results
 
@@ -94,7 +93,8 @@ def main(argv=None) -> int:
         for k, v in g["forms"].items():
             print(f"  {k:12s} {v['ms']:8.2f} ms {v['M_edges_per_s']:8.1f} M edges/s {v['GBps']:6.2f} GB/s "
                   f"({v['bandwidth_fraction']:.0%} of bandwidth)")
-        ratios[f"{g['nodes']} nodes: segment_sum fraction of bandwidth"] = g["forms"]["segment_sum"]["bandwidth_fraction"]
+        forms = g["forms"]
+        ratios[f"{g['nodes']} nodes: segment_sum fraction of bandwidth"] = forms["segment_sum"]["bandwidth_fraction"]
         ratios[f"{g['nodes']} nodes: ell fraction of bandwidth"] = g["forms"]["ell"]["bandwidth_fraction"]
         ratios[f"{g['nodes']} nodes: segment_sum / ell time (speedup)"] = (
             g["forms"]["segment_sum"]["ms"] / g["forms"]["ell"]["ms"])
