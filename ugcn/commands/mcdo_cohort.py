@@ -64,10 +64,10 @@ def run_folder(args: argparse.Namespace) -> int:
     )
     from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
     from ugcn.uncertainty.cohort import mc_sample_batch
-    from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
-    from ugcn.uncertainty.measures import expectation
+    from ugcn.uncertainty.estimators import parse_estimator_names
     from ugcn.uncertainty.outputs import map_summary, plan_outputs
     from ugcn.uncertainty.sampling import result_from_canonical
+    from ugcn.uncertainty.sources import summarize
 
     if args.image or args.samples or not args.model:
         raise ValueError("--images takes --model (not --image or --samples)")
@@ -114,10 +114,10 @@ def run_folder(args: argparse.Namespace) -> int:
             t_case = time.perf_counter()
             mine_i = result_from_canonical(jax.tree_util.tree_map(operator.itemgetter(i), result), volume.affine)
             stats, samples = mine_i.stats, (mine_i.samples if keep else None)
-            prediction = np.argmax(predict_probabilities(model, volume.array, volume.affine), axis=-1).astype(np.uint8)
-            mean = np.asarray(expectation(stats))
-            maps = {k: np.asarray(v) for k, v in estimator_maps(estimators, stats, samples).items()}
-            num_classes = mean.shape[-1]
+            probs = predict_probabilities(model, volume.array, volume.affine)
+            sampled = summarize(stats, estimators, samples=samples, prediction=np.argmax(probs, axis=-1))
+            prediction, mean, maps, num_classes = (sampled.prediction, sampled.expectation, sampled.maps,
+                                                   sampled.num_classes)
             files = plan_outputs(out_dir / case_name(path) / ".plan", names, args.save_samples,
                                   num_classes if num_classes > 2 else 0, True)
             arrays = {"prediction": prediction, "expectation": mean[..., 1] if num_classes == 2 else mean}
