@@ -104,8 +104,9 @@ def test_two_processes_share_a_folder(tmp_path, sphere_case, write_case):
     for i in range(3):
         write_case(src, f"case{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))
     out = tmp_path / "out"
+    # Absolute tau: these small spheres have uncertain voxels at 0.8 (the adaptive default may find none).
     argv = ["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"), "--out", str(out),
-            "--gcn-epochs", "5"]
+            "--gcn-epochs", "5", "--tau-mode", "absolute"]
     code = "import sys; from ugcn.cli import main; sys.exit(main(sys.argv[1:]))"
     port = _free_port()
     procs = []
