@@ -16,7 +16,8 @@ Two settings (:class:`CRFConfig`):
   deviation, 1.4826 × MAD, of the ROI's voxels in ``Ŷ``), so one setting transfers between scanners' scales.
 
 The default values are what :func:`tune_crf` chose over :data:`DEFAULT_GRID` (24 settings, both unaries) on
-the demo's 4 training phantoms (the U-Net of ``ugcn demo``): unary from ``Ŷ`` with a 0.05 floor, a 2 mm
+4 training phantoms of a 4-volume demo U-Net (600 steps; the demo now trains on 8 volumes and runs its own
+search, which chose the unary from ``E`` with a 0.2 floor for its network): unary from ``Ŷ`` with a 0.05 floor, a 2 mm
 smoothness kernel (compat 1), a 10 mm bilateral kernel of 2 × the organ's spread (compat 3). Measured there:
 every setting with the unary from ``E`` lost 1.5-13 Dice points on the training volumes (``E > 0.5`` itself
 is below ``Ŷ`` for these networks), and on the held-out volumes no setting of the grid gained more than
