@@ -38,23 +38,11 @@ from common import median_time, save_results
 
 
 def sphere_case(radius: float, seed: int = 0):
-    """Synthetic organ: sphere with a wrong, uncertain boundary band (as tests/conftest.py build_sphere_case)."""
+    """Synthetic organ sized by ``radius``: :func:`ugcn.data.uncertain_band_case` (a wrong, uncertain band)."""
+    from ugcn.data import uncertain_band_case
+
     size = int(4 * radius)
-    shape = (size, size, max(int(3 * radius), 8))
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = np.array(shape, np.float32)[:, None, None, None] / 2
-    r = np.sqrt(((grid - centre) ** 2).sum(0))
-    label = r < radius
-    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
-    fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])
-    fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])
-    prediction = (label | fp) & ~fn
-    wrong = fp | fn
-    expectation = np.where(prediction, 0.97, 0.03).astype(np.float32)
-    expectation[wrong] = np.where(prediction[wrong], 0.6, 0.4)
-    uncertainty = np.where(wrong, 0.95, 0.15).astype(np.float32)
-    return image, prediction, expectation, uncertainty, label
+    return uncertain_band_case((size, size, max(int(3 * radius), 8)), radius, seed)
 
 
 def radius_for(nodes: int) -> float:

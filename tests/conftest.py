@@ -18,28 +18,10 @@ os.environ.setdefault("UGCN_COMPILATION_CACHE", "off")
 
 # ---------------------------------------------------------------- method R: a synthetic sphere organ
 def build_sphere_case(shape=(24, 24, 16), radius=6.5, seed=0, band=True):
-    """A sphere organ; the 'CNN' is right everywhere except a band where it is wrong AND uncertain.
+    """:func:`ugcn.data.uncertain_band_case`: image, prediction, expectation, uncertainty (bits), label."""
+    from ugcn.data import uncertain_band_case
 
-    Returns image, prediction, expectation, uncertainty (bits), label. The intensity is informative
-    (organ ~1, background ~0) so a GCN trained on the certain voxels can fix the band.
-    """
-    rng = np.random.default_rng(seed)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
-    centre = np.array(shape)[:, None, None, None] / 2
-    r = np.sqrt(((grid - centre) ** 2).sum(0))
-    label = r < radius
-    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
-    prediction = label.copy()
-    wrong = np.zeros(shape, bool)
-    if band:
-        fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])  # false-positive shell, one half
-        fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])  # false-negative shell, other half
-        prediction = (label | fp) & ~fn
-        wrong = fp | fn
-    expectation = np.where(prediction, 0.97, 0.03).astype(np.float32)
-    expectation[wrong] = np.where(prediction[wrong], 0.6, 0.4)
-    uncertainty = np.where(wrong, 0.95, 0.15).astype(np.float32)
-    return image, prediction, expectation, uncertainty, label
+    return uncertain_band_case(shape, radius, seed, band)
 
 
 def write_sphere_case(folder, stem, case, n_samples=4):

@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ugcn.cli import main
 from ugcn.io import (
     TEMP_PREFIX,
     atomic_directory,
@@ -24,15 +23,6 @@ from ugcn.io import (
 )
 
 AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])
-
-
-def _run(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_line_error(err: str) -> str:
@@ -88,7 +78,7 @@ def _argv_with_out(command: str, out: Path, tmp_path: Path) -> list:
 
 
 @pytest.mark.parametrize("command", sorted(WORK_STARTS))
-def test_an_unwritable_output_folder_fails_in_one_line_before_the_work(command, tmp_path, capsys, monkeypatch):
+def test_an_unwritable_output_folder_fails_in_one_line_before_the_work(command, tmp_path, capsys, monkeypatch, run_cli):
     import importlib
 
     module, name = WORK_STARTS[command]
@@ -100,14 +90,14 @@ def test_an_unwritable_output_folder_fails_in_one_line_before_the_work(command, 
     blocker = tmp_path / "results"
     blocker.write_text("a file where a folder is expected")
     for out in (blocker, blocker / "case"):
-        code, _, err = _run(capsys, _argv_with_out(command, out, tmp_path))
+        code, _, err = run_cli(capsys, _argv_with_out(command, out, tmp_path))
         line = _one_line_error(err)
         assert code == 2 and line.startswith(f"ugcn {command}: error: {out}")
         assert "not a folder" in line
     assert blocker.read_text() == "a file where a folder is expected"
 
 
-def test_an_immutable_output_folder_is_reported_even_for_root(tmp_path, capsys):
+def test_an_immutable_output_folder_is_reported_even_for_root(tmp_path, capsys, run_cli):
     folder = tmp_path / "locked"
     folder.mkdir()
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
@@ -115,27 +105,27 @@ def test_an_immutable_output_folder_is_reported_even_for_root(tmp_path, capsys):
     try:
         with pytest.raises(ValueError, match="cannot write"):
             check_output_folder(folder / "new")
-        code, _, err = _run(capsys, ["phantoms", "ct", str(folder / "new"), "--n", "1", "--shape", "16,16,16"])
+        code, _, err = run_cli(capsys, ["phantoms", "ct", str(folder / "new"), "--n", "1", "--shape", "16,16,16"])
         assert code == 2 and "cannot write" in _one_line_error(err)
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, run_cli):
     def no_space(img, filename):
         Path(filename).write_bytes(b"\0" * 10)  # a partly written file, as a full disk leaves it
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
     monkeypatch.setattr(nib, "save", no_space)
     out = tmp_path / "ds"
-    code, _, err = _run(capsys, ["phantoms", "ct", str(out), "--n", "2", "--shape", "16,16,16", "--quiet"])
+    code, _, err = run_cli(capsys, ["phantoms", "ct", str(out), "--n", "2", "--shape", "16,16,16", "--quiet"])
     line = _one_line_error(err)
     assert code == 2 and "No space left on device" in line and line.startswith("ugcn phantoms: error: ")
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------ defect 3: SIGTERM, SIGKILL, whole folders
-def test_sigterm_while_writing_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+def test_sigterm_while_writing_leaves_no_temporary(tmp_path, capsys, monkeypatch, run_cli):
     real_save = nib.save
     calls = []
 
@@ -147,7 +137,8 @@ def test_sigterm_while_writing_leaves_no_temporary(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(nib, "save", save_then_terminated)
     previous = signal.getsignal(signal.SIGTERM)
-    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "ds"), "--n", "3", "--shape", "16,16,16", "--quiet"])
+    argv = ["phantoms", "ct", str(tmp_path / "ds"), "--n", "3", "--shape", "16,16,16", "--quiet"]
+    code, _, err = run_cli(capsys, argv)
     assert code == 128 + signal.SIGTERM and "terminated" in _one_line_error(err)
     assert os.listdir(tmp_path) == []  # neither the data set nor a hidden temporary
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is the command's only
@@ -194,14 +185,14 @@ def test_a_swap_killed_between_its_renames_gets_the_old_output_back(tmp_path):
     assert (tmp_path / "case" / "report.json").read_text() == "{}" and _hidden(tmp_path) == []
 
 
-def test_a_rerun_after_sigkill_cleans_the_output_parent(tmp_path, capsys):
+def test_a_rerun_after_sigkill_cleans_the_output_parent(tmp_path, capsys, run_cli):
     inputs = _refine_inputs(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
     leftovers = [tmp_path / _temp_name(_dead_pid(), "new", "out"), out / _temp_name(_dead_pid(), "new", "cnn.nii.gz")]
     leftovers[0].mkdir()
     leftovers[1].write_bytes(b"")
-    code, _, err = _run(capsys, _refine_argv(inputs, out))
+    code, _, err = run_cli(capsys, _refine_argv(inputs, out))
     assert code == 0, err
     assert not any(p.exists() for p in leftovers)
     report = json.loads((out / "report.json").read_text())
@@ -209,29 +200,29 @@ def test_a_rerun_after_sigkill_cleans_the_output_parent(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ defect 4: --overwrite replaces whole
-def test_overwrite_without_crf_leaves_no_crf_of_the_previous_run(tmp_path, capsys):
+def test_overwrite_without_crf_leaves_no_crf_of_the_previous_run(tmp_path, capsys, run_cli):
     from ugcn.refine.crf import crf_available
 
     inputs = _refine_inputs(tmp_path / "in")
     out = tmp_path / "out"
     if crf_available():
-        assert _run(capsys, _refine_argv(inputs, out, "--crf"))[0] == 0
+        assert run_cli(capsys, _refine_argv(inputs, out, "--crf"))[0] == 0
     else:  # the same situation by hand: an earlier output with a CRF mask
-        assert _run(capsys, _refine_argv(inputs, out))[0] == 0
+        assert run_cli(capsys, _refine_argv(inputs, out))[0] == 0
         save_volume(out / "crf.nii.gz", np.zeros((16, 16, 8), np.uint8), AFFINE)
     assert (out / "crf.nii.gz").exists()
-    code, _, err = _run(capsys, _refine_argv(inputs, out))
+    code, _, err = run_cli(capsys, _refine_argv(inputs, out))
     assert code == 2 and "not empty" in _one_line_error(err)  # nothing is replaced without --overwrite
-    assert _run(capsys, _refine_argv(inputs, out, "--overwrite"))[0] == 0
+    assert run_cli(capsys, _refine_argv(inputs, out, "--overwrite"))[0] == 0
     report = json.loads((out / "report.json").read_text())
     assert "crf.nii.gz" not in os.listdir(out)
     assert sorted(os.listdir(out)) == sorted(report["files"])
     assert _hidden(tmp_path) == []
 
 
-def test_overwrite_never_swallows_a_folder_of_other_files(tmp_path, capsys):
+def test_overwrite_never_swallows_a_folder_of_other_files(tmp_path, capsys, run_cli):
     inputs = _refine_inputs(tmp_path / "in")
-    code, _, err = _run(capsys, _refine_argv(inputs, tmp_path / "in", "--overwrite"))
+    code, _, err = run_cli(capsys, _refine_argv(inputs, tmp_path / "in", "--overwrite"))
     assert code == 2 and "report.json" in _one_line_error(err)
     assert sorted(os.listdir(tmp_path / "in")) == ["a.nii.gz", "prediction.nii.gz", "samples.nii.gz"]
 
@@ -318,16 +309,16 @@ def test_a_failing_estimator_is_one_line_naming_it_its_input_and_output(plugin, 
     assert message.startswith(f"estimator '{plugin}:{fn}'") and says in message and "\n" not in message
 
 
-def test_plugin_estimators_through_mcdo(plugin, tmp_path, capsys):
+def test_plugin_estimators_through_mcdo(plugin, tmp_path, capsys, run_cli):
     samples = _samples()
     maps = tmp_path / "maps.nii.gz"
     save_volume(maps, np.moveaxis(samples[..., 1], 0, -1), AFFINE)  # (X, Y, Z, T) foreground maps
-    code, _, err = _run(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"entropy,{plugin}:broken",
+    code, _, err = run_cli(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"entropy,{plugin}:broken",
                                  "--out", str(tmp_path / "bad"), "--quiet"])
     line = _one_line_error(err)
     assert code == 2 and f"'{plugin}:broken' failed" in line and "boom" in line
     assert not (tmp_path / "bad").exists()
-    code, _, err = _run(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"{plugin}:margin",
+    code, _, err = run_cli(capsys, ["mcdo", "--samples", str(maps), "--estimators", f"{plugin}:margin",
                                  "--out", str(tmp_path / "ok"), "--quiet"])
     assert code == 0, err
     written = nib.load(str(tmp_path / "ok" / f"{plugin}_margin.nii.gz")).get_fdata()
@@ -363,19 +354,19 @@ def _claiming(path: Path, shape) -> Path:
 
 
 @pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
-def test_a_header_claiming_30000_cubed_voxels_is_refused_before_allocating(tmp_path, capsys, name):
+def test_a_header_claiming_30000_cubed_voxels_is_refused_before_allocating(tmp_path, capsys, name, run_cli):
     from ugcn.io import load_volume
 
     path = _claiming(tmp_path / name, (30000, 30000, 30000))
     with pytest.raises(ValueError, match=r"claims 30000x30000x30000 voxels .* more than the .* of memory available"):
         load_volume(path)
-    code, _, err = _run(capsys, ["refine", "--image", str(path), "--samples", str(path), "--out",
+    code, _, err = run_cli(capsys, ["refine", "--image", str(path), "--samples", str(path), "--out",
                                  str(tmp_path / "o")])
     assert code == 2 and "30000x30000x30000" in _one_line_error(err)
 
 
 @pytest.mark.parametrize("name", ["cut.nii", "cut.nii.gz"])
-def test_a_truncated_nifti_is_one_line(tmp_path, capsys, name):
+def test_a_truncated_nifti_is_one_line(tmp_path, capsys, name, run_cli):
     from ugcn.io import load_volume
 
     whole = tmp_path / ("whole" + name[3:])
@@ -385,11 +376,11 @@ def test_a_truncated_nifti_is_one_line(tmp_path, capsys, name):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated"):
         load_volume(cut)
-    code, _, err = _run(capsys, ["refine", "--image", str(cut), "--samples", str(cut), "--out", str(tmp_path / "o")])
+    code, _, err = run_cli(capsys, ["refine", "--image", str(cut), "--samples", str(cut), "--out", str(tmp_path / "o")])
     assert code == 2 and "truncated" in _one_line_error(err)
 
 
-def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch):
+def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch, run_cli):
     import ugcn.commands.phantoms as phantoms
 
     def run(args):
@@ -400,13 +391,13 @@ def test_warnings_print_as_one_line_without_source(tmp_path, capsys, monkeypatch
         return 0
 
     monkeypatch.setattr(phantoms, "run", run)
-    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "w")])
+    code, _, err = run_cli(capsys, ["phantoms", "ct", str(tmp_path / "w")])
     assert code == 0
     assert err.splitlines() == ["ugcn phantoms: warning: divide by zero encountered in divide (RuntimeWarning)",
                                 "ugcn phantoms: warning: first line; second line (UserWarning)"]
 
 
-def test_a_rerun_after_a_real_sigkill_removes_its_temporaries(tmp_path, capsys):
+def test_a_rerun_after_a_real_sigkill_removes_its_temporaries(tmp_path, capsys, run_cli):
     # A process killed with SIGKILL inside both writers (no handler can run) leaves its hidden temporaries.
     script = (
         "import os, signal, sys\n"
@@ -421,6 +412,7 @@ def test_a_rerun_after_a_real_sigkill_removes_its_temporaries(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     assert len(_hidden(tmp_path)) == 2 and not (tmp_path / "ds").exists()
-    code, _, err = _run(capsys, ["phantoms", "ct", str(tmp_path / "ds"), "--n", "1", "--shape", "16,16,16", "--quiet"])
+    argv = ["phantoms", "ct", str(tmp_path / "ds"), "--n", "1", "--shape", "16,16,16", "--quiet"]
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     assert os.listdir(tmp_path) == ["ds"]

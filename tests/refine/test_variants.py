@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from ugcn.data import uncertain_band_case
 from ugcn.graph.voxel_graph import build_voxel_graph
 from ugcn.refine.fit import FitConfig, bce_loss, fit_gcn, pad_graph
 from ugcn.refine.pipeline import RefineConfig, refine_volume
@@ -79,22 +80,9 @@ def test_select_variant_rules():
     assert index is None and "no candidate" in why
 
 
-def sphere_case(shape=(24, 24, 16), radius=6.5, seed=0):
-    """The CNN is right except in a band where it is wrong AND uncertain (as tests/test_refine.py)."""
-    rng = np.random.default_rng(seed)
-    grid = np.indices(shape, dtype=np.float32)
-    centre = np.array(shape, np.float32)[:, None, None, None] / 2
-    r = np.sqrt(((grid - centre) ** 2).sum(0))
-    label = r < radius
-    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
-    fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])
-    fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])
-    prediction = (label | fp) & ~fn
-    wrong = fp | fn
-    e = np.where(prediction, 0.97, 0.03).astype(np.float32)
-    e[wrong] = np.where(prediction[wrong], 0.6, 0.4)
-    u = np.where(wrong, 0.95, 0.15).astype(np.float32)
-    return image, prediction, e, u, label
+def sphere_case():
+    """The CNN is right except in a band where it is wrong AND uncertain."""
+    return uncertain_band_case()
 
 
 def dice(a, b):

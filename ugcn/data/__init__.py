@@ -10,6 +10,7 @@ from ugcn.data.phantoms import (
     ct_phantom,
     phantom_affine,
     realistic_brain_phantom,
+    uncertain_band_case,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "brain_phantom",
     "ct_phantom",
     "phantom_affine",
+    "uncertain_band_case",
     "realistic_brain_phantom",
 ]

@@ -22,7 +22,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Phantom", "ct_phantom", "brain_phantom", "realistic_brain_phantom", "phantom_affine", "CT_HU",
+__all__ = ["Phantom", "ct_phantom", "brain_phantom", "realistic_brain_phantom", "phantom_affine", "uncertain_band_case",
+           "CT_HU",
            "CT_TISSUES", "FLAIR_LEVELS", "BRAIN_TISSUES"]
 
 
@@ -510,3 +511,34 @@ def realistic_brain_phantom(seed: int, *, shape=(88, 104, 88), spacing=(2.0, 2.0
     """
     return brain_phantom(seed, shape=shape, spacing=spacing, lesion_count=(5, 40),
                          lesion_volume_mm3=REALISTIC_LESION_MM3, mimics=True)
+
+
+def uncertain_band_case(
+    shape: tuple[int, int, int] = (24, 24, 16), radius: float = 6.5, seed: int = 0, band: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Method R's known-answer case: a sphere organ whose 'CNN' is right except in a band where it is wrong
+    AND uncertain (a false-positive shell on one half, a false-negative shell on the other).
+
+    The intensity is informative (organ ~1, background ~0, noise 0.15), so a GCN fitted on the certain voxels
+    can fix the band; ``band=False`` gives a CNN that is right everywhere.
+
+    Returns ``(image f32[X, Y, Z], prediction bool[X, Y, Z], expectation f32[X, Y, Z] (foreground),
+    uncertainty f32[X, Y, Z] (bits), label bool[X, Y, Z])``.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float64)
+    centre = np.array(shape, np.float64)[:, None, None, None] / 2
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    label = r < radius
+    image = (label + rng.normal(0, 0.15, shape)).astype(np.float32)
+    prediction = label.copy()
+    wrong = np.zeros(shape, bool)
+    if band:
+        fp = (r >= radius) & (r < radius + 1.5) & (grid[0] < centre[0])
+        fn = (r < radius) & (r >= radius - 1.5) & (grid[0] >= centre[0])
+        prediction = (label | fp) & ~fn
+        wrong = fp | fn
+    expectation = np.where(prediction, 0.97, 0.03).astype(np.float32)
+    expectation[wrong] = np.where(prediction[wrong], 0.6, 0.4)
+    uncertainty = np.where(wrong, 0.95, 0.15).astype(np.float32)
+    return image, prediction, expectation, uncertainty, label
