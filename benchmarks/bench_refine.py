@@ -9,7 +9,8 @@ Measured (medians after a warm-up call that includes compilation):
   - the 200-epoch fit (one jitted ``lax.scan``) at ~20k nodes (large: also ~100k and ~300k, and its growth
     exponent), its time per epoch, the bytes an epoch must move at least (model below) and the bandwidth
     that implies, against the memory bandwidth measured in the same run (``numpy.copyto`` of a 256 MiB
-    array: read + write);
+    array: read + write); with the graph in ELL form (the default, ``ugcn.graph.ell``: gathers only) and,
+    interleaved in the same process, in COO form (``pad_graph(..., ell_width=0)``: segment sums);
   - the batch fit with B = 1, 4 (large: 16) graphs, both strategies (parallel = block-diagonal vmap,
     sequential = lax.map), against B separate fits;
   - the per-volume selection among candidate graphs (``RefineConfig()``: the configured k-NN graph and the
@@ -24,6 +25,9 @@ Bytes per epoch (float32/int32, N nodes, E directed edges, H hidden, F features)
 backward pass each propagate one channel over the edges (sender and receiver index, coefficient, gathered
 value, scattered value: 20 bytes per edge), and the hidden layer is written and read about five times
 (``ÂX W1``, ReLU/dropout, ``· W2``, its gradient, ``(ÂX)^T dH``): ``2·20·E + 5·4·H·N + 4·F·N`` bytes.
+This model is the one the "of bandwidth" figures use for both layouts. The ELL layout moves fewer bytes
+per edge (index, coefficient, gathered value: 12 bytes per slot of its ``N × D`` rows, 20 per overflow
+edge): ``2·(12·N·D + 20·M) + 5·4·H·N + 4·F·N``, reported beside it as ``ell_bytes_per_epoch``.
 """
 from __future__ import annotations
 
@@ -64,6 +68,10 @@ def bytes_per_epoch(n: int, e: int, hidden: int = 32, features: int = 3) -> int:
     return 2 * 20 * e + 5 * 4 * hidden * n + 4 * features * n
 
 
+def ell_bytes_per_epoch(n: int, width: int, overflow: int, hidden: int = 32, features: int = 3) -> int:
+    return 2 * (12 * n * width + 20 * overflow) + 5 * 4 * hidden * n + 4 * features * n
+
+
 def bench_graph(radius: float, repeats: int) -> dict:
     from ugcn.graph.voxel_graph import build_voxel_graph
 
@@ -74,22 +82,47 @@ def bench_graph(radius: float, repeats: int) -> dict:
 
 
 def bench_fit(graph, repeats: int, epochs: int = 200) -> dict:
+    """The fit with the default (ELL) layout and with the COO (segment_sum) one, interleaved: medians."""
+    import statistics
+
     import jax
 
     from ugcn.refine.fit import FitConfig, fit_gcn, pad_graph
 
     config = FitConfig(epochs=epochs)
-    padded = jax.device_put(pad_graph(graph))
-    key = jax.random.PRNGKey(0)
     t0 = time.perf_counter()
-    jax.block_until_ready(fit_gcn(padded, key, config))
-    first = time.perf_counter() - t0
-    t = median_time(lambda: jax.block_until_ready(fit_gcn(padded, key, config)), repeats)
-    n, e = padded.features.shape[0], padded.senders.shape[0]
+    layouts = {"ell": pad_graph(graph), "segment_sum": pad_graph(graph, ell_width=0)}
+    layout_s = time.perf_counter() - t0
+    padded = {k: jax.device_put(v) for k, v in layouts.items()}
+    key = jax.random.PRNGKey(0)
+    first, probs = {}, {}
+    for name, p in padded.items():
+        t0 = time.perf_counter()
+        probs[name] = np.asarray(jax.block_until_ready(fit_gcn(p, key, config)).node_probs)
+        first[name] = time.perf_counter() - t0
+    times: dict = {k: [] for k in padded}
+    for _ in range(repeats):
+        for name, p in padded.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fit_gcn(p, key, config))
+            times[name].append(time.perf_counter() - t0)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    ell = layouts["ell"]
+    n, e = ell.features.shape[0], ell.senders.shape[0]
+    width, overflow = ell.ell_index.shape[1], ell.overflow_senders.shape[0]
     moved = bytes_per_epoch(n, e)
+    ell_moved = ell_bytes_per_epoch(n, width, overflow)
     return {"nodes": graph.n_nodes, "padded_nodes": n, "padded_edges": e, "epochs": epochs,
-            "first_call_s": first, "seconds": t, "ms_per_epoch": 1e3 * t / epochs,
-            "bytes_per_epoch": moved, "achieved_GBps": moved * epochs / t / 1e9}
+            "layout": "ell" if width > 0 else "segment_sum", "ell_width": width, "ell_overflow": overflow,
+            "layout_s": layout_s, "first_call_s": first["ell"], "seconds": t["ell"],
+            "ms_per_epoch": 1e3 * t["ell"] / epochs, "bytes_per_epoch": moved,
+            "achieved_GBps": moved * epochs / t["ell"] / 1e9, "ell_bytes_per_epoch": ell_moved,
+            "ell_bytes_GBps": ell_moved * epochs / t["ell"] / 1e9,
+            "segment_sum": {"first_call_s": first["segment_sum"], "seconds": t["segment_sum"],
+                            "ms_per_epoch": 1e3 * t["segment_sum"] / epochs,
+                            "achieved_GBps": moved * epochs / t["segment_sum"] / 1e9},
+            "speedup_vs_segment_sum": t["segment_sum"] / t["ell"],
+            "max_abs_prob_diff_vs_segment_sum": float(np.max(np.abs(probs["ell"] - probs["segment_sum"])))}
 
 
 def bench_batch(graphs, sizes, repeats: int, epochs: int = 200) -> list:
@@ -279,10 +312,19 @@ def main(argv=None) -> int:
     for target in spec["fit_nodes"]:
         fit = bench_fit(graphs[target], repeats)
         fit["bandwidth_fraction"] = fit["achieved_GBps"] * 1e9 / bandwidth
+        fit["ell_bytes_bandwidth_fraction"] = fit["ell_bytes_GBps"] * 1e9 / bandwidth
+        coo = fit["segment_sum"]
+        coo["bandwidth_fraction"] = coo["achieved_GBps"] * 1e9 / bandwidth
         fits.append(fit)
-        print(f"| ugcn (jax) | {fit['nodes']} | {fit['first_call_s']:.2f} | {fit['seconds']:.2f} | "
-              f"{fit['ms_per_epoch']:.2f} | {fit['bytes_per_epoch'] / 1e6:.1f} | {fit['achieved_GBps']:.2f} | "
-              f"{100 * fit['bandwidth_fraction']:.0f}% |")
+        for name, row in ((f"ugcn, {fit['layout']} (D={fit['ell_width']}, M={fit['ell_overflow']})", fit),
+                          ("ugcn, segment_sum", coo)):
+            print(f"| {name} | {fit['nodes']} | {row['first_call_s']:.2f} | {row['seconds']:.2f} | "
+                  f"{row['ms_per_epoch']:.2f} | {fit['bytes_per_epoch'] / 1e6:.1f} | {row['achieved_GBps']:.2f} | "
+                  f"{100 * row['bandwidth_fraction']:.0f}% |")
+        print(f"ELL {fit['speedup_vs_segment_sum']:.2f}x faster than segment_sum (max |prob diff| "
+              f"{fit['max_abs_prob_diff_vs_segment_sum']:.1e}); by the ELL's own bytes "
+              f"({fit['ell_bytes_per_epoch'] / 1e6:.1f} MB/epoch): {fit['ell_bytes_GBps']:.2f} GB/s, "
+              f"{100 * fit['ell_bytes_bandwidth_fraction']:.0f}% of bandwidth; layout built in {fit['layout_s']:.2f} s")
     fit_exp = growth_exponent([f["nodes"] for f in fits], [f["seconds"] for f in fits]) if len(fits) > 1 else None
     if fit_exp is not None:
         print(f"fit time grows as nodes^{fit_exp:.2f}")
@@ -334,6 +376,8 @@ def main(argv=None) -> int:
         "graph construction growth exponent (time ~ nodes^b)": graph_exp,
         f"fit: fraction of memory bandwidth ({largest['nodes']} nodes)": largest["bandwidth_fraction"],
     }
+    for f in fits:
+        ratios[f"fit: segment_sum / ELL epoch time ({f['nodes']} nodes)"] = f["speedup_vs_segment_sum"]
     if fit_exp is not None:
         ratios["fit growth exponent (time ~ nodes^b)"] = fit_exp
     if "skipped" not in pyg:

@@ -79,3 +79,39 @@ def test_batch_equals_per_volume_fits_at_other_paddings(small_graphs):
 def test_pad_graph_rejects_too_small_bucket(small_graphs):
     with pytest.raises(ValueError, match="bucket"):
         pad_graph(small_graphs[0], n_nodes=8)
+
+
+def test_ell_fit_equals_segment_sum_fit(small_graphs, fitted):
+    """The default (ELL, gather-based, custom gradient) fit and the COO (segment_sum) fit: same training,
+    same refined mask; also with a width small enough that most edges go through the overflow list."""
+    graph = small_graphs[0]
+    padded, ell = fitted
+    assert padded.ell_index.shape[1] > 0  # the default layout is ELL
+    coo = fit_gcn(pad_graph(graph, *SMALL_BUCKET, ell_width=0), jax.random.PRNGKey(0), FAST)
+    narrow = fit_gcn(pad_graph(graph, *SMALL_BUCKET, ell_width=2), jax.random.PRNGKey(0), FAST)
+    n = graph.n_nodes
+    reference = np.asarray(coo.node_probs)[:n]
+    for result in (ell, narrow):
+        probs = np.asarray(result.node_probs)[:n]
+        np.testing.assert_allclose(probs, reference, atol=1e-4)
+        np.testing.assert_allclose(result.losses, coo.losses, rtol=1e-4, atol=1e-6)
+        clear = np.abs(reference - 0.5) > 1e-3
+        np.testing.assert_array_equal((probs > 0.5)[clear], (reference > 0.5)[clear])
+
+
+def test_stacked_ell_layout_shared_by_graphs(small_graphs):
+    a, b = small_graphs
+    stacked = stack_graphs([a, b], *SMALL_BUCKET)
+    assert stacked.ell_index.shape[:2] == (2, SMALL_BUCKET[0]) and stacked.ell_index.shape[2] > 0
+    assert stacked.overflow_senders.shape[0] == 2
+    coo = stack_graphs([a, b], *SMALL_BUCKET, ell_width=0)
+    assert coo.ell_index.shape[2] == 0
+    for g, row in ((a, 0), (b, 1)):  # each row rebuilds its graph's adjacency
+        n = SMALL_BUCKET[0]
+        w = np.zeros((n, n), np.float32)
+        np.add.at(w, (np.repeat(np.arange(n), stacked.ell_index.shape[2]), stacked.ell_index[row].ravel()),
+                  stacked.ell_weight[row].ravel())
+        np.add.at(w, (stacked.overflow_receivers[row], stacked.overflow_senders[row]), stacked.overflow_weights[row])
+        expected = np.zeros((n, n), np.float32)
+        expected[g.receivers, g.senders] += g.weights
+        np.testing.assert_array_equal(w, expected)

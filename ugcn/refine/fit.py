@@ -32,10 +32,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from ugcn.buckets import bucket_size
 from ugcn.config import setting
-from ugcn.graph.gcn import gcn_normalize, propagate
+from ugcn.graph.ell import (
+    EllNorm,
+    NotSymmetricError,
+    choose_width,
+    ell_layout,
+    ell_normalize,
+    ell_propagate,
+    overflow_count,
+)
+from ugcn.graph.gcn import GCNNorm, gcn_normalize, propagate
 
 LOSSES = ("balanced_bce", "bce")
 
@@ -96,6 +106,9 @@ class PaddedGraph(NamedTuple):
       node_mask: ``bool[(B,) N]`` real nodes.
       senders, receivers: ``i32[(B,) E]``; padding edges 0 -> 0.
       weights: ``f32[(B,) E]``; padding edges 0.
+      ell_index, ell_weight: ``i32/f32[(B,) N, D]`` the same edges in ELL form (:mod:`ugcn.graph.ell`), which
+        the fit propagates with when ``D > 0``; ``D = 0``: the fit uses the COO edges above (segment sums).
+      overflow_senders, overflow_receivers, overflow_weights: ``[(B,) M]`` in-edges beyond the ELL width.
     """
 
     features: np.ndarray
@@ -105,6 +118,11 @@ class PaddedGraph(NamedTuple):
     senders: np.ndarray
     receivers: np.ndarray
     weights: np.ndarray
+    ell_index: np.ndarray
+    ell_weight: np.ndarray
+    overflow_senders: np.ndarray
+    overflow_receivers: np.ndarray
+    overflow_weights: np.ndarray
 
 
 class FitResult(NamedTuple):
@@ -121,13 +139,20 @@ class FitResult(NamedTuple):
     losses: jnp.ndarray
 
 
-def pad_graph(graph, n_nodes: int | None = None, n_edges: int | None = None) -> PaddedGraph:
+def pad_graph(
+    graph, n_nodes: int | None = None, n_edges: int | None = None, *, ell_width: int | None = None,
+    n_overflow: int | None = None,
+) -> PaddedGraph:
     """Pad a :class:`~ugcn.graph.voxel_graph.VoxelGraph` to ``n_nodes`` nodes and ``n_edges`` edges.
 
     Args:
       graph: any object with ``features f32[N, F]``, ``labels f32[N]``, ``train_mask bool[N]``,
         ``senders/receivers i32[E]``, ``weights f32[E]``.
       n_nodes, n_edges: target sizes (default: :func:`bucket_size` of the graph's own sizes).
+      ell_width: width D of the ELL layout the fit propagates with (gather-based, :mod:`ugcn.graph.ell`;
+        default: :func:`~ugcn.graph.ell.choose_width`, or 0 when the graph is not symmetric); 0: no ELL,
+        the fit propagates the COO edges with segment sums (XLA:CPU scatter-adds, slower on CPU).
+      n_overflow: length of the ELL's overflow list (default: a bucket of what the width leaves over).
 
     Returns:
       :class:`PaddedGraph` of numpy arrays.
@@ -151,17 +176,52 @@ def pad_graph(graph, n_nodes: int | None = None, n_edges: int | None = None) -> 
         senders=pad(graph.senders.astype(np.int32), n_edges),
         receivers=pad(graph.receivers.astype(np.int32), n_edges),
         weights=pad(graph.weights.astype(np.float32), n_edges),
+        **_ell_fields(graph, n_nodes, ell_width, n_overflow),
     )
 
 
-def stack_graphs(graphs: Sequence, n_nodes: int | None = None, n_edges: int | None = None) -> PaddedGraph:
-    """Pad graphs to one common bucket (the largest's unless given) and stack them: ``[B, ...]`` arrays."""
+def _ell_fields(graph, n_nodes: int, width: int | None, n_overflow: int | None) -> dict:
+    """The ELL fields of :class:`PaddedGraph` (width 0 and no overflow: the COO propagation)."""
+    if width is None or width > 0:
+        try:
+            return ell_layout(graph.senders, graph.receivers, graph.weights, n_nodes, width, n_overflow)._asdict()
+        except NotSymmetricError:
+            if width is not None:
+                raise
+    empty = np.zeros(0, np.int32)
+    return {"ell_index": np.zeros((n_nodes, 0), np.int32), "ell_weight": np.zeros((n_nodes, 0), np.float32),
+            "overflow_senders": empty, "overflow_receivers": empty, "overflow_weights": empty.astype(np.float32)}
+
+
+def stack_graphs(
+    graphs: Sequence, n_nodes: int | None = None, n_edges: int | None = None, *, ell_width: int | None = None,
+) -> PaddedGraph:
+    """Pad graphs to one common bucket (the largest's unless given) and stack them: ``[B, ...]`` arrays.
+
+    ``ell_width`` as in :func:`pad_graph`; by default the widest of the graphs' own choices (0 if any graph
+    is not symmetric), with one overflow length for all.
+    """
     if not graphs:
         raise ValueError("stack_graphs: no graphs")
     n_nodes = n_nodes or bucket_size(max(g.features.shape[0] for g in graphs))
     n_edges = n_edges or bucket_size(max(g.senders.shape[0] for g in graphs))
-    padded = [pad_graph(g, n_nodes, n_edges) for g in graphs]
+    width = ell_width
+    if width is None:
+        width = max(choose_width(_in_degree(g, n_nodes)) for g in graphs)
+    n_overflow = None
+    if width > 0:
+        n_overflow = bucket_size(max(overflow_count(g.receivers, g.weights, n_nodes, width) for g in graphs))
+    try:
+        padded = [pad_graph(g, n_nodes, n_edges, ell_width=width, n_overflow=n_overflow) for g in graphs]
+    except NotSymmetricError:
+        if ell_width is not None:
+            raise
+        padded = [pad_graph(g, n_nodes, n_edges, ell_width=0) for g in graphs]
     return PaddedGraph(*(np.stack(parts) for parts in zip(*padded)))
+
+
+def _in_degree(graph, n_nodes: int) -> np.ndarray:
+    return np.bincount(np.asarray(graph.receivers)[np.asarray(graph.weights) != 0], minlength=n_nodes)
 
 
 def init_params(key: jax.Array, n_features: int, hidden: int) -> dict:
@@ -202,18 +262,27 @@ def _logits(params: dict, ax_t: jnp.ndarray, norm, keep: jnp.ndarray | None) -> 
             h = h * keep[i]
         rows.append(params["w2"][i, :, 0] @ h)
     z = jnp.stack(rows)
-    return propagate(norm, z.reshape(b * n)).reshape(b, n) + params["b2"]
+    return _propagate(norm, z.reshape(b * n)).reshape(b, n) + params["b2"]
 
 
-def _flat_norm(graphs: PaddedGraph):
-    """Normalisation of B graphs ``[B, ...]`` as ONE block-diagonal graph of ``B·N`` nodes.
+def _propagate(norm: GCNNorm | EllNorm, x: ArrayLike) -> jnp.ndarray:
+    return ell_propagate(norm, x) if isinstance(norm, EllNorm) else propagate(norm, x)
+
+
+def _flat_norm(graphs: PaddedGraph) -> GCNNorm | EllNorm:
+    """Normalisation of B graphs ``[B, ...]`` as ONE block-diagonal graph of ``B·N`` nodes: ELL when the
+    graphs carry an ELL layout (width > 0), else COO.
 
     A single 1-D gather/segment-sum over ``B·E`` edges is much faster on CPU than a vmapped (batched)
     scatter; with per-graph parameters the fits stay independent.
     """
     b, n = graphs.node_mask.shape
-    offsets = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
-    flat = lambda idx: (idx + offsets).reshape(-1)  # noqa: E731
+    offsets = jnp.arange(b, dtype=jnp.int32) * n
+    flat = lambda idx: (idx + offsets.reshape((b,) + (1,) * (idx.ndim - 1))).reshape((-1,) + idx.shape[2:])  # noqa: E731
+    if graphs.ell_index.shape[-1] > 0:
+        return ell_normalize(flat(graphs.ell_index), graphs.ell_weight.reshape(b * n, -1),
+                             flat(graphs.overflow_senders), flat(graphs.overflow_receivers),
+                             graphs.overflow_weights.reshape(-1))
     return gcn_normalize(flat(graphs.senders), flat(graphs.receivers), graphs.weights.reshape(-1), b * n)
 
 
@@ -221,7 +290,7 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
     """B independent fits in one program (graphs ``[B, ...]``, ``keys [B]``)."""
     b, n, f = graphs.features.shape
     norm = _flat_norm(graphs)
-    ax = propagate(norm, graphs.features.reshape(b * n, f)).reshape(b, n, f)  # once: no input dropout
+    ax = _propagate(norm, graphs.features.reshape(b * n, f)).reshape(b, n, f)  # once: no input dropout
     ax_t = jnp.swapaxes(ax, 1, 2)
     split = jax.vmap(jax.random.split)(keys)
     init_keys, drop_keys = split[:, 0], split[:, 1]
