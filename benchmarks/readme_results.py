@@ -24,7 +24,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 FIGURES = ROOT / "docs" / "figures"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KNOWN = ("conv3d", "mcdo", "compile", "refine", "lesion", "segment", "scaling")
+KNOWN = ("conv3d", "mcdo", "compile", "refine", "lesion", "segment", "throughput", "scaling")
 MAX_FIGURE_BYTES = 200_000
 
 sys.path.insert(0, str(HERE))
@@ -144,7 +144,8 @@ def compile_section(r: dict, size: str) -> list[str]:
     rows = []
     for name, c in r["commands"].items():
         first, second = c["first"], c["second"]
-        rows.append([name, first["misses"], first["compile_seconds"], first["max_program_seconds"], second["misses"],
+        recompiled = max(second["misses"], second.get("backend_compiles", 0))  # XLA compilations that ran
+        rows.append([name, first["misses"], first["compile_seconds"], first["max_program_seconds"], recompiled,
                      second["hits"], first["process_seconds"], second["process_seconds"]])
     out = [f"**Compilation** ({size}): each command run twice in fresh processes sharing one empty persistent "
            "cache.", ""]
@@ -220,14 +221,58 @@ def lesion_section(r: dict, size: str) -> list[str]:
 
 
 def segment_section(r: dict, size: str) -> list[str]:
+    out = []
+    rows = r.get("torch_comparison") or []
+    if rows:
+        out += [f"**U-Net training vs PyTorch** ({size}): training steps per second of the default U-Nets "
+                "(Dice + cross-entropy, Adam) on the same batch, fastest of interleaved rounds; PyTorch with as "
+                "many threads as cores and with one.", ""]
+        names = [n for n in ("ugcn", "torch", "torch_1thread") if any(n in row["steps_per_s"] for row in rows)]
+        head = {"ugcn": "ugcn steps/s", "torch": "PyTorch steps/s", "torch_1thread": "PyTorch 1 thread steps/s"}
+        out += table(["U-Net", "batch", "parameters"] + [head[n] for n in names] + ["ugcn / PyTorch"],
+                     [[f"{row['dims']}D", "x".join(map(str, row["batch"])), row["params"]]
+                      + [row["steps_per_s"].get(n) for n in names] + [row.get("ugcn_over_torch_steps_per_s")]
+                      for row in rows])
+        out.append("")
     st = r["step"]
-    out = [f"**U-Net training step** ({size}, batch {'x'.join(map(str, st['batch']))}): "
-           f"{st['loop_step_s']:.3f} s per step from a Python loop, {st['scan_step_s']:.3f} s inside `lax.scan` "
-           f"({st['scan_over_loop']:.2f}x)."]
+    line = (f"**U-Net training step** ({size}, batch {'x'.join(map(str, st['batch']))}): "
+            f"{st['loop_step_s']:.3f} s per step from a Python loop, {st['scan_step_s']:.3f} s inside `lax.scan` "
+            f"({st['scan_over_loop']:.2f}x)")
+    if "unrolled_over_loop" in st:
+        line += f", {st['step_s']['scan_unrolled']:.3f} s in an unrolled scan ({st['unrolled_over_loop']:.2f}x)"
+    lay = st.get("layout_scan")
+    if lay:
+        line += (f". Cause, read off the compiled programs: inside the scan's while loop {lay['not_eigen_form']} "
+                 f"of the {lay['convolutions']} convolutions (the backward ones) stay in a layout XLA:CPU's Eigen "
+                 f"convolution does not take and run as generic loops "
+                 f"({st['layout_loop']['not_eigen_form']} in the Python loop's program): XLA:CPU rewrites "
+                 "convolutions into that layout only in a program's entry computation, so `train_model` "
+                 "loops in Python")
+    out.append(line + ".")
     tr = r.get("train_model")
     if tr:
         out[-1] += (f" `train_model` on {tr['n_train']} CT phantoms, {tr['steps']} steps: {tr['train_s']:.0f} s, "
                     f"held-out Dice {tr['dice_heldout_deterministic']:.3f}.")
+    return out
+
+
+def throughput_section(r: dict, size: str) -> list[str]:
+    st, ref = r["setup"], r["reference_per_volume_without_mc"]
+    label = {"cold_cache": "first run (empty compilation cache)", "warm_cache": "second run (programs from the cache)"}
+    rows = []
+    for name, run in r["runs"].items():
+        per = run["seconds_per_volume"]
+        rows.append([label.get(name, name), run["volumes_per_minute"], per["mc_and_read_s"], per["graph_s"],
+                     per["fit_s"], per["rest_of_process_s"], run["wall_s"]])
+    nodes = [n for run in r["runs"].values() for n in run["nodes"] if n]
+    out = [f"**End-to-end throughput** ({size}): `ugcn refine-batch --model` (MC dropout T = {st['n_samples']}, "
+           f"graph, fit) over {st['volumes']} CT phantoms {'x'.join(map(str, st['shape']))} in a fresh process, "
+           f"{st['model']}; seconds per volume from each case's report.json"
+           + (f" (graphs of {min(nodes)}-{max(nodes)} nodes)" if nodes else "") + ".", ""]
+    out += table(["run", "volumes / min", "MC + read s", "graph s", "fit s", "rest of process s", "wall s"], rows)
+    out += ["", f"The reference pipeline of method R took {ref['graph_s']:.0f} s (graph) + {ref['fit_s']:.0f} s (fit) "
+            f"per volume at {ref['nodes'] // 1000}k nodes on this machine, without MC dropout: "
+            f"{60.0 / (ref['graph_s'] + ref['fit_s']):.2f} volumes / min."]
     return out
 
 
@@ -244,7 +289,8 @@ def scaling_section(r: dict, size: str) -> list[str]:
 
 
 SECTIONS = {"conv3d": conv3d_section, "compile": compile_section, "mcdo": mcdo_section, "refine": refine_section,
-            "lesion": lesion_section, "segment": segment_section, "scaling": scaling_section}
+            "lesion": lesion_section, "segment": segment_section, "throughput": throughput_section,
+            "scaling": scaling_section}
 
 
 WRITE_FIGURES = True  # False under --check: nothing is written

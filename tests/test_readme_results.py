@@ -106,3 +106,25 @@ def test_sections_without_data_are_kept_and_the_study_is_rendered(gen, tmp_path,
     assert (figures / "study_refine.png").read_bytes() == b"\x89PNG study"
     assert gen.generate("small", tmp_path / "no-demo", text) == text  # stable: regenerating changes nothing
     assert "study_refine" not in text.split("section:benchmarks")[-1]  # not listed as a benchmark
+
+
+def test_training_and_throughput_sections(gen):
+    segment = {"torch_comparison": [
+        {"dims": 2, "batch": [8, 128, 128], "params": 482449, "steps_per_s": {"ugcn": 2.0, "torch": 1.0,
+                                                                               "torch_1thread": 0.5},
+         "ugcn_over_torch_steps_per_s": 2.0}],
+        "step": {"batch": [8, 96, 96], "loop_step_s": 0.1, "scan_step_s": 0.8, "scan_over_loop": 8.0,
+                 "unrolled_over_loop": 1.1, "step_s": {"loop": 0.1, "scan": 0.8, "scan_unrolled": 0.11},
+                 "layout_loop": {"convolutions": 42, "not_eigen_form": 0},
+                 "layout_scan": {"convolutions": 43, "not_eigen_form": 29}}}
+    text = "\n".join(gen.segment_section(segment, "small"))
+    assert "| 2D | 8x128x128 | 482449 | 2.00 | 1.00 | 0.50 | 2.00 |" in text
+    assert "(8.00x), 0.110 s in an unrolled scan (1.10x)" in text and "29 of the 43 convolutions" in text
+    run = {"volumes_per_minute": 3.0, "wall_s": 80.0, "nodes": [90000, 95000], "status": ["refined"] * 2,
+           "seconds_per_volume": {"mc_and_read_s": 10.0, "graph_s": 1.0, "fit_s": 2.0, "rest_of_process_s": 27.0}}
+    throughput = {"setup": {"n_samples": 20, "volumes": 2, "shape": [128, 128, 64], "model": "a model"},
+                  "reference_per_volume_without_mc": {"graph_s": 42.0, "fit_s": 97.0, "nodes": 90000},
+                  "runs": {"warm_cache": run}}
+    text = "\n".join(gen.throughput_section(throughput, "small"))
+    assert "| second run (programs from the cache) | 3.00 | 10.00 | 1.00 | 2.00 | 27.00 | 80.00 |" in text
+    assert "(graphs of 90000-95000 nodes)" in text and "0.43 volumes / min" in text  # 60 / 139 s

@@ -2,7 +2,8 @@
 
 One training step (:func:`make_train_step`) is pure; the jitted full step draws its batch from the
 device-resident data set with its own key, augments it, and updates the parameters. Steps run in a Python
-loop (XLA:CPU ran the training step ~7x slower inside ``lax.scan``); the loss is read back once per epoch.
+loop, not in ``lax.scan``: XLA:CPU runs the step 7-13x slower inside a while loop (see :func:`_jitted_full_step`);
+the loss is read back once per epoch.
 
 - 2D: every axial slice of every volume is a sample; a fraction ``foreground_fraction`` of the draws is
   taken among slices that hold foreground, the rest uniformly among all slices.
@@ -335,9 +336,15 @@ def _jitted_full_step(
     """``step(state, data, key) -> (state, loss)``: sample, augment, update; jitted, state donated.
 
     Cached by its settings so that repeated trainings (cross-validation folds, tests) compile once per
-    data shape. A Python loop over this step beats a ``lax.scan``: XLA:CPU ran the whole training step
-    (forward and backward convolutions) ~7x slower inside a while loop than at the top level of a program
-    (2D demo U-Net, batch 8 of 96x96; forward-only inference showed no such difference).
+    data shape. A Python loop over this step beats a ``lax.scan`` (or ``fori_loop``, even of length 1): the
+    step runs 7-13x slower inside a while loop (2D U-Net, batch 8 of 96x96; ``benchmarks/bench_segment.py``).
+    The cause, read off the compiled HLO: the backward convolutions come out of autodiff in layouts that
+    XLA:CPU's Eigen convolution does not take (the kernel gradient contracts over the batch,
+    ``f01b_i01o->01bf``; the input gradient uses the transposed kernel, ``01oi``). XLA:CPU's
+    ``ConvCanonicalization`` pass transposes such operands into NHWC/HWIO, but it visits only the entry
+    computation; inside a while body they stay as they are and are emitted as generic loop nests (29 of the
+    43 convolutions of that step). Forward-only inference has only canonical convolutions, hence no
+    difference there; a fully unrolled scan has no while body and runs at the loop's speed.
     """
     train_step = make_train_step(config, optax.adam(learning_rate))
     augment = jax.vmap(lambda k, x, y, m: augment_sample(k, x, y, m, augmentation))
