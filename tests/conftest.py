@@ -285,3 +285,44 @@ def run_cli_in_process(capsys, argv):
 def run_cli():
     """:func:`run_cli_in_process`."""
     return run_cli_in_process
+
+
+# ---------------------------------------------------------------- the folder commands: interrupted, resumed
+def check_folder_resumes(argv, out, *, stop_after=1):
+    """A folder command (``mcdo --images``, ``refine-batch``, ``lesions score --images``) interrupted after
+    ``stop_after`` cases and rerun: checks that the rerun computes only the other cases and leaves the finished
+    ones untouched, and returns its ``summary.json``. ``argv``: the command without ``--out``."""
+    import json
+
+    import ugcn.parallel.resume as resume
+    from ugcn.cli import main
+
+    real, written = resume.write_case, []
+
+    def write_case(case_dir, *args, **kwargs):
+        if stop_after is not None and len(written) == stop_after:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append(case_dir.name)
+        return real(case_dir, *args, **kwargs)
+
+    resume.write_case = write_case
+    try:
+        assert main(argv + ["--out", str(out)]) == 130  # Ctrl-C's code; the finished case stays
+        finished = sorted(p.name for p in out.iterdir() if (p / "report.json").is_file())
+        assert finished == written and not (out / "summary.json").exists()
+        stamps = {n: (out / n / "report.json").stat().st_mtime_ns for n in finished}
+        stop_after, written[:] = None, []
+        assert main(argv + ["--out", str(out)]) == 0
+    finally:
+        resume.write_case = real
+    assert finished and not set(finished) & set(written)  # the rerun skips the finished cases
+    assert all((out / n / "report.json").stat().st_mtime_ns == t for n, t in stamps.items())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pending"] == [] and sorted(summary["volumes"]) == sorted(finished + written)
+    return summary
+
+
+@pytest.fixture(scope="session")
+def folder_resumes():
+    """:func:`check_folder_resumes`."""
+    return check_folder_resumes

@@ -83,8 +83,8 @@ def test_refine_with_a_model_on_a_permuted_scan(tmp_path, tiny_model_dir):
         assert main(["refine", "--image", str(tmp_path / f"{name}.nii.gz"), "--model", str(tiny_model_dir),
                      "--out", str(tmp_path / name), "--n-samples", "2", "--chunk", "2", "--tau", "0.5",
                      "--tau-mode", "quantile", "--quiet"]) == 0
-    ras = nib.load(str(tmp_path / "ras" / "cnn.nii.gz"))
-    permuted = nib.load(str(tmp_path / "permuted" / "cnn.nii.gz"))
+    ras = nib.load(str(tmp_path / "ras" / "prediction.nii.gz"))
+    permuted = nib.load(str(tmp_path / "permuted" / "prediction.nii.gz"))
     np.testing.assert_allclose(permuted.affine, affine)
     np.testing.assert_array_equal(to_canonical(np.asarray(permuted.dataobj), affine), np.asarray(ras.dataobj))
 

@@ -36,7 +36,7 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_ca
     write_lesion_cases(data, 3, 1)
     lm = tmp_path / "lm"
     args = ["lesions", "fit", "--data", str(data), "--model", "m", "--out", str(lm), "--gcnn-epochs", "2",
-            "--gcnn-hidden", "8", "--no-progress"]
+            "--gcnn-hidden", "8", "--seed", "3", "--n-samples", "5", "--no-progress"]
     assert main(args) == 0
     assert (lm / "config.json").exists()
     from ugcn.lesion.gcnn import load_lesion_model
@@ -47,13 +47,27 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_ca
     widths = {leaf.shape[-1] for leaf in jax.tree_util.tree_leaves(fitted.params) if leaf.ndim == 2}
     assert fitted.config.epochs == 2 and 8 in widths and 64 not in widths
     assert main(args) == 2  # refuses to overwrite
+    # --config reruns the recorded fit (seed, T, GCNN settings): the same network; another seed does not
+    rerun = ["lesions", "fit", "--data", str(data), "--model", "m", "--no-progress"]
+    assert main(rerun + ["--out", str(tmp_path / "lm2"), "--config", str(lm / "report.json")]) == 0
+    recorded = json.loads((lm / "report.json").read_text())
+    assert (recorded["seed"], recorded["n_samples"], recorded["gcnn"]["hidden"]) == (3, 5, 8)
+    assert json.loads((tmp_path / "lm2" / "report.json").read_text()) == recorded
+    assert (tmp_path / "lm2" / "params.msgpack").read_bytes() == (lm / "params.msgpack").read_bytes()
+    assert main(rerun + ["--out", str(tmp_path / "lm3"), "--config", str(lm / "report.json"), "--seed", "4"]) == 0
+    assert (tmp_path / "lm3" / "params.msgpack").read_bytes() != (lm / "params.msgpack").read_bytes()
     out = tmp_path / "scores"
     image = data / "imagesTr" / "c0.nii.gz"
     score = ["lesions", "score", "--image", str(image), "--model", "m", "--lesion-model", str(lm), "--out", str(out)]
-    assert main(score) == 0
-    rows = (out / "c0_lesions.csv").read_text().splitlines()
+    assert main(score + ["--seed", "2", "--n-samples", "4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["files"]) == sorted(p.name for p in out.iterdir())
+    assert sorted(report["files"]) == ["lesion_uncertainty.nii.gz", "lesions.csv", "lesions.nii.gz",
+                                       "prediction.nii.gz", "report.json"]
+    rows = (out / "lesions.csv").read_text().splitlines()
     assert rows[0].startswith("lesion,size,centroid_x") and "gcnn_classif" in rows[0] and len(rows) > 1
-    table = list(csv.DictReader(io.StringIO((out / "c0_lesions.csv").read_text())))
+    assert report["lesions"] == len(rows) - 1
+    table = list(csv.DictReader(io.StringIO((out / "lesions.csv").read_text())))
     for col in ("metaseg_classif", "metaseg_reg", "shape_logreg"):  # saved with the lesion model
         assert all(0.0 <= float(r[col]) <= 1.0 for r in table) or col == "metaseg_reg"
     # size = voxel count of the 26-connected component (scipy), size_score = 1 / size
@@ -62,8 +76,9 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_ca
     ref_labels, n_ref = ndimage.label(pred, structure=np.ones((3, 3, 3)))
     assert [int(r["size"]) for r in table] == list(np.bincount(ref_labels.ravel())[1:])
     assert [float(r["size_score"]) for r in table] == pytest.approx([1 / int(r["size"]) for r in table])
-    labels = np.asarray(nib.load(out / "c0_lesion_labels.nii.gz").dataobj)
-    unc = np.asarray(nib.load(out / "c0_lesion_uncertainty.nii.gz").dataobj)
+    labels = np.asarray(nib.load(out / "lesions.nii.gz").dataobj)
+    unc = np.asarray(nib.load(out / "lesion_uncertainty.nii.gz").dataobj)
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "prediction.nii.gz").dataobj), pred)
     # The lesion labels are scipy's 26-connected components of the (fake) prediction, in the table's order.
     np.testing.assert_array_equal(labels, ref_labels)
     assert labels.max() == len(table) == n_ref
@@ -73,6 +88,16 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_ca
         k = int(row["lesion"])
         np.testing.assert_allclose(unc[labels == k], np.float32(float(row["gcnn_classif"])), rtol=1e-6)
     assert main(score) == 2  # refuses to overwrite
+    # --config reruns the recorded settings: same T, seed and mask, the same table
+    seen = []
+    monkeypatch.setattr(protocol, "mc_uncertainty", lambda *a, **k: seen.append(k) or _fake_mc(*a, **k))
+    again = tmp_path / "again"
+    assert main(score[:-1] + [str(again), "--config", str(out / "report.json")]) == 0
+    assert (seen[0]["n_samples"], seen[0]["mask_from"]) == (4, "mean")
+    assert (again / "lesions.csv").read_text() == (out / "lesions.csv").read_text()
+    rerun = json.loads((again / "report.json").read_text())
+    assert {k: rerun[k] for k in ("n_samples", "chunk", "seed", "settings")} == {
+        k: report[k] for k in ("n_samples", "chunk", "seed", "settings")}
 
 
 def test_score_from_sample_maps(tmp_path, monkeypatch, write_lesion_cases):
@@ -100,7 +125,7 @@ def test_score_from_sample_maps(tmp_path, monkeypatch, write_lesion_cases):
     args = ["lesions", "score", "--image", str(image), "--samples", str(samples), "--lesion-model", str(lm),
             "--out", str(out)]
     assert main(args) == 0
-    rows = list(csv.DictReader(io.StringIO((out / "c0_lesions.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((out / "lesions.csv").read_text())))
     labels, n = ndimage.label(fg.mean(0) > 0.5, structure=np.ones((3, 3, 3)))
     assert len(rows) == n == 3
     assert [int(r["size"]) for r in rows] == list(np.bincount(labels.ravel())[1:])
@@ -156,3 +181,42 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
                "--out", "o"])
     assert rc == 2
     assert "not a lesion model" in capsys.readouterr().err
+
+
+def test_score_images_resumes_to_the_clean_run(tmp_path, write_lesion_cases, folder_resumes):
+    import jax
+
+    from ugcn.cli import main
+    from ugcn.lesion.gcnn import GCNNConfig, LesionModel, _compiled, _init_graph, save_lesion_model
+    from ugcn.segment import UNetConfig, init_model, save_model
+
+    save_model(init_model(UNetConfig(dims=2, base_features=4, depth=2), jax.random.PRNGKey(0)), tmp_path / "model")
+    names = ("intensity_0", "label", "entropy", "variance")
+    config = GCNNConfig(feature_names=names, hidden=8)
+    init, _, _ = _compiled(config.hidden, config.outputs, config.task)
+    params, _ = init(jax.random.PRNGKey(1), _init_graph(len(names)))
+    save_lesion_model(LesionModel(config, params, np.zeros(4, np.float32), np.ones(4, np.float32)), tmp_path / "lm")
+    write_lesion_cases(tmp_path / "data", 3, 2)
+    images = tmp_path / "data" / "imagesTr"
+    common = ["lesions", "score", "--model", str(tmp_path / "model"), "--lesion-model", str(tmp_path / "lm"),
+              "--n-samples", "2", "--chunk", "2", "--no-progress"]
+    argv = common + ["--images", str(images), "--batch-size", "1"]
+    assert main(argv + ["--out", str(tmp_path / "clean")]) == 0
+    clean = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert folder_resumes(argv, tmp_path / "out") == clean
+    # a case folder holds what `--image` writes, and the summary counts its table's rows
+    assert main(common + ["--image", str(images / "c1.nii.gz"), "--out", str(tmp_path / "one")]) == 0
+    case = tmp_path / "out" / "c1"
+    assert sorted(p.name for p in case.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    rows = (case / "lesions.csv").read_text().splitlines()
+    assert rows[0] == (tmp_path / "one" / "lesions.csv").read_text().splitlines()[0]
+    assert clean["volumes"]["c1"]["lesions"] == len(rows) - 1
+    for name in ("prediction", "lesions"):
+        np.testing.assert_array_equal(np.asarray(nib_load(case / f"{name}.nii.gz")),
+                                      np.asarray(nib_load(tmp_path / "one" / f"{name}.nii.gz")), err_msg=name)
+
+
+def nib_load(path):
+    import nibabel as nib
+
+    return nib.load(str(path)).dataobj

@@ -113,3 +113,31 @@ def test_mcdo_cli_source_tta(tmp_path, np_tta_samples):
     assert main(["mcdo", "--samples", str(out / "samples.nii.gz"), "--out", str(tmp_path / "o2"),
                  "--source", "tta"]) == 2
     assert main(argv[:-1] + ["--out", str(tmp_path / "o3"), "--tta-max-shift", "-1"]) == 2
+
+
+def test_mcdo_images_resumes_and_equals_the_single_image_run(mcdo_inputs, tmp_path, folder_resumes):
+    from ugcn.cli import main
+
+    root, affine = mcdo_inputs
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, shape in enumerate([(16, 16, 8), (12, 16, 8), (16, 16, 8)]):  # two shapes: two stacks
+        img = np.random.default_rng(i).normal(size=shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, affine), str(images / f"c{i}.nii.gz"))
+    common = ["mcdo", "--model", str(root / "model"), "--n-samples", "3", "--chunk", "2", "--seed", "1",
+              "--estimators", "entropy,variance", "--quiet"]
+    argv = common + ["--images", str(images), "--batch-size", "2"]
+    assert main(argv + ["--out", str(tmp_path / "clean")]) == 0
+    clean = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert folder_resumes(argv, tmp_path / "out") == clean
+    assert sorted(clean["volumes"]) == ["c0", "c1", "c2"]
+    # each case folder holds what `ugcn mcdo --image` writes for that image alone
+    assert main(common + ["--image", str(images / "c1.nii.gz"), "--out", str(tmp_path / "one")]) == 0
+    case = tmp_path / "out" / "c1"
+    assert sorted(p.name for p in case.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for name in ("prediction", "expectation", "entropy", "variance"):
+        np.testing.assert_allclose(nib.load(str(case / f"{name}.nii.gz")).get_fdata(),
+                                   nib.load(str(tmp_path / "one" / f"{name}.nii.gz")).get_fdata(), atol=1e-5,
+                                   err_msg=name)
+    assert clean["volumes"]["c1"]["predicted_voxels"] == int(
+        np.asarray(nib.load(str(case / "prediction.nii.gz")).dataobj).sum())

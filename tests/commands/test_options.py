@@ -400,3 +400,37 @@ def test_root_and_nested_presets(tmp_path):
     assert cfg("--config", str(path)) == REFERENCE  # the record, variants included
     assert cfg("--config", str(path), "--preset", "safe") == SAFE  # an explicit preset wins over the record
     assert cfg("--config", str(path), "--fit-epochs", "2") == dataclasses.replace(REFERENCE, fit=Fit(epochs=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Signed:
+    """Settings that may be negative.
+
+    Attributes:
+      shift: a number of at least -10.
+      offsets: numbers of at least -10.
+    """
+
+    shift: float = setting(0.0, min=-10.0)
+    offsets: tuple[float, ...] = setting((0.0,), min=-10.0)
+
+
+@pytest.mark.parametrize("text, value", [("-1e-3", -1e-3), ("-2.5E+0", -2.5), ("-.5", -0.5), ("-3", -3.0),
+                                         ("-1.e-2", -1e-2)])
+def test_negative_numbers_follow_a_flag_without_an_equals_sign(text, value):
+    parser = argparse.ArgumentParser(prog="ugcn toy")
+    add_config_options(parser, Signed, name="signed")
+    args = resolve_options(parser.parse_args(["--shift", text, "--offsets", "1", text]))
+    assert args.signed == Signed(shift=value, offsets=(1.0, value))
+    # a value out of bounds still names the flag (argparse no longer takes "-1e3" for an option)
+    with pytest.raises(ValueError, match="--shift must be a finite number >= -10, got -1000.0"):
+        resolve_options(parser.parse_args(["--shift", "-1e3"]))
+
+
+def test_negative_numbers_through_the_ugcn_parser(capsys):
+    from ugcn.cli import build_parser, main
+
+    args = build_parser().parse_args(["refine", "--image", "x", "--samples", "y", "--out", "o", "--lam", "-1e-3"])
+    assert args.lam == -1e-3
+    assert main(["refine", "--image", "x", "--samples", "y", "--out", "o", "--lam", "-1e-3"]) == 2
+    assert "--lam must be a non-negative finite number, got -0.001" in capsys.readouterr().err

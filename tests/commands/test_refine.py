@@ -23,7 +23,9 @@ def test_cli_refine_and_refine_batch(tmp_path, capsys, sphere_case, write_case):
             "--out", str(out), "--gcn-epochs", "30", "--crf"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    for name in ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf"):
+    assert sorted(report["files"]) == sorted(["refined.nii.gz", "refined_unlabelled.nii.gz", "report.json",
+                                              "expectation_mask.nii.gz", "prediction.nii.gz", "crf.nii.gz"])
+    for name in ("refined", "refined_unlabelled", "expectation_mask", "prediction", "crf"):
         img = nib.load(str(out / f"{name}.nii.gz"))
         np.testing.assert_allclose(img.affine, np.diag([0.8, 0.8, 2.5, 1.0]))
         assert img.shape == (24, 24, 16)
@@ -122,3 +124,22 @@ def test_cli_lam_reaches_the_edge_weights(tmp_path, capsys, monkeypatch, sphere_
     assert report["config"]["check"]["fallback"] is False
     assert [c["name"] for c in report["selection"]["candidates"]] == ["configured"]
     assert report["status"] == ("refined" if report["selfcheck"]["passed"] else "check_failed")
+
+
+def test_refine_batch_resumes_to_the_clean_run(tmp_path, sphere_case, write_case, folder_resumes):
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    for i in range(3):
+        write_case(src, f"c{i}", sphere_case(shape=(16, 16, 12), radius=4.5, seed=i))
+    argv = ["refine-batch", "--images", str(src), "--samples-dir", str(src / "samples"), "--labels",
+            str(src / "labels"), "--gcn-epochs", "5", "--batch-size", "1", "--quiet"]
+    assert main(argv + ["--out", str(tmp_path / "clean")]) == 0
+    clean = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    resumed = folder_resumes(argv, tmp_path / "out")
+    assert resumed == clean
+    assert sum(clean["status_counts"].values()) == 3
+    assert all(set(v) >= {"status", "variant", "dice"} for v in clean["volumes"].values())
+    for i in range(3):
+        rep = json.loads((tmp_path / "out" / f"c{i}" / "report.json").read_text())
+        assert "prediction.nii.gz" in rep["files"] and rep["run_settings"]["seed"] == 0

@@ -95,7 +95,7 @@ def check_refine_batch(out: dict, work: Path) -> None:
     from conftest import build_sphere_case as sphere_case
     from conftest import write_sphere_case as write_case
 
-    import ugcn.commands.refine as refine_cmd
+    import ugcn.parallel.resume as resume
     from ugcn.cli import main
 
     src = work / "in"
@@ -105,7 +105,7 @@ def check_refine_batch(out: dict, work: Path) -> None:
               str(src / "labels"), "--gcn-epochs", "20", "--quiet"]
     assert main(common + ["--out", str(work / "clean"), "--devices", "1", "--batch-size", "2"]) == 0
 
-    original = refine_cmd._write_case
+    original = resume.write_case
     calls = []
 
     def failing_write(*args, **kwargs):
@@ -115,7 +115,7 @@ def check_refine_batch(out: dict, work: Path) -> None:
         return original(*args, **kwargs)
 
     resumed = work / "resumed"
-    refine_cmd._write_case = failing_write
+    resume.write_case = failing_write
     try:
         interrupted_code = main(common + ["--out", str(resumed), "--devices", "4", "--batch-size", "4"])
     except KeyboardInterrupt:
@@ -128,11 +128,11 @@ def check_refine_batch(out: dict, work: Path) -> None:
         calls.append(args[0].name)
         return original(*args, **kwargs)
 
-    refine_cmd._write_case = counting_write
+    resume.write_case = counting_write
     try:
         code = main(common + ["--out", str(resumed), "--devices", "1", "--batch-size", "2"])
     finally:
-        refine_cmd._write_case = original
+        resume.write_case = original
     same_masks, same_reports = True, True
     for i in range(5):
         a, b = work / "clean" / f"case{i}", resumed / f"case{i}"
@@ -204,7 +204,7 @@ def check_lesions_folder(out: dict, work: Path) -> None:
               "--n-samples", "3", "--chunk", "2", "--no-progress"]
     folder = main(common + ["--images", str(work / "images"), "--out", str(work / "ls"), "--devices", "4"])
     single = main(common + ["--image", str(work / "images" / "c4.nii.gz"), "--out", str(work / "ls4")])
-    csv_a, csv_b = ((d / "c4_lesions.csv").read_text().splitlines() for d in (work / "ls" / "c4", work / "ls4"))
+    csv_a, csv_b = ((d / "lesions.csv").read_text().splitlines() for d in (work / "ls" / "c4", work / "ls4"))
     values = [np.array([[float(v) for v in row.split(",")] for row in rows[1:]]) for rows in (csv_a, csv_b)]
     summary = json.loads((work / "ls" / "summary.json").read_text())
     # Per column: the sharded and the single-device MC sums differ in float rounding, which the variance

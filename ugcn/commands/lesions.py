@@ -2,12 +2,14 @@
 
 * ``fit``: MC dropout of a trained segmentation model on a labelled data set, lesions and their
   ``IoU_adj`` targets, then a lesion GCNN (classification or regression), MetaSeg and the shape baseline,
-  saved to ``--out``.
-* ``score``: one image -> a CSV with one row per predicted lesion (id, size = voxel count, centroid, the GCNN
-  score, every aggregation baseline: mean/logsum of each estimator, ``size_score`` = 1/size, and the MetaSeg
-  and shape baselines saved with the lesion model) and NIfTI maps where each lesion's voxels
-  hold its GCNN uncertainty, plus the lesion labels. ``--images DIR`` scores a whole folder: one resumable
-  sub-folder per image, MC dropout and lesion batches spread over ``--devices``, and several processes
+  saved to ``--out`` with a ``report.json`` of the settings (``--config`` reruns them).
+* ``score``: one image -> a case folder (``--out``, written whole): ``lesions.csv`` with one row per
+  predicted lesion (id, size = voxel count, centroid, the GCNN score, every aggregation baseline: mean/logsum
+  of each estimator, ``size_score`` = 1/size, and the MetaSeg and shape baselines saved with the lesion
+  model), ``lesion_uncertainty.nii.gz`` (each lesion's voxels hold its GCNN uncertainty), ``lesions.nii.gz``
+  (the lesion ids, the table's rows), ``prediction.nii.gz`` (the predicted mask) and ``report.json`` (the
+  settings: ``--config`` reruns them). ``--images DIR`` scores a whole folder: one resumable sub-folder per
+  image with the same files, MC dropout and lesion batches spread over ``--devices``, and several processes
   (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``) each taking a slice of the images.
 * ``evaluate``: the k-fold protocol (train a 3D U-Net per fold, MC dropout, or read ``--samples-dir``; fit on
   validation lesions, score test lesions with every method): pooled AUCs with subject-bootstrap intervals,
@@ -24,18 +26,25 @@ import csv
 import dataclasses
 import io
 import json
-import operator
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ugcn import __version__
 from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options
-from ugcn.config import setting
+from ugcn.config import config_to_dict, setting
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
+from ugcn.io import case_name
 from ugcn.lesion.protocol import MASK_SOURCES
 
 SCORE_BATCH = 64  # lesion graphs per GCNN call when scoring
+REPORT = "report.json"
+#: The files of one scored image (``lesions score``: in --out; with --images: in every OUT/<case>/), besides
+#: report.json: the lesion table, each lesion's GCNN score on its voxels, the lesion ids (k = row ``lesion == k``
+#: of the table, as the lesion protocol's cases/<case>/lesions.nii.gz) and the predicted mask.
+SCORE_FILES = {"table": "lesions.csv", "uncertainty": "lesion_uncertainty.nii.gz", "lesions": "lesions.nii.gz",
+               "prediction": "prediction.nii.gz"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +66,8 @@ def _add_common(p: argparse.ArgumentParser, *, mask: bool = True, estimators: bo
         add_config_options(p, Sampling, name="sampling", title="MC dropout")
         add_config_options(p, LesionMask, name="mask_config", title="lesions", record="settings",
                            exclude=() if estimators else ("estimators",))
+        add_config_file_option(p, "the report.json of an earlier run (in the lesion model folder for fit, in the "
+                               "output folder for score)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -159,8 +170,15 @@ def run_fit(args) -> int:
     side = {"metaseg": fit_metaseg(metaseg_features(lesions.stats, estimators), lesions.iou_adj,
                                    estimators=estimators),
             "shape": fit_shape_baseline(shape_features(lesions.stats), lesions.iou_adj)}
+    # n_samples, chunk, seed, settings and gcnn: what `ugcn lesions fit --config report.json` reads back
+    report = {"ugcn_version": __version__, "data": str(args.data), "model": str(args.model),
+              "n_samples": args.n_samples, "chunk": args.chunk, "seed": args.seed,
+              "settings": {"mask_from": args.mask_from, "estimators": list(estimators)},
+              "gcnn": config_to_dict(args.gcnn_config), "cases": len(cases), "lesions": int(lesions.n),
+              "fp_lesions": int(lesions.is_fp.sum())}
     save_lesion_model(lesion_model, out, overwrite=args.overwrite,
-                      extra_files={SIDE_LEARNERS_FILE: side_learners_text(side)})
+                      extra_files={SIDE_LEARNERS_FILE: side_learners_text(side),
+                                   REPORT: json.dumps(report, indent=2) + "\n"})
     print(f"lesion model ({args.task}) and the MetaSeg and shape baselines fitted on {lesions.n} lesions of "
           f"{len(cases)} cases ({int(lesions.is_fp.sum())} FP); written to {out}")
     return 0
@@ -174,75 +192,88 @@ def _model_estimators(feature_names: Sequence[str]) -> tuple[tuple[str, ...], in
     return tuple(names[at + 1 :]), at
 
 
-def _score_paths(out: Path, stem: str) -> list:
-    return [out / f"{stem}_lesions.csv", out / f"{stem}_lesion_uncertainty.nii.gz",
-            out / f"{stem}_lesion_labels.nii.gz"]
-
-
 def _check_channels(path, image, channels: int) -> None:
     got = 1 if image.array.ndim == 3 else image.array.shape[-1]
     if got != channels:
         raise ValueError(f"{path}: {got} channel(s), the lesion model was fitted on {channels}")
 
 
-def _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out: Path, overwrite: bool,
-                side: Optional[dict] = None) -> int:
-    """Lesions of one case, their GCNN and baseline scores, written as ``_score_paths(out, stem)``.
+@dataclasses.dataclass(frozen=True)
+class _Scorer:
+    """The lesion model, its side learners and estimators, and the devices its lesion batches run on."""
 
-    ``side``: the side learners saved with the lesion model (``{"metaseg": ..., "shape": ...}``; columns
-    ``metaseg_classif``, ``metaseg_reg``, ``shape_logreg`` when present). Returns the number of lesions.
-    """
-    from ugcn.io import save_volume, write_text_atomic
-    from ugcn.lesion.baselines import metaseg_features, metaseg_scores, shape_features, shape_scores
-    from ugcn.lesion.gcnn import score_lesions
-    from ugcn.lesion.protocol import case_lesions
+    lesion_model: Any
+    side: dict
+    estimators: tuple[str, ...]
+    channels: int
+    mesh: Any
 
-    paths = _score_paths(out, stem)
-    case = case_lesions(stem, image.array, pred, maps, affine=image.affine, estimators=estimators)
-    gcnn = score_lesions(lesion_model, case.graphs, batch_size=SCORE_BATCH, devices=mesh)
-    name = "gcnn_classif" if lesion_model.config.task == "classification" else "gcnn_reg"
-    rows = case.table.rows()
-    for k, row in enumerate(rows):
-        row[name] = float(gcnn[k])
-        for e in estimators:
-            row[f"{e}_mean"] = float(case.stats[f"{e}_mean"][k])
-            row[f"{e}_logsum"] = float(case.stats[f"{e}_logsum"][k])
-        row["size_score"] = float(case.stats["size"][k])
-    side = side or {}
-    extra: dict[str, np.ndarray] = {}
-    if "metaseg" in side:
-        extra.update(metaseg_scores(side["metaseg"], metaseg_features(case.stats, side["metaseg"].estimators)))
-    if "shape" in side:
-        extra["shape_logreg"] = shape_scores(side["shape"], shape_features(case.stats))
-    for k, row in enumerate(rows):
-        row.update({col: float(v[k]) for col, v in extra.items()})
-    fields = (["lesion", "size"] + [f"centroid_{a}" for a in "xyz"] + [f"centroid_{a}_mm" for a in "xyz"]
-              + [name] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"]
-              + list(extra))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    # Lesion k's voxels hold its score; background 0 (a lookup table indexed by the label map).
-    uncertainty = np.concatenate([[0.0], gcnn]).astype(np.float32)[case.table.labels]
-    save_volume(paths[1], uncertainty, image.affine, header=image.header, overwrite=overwrite)
-    save_volume(paths[2], case.table.labels.astype(np.int16), image.affine, header=image.header,
-                overwrite=overwrite)
-    write_text_atomic(paths[0], buf.getvalue())
-    return case.table.n
+    @classmethod
+    def load(cls, folder, mesh) -> _Scorer:
+        from ugcn.lesion.baselines import load_side_learners
+        from ugcn.lesion.gcnn import load_lesion_model
+
+        lesion_model = load_lesion_model(folder)
+        estimators, channels = _model_estimators(lesion_model.config.feature_names)
+        return cls(lesion_model, load_side_learners(folder) or {}, estimators, channels, mesh)
+
+    def write(self, folder: Path, image, pred: np.ndarray, maps: dict, name: str) -> dict:
+        """Lesions of one case, their GCNN and baseline scores, written into ``folder`` as :data:`SCORE_FILES`;
+        the report fields (``lesions``, ``files``)."""
+        from ugcn.io import save_volume
+        from ugcn.lesion.baselines import metaseg_features, metaseg_scores, shape_features, shape_scores
+        from ugcn.lesion.gcnn import score_lesions
+        from ugcn.lesion.protocol import case_lesions
+
+        estimators, side = self.estimators, self.side
+        case = case_lesions(name, image.array, pred, maps, affine=image.affine, estimators=estimators)
+        gcnn = score_lesions(self.lesion_model, case.graphs, batch_size=SCORE_BATCH, devices=self.mesh)
+        column = "gcnn_classif" if self.lesion_model.config.task == "classification" else "gcnn_reg"
+        rows = case.table.rows()
+        for k, row in enumerate(rows):
+            row[column] = float(gcnn[k])
+            for e in estimators:
+                row[f"{e}_mean"] = float(case.stats[f"{e}_mean"][k])
+                row[f"{e}_logsum"] = float(case.stats[f"{e}_logsum"][k])
+            row["size_score"] = float(case.stats["size"][k])
+        extra: dict[str, np.ndarray] = {}
+        if "metaseg" in side:
+            extra.update(metaseg_scores(side["metaseg"], metaseg_features(case.stats, side["metaseg"].estimators)))
+        if "shape" in side:
+            extra["shape_logreg"] = shape_scores(side["shape"], shape_features(case.stats))
+        for k, row in enumerate(rows):
+            row.update({col: float(v[k]) for col, v in extra.items()})
+        fields = (["lesion", "size"] + [f"centroid_{a}" for a in "xyz"] + [f"centroid_{a}_mm" for a in "xyz"]
+                  + [column] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"]
+                  + list(extra))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        (folder / SCORE_FILES["table"]).write_text(buf.getvalue())
+        # Lesion k's voxels hold its score; background 0 (a lookup table indexed by the label map).
+        uncertainty = np.concatenate([[0.0], gcnn]).astype(np.float32)[case.table.labels]
+        for key, array in (("uncertainty", uncertainty), ("lesions", case.table.labels.astype(np.int16)),
+                           ("prediction", (np.asarray(pred) != 0).astype(np.uint8))):
+            save_volume(folder / SCORE_FILES[key], array, image.affine, header=image.header)
+        return {"lesions": int(case.table.n), "files": list(SCORE_FILES.values()) + [REPORT]}
+
+
+def _score_report(args, image_path, source: dict, fields: dict) -> dict:
+    # n_samples, chunk, seed (top level) and settings: what `ugcn lesions score --config report.json` reads back
+    return {"ugcn_version": __version__, "image": str(image_path), **source,
+            "lesion_model": str(args.lesion_model), "n_samples": args.n_samples, "chunk": args.chunk,
+            "seed": args.seed, "settings": {"mask_from": args.mask_from}, **fields}
 
 
 def run_score(args) -> int:
     import jax
 
     from ugcn.experiments.lesion_protocol import mc_uncertainty
-    from ugcn.io import case_name, check_same_grid, load_image
-    from ugcn.lesion.baselines import load_side_learners
-    from ugcn.lesion.gcnn import load_lesion_model
-    from ugcn.lesion.protocol import uncertainty_from_samples
+    from ugcn.io import atomic_directory, check_replaceable, load_image
     from ugcn.parallel import describe, device_mesh
     from ugcn.segment import load_model, make_volume_fn
-    from ugcn.uncertainty.sampling import load_sample_maps
+    from ugcn.uncertainty.sources import from_sample_file
 
     if bool(args.image) == bool(args.images):
         raise ValueError("give either --image or --images")
@@ -254,118 +285,71 @@ def run_score(args) -> int:
         raise ValueError("--mask-from deterministic needs --model; with --samples the mask is their mean > 0.5")
     if args.images:
         return run_score_folder(args)
-    mesh = device_mesh(args.devices)  # a bad count fails before the heavy work
-    lesion_model = load_lesion_model(args.lesion_model)
-    side = load_side_learners(args.lesion_model)
-    estimators, channels = _model_estimators(lesion_model.config.feature_names)
-    image = load_image(args.image)  # nnU-Net's channel files stacked
-    _check_channels(args.image, image, channels)
     out = Path(args.out)
-    stem = case_name(args.image)
-    paths = _score_paths(out, stem)
-    for p in paths:
-        if p.exists() and not args.overwrite:
-            raise ValueError(f"{p}: exists already (pass --overwrite to replace it)")
+    check_replaceable(out, overwrite=args.overwrite, marker=REPORT)  # fail before the heavy work
+    scorer = _Scorer.load(args.lesion_model, device_mesh(args.devices))  # a bad count fails early too
+    image = load_image(args.image)  # nnU-Net's channel files stacked
+    _check_channels(args.image, image, scorer.channels)
     if args.samples:
-        samples, maps_volume = load_sample_maps(args.samples)
-        check_same_grid(image, maps_volume, what="samples")
-        pred, maps = uncertainty_from_samples(samples, estimators=estimators)
+        sampled = from_sample_file(args.samples, list(scorer.estimators), reference=image, keep_samples=False)
+        pred, maps = (sampled.prediction > 0).astype(np.uint8), sampled.maps
+        source = {"samples": str(args.samples)}
     else:
         model = load_model(args.model)
-        pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=estimators,
+        pred, maps = mc_uncertainty(model, image.array, jax.random.PRNGKey(args.seed), estimators=scorer.estimators,
                                     n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
                                     volume_fn=make_volume_fn(model, stochastic=True), affine=image.affine)
-    print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} lesions each)")
-    n = _score_case(stem, image, pred, maps, lesion_model, estimators, mesh, out, args.overwrite, side)
-    print(f"{n} lesion(s); written {paths[0]}, {paths[1].name}, {paths[2].name}")
+        source = {"model": str(args.model)}
+    print(f"lesions score: {describe(scorer.mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} "
+          "lesions each)")
+    with atomic_directory(out, overwrite=args.overwrite, marker=REPORT) as tmp:
+        report = _score_report(args, args.image, source, scorer.write(tmp, image, pred, maps, case_name(args.image)))
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['lesions']} lesion(s); written to {out}: {', '.join(report['files'])}")
     return 0
 
 
 def run_score_folder(args) -> int:
-    """``lesions score --images DIR``: every image, MC dropout of each batch sharded over the devices (same-shaped
-    volumes stacked), one resumable ``OUT/<stem>/`` per case (the files of ``--image`` plus ``report.json``),
-    ``OUT/summary.json``; several processes each take their slice of the sorted images."""
-    from ugcn.parallel import (
-        barrier,
-        describe,
-        device_mesh,
-        initialize_distributed,
-        mesh_size,
-        padded_size,
-        process_slice,
-    )
+    """``lesions score --images DIR``: every image, resumably (:func:`ugcn.commands.folder.run_image_folder`):
+    the MC dropout of a batch's same-shaped volumes sharded over the devices, one ``OUT/<case>/`` per image
+    with the files of ``--image``, ``OUT/summary.json``."""
+    from ugcn.commands.folder import run_image_folder
 
-    initialize_distributed()
-    import jax
-    from tqdm.auto import tqdm
+    settings = {"model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),
+                "mc_samples": args.n_samples, "seed": args.seed, "mask_from": args.mask_from}
 
-    from ugcn import __version__
-    from ugcn.io import atomic_directory, case_name, image_folder, load_image, to_canonical, write_text_atomic
-    from ugcn.lesion.baselines import load_side_learners
-    from ugcn.lesion.gcnn import load_lesion_model
-    from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
-    from ugcn.segment import load_model, make_volume_fn, predict_probabilities
-    from ugcn.uncertainty.cohort import mc_sample_batch
-    from ugcn.uncertainty.estimators import estimator_maps
-    from ugcn.uncertainty.sampling import result_from_canonical
+    def prepare(mesh, size):
+        from ugcn.io import load_image
+        from ugcn.segment import load_model, make_volume_fn
+        from ugcn.uncertainty.sources import from_model_batch
 
-    folder, out = Path(args.images), Path(args.out)
-    images = image_folder(folder)
-    mesh = device_mesh(args.devices)
-    settings = normalized_settings({
-        "model": str(Path(args.model).resolve()), "lesion_model": str(Path(args.lesion_model).resolve()),
-        "mc_samples": args.n_samples, "seed": args.seed, "mask_from": args.mask_from})
-    mine = process_slice(images)
-    todo = [p for p in mine if case_state(out / case_name(p), settings, overwrite=args.overwrite) == "todo"]
-    size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
-    where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
-    print(f"lesions score: {where}{len(todo)} of {len(mine)} volumes to score ({len(mine) - len(todo)} finished, "
-          f"skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
-    if todo:
-        lesion_model = load_lesion_model(args.lesion_model)
-        side = load_side_learners(args.lesion_model)
-        estimators, channels = _model_estimators(lesion_model.config.feature_names)
+        scorer = _Scorer.load(args.lesion_model, mesh)
         model = load_model(args.model)
         volume_fn = make_volume_fn(model, stochastic=True)
-    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
-    for batch in tqdm(batches, desc="batches", disable=args.no_progress or len(batches) < 2):
-        volumes = {p: load_image(p) for p in batch}
-        canonical = {p: to_canonical(v.array, v.affine) for p, v in volumes.items()}  # the model runs in RAS+
-        groups: dict = {}
-        for p, v in volumes.items():
-            _check_channels(p, v, channels)
-            groups.setdefault(canonical[p].shape, []).append(p)
-        for group in groups.values():
-            keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))  # as `--image` uses
-            result = mc_sample_batch(volume_fn, np.stack([canonical[p] for p in group]), keys,
-                                     n_samples=args.n_samples, chunk_size=args.chunk, devices=mesh)
-            for i, p in enumerate(group):
-                mine_i = jax.tree_util.tree_map(operator.itemgetter(i), result)
-                stats = result_from_canonical(mine_i, volumes[p].affine).stats  # the file's voxel order
-                maps = {k: np.asarray(v, np.float32) for k, v in estimator_maps(list(estimators), stats).items()}
-                if args.mask_from == "mean":
-                    pred = (np.argmax(np.asarray(stats.sum_p / stats.count), axis=-1) > 0).astype(np.uint8)
-                else:
-                    probs = predict_probabilities(model, volumes[p].array, volumes[p].affine)
-                    pred = (np.argmax(probs, axis=-1) > 0).astype(np.uint8)
-                stem = case_name(p)
-                with atomic_directory(out / stem, overwrite=True) as tmp:
-                    n = _score_case(stem, volumes[p], pred, maps, lesion_model, estimators, mesh, tmp, False, side)
-                    report = {"ugcn_version": __version__, "image": str(p), "lesions": n,
-                              "files": [q.name for q in _score_paths(tmp, stem)], SETTINGS_KEY: settings}
-                    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    barrier("ugcn lesions score --images: every process done")
-    if jax.process_index() == 0:
-        summary: dict[str, Any] = {"volumes": {}, "pending": []}
-        for p in images:
-            report_path = out / case_name(p) / "report.json"
-            if report_path.is_file():
-                summary["volumes"][case_name(p)] = {"lesions": json.loads(report_path.read_text())["lesions"]}
-            else:
-                summary["pending"].append(case_name(p))
-        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        print(f"lesions score: {len(summary['volumes'])} of {len(images)} volumes done, written to {out}")
-    return 0
+
+        def process(batch):
+            volumes = [load_image(p) for p in batch]
+            for p, v in zip(batch, volumes):
+                _check_channels(p, v, scorer.channels)
+            records = from_model_batch(model, [v.array for v in volumes], list(scorer.estimators),
+                                       affines=[v.affine for v in volumes], seed=args.seed, n_samples=args.n_samples,
+                                       chunk_size=args.chunk, devices=mesh, volume_fn=volume_fn,
+                                       prediction="mean" if args.mask_from == "mean" else "deterministic")
+            out = []
+            for path, volume, sampled in zip(batch, volumes, records):
+                def write(folder, path=path, volume=volume, sampled=sampled):
+                    pred = (sampled.prediction > 0).astype(np.uint8)
+                    fields = scorer.write(folder, volume, pred, sampled.maps, case_name(path))
+                    return _score_report(args, path, {"model": str(args.model)}, fields)
+
+                out.append((case_name(path), write))
+            return out
+
+        return process
+
+    return run_image_folder(args, command="lesions score", settings=settings, prepare=prepare,
+                            case_summary=lambda rep: {"lesions": rep.get("lesions")}, verb="score",
+                            quiet=args.no_progress)
 
 
 def run_evaluate(args) -> int:

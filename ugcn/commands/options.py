@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -34,6 +35,10 @@ from ugcn.config import (
 
 SETS = "_option_sets"  # parser default: the option sets of a command, resolved by resolve_options
 CONFIG_FLAG = "config"
+# What argparse takes for a negative number (a value, not an option) after a flag. Its own pattern
+# (``-\d+|-\d*\.\d+``) misses scientific notation, so ``--lam -1e-3`` failed with "expected one argument"
+# and users had to write ``--lam=-1e-3``. None of ugcn's flags looks like a negative number.
+NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +245,7 @@ def add_config_options(
 
     Every flag's value lands in ``args.<flag with _>`` too, resolved and checked.
     """
+    allow_negative_numbers(parser)
     docs: dict[str, str] = {}
     options = tuple(_leaves(cls, (), prefix, dict(flags or {}), set(exclude), docs, dict(prefixes or {})))
     overrides = tuple((tuple(k.split(".")), v) for k, v in (defaults or {}).items())
@@ -276,6 +282,16 @@ def add_config_options(
                            tuple(preset_list))
     parser.set_defaults(**{SETS: (parser.get_default(SETS) or ()) + (option_set,)})
     return option_set
+
+
+def allow_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` read ``-1e-3`` (any :data:`NEGATIVE_NUMBER`) after a flag as its value.
+
+    argparse decides whether an argument is an option or a value with a private pattern; this widens it to
+    scientific notation (argparse still treats such arguments as options if the parser has an option that
+    looks like a negative number, which none of ugcn's has).
+    """
+    parser._negative_number_matcher = NEGATIVE_NUMBER
 
 
 def add_config_file_option(parser: argparse.ArgumentParser, record: str = "the report.json of an earlier run") -> None:

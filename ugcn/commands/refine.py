@@ -10,7 +10,7 @@ Outputs (in ``--out``; ``refine-batch``: one sub-folder per image plus ``summary
 ``refined.nii.gz`` (the refinement: ``Ŷ`` with the uncertain nodes replaced by the GCN; with
 ``--preset reference`` the GCN on all graph nodes, as published; ``Ŷ`` itself when the fit fails the
 self-check), ``refined_unlabelled.nii.gz`` (``Ŷ`` with only the uncertain nodes replaced),
-``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``cnn.nii.gz`` (``Ŷ``, largest component),
+``expectation_mask.nii.gz`` (``E > 0.5`` in the ROI), ``prediction.nii.gz`` (``Ŷ``, largest component),
 ``crf.nii.gz`` (``--crf``) and ``report.json`` (status, the self-check's validation scores, the graph
 variant chosen and why, graph counts, timings, Dice per method with ``--label``). The folder is written
 whole in a temporary sibling and swapped in; ``--out`` must be new or empty, and ``--overwrite`` replaces
@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import operator
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -37,13 +35,6 @@ from ugcn import __version__
 from ugcn.commands.options import Batching, Sampling, add_config_file_option, add_config_options, resolve_options
 from ugcn.config import config_to_dict, setting
 
-OUTPUT_FILES = {
-    "refined": "refined.nii.gz",
-    "refined_unlabelled": "refined_unlabelled.nii.gz",
-    "expectation_mask": "expectation_mask.nii.gz",
-    "cnn": "cnn.nii.gz",
-    "crf": "crf.nii.gz",
-}
 REPORT = "report.json"
 
 
@@ -122,91 +113,8 @@ def _config(args):
     return args.refine_config
 
 
-def _find(folder: Optional[str], stem: str, what: str, suffixes=("",)) -> Optional[Path]:
-    if folder is None:
-        return None
-    for suffix in suffixes:
-        for ext in (".nii.gz", ".nii"):
-            path = Path(folder) / f"{stem}{suffix}{ext}"
-            if path.exists():
-                return path
-    raise ValueError(f"{folder}: no {what} for image {stem!r} (expected {stem}{suffixes[-1]}.nii.gz)")
-
-
-def _binary_mask(path: Path, image) -> np.ndarray:
-    from ugcn.io import check_same_grid, load_mask
-
-    mask = load_mask(path)
-    check_same_grid(image, mask)
-    return mask.array != 0
-
-
-def load_refine_inputs(args, image_path, samples_path=None, prediction_path=None, label_path=None, model=None,
-                       volume_fn=None, mc_result=None):
-    """Read one volume's inputs and compute ``E`` and ``U``: ``(RefineInput, image Volume, source dict)``.
-
-    With ``samples_path`` the MC samples are read from it; otherwise ``model`` gives the deterministic
-    prediction and ``volume_fn`` (its stochastic volume function, made once per model) the MC passes, unless
-    ``mc_result`` (this volume's ``MCResult``, e.g. from a sharded cohort run) already holds them.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from ugcn.io import check_same_grid, load_image, to_canonical
-    from ugcn.refine.pipeline import RefineInput
-    from ugcn.uncertainty.estimators import estimator_maps, parse_estimator_names
-    from ugcn.uncertainty.measures import expectation
-    from ugcn.uncertainty.sampling import load_sample_maps, mc_sample, result_from_canonical
-    from ugcn.uncertainty.stats import stats_from_samples
-
-    image = load_image(image_path)  # nnU-Net's channel files stacked
-    (estimator,) = parse_estimator_names([args.uncertainty])
-    source = {"image": str(image_path)}
-    prediction = None
-    if samples_path is not None:
-        samples_np, maps_volume = load_sample_maps(samples_path)
-        check_same_grid(image, maps_volume, what="samples")
-        samples = jnp.asarray(samples_np)
-        stats = stats_from_samples(samples)
-        source["samples"] = str(samples_path)
-        source["n_samples"] = int(samples.shape[0])
-    else:
-        from ugcn.segment.model import predict_probabilities
-
-        probs = predict_probabilities(model, image.array, image.affine)  # run in RAS+, returned in file order
-        if probs.shape[-1] != 2:
-            raise ValueError(f"{args.model}: method R refines a binary segmentation; this model has "
-                             f"{probs.shape[-1]} classes")
-        prediction = probs[..., 1] > 0.5
-        needs = estimator.needs == "samples"
-        if mc_result is None:
-            mc_result = result_from_canonical(
-                mc_sample(volume_fn, to_canonical(image.array, image.affine), jax.random.PRNGKey(args.seed),
-                          n_samples=args.n_samples, chunk_size=args.chunk, keep_samples=needs), image.affine)
-        result = mc_result
-        stats, samples = result.stats, result.samples
-        source["model"] = str(args.model)
-        source["n_samples"] = args.n_samples
-    e = np.asarray(expectation(stats))
-    if e.shape[-1] != 2:
-        raise ValueError(f"method R refines a binary segmentation; the samples have {e.shape[-1]} classes")
-    e = e[..., 1]
-    u = np.asarray(estimator_maps([estimator], stats, samples)[estimator.name], np.float32)
-    if prediction_path is not None:
-        prediction = _binary_mask(prediction_path, image)
-        source["prediction"] = str(prediction_path)
-    elif prediction is None:
-        prediction = e > 0.5
-        source["prediction"] = "E > 0.5 (no --prediction given)"
-    label = _binary_mask(label_path, image) if label_path is not None else None
-    if label_path is not None:
-        source["label"] = str(label_path)
-    return (RefineInput(image.array, prediction, e, u, label, name=str(image_path), spacing=image.spacing), image,
-            source)
-
-
 def _load_model(args):
-    """``(model, stochastic volume_fn)`` for ``--model`` (one function object: mc_sample caches per function)."""
+    """``(model, stochastic volume_fn)`` for ``--model`` (one function object: the sampler caches per function)."""
     if not args.model:
         return None, None
     from ugcn.segment.checkpoint import load_model
@@ -216,42 +124,23 @@ def _load_model(args):
     return model, make_volume_fn(model, stochastic=True)
 
 
-def _check_outputs(out_dir: Path, overwrite: bool) -> None:
-    """Fail before the work unless ``out_dir`` is new, empty, or (``--overwrite``) an earlier refine output."""
-    from ugcn.io import check_replaceable
+def _write_outputs(folder: Path, result, image, report: dict) -> dict:
+    """Every mask of ``result`` into ``folder``; ``report`` with the file names (``report.json`` is written by
+    the caller)."""
+    from ugcn.refine.outputs import write_masks
 
-    check_replaceable(out_dir, overwrite=overwrite, marker=REPORT)
-
-
-def _write_outputs(folder: Path, result, image, report: dict) -> list[str]:
-    """Every mask of ``result`` and ``report.json`` (listing them) into ``folder``; the file names."""
-    from ugcn.io import save_volume
-
-    written = []
-    for name, mask in result.masks().items():
-        save_volume(folder / OUTPUT_FILES[name], mask.astype(np.uint8), image.affine, header=image.header)
-        written.append(OUTPUT_FILES[name])
-    report["files"] = written + [REPORT]
-    (folder / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    return report["files"]
+    return {**report, "files": write_masks(folder, result, image.affine, header=image.header) + [REPORT]}
 
 
-def _write(out_dir: Path, result, image, report: dict, overwrite: bool) -> None:
-    """``ugcn refine``: the whole output folder built in a temporary sibling and swapped in, so it never
-    holds half a result nor a file of an earlier run (e.g. its ``crf.nii.gz``)."""
-    from ugcn.io import atomic_directory
-
-    with atomic_directory(out_dir, overwrite=overwrite, marker=REPORT) as tmp:
-        _write_outputs(tmp, result, image, report)
-
-
-def _report(result, source: dict, config, args, mc_s: float) -> dict:
+def _report(result, source: dict, config, args) -> dict:
     # seed, chunk, crf (and n_samples, in source) at the top level, the RefineConfig under "config": what
     # `ugcn refine --config report.json` reads back
+    source = dict(source)
+    seconds = source.pop("seconds", 0.0)
     rep = {"ugcn_version": __version__, **source, "seed": args.seed, "chunk": args.chunk, "crf": bool(args.crf),
            "config": config_to_dict(config)}
     rep.update(result.report())
-    rep["timings_s"]["inputs_and_mc"] = round(mc_s, 4)
+    rep["timings_s"]["inputs_and_mc"] = round(seconds, 4)
     return rep
 
 
@@ -270,19 +159,25 @@ def _print_summary(name: str, result) -> None:
 
 
 def run_refine(args: argparse.Namespace) -> int:
+    from ugcn.io import atomic_directory, check_replaceable
+    from ugcn.refine.inputs import load_refine_inputs
     from ugcn.refine.pipeline import refine_volume
 
     config = _config(args)
     out_dir = Path(args.out)
-    _check_outputs(out_dir, args.overwrite)  # fail before the heavy work
+    check_replaceable(out_dir, overwrite=args.overwrite, marker=REPORT)  # fail before the heavy work
     model, volume_fn = _load_model(args)
-    t0 = time.perf_counter()
-    x, image, source = load_refine_inputs(args, args.image, args.samples, args.prediction, args.label, model,
-                                          volume_fn)
-    mc_s = time.perf_counter() - t0
+    x, image, source = load_refine_inputs(
+        args.image, uncertainty=args.uncertainty, samples_path=args.samples, model=model, model_path=args.model,
+        volume_fn=volume_fn, prediction_path=args.prediction, label_path=args.label, n_samples=args.n_samples,
+        chunk_size=args.chunk, seed=args.seed)
     result = refine_volume(x.image, x.prediction, x.expectation, x.uncertainty, config=config, seed=args.seed,
                            label=x.label, crf=args.crf, uncertainty_name=args.uncertainty, spacing=x.spacing)
-    _write(out_dir, result, image, _report(result, source, config, args, mc_s), args.overwrite)
+    # The whole folder is built in a temporary sibling and swapped in: never half a result nor a file of an
+    # earlier run (e.g. its crf.nii.gz).
+    with atomic_directory(out_dir, overwrite=args.overwrite, marker=REPORT) as tmp:
+        report = _write_outputs(tmp, result, image, _report(result, source, config, args))
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     if not args.quiet:
         _print_summary(Path(args.image).name, result)
     return 0
@@ -295,14 +190,6 @@ def _settings(config, args) -> dict:
             **{k: str(Path(v).resolve()) if v else None
                for k, v in (("model", args.model), ("samples_dir", args.samples_dir),
                             ("predictions", args.predictions), ("labels", args.labels))}}
-
-
-def _write_case(case_dir: Path, result, image, report: dict) -> None:
-    """One case's masks and report, built in a temporary folder that is renamed into place whole."""
-    from ugcn.io import atomic_directory
-
-    with atomic_directory(case_dir, overwrite=True) as tmp:
-        _write_outputs(tmp, result, image, report)
 
 
 def _case_summary(rep: dict) -> dict:
@@ -326,115 +213,45 @@ def _cohort_figures(volumes: dict) -> dict:
     return out
 
 
-def _write_summary(out_dir: Path, stems: list) -> dict:
-    """``summary.json`` from every case's ``report.json`` (cases without one are listed as pending)."""
-    from ugcn.parallel.resume import write_summary
-
-    return write_summary(out_dir, stems, _case_summary, aggregate=_cohort_figures)
-
-
-def _cohort_mc(args, paths, volume_fn, mesh) -> dict:
-    """MC dropout of a batch of images over the mesh's devices (same-shaped images stacked together):
-    ``{path: (MCResult of that volume, seconds per volume)}``; each volume's key is ``PRNGKey(--seed)``, as
-    ``ugcn refine`` uses, so the results equal the one-volume ones. The passes run in RAS+ order (the
-    model's orientation) and come back in each file's voxel order."""
-    import jax
-
-    from ugcn.io import load_image, to_canonical
-    from ugcn.uncertainty.cohort import mc_sample_batch
-    from ugcn.uncertainty.estimators import parse_estimator_names
-    from ugcn.uncertainty.sampling import result_from_canonical
-
-    (estimator,) = parse_estimator_names([args.uncertainty])
-    volumes = {p: load_image(p) for p in paths}
-    images = {p: to_canonical(v.array, v.affine) for p, v in volumes.items()}
-    groups: dict = {}
-    for p, array in images.items():
-        groups.setdefault(array.shape, []).append(p)
-    out = {}
-    for group in groups.values():
-        t0 = time.perf_counter()
-        keys = jax.numpy.stack([jax.random.PRNGKey(args.seed)] * len(group))
-        result = mc_sample_batch(volume_fn, np.stack([images[p] for p in group]), keys, n_samples=args.n_samples,
-                                 chunk_size=args.chunk, keep_samples=estimator.needs == "samples", devices=mesh)
-        seconds = (time.perf_counter() - t0) / len(group)
-        for i, p in enumerate(group):
-            out[p] = (result_from_canonical(jax.tree_util.tree_map(operator.itemgetter(i), result),
-                                            volumes[p].affine), seconds)
-    return out
-
-
 def run_refine_batch(args: argparse.Namespace) -> int:
-    """Refine every image of a folder, resumably, over this process's devices and its share of the folder.
+    """Refine every image of a folder, resumably, over this process's devices and its share of the folder
+    (:func:`ugcn.commands.folder.run_image_folder`).
 
-    Each batch of ``--batch-size`` volumes is loaded (MC dropout or sample maps), refined with the GCN fits
-    spread over ``--devices`` and written per case before the next batch starts; cases whose folder is
-    finished are skipped, so an interrupted run continues where it stopped. With several processes
-    (``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``, or SLURM), each process takes
-    ``sorted(images)[process_id::num_processes]`` and process 0 writes ``summary.json`` once all are done.
+    Each batch of ``--batch-size`` volumes is loaded (MC dropout of the batch sharded over ``--devices``, or
+    the sample maps), refined with the GCN fits spread over the devices and written per case before the next
+    batch starts. One seed for every volume: a case's result depends on neither the batch nor the device
+    count, and equals what ``ugcn refine --seed`` gives for it alone.
     """
-    from ugcn.parallel import (
-        barrier,
-        describe,
-        device_mesh,
-        initialize_distributed,
-        mesh_size,
-        padded_size,
-        process_slice,
-    )
-    from ugcn.parallel.resume import SETTINGS_KEY, case_state, normalized_settings
-
-    initialize_distributed()
-    import jax
-    from tqdm.auto import tqdm
-
-    from ugcn.io import case_name, image_folder
-    from ugcn.refine.pipeline import refine_batch
+    from ugcn.commands.folder import run_image_folder
+    from ugcn.io import case_name
 
     config = _config(args)
-    folder = Path(args.images)
-    images = image_folder(folder)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a directory")
-    mesh = device_mesh(args.devices)
-    settings = normalized_settings(_settings(config, args))
-    mine = process_slice(images)
-    states = {p: case_state(out_dir / case_name(p), settings, overwrite=args.overwrite) for p in mine}  # fail early
-    todo = [p for p in mine if states[p] == "todo"]
-    size = padded_size(min(args.batch_size, max(len(todo), 1)), mesh_size(mesh))
-    if not args.quiet:
-        where = f"process {jax.process_index()} of {jax.process_count()}: " if jax.process_count() > 1 else ""
-        print(f"refine-batch: {where}{len(todo)} of {len(mine)} volumes to refine ({len(mine) - len(todo)} "
-              f"finished, skipped); {describe(mesh, min(size, len(todo)))} per batch of {size}")
-    model, volume_fn = _load_model(args) if todo else (None, None)
-    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
-    for batch in tqdm(batches, desc="batches", disable=args.quiet or len(batches) < 2):
-        mc = _cohort_mc(args, batch, volume_fn, mesh) if model is not None else {}
-        loaded = []
-        for path in batch:
-            stem = case_name(path)
-            t0 = time.perf_counter()
-            samples = _find(args.samples_dir, stem, "sample maps", ("", "_samples")) if args.samples_dir else None
-            mc_result, mc_s = mc.get(path, (None, 0.0))
-            x, image, source = load_refine_inputs(
-                args, path, samples, _find(args.predictions, stem, "prediction"), _find(args.labels, stem, "label"),
-                model, volume_fn, mc_result,
-            )
-            loaded.append((stem, x, image, source, time.perf_counter() - t0 + mc_s))
-        # One seed for every volume: a case's result depends on neither the batch nor the device count, and
-        # equals what `ugcn refine --seed` gives for it alone.
-        results = refine_batch([x for _, x, *_ in loaded], config=config, seeds=[args.seed] * len(loaded),
-                               crf=args.crf, batch_size=size, uncertainty_name=args.uncertainty, progress=False,
-                               devices=mesh)
-        for (stem, _x, image, source, mc_s), result in zip(loaded, results):
-            report = {**_report(result, source, config, args, mc_s), SETTINGS_KEY: settings}
-            _write_case(out_dir / stem, result, image, report)
-            if not args.quiet:
-                _print_summary(stem, result)
-    barrier("ugcn refine-batch: every process done")
-    if jax.process_index() == 0:
-        summary = _write_summary(out_dir, [case_name(p) for p in images])
-        if summary["pending"] and not args.quiet:
-            print(f"refine-batch: {len(summary['pending'])} volume(s) still pending: {', '.join(summary['pending'])}")
-    return 0
+
+    def prepare(mesh, size):
+        from ugcn.refine.inputs import sample_refine_inputs
+        from ugcn.refine.pipeline import refine_batch
+
+        model, volume_fn = _load_model(args)
+
+        def process(batch):
+            loaded = sample_refine_inputs(
+                batch, uncertainty=args.uncertainty, samples_dir=args.samples_dir, model=model,
+                model_path=args.model, volume_fn=volume_fn, predictions_dir=args.predictions,
+                labels_dir=args.labels, n_samples=args.n_samples, chunk_size=args.chunk, seed=args.seed,
+                devices=mesh if model is not None else None)
+            results = refine_batch([x for x, _, _ in loaded], config=config, seeds=[args.seed] * len(loaded),
+                                   crf=args.crf, batch_size=size, uncertainty_name=args.uncertainty,
+                                   progress=False, devices=mesh)
+            out = []
+            for path, (_x, image, source), result in zip(batch, loaded, results):
+                if not args.quiet:
+                    _print_summary(case_name(path), result)
+                report = _report(result, source, config, args)
+                out.append((case_name(path), lambda folder, r=result, i=image, rep=report:
+                            _write_outputs(folder, r, i, rep)))
+            return out
+
+        return process
+
+    return run_image_folder(args, command="refine-batch", settings=_settings(config, args), prepare=prepare,
+                            case_summary=_case_summary, aggregate=_cohort_figures, verb="refine", quiet=args.quiet)

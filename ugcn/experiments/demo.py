@@ -25,6 +25,7 @@ from ugcn.experiments.lesion_protocol import LesionProtocolConfig, run_protocol
 from ugcn.io import save_volume, write_text_atomic
 from ugcn.refine import RefineConfig, RefineInput, crf_available, refine_batch
 from ugcn.refine.crf import CRFCase, CRFConfig, tune_crf
+from ugcn.refine.outputs import write_masks
 from ugcn.segment import UNetConfig, make_volume_fn, save_model
 from ugcn.segment.normalize import Normalization
 from ugcn.segment.train import train_model
@@ -201,9 +202,9 @@ def run_refinement_demo(
         case = str(x.name)
         case_dir = out_dir / "cases" / case
         affine = phantoms[names.index(case)].affine
-        for fname, arr in (("image", x.image), ("label", x.label), ("expectation", e), (config.uncertainty, u),
-                           *r.masks().items()):
+        for fname, arr in (("image", x.image), ("label", x.label), ("expectation", e), (config.uncertainty, u)):
             save_volume(case_dir / f"{fname}.nii.gz", arr, affine, overwrite=True)
+        write_masks(case_dir, r, affine, overwrite=True)  # prediction.nii.gz (the CNN), refined.nii.gz, ...
         write_text_atomic(case_dir / "report.json", json.dumps(r.report(), indent=2))
         row = {"case": x.name, "nodes": r.graph_stats.get("nodes", 0), "status": r.status}
         row.update({m: (r.dice or {}).get(key) for m, key in METHODS.items()})

@@ -10,6 +10,9 @@ Three sources, one record (:class:`SampledVolume`):
   framework; the prediction is the expectation's most probable class.
 * :func:`from_samples` — arrays: ``f32[T, X, Y, Z, C]`` class probabilities or ``f32[T, X, Y, Z]``
   foreground probabilities.
+* :func:`from_model_batch` — :func:`from_model`'s MC dropout for many images at once, the volumes sharded over
+  devices (:func:`~ugcn.uncertainty.cohort.mc_sample_batch`): what the folder commands use. Each volume's
+  record equals the one :func:`from_model` gives it alone with the same seed.
 
 All of them end in :func:`summarize` (statistics -> record), which computes every requested estimator in ONE
 compiled call (:func:`~ugcn.uncertainty.estimators.estimator_maps`) and keeps the samples only when asked or
@@ -246,6 +249,70 @@ def from_model(
         pred = np.argmax(predict_probabilities(model, image, affine), axis=-1)
     return summarize(result.stats, wanted, samples=result.samples, prediction=pred, keep_samples=keep_samples,
                      source=source)
+
+
+def from_model_batch(
+    model: Any,
+    images: Sequence[Any],
+    estimators: EstimatorSpec = (),
+    *,
+    affines: Optional[Sequence[Optional[np.ndarray]]] = None,
+    seed: int = 0,
+    n_samples: int = 20,
+    chunk_size: int = 4,
+    prediction: str = "deterministic",
+    keep_samples: bool = False,
+    devices: Any = None,
+    volume_fn: Any = None,
+) -> list[SampledVolume]:
+    """:func:`from_model` (``method="mc"``) for several images, MC dropout of same-shaped ones run together.
+
+    Args:
+      model: a ``ugcn.segment.SegmentationModel``.
+      images: ``f32[X, Y, Z(, M)]`` arrays; shapes may differ (volumes of one shape are stacked).
+      affines: each image's affine (as :func:`from_model`'s ``affine``: the passes run in RAS+ order, the
+        outputs come back in the image's voxel order), or ``None``.
+      seed: every volume's passes use ``jax.random.key(seed)``, as :func:`from_model` does for one volume, so
+        a record depends on neither the batch nor the device count.
+      estimators, n_samples, chunk_size, prediction, keep_samples, volume_fn: as :func:`from_model`.
+      devices: ``None`` (one device), a device count or a :func:`ugcn.parallel.device_mesh`.
+
+    Returns:
+      One :class:`SampledVolume` per image, in order.
+    """
+    import operator
+
+    from ugcn.segment.model import make_volume_fn, predict_probabilities
+    from ugcn.uncertainty.cohort import mc_sample_batch
+
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    affines = list(affines) if affines is not None else [None] * len(images)
+    if len(affines) != len(images):
+        raise ValueError(f"{len(images)} images but {len(affines)} affines")
+    wanted = _wanted(estimators)
+    keep = keep_samples or any(e.needs == "samples" for e in wanted)
+    if volume_fn is None:
+        volume_fn = make_volume_fn(model, stochastic=True)
+    grids = [np.asarray(x) if a is None else _canonical(x, a) for x, a in zip(images, affines)]
+    groups: dict[tuple, list[int]] = {}
+    for i, grid in enumerate(grids):
+        groups.setdefault(grid.shape, []).append(i)
+    out: list[Optional[SampledVolume]] = [None] * len(images)
+    for members in groups.values():
+        keys = jnp.stack([jax.random.key(seed)] * len(members))
+        result = mc_sample_batch(volume_fn, np.stack([grids[i] for i in members]), keys, n_samples=n_samples,
+                                 chunk_size=chunk_size, keep_samples=keep, devices=devices)
+        for b, i in enumerate(members):
+            one = jax.tree_util.tree_map(operator.itemgetter(b), result)
+            if affines[i] is not None:
+                one = result_from_canonical(one, affines[i])
+            pred = None
+            if prediction == "deterministic":
+                pred = np.argmax(predict_probabilities(model, images[i], affines[i]), axis=-1)
+            out[i] = summarize(one.stats, wanted, samples=one.samples, prediction=pred, keep_samples=keep_samples,
+                               source={"kind": "mc", "prediction": prediction})
+    return [record for record in out if record is not None]
 
 
 def _canonical(image: Any, affine: np.ndarray) -> np.ndarray:

@@ -189,7 +189,8 @@ def test_a_rerun_after_sigkill_cleans_the_output_parent(tmp_path, capsys, run_cl
     inputs = _refine_inputs(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    leftovers = [tmp_path / _temp_name(_dead_pid(), "new", "out"), out / _temp_name(_dead_pid(), "new", "cnn.nii.gz")]
+    leftovers = [tmp_path / _temp_name(_dead_pid(), "new", "out"),
+                 out / _temp_name(_dead_pid(), "new", "prediction.nii.gz")]
     leftovers[0].mkdir()
     leftovers[1].write_bytes(b"")
     code, _, err = run_cli(capsys, _refine_argv(inputs, out))
