@@ -326,3 +326,25 @@ def check_folder_resumes(argv, out, *, stop_after=1):
 def folder_resumes():
     """:func:`check_folder_resumes`."""
     return check_folder_resumes
+
+
+# ---------------------------------------------------------------- the benchmark scripts (not a package)
+def import_benchmark(name):
+    """``benchmarks/<name>.py`` imported as a module (``benchmarks/`` on ``sys.path`` for its own imports)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """:func:`import_benchmark`."""
+    return import_benchmark

@@ -1,7 +1,6 @@
 """benchmarks/readme_results.py rewrites only the marked README region, from results files and a demo summary."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,12 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def gen():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def gen(load_benchmark):
+    return load_benchmark("readme_results")
 
 
 def test_rewrite_touches_only_the_marked_region(gen):

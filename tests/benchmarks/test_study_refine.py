@@ -1,8 +1,6 @@
 """benchmarks/study_refine.py: the paired statistics and the grouping by CNN quality, on hand-checked numbers."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def study():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("study_refine", ROOT / "benchmarks" / "study_refine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def study(load_benchmark):
+    return load_benchmark("study_refine")
 
 
 def test_paired_stats_by_hand(study):

@@ -23,15 +23,21 @@ def _fake_mc(model, image, key, *, estimators, n_samples, chunk_size, mask_from,
     return pred.astype(np.uint8), maps
 
 
-def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_cases):
-    import nibabel as nib
-
+@pytest.fixture
+def fake_unet(monkeypatch):
+    """A fake segmentation model whose MC dropout is :func:`_fake_mc`."""
     import ugcn.segment
-    from ugcn.cli import main
 
     monkeypatch.setattr(ugcn.segment, "load_model", lambda path: {"fake": str(path)})
     monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
     monkeypatch.setattr(ugcn.segment, "make_volume_fn", lambda model, stochastic: None)
+
+
+def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_cases, fake_unet):
+    import nibabel as nib
+
+    from ugcn.cli import main
+
     data = tmp_path / "data"
     write_lesion_cases(data, 3, 1)
     lm = tmp_path / "lm"
@@ -100,13 +106,9 @@ def test_cli_fit_and_score_with_fake_unet(tmp_path, monkeypatch, write_lesion_ca
         k: report[k] for k in ("n_samples", "chunk", "seed", "settings")}
 
 
-def test_score_from_sample_maps(tmp_path, monkeypatch, write_lesion_cases):
-    import ugcn.segment
+def test_score_from_sample_maps(tmp_path, write_lesion_cases, fake_unet):
     from ugcn.cli import main
 
-    monkeypatch.setattr(ugcn.segment, "load_model", lambda path: {"fake": str(path)})
-    monkeypatch.setattr(protocol, "mc_uncertainty", _fake_mc)
-    monkeypatch.setattr(ugcn.segment, "make_volume_fn", lambda model, stochastic: None)
     data = tmp_path / "data"
     write_lesion_cases(data, 3, 1)
     lm = tmp_path / "lm"

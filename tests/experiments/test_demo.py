@@ -26,6 +26,7 @@ def test_refinement_demo_writes_every_output(tmp_path):
     image = nib.load(case / "image.nii.gz")
     refined = nib.load(case / "refined.nii.gz")
     assert refined.shape == TINY.shape
+    assert (case / "prediction.nii.gz").is_file() and not (case / "cnn.nii.gz").exists()  # the commands' names
     np.testing.assert_allclose(refined.affine, image.affine)
     assert any("Dice per test volume" in line for line in lines)
     from ugcn.refine import crf_available

@@ -203,7 +203,8 @@ def run_refinement_demo(
         case_dir = out_dir / "cases" / case
         affine = phantoms[names.index(case)].affine
         for fname, arr in (("image", x.image), ("label", x.label), ("expectation", e), (config.uncertainty, u)):
-            save_volume(case_dir / f"{fname}.nii.gz", arr, affine, overwrite=True)
+            if arr is not None:
+                save_volume(case_dir / f"{fname}.nii.gz", arr, affine, overwrite=True)
         write_masks(case_dir, r, affine, overwrite=True)  # prediction.nii.gz (the CNN), refined.nii.gz, ...
         write_text_atomic(case_dir / "report.json", json.dumps(r.report(), indent=2))
         row = {"case": x.name, "nodes": r.graph_stats.get("nodes", 0), "status": r.status}
