@@ -54,6 +54,18 @@ MASK_NAMES = ("refined", "refined_unlabelled", "expectation_mask", "cnn", "crf")
 
 
 REPLACE_MODES = ("all", "unlabelled")
+#: What the GCN sees of a node (:attr:`RefineConfig.node_features`): the graph's feature columns are the M
+#: intensity channels, then ``E``, then ``U``.
+NODE_FEATURES = ("all", "no_uncertainty", "intensity")
+
+
+def select_node_features(features: np.ndarray, node_features: str) -> np.ndarray:
+    """The columns of ``features: f32[N, M + 2]`` (``[intensity × M, E, U]``) that ``node_features`` names:
+    ``"all"`` (the method), ``"no_uncertainty"`` (``[intensity × M, E]``) or ``"intensity"`` (``[N, M]``)."""
+    if node_features not in NODE_FEATURES:
+        raise ValueError(f"node_features must be one of {NODE_FEATURES}, got {node_features!r}")
+    keep = {"all": features.shape[1], "no_uncertainty": features.shape[1] - 1, "intensity": features.shape[1] - 2}
+    return features[:, : keep[node_features]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +78,13 @@ class RefineConfig:
         feature_norm, row_normalize, val_fraction, max_nodes: see
         :func:`~ugcn.graph.voxel_graph.build_voxel_graph` (``tau_mode="adaptive"`` caps the uncertain share
         of ``Ŷ`` at ``max_uncertain_fraction``; the method: ``"absolute"``).
+      node_features: what the GCN sees of a node: ``"all"`` (intensity, ``E``, ``U``: the method),
+        ``"no_uncertainty"`` (intensity, ``E``) or ``"intensity"`` (the default). The edges (k-NN partners
+        included) are built from all three either way. ``E`` and ``U`` decide which nodes are labelled
+        (``U <= τ``), so on the labelled nodes they are truncated (``U`` below τ, ``E`` near 0 or 1) and every
+        uncertain node lies outside their range: a fit that uses them extrapolates there. Measured on the
+        regime study's cached CNN outputs (51 volumes and the synthetic sphere), dropping them turned
+        every volume made worse by more than one Dice point into a gain, and kept the sphere's gain.
       threshold: GCN output threshold.
       confidence_margin: a replaced node takes the GCN's class only where ``|out - threshold| > margin``
         (``out <= threshold - margin`` for background), and keeps ``Ŷ`` in the band (the method: 0). On
@@ -107,6 +126,8 @@ class RefineConfig:
                                   "self-check")
     max_nodes: Optional[int] = setting(2_000_000, min=1, help="refuse a volume whose graph would have more nodes "
                                        "(none: no limit)")
+    node_features: str = setting("intensity", choices=NODE_FEATURES, help="node features the GCN sees: all "
+                                 "(intensity, E, U: the method), no_uncertainty (intensity, E) or intensity")
     threshold: float = setting(0.5, gt=0, lt=1, help="GCN output threshold")
     confidence_margin: float = setting(
         0.4, min=0, lt=0.5, help="a replaced node takes the GCN's class only where its probability is beyond "
@@ -123,6 +144,8 @@ class RefineConfig:
     def __post_init__(self):
         if self.replace not in REPLACE_MODES:
             raise ValueError(f"replace must be one of {REPLACE_MODES}, got {self.replace!r}")
+        if self.node_features not in NODE_FEATURES:
+            raise ValueError(f"node_features must be one of {NODE_FEATURES}, got {self.node_features!r}")
 
     @staticmethod
     def preset(name: str, **overrides) -> RefineConfig:
@@ -147,12 +170,13 @@ class RefineConfig:
 PRESETS = {
     # The default: τ capped when the CNN is uncertain over most of its organ, class-balanced BCE, the better of
     # two graphs (k-NN long-range edges, 6-neighbour edges only; no diversity term) by validation score, only
-    # uncertain nodes replaced where the GCN is confident, and the self-check's fallback.
+    # uncertain nodes replaced where the GCN is confident, the GCN seeing intensity only, and the self-check's
+    # fallback.
     "safe": RefineConfig(),
     # The published method (docs/method.md R1-R12): absolute τ, random edges, plain BCE, every node replaced.
     # The self-check still runs and falls back on a failed fit (check=SelfCheckConfig(fallback=False): warn only).
     "reference": RefineConfig(tau_mode="absolute", k_random=16, long_range="random", lam=0.5, replace="all",
-                              variants=(), confidence_margin=0.0, fit=FitConfig(loss="bce")),
+                              variants=(), confidence_margin=0.0, node_features="all", fit=FitConfig(loss="bce")),
 }
 
 
@@ -286,6 +310,10 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
                           **variant.apply(config.graph_kwargs()))
         for variant in config.candidates()[1:]
     ]
+    if config.node_features != "all":
+        candidates = [dataclasses.replace(g, features=select_node_features(g.features, config.node_features))
+                      for g in candidates]
+        graph = candidates[0]
     timings["graph"] = time.perf_counter() - t0
     if not graph.train_mask.any():  # tiny graphs: the validation split took every labelled node
         candidates = [dataclasses.replace(g, train_mask=g.label_mask.copy()) for g in candidates]
