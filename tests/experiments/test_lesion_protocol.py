@@ -130,3 +130,55 @@ def test_inference_tiles_replace_the_training_patch(monkeypatch):
     assert seen["train_patch"] == (8, 8, 8)
     assert isinstance(model.config, UNetConfig) and model.config.patch == (16, 12, 8)
     assert len(patch_starts((16, 24, 16), model.config.patch, model.config.patch_overlap)) == 4  # 1 x 2 x 2 tiles
+
+
+def test_run_protocol_follows_the_scan_orientation(tmp_path, monkeypatch, write_lesion_cases):
+    """Cases stored in a permuted, flipped axis order give the lesion table of the same cases stored in RAS+:
+    the U-Net is trained on (here: handed) RAS+ arrays, MC dropout and the lesions run in RAS+, and the case
+    files come back in each file's own voxel order and affine."""
+    import jax
+    import nibabel as nib
+
+    from ugcn.io import to_canonical
+    from ugcn.segment.model import init_model
+
+    seen = []
+
+    def fake_train(images, labels, unet, **kwargs):  # an untrained U-Net, the same for both storage orders
+        seen.append((np.stack(images), np.stack(labels)))
+        return init_model(unet, jax.random.PRNGKey(1)), {}
+
+    monkeypatch.setattr(protocol, "train_model", fake_train)
+    ras_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    permutation = np.array([[2, 1], [0, -1], [1, 1]])  # stored as (P, S, R)
+    psr_affine = ras_affine @ nib.orientations.inv_ornt_aff(permutation, (16, 16, 12))
+    assert nib.aff2axcodes(psr_affine) == ("P", "S", "R")
+    write_lesion_cases(tmp_path / "ras", 8, 5)
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / "psr" / sub).mkdir(parents=True)
+        for f in sorted((tmp_path / "ras" / sub).iterdir()):
+            array = nib.orientations.apply_orientation(np.asarray(nib.load(f).dataobj), permutation)
+            save_volume(tmp_path / "psr" / sub / f.name, array, psr_affine)
+    cfg = LesionProtocolConfig(folds=2, unet_base_features=2, unet_depth=1, unet_dropout=0.1, mc_samples=2,
+                               mc_chunk=2, gcnn_epochs=1, min_val_fp=0, n_bootstrap=10)
+    ras, psr = (protocol.run_protocol(tmp_path / name, cfg, out_dir=tmp_path / f"out_{name}", progress=False)
+                for name in ("ras", "psr"))
+    for (im_ras, lb_ras), (im_psr, lb_psr) in zip(seen[:2], seen[2:]):  # both folds trained on RAS+ arrays
+        np.testing.assert_array_equal(im_psr, im_ras)
+        np.testing.assert_array_equal(lb_psr, lb_ras)
+    assert len(ras.lesions) >= 8 and len(psr.lesions) == len(ras.lesions)
+    for a, b in zip(ras.lesions, psr.lesions):  # the same lesions, ids and scores
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+            else:
+                assert b[key] == a[key], key
+    for case in sorted({r["case"] for r in ras.lesions}):
+        for fname in ("prediction.nii.gz", "lesions.nii.gz", "entropy.nii.gz"):
+            mine = nib.load(tmp_path / "out_psr" / "cases" / case / fname)
+            ref = nib.load(tmp_path / "out_ras" / "cases" / case / fname)
+            np.testing.assert_allclose(mine.affine, psr_affine)  # the input's own grid
+            assert mine.shape == (16, 12, 16)
+            np.testing.assert_allclose(to_canonical(np.asarray(mine.dataobj), psr_affine), np.asarray(ref.dataobj),
+                                       atol=1e-6)

@@ -13,7 +13,7 @@ class DemoRun:
     """Which demo.
 
     Attributes:
-      task: refine: method R on CT phantoms; lesions: method L on 20 realistic brain phantoms (2 mm).
+      task: refine: method R on CT phantoms; lesions: method L on 24 realistic brain phantoms (2 mm).
       seed: seed of the phantoms, the U-Net, MC dropout and the fits.
       quick: a smaller, faster run (for smoke tests).
     """
@@ -46,6 +46,6 @@ def run(args) -> int:
     else:
         from ugcn.experiments.demo import run_lesion_demo
 
-        run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 20, seed=args.seed, quick=args.quick,
+        run_lesion_demo(args.out / "lesions", n_cases=8 if args.quick else 24, seed=args.seed, quick=args.quick,
                         progress=progress, overwrite=True)
     return 0

@@ -74,6 +74,8 @@ CT_TISSUES = tuple(CT_HU)
 
 # FLAIR-like relative intensities: lesions brightest, grey matter slightly above white matter, CSF dark.
 FLAIR_LEVELS = {"csf": 0.12, "white": 0.55, "grey": 0.66, "lesion_max": 1.1}
+#: Lesion volume (voxels) from which a lesion's contrast is drawn from the bright end, U(0.65, 1).
+LARGE_LESION_VOXELS = 150.0
 
 # Codes of the ``Phantom.tissue`` map of :func:`brain_phantom`.
 BRAIN_TISSUES = ("background", "csf", "grey", "white")
@@ -297,14 +299,15 @@ def brain_phantom(
     volume (~20 at the default size, 10-40), their volumes follow a log-normal law clipped to 3-1000
     voxels at the default size (long tail: many small, a few large), their centres lie in white matter
     (> 90 % of lesion voxels) with a preference for the ventricles' surroundings (periventricular) and a
-    minimum gap so that most are separate 26-connected components. Their contrast varies (some faint,
-    close to grey matter). Then a slight blur, a smooth multiplicative bias field (±~10 %) and Rician
-    noise; zero outside the brain.
+    minimum gap so that most are separate 26-connected components. Their contrast varies: small ones may be
+    faint, close to grey matter; large ones are bright. Then a slight blur, a smooth multiplicative bias
+    field (±~10 %) and Rician noise; zero outside the brain.
 
     With ``mimics=True`` the brain also holds the hyperintensities of a real FLAIR that are *not* lesions
     (label 0), the usual sources of false-positive lesions: periventricular caps (thin bright rims at the
     ventricles' horns), juxtacortical bright spots in the grey-matter ribbon, CSF flow artefacts inside the
-    ventricles, and faint diffuse patches of "dirty-appearing" white matter.
+    ventricles, faint diffuse patches of "dirty-appearing" white matter, and punctate deep white-matter foci
+    of small-vessel disease (lesion-sized, unlabelled as in MS ground truth).
 
     Args:
       seed: integer seed; the same seed gives identical arrays.
@@ -456,7 +459,9 @@ def _paint_lesions(rng, full, white, ventricle, allowed, count=None, volume_law=
         if not inside.any():  # a tiny lesion between grid points: keep the voxel nearest its centre
             nearest = tuple(np.clip(np.round(centre).astype(int) - lo, 0, np.asarray(radius.shape) - 1))
             inside[nearest] = allowed[box][nearest]
-        level = rng.uniform(0.25, 1.0)
+        # Contrast: faint lesions are small ones; a large, confluent lesion is clearly bright (a faint one the
+        # size of a lobe, close to grey matter, would decide a case's Dice alone).
+        level = rng.uniform(0.25 + 0.4 * min(1.0, volume / LARGE_LESION_VOXELS), 1.0)
         contrast[box] = np.where(inside, np.float32(level), contrast[box])
     return contrast
 
@@ -465,8 +470,9 @@ def _paint_mimics(rng, grid, full, white, grey, ventricle, lesion_mask) -> np.nd
     """Contrast ``f32[X, Y, Z]`` of non-lesion FLAIR hyperintensities (label 0), away from the lesions.
 
     Periventricular caps at the ventricles' horn tips (thin rims, 2-4 per brain), juxtacortical spots in
-    the grey-matter ribbon (2-5), CSF flow artefacts inside the ventricles (0-2), and faint diffuse
-    white-matter patches (1-3). Each kind uses the normalised grid of :func:`brain_phantom`.
+    the grey-matter ribbon (2-5), CSF flow artefacts inside the ventricles (0-2), faint diffuse
+    white-matter patches (1-3) and punctate deep white-matter foci of small-vessel disease (4-10). Each
+    kind uses the normalised grid of :func:`brain_phantom`.
     """
     u, v, w = grid
     contrast = np.zeros(full, np.float32)
@@ -499,6 +505,10 @@ def _paint_mimics(rng, grid, full, white, grey, ventricle, lesion_mask) -> np.nd
     blobs(grey, int(rng.integers(2, 6)), (0.8, 1.8), (0.4, 0.8), soft=False)  # juxtacortical spots
     blobs(ventricle, int(rng.integers(0, 3)), (0.8, 1.5), (0.5, 0.9), soft=False)  # CSF flow artefacts
     blobs(white, int(rng.integers(1, 4)), (2.5, 4.5), (0.2, 0.35), soft=True)  # dirty-appearing white matter
+    # Punctate hyperintensities of small-vessel disease: lesion-sized foci in the deep white matter, away
+    # from the ventricles (where the lesions cluster), a little fainter than the lesions on average.
+    deep = white & (ndimage.distance_transform_edt(white) >= 1.5) & (to_ventricle > 4.0)
+    blobs(deep, int(rng.integers(4, 11)), (0.8, 1.6), (0.3, 0.7), soft=False)
     contrast[lesion_mask] = 0.0
     return contrast
 

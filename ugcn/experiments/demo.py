@@ -302,7 +302,7 @@ LESION_QUICK_SETTINGS = dict(
 )
 
 
-def run_lesion_demo(out_dir, *, n_cases: int = 20, seed: int = 0, progress: bool = True,
+def run_lesion_demo(out_dir, *, n_cases: int = 24, seed: int = 0, progress: bool = True,
                     overwrite: bool = False, quick: bool = False, shape=None, **settings):
     """Method L on synthetic FLAIR brain phantoms: write a data set, run the 4-fold protocol, print the table.
 

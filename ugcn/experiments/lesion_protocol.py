@@ -29,7 +29,7 @@ from ugcn.evaluate.accuracy_confidence import AccuracyConfidence, accuracy_confi
 from ugcn.evaluate.lesion_summary import summarize_lesion_rankings, unreliable_folds
 from ugcn.evaluate.plots import figures_or_warn, plot_accuracy_confidence
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
-from ugcn.io import atomic_directory, from_canonical, jsonable, to_canonical
+from ugcn.io import CANONICAL, atomic_directory, canonical_affine, from_canonical, jsonable, to_canonical
 from ugcn.lesion.baselines import LOGSUM_MODES
 from ugcn.lesion.case_outputs import write_case_outputs
 from ugcn.lesion.components import FP_EPSILON, missed_lesions
@@ -231,6 +231,7 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bool):
+    """A fold's U-Net on RAS+-ordered ``images``/``labels`` (recorded as its orientation, as ``ugcn train`` does)."""
     channels = 1 if images[0].ndim == 3 else images[0].shape[-1]
     unet = UNetConfig(dims=3, in_channels=channels, num_classes=1, base_features=cfg.unet_base_features,
                       depth=cfg.unet_depth, patch_size=cfg.unet_patch, dropout_rate=cfg.unet_dropout,
@@ -238,6 +239,7 @@ def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bo
     model, _ = train_model(images, labels, unet, epochs=cfg.unet_epochs, steps_per_epoch=cfg.unet_steps_per_epoch,
                            batch_size=cfg.unet_batch_size, learning_rate=cfg.unet_learning_rate, seed=seed,
                            progress=progress)
+    model.training["orientation"] = CANONICAL
     if cfg.unet_inference_patch is not None:  # fully convolutional: infer on larger tiles than it was trained on
         model = dataclasses.replace(model, config=dataclasses.replace(model.config,
                                                                       patch_size=cfg.unet_inference_patch))
@@ -303,19 +305,26 @@ def _fold_lesions(cases, indices, desc: str, *, config: LesionProtocolConfig, mo
         image, label = load_case(cases[i])
         if label is None:
             raise ValueError(f"case {cases[i].name}: no label; the protocol needs a labelled data set")
+        # Everything runs in RAS+ voxel order (as the U-Net was trained), so a case's lesions, their ids and
+        # scores do not depend on the order its file stores the axes in; the case files go back in that order.
+        affine = image.affine
+        array, truth = to_canonical(image.array, affine), to_canonical(label.array, affine)
         if config.samples_dir is not None:
             pred, maps = _samples_uncertainty(config.samples_dir, cases[i].name, image, config.estimators)
+            pred, maps = to_canonical(pred, affine), {k: to_canonical(v, affine) for k, v in maps.items()}
         else:
             pred, maps = mc_uncertainty(
-                model, image.array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
+                model, array, jax.random.fold_in(key, int(i)), estimators=config.estimators,
                 n_samples=config.mc_samples, chunk_size=config.mc_chunk, mask_from=config.mask_from,
                 volume_fn=volume_fn,
             )
-        c = case_lesions(cases[i].name, image.array, pred, maps, label.array, affine=image.affine,
+        c = case_lesions(cases[i].name, array, pred, maps, truth, affine=canonical_affine(affine, image.array.shape),
                          estimators=config.estimators, epsilon=config.epsilon, logsum=config.logsum)
-        missed += missed_lesions(pred, label.array)
+        missed += missed_lesions(pred, truth)
         if out_cases is not None:
-            write_case_outputs(out_cases / cases[i].name, pred, c.table.labels, maps, image.affine, header=image.header)
+            write_case_outputs(out_cases / cases[i].name, from_canonical(pred, affine),
+                               from_canonical(c.table.labels, affine),
+                               {k: from_canonical(v, affine) for k, v in maps.items()}, affine, header=image.header)
         found.append(c)
     return found, missed
 
@@ -338,14 +347,15 @@ def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Pat
         fold_seed = config.seed * 1000 + fold
         model = volume_fn = None
         if config.samples_dir is None:
-            train = [load_case(cases[i]) for i in split.train]
-            labels = []
-            for case_index, (_, lb) in zip(split.train, train):
+            images, labels = [], []
+            for case_index in split.train:  # in RAS+ voxel order, as ``ugcn train`` trains
+                im, lb = load_case(cases[case_index])
                 if lb is None:
                     raise ValueError(f"{cases[case_index].image_path}: no label; the protocol trains on labelled cases")
-                labels.append(lb.array)
-            model = _fit_unet([im.array for im, _ in train], labels, config, fold_seed, progress)
-            del train
+                images.append(to_canonical(im.array, im.affine))
+                labels.append(to_canonical(lb.array, im.affine))
+            model = _fit_unet(images, labels, config, fold_seed, progress)
+            del images, labels
             volume_fn = make_volume_fn(model, stochastic=True)
         key = jax.random.PRNGKey(fold_seed)
 
