@@ -22,12 +22,9 @@ The lesion demo (``ugcn demo --task lesions``) is :func:`ugcn.demo.run_lesion_de
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,14 +34,9 @@ from ugcn.config import config_to_dict, setting
 from ugcn.graph.lesion_graph import DEFAULT_ESTIMATORS
 from ugcn.io import case_name
 from ugcn.lesion.protocol import MASK_SOURCES
+from ugcn.lesion.scoring import SCORE_BATCH, LesionScorer
 
-SCORE_BATCH = 64  # lesion graphs per GCNN call when scoring
 REPORT = "report.json"
-#: The files of one scored image (``lesions score``: in --out; with --images: in every OUT/<case>/), besides
-#: report.json: the lesion table, each lesion's GCNN score on its voxels, the lesion ids (k = row ``lesion == k``
-#: of the table, as the lesion protocol's cases/<case>/lesions.nii.gz) and the predicted mask.
-SCORE_FILES = {"table": "lesions.csv", "uncertainty": "lesion_uncertainty.nii.gz", "lesions": "lesions.nii.gz",
-               "prediction": "prediction.nii.gz"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,86 +176,12 @@ def run_fit(args) -> int:
     return 0
 
 
-def _model_estimators(feature_names: Sequence[str]) -> tuple[tuple[str, ...], int]:
-    names = list(feature_names)
-    if "label" not in names:
-        raise ValueError("the lesion model's feature names lack 'label'; was it made by ugcn lesions fit?")
-    at = names.index("label")
-    return tuple(names[at + 1 :]), at
-
-
-def _check_channels(path, image, channels: int) -> None:
-    got = 1 if image.array.ndim == 3 else image.array.shape[-1]
-    if got != channels:
-        raise ValueError(f"{path}: {got} channel(s), the lesion model was fitted on {channels}")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scorer:
-    """The lesion model, its side learners and estimators, and the devices its lesion batches run on."""
-
-    lesion_model: Any
-    side: dict
-    estimators: tuple[str, ...]
-    channels: int
-    mesh: Any
-
-    @classmethod
-    def load(cls, folder, mesh) -> _Scorer:
-        from ugcn.lesion.baselines import load_side_learners
-        from ugcn.lesion.gcnn import load_lesion_model
-
-        lesion_model = load_lesion_model(folder)
-        estimators, channels = _model_estimators(lesion_model.config.feature_names)
-        return cls(lesion_model, load_side_learners(folder) or {}, estimators, channels, mesh)
-
-    def write(self, folder: Path, image, pred: np.ndarray, maps: dict, name: str) -> dict:
-        """Lesions of one case, their GCNN and baseline scores, written into ``folder`` as :data:`SCORE_FILES`;
-        the report fields (``lesions``, ``files``)."""
-        from ugcn.io import save_volume
-        from ugcn.lesion.baselines import metaseg_features, metaseg_scores, shape_features, shape_scores
-        from ugcn.lesion.gcnn import score_lesions
-        from ugcn.lesion.protocol import case_lesions
-
-        estimators, side = self.estimators, self.side
-        case = case_lesions(name, image.array, pred, maps, affine=image.affine, estimators=estimators)
-        gcnn = score_lesions(self.lesion_model, case.graphs, batch_size=SCORE_BATCH, devices=self.mesh)
-        column = "gcnn_classif" if self.lesion_model.config.task == "classification" else "gcnn_reg"
-        rows = case.table.rows()
-        for k, row in enumerate(rows):
-            row[column] = float(gcnn[k])
-            for e in estimators:
-                row[f"{e}_mean"] = float(case.stats[f"{e}_mean"][k])
-                row[f"{e}_logsum"] = float(case.stats[f"{e}_logsum"][k])
-            row["size_score"] = float(case.stats["size"][k])
-        extra: dict[str, np.ndarray] = {}
-        if "metaseg" in side:
-            extra.update(metaseg_scores(side["metaseg"], metaseg_features(case.stats, side["metaseg"].estimators)))
-        if "shape" in side:
-            extra["shape_logreg"] = shape_scores(side["shape"], shape_features(case.stats))
-        for k, row in enumerate(rows):
-            row.update({col: float(v[k]) for col, v in extra.items()})
-        fields = (["lesion", "size"] + [f"centroid_{a}" for a in "xyz"] + [f"centroid_{a}_mm" for a in "xyz"]
-                  + [column] + [f"{e}_{agg}" for e in estimators for agg in ("mean", "logsum")] + ["size_score"]
-                  + list(extra))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        (folder / SCORE_FILES["table"]).write_text(buf.getvalue())
-        # Lesion k's voxels hold its score; background 0 (a lookup table indexed by the label map).
-        uncertainty = np.concatenate([[0.0], gcnn]).astype(np.float32)[case.table.labels]
-        for key, array in (("uncertainty", uncertainty), ("lesions", case.table.labels.astype(np.int16)),
-                           ("prediction", (np.asarray(pred) != 0).astype(np.uint8))):
-            save_volume(folder / SCORE_FILES[key], array, image.affine, header=image.header)
-        return {"lesions": int(case.table.n), "files": list(SCORE_FILES.values()) + [REPORT]}
-
-
 def _score_report(args, image_path, source: dict, fields: dict) -> dict:
     # n_samples, chunk, seed (top level) and settings: what `ugcn lesions score --config report.json` reads back
     return {"ugcn_version": __version__, "image": str(image_path), **source,
             "lesion_model": str(args.lesion_model), "n_samples": args.n_samples, "chunk": args.chunk,
-            "seed": args.seed, "settings": {"mask_from": args.mask_from}, **fields}
+            "seed": args.seed, "settings": {"mask_from": args.mask_from}, **fields,
+            "files": fields["files"] + [REPORT]}
 
 
 def run_score(args) -> int:
@@ -287,9 +205,10 @@ def run_score(args) -> int:
         return run_score_folder(args)
     out = Path(args.out)
     check_replaceable(out, overwrite=args.overwrite, marker=REPORT)  # fail before the heavy work
-    scorer = _Scorer.load(args.lesion_model, device_mesh(args.devices))  # a bad count fails early too
+    mesh = device_mesh(args.devices)  # a bad count fails early too
+    scorer = LesionScorer.load(args.lesion_model)
     image = load_image(args.image)  # nnU-Net's channel files stacked
-    _check_channels(args.image, image, scorer.channels)
+    scorer.check_channels(args.image, image.array)
     if args.samples:
         sampled = from_sample_file(args.samples, list(scorer.estimators), reference=image, keep_samples=False)
         pred, maps = (sampled.prediction > 0).astype(np.uint8), sampled.maps
@@ -300,10 +219,11 @@ def run_score(args) -> int:
                                     n_samples=args.n_samples, chunk_size=args.chunk, mask_from=args.mask_from,
                                     volume_fn=make_volume_fn(model, stochastic=True), affine=image.affine)
         source = {"model": str(args.model)}
-    print(f"lesions score: {describe(scorer.mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} "
+    print(f"lesions score: {describe(mesh, 1).split(',')[0]} for the lesion batches (up to {SCORE_BATCH} "
           "lesions each)")
     with atomic_directory(out, overwrite=args.overwrite, marker=REPORT) as tmp:
-        report = _score_report(args, args.image, source, scorer.write(tmp, image, pred, maps, case_name(args.image)))
+        fields = scorer.write(tmp, image, pred, maps, case_name(args.image), devices=mesh)
+        report = _score_report(args, args.image, source, fields)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{report['lesions']} lesion(s); written to {out}: {', '.join(report['files'])}")
     return 0
@@ -323,14 +243,14 @@ def run_score_folder(args) -> int:
         from ugcn.segment import load_model, make_volume_fn
         from ugcn.uncertainty.sources import from_model_batch
 
-        scorer = _Scorer.load(args.lesion_model, mesh)
+        scorer = LesionScorer.load(args.lesion_model)
         model = load_model(args.model)
         volume_fn = make_volume_fn(model, stochastic=True)
 
         def process(batch):
             volumes = [load_image(p) for p in batch]
             for p, v in zip(batch, volumes):
-                _check_channels(p, v, scorer.channels)
+                scorer.check_channels(p, v.array)
             records = from_model_batch(model, [v.array for v in volumes], list(scorer.estimators),
                                        affines=[v.affine for v in volumes], seed=args.seed, n_samples=args.n_samples,
                                        chunk_size=args.chunk, devices=mesh, volume_fn=volume_fn,
@@ -339,7 +259,7 @@ def run_score_folder(args) -> int:
             for path, volume, sampled in zip(batch, volumes, records):
                 def write(folder, path=path, volume=volume, sampled=sampled):
                     pred = (sampled.prediction > 0).astype(np.uint8)
-                    fields = scorer.write(folder, volume, pred, sampled.maps, case_name(path))
+                    fields = scorer.write(folder, volume, pred, sampled.maps, case_name(path), devices=mesh)
                     return _score_report(args, path, {"model": str(args.model)}, fields)
 
                 out.append((case_name(path), write))
