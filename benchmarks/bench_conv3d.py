@@ -6,6 +6,8 @@ kept, so that a shared machine's load hits every form alike):
   - ``xla``: ``lax.conv_general_dilated`` in 3D (channels last);
   - ``taps_in`` / ``taps_out``: :func:`ugcn.segment.conv3d.conv3d_slices` (one 2D convolution over the X
     slices, the X taps stacked on input / output channels), and ``auto``, the form the U-Net uses;
+  - ``taps_xy`` (the 9 X-Y taps on the channels, a 1D convolution along Z) and ``im2col`` (all 27 taps on
+    the channels, one matmul), the candidates with longer contractions;
   - PyTorch ``Conv3d`` (NCDHW, as many threads as cores) when torch is installed;
 forward alone and forward + backward (gradients of input and kernel, what training runs); and the whole
 3D U-Net forward pass with XLA's conv3d against the slice-wise convolutions (``ugcn`` default).
@@ -32,7 +34,7 @@ from jax import lax
 from ugcn.segment.conv3d import AUTO_FORM, conv3d_slices
 
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
-JAX_FORMS = ("xla", "taps_in", "taps_out")
+JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col")
 
 
 def unet_layers(base: int = 16, depth: int = 3, patch: int = 32) -> list[tuple[int, int, int, int]]:

@@ -125,8 +125,9 @@ def mcdo_3d_lines(d: dict) -> list[str]:
 
 def conv3d_section(r: dict, size: str) -> list[str]:
     fwd, train = r["network_forward_gflops"], r["network_train_gflops"]
-    names = [n for n in ("xla", "taps_in", "taps_out", "torch", "torch_1thread") if n in fwd]
+    names = [n for n in ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "torch", "torch_1thread") if n in fwd]
     label = {"xla": "XLA conv3d", "taps_in": "slices, taps on inputs (default)", "taps_out": "slices, taps on outputs",
+             "taps_xy": "9 X-Y taps on inputs, 1D conv along Z", "im2col": "27 taps on inputs, one matmul (im2col)",
              "torch": "PyTorch Conv3d", "torch_1thread": "PyTorch Conv3d, 1 thread"}
     out = [f"**3D convolutions** ({size}): GFLOP/s over all 3x3x3 convolutions of the default 3D U-Net "
            f"(32^3 patches, batch {r['setup']['batch']}), fastest of interleaved rounds; "

@@ -17,7 +17,7 @@ def _data(shape, kernel_shape, seed=0):
             jnp.asarray(rng.normal(size=kernel_shape).astype(np.float32)))
 
 
-@pytest.mark.parametrize("form", ["taps_in", "taps_out"])
+@pytest.mark.parametrize("form", ["taps_in", "taps_out", "taps_xy", "im2col"])
 @pytest.mark.parametrize("kernel,padding", [((3, 3, 3), "SAME"), ((3, 2, 1), "SAME"), ((3, 3, 3), "VALID"),
                                             ((1, 1, 1), "SAME"), ((3, 3, 3), ((2, 0), (1, 1), (0, 2)))])
 def test_values_and_gradients_match_lax(form, kernel, padding):

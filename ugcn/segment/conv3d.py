@@ -11,8 +11,18 @@ with a kernel of ``kx`` taps along the first spatial axis X is a sum of ``kx`` 2
 - ``"taps_out"``: one 2D convolution with the ``kx`` taps stacked on the output channels
   (``[ky, kz, Ci, kx*Co]``), then the ``kx`` outputs shifted along X and summed.
 
-``"auto"`` is ``"taps_in"``: measured on the 3D U-Net's layers (2-core CPU), the two forms are about even
-forward, and ``taps_in`` is 1.5-2x faster forward + backward (``taps_out``'s gradient sums shifted copies).
+Two more forms put more taps into one contraction, for ``benchmarks/bench_conv3d.py`` to weigh:
+
+- ``"taps_xy"``: the ``kx * ky`` shifted copies stacked on the input channels, then one 1D convolution
+  along Z (contraction ``kx * ky * kz * Ci``).
+- ``"im2col"``: all ``kx * ky * kz`` shifted copies stacked on the channels (``kx*ky*kz`` times the input's
+  memory), then one matmul ``[B*X*Y*Z, 27*Ci] @ [27*Ci, Co]``.
+
+``"auto"`` is ``"taps_in"``: measured on the 3D U-Net's layers (2-core CPU), ``taps_in`` and ``taps_out`` are
+about even forward, and ``taps_in`` is 1.5-2x faster forward + backward (``taps_out``'s gradient sums shifted
+copies); ``taps_xy`` and ``im2col`` were slower than ``taps_in`` on the 32^3 and 16^3 layers that hold most of
+the network's FLOPs (one run under heavy load: network totals 0.3x and 0.15x of ``taps_in`` forward; the
+stacked copies are memory-bound where the channel count is small).
 
 Both agree with ``lax.conv_general_dilated`` to float rounding, and so do their gradients (they are plain
 jnp/lax compositions: autodiff gives 2D convolutions again). :func:`conv_general_dilated` has
@@ -29,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-FORMS = ("taps_in", "taps_out", "xla")
+FORMS = ("taps_in", "taps_out", "taps_xy", "im2col", "xla")
 CHANNELS_LAST_3D = ("NDHWC", "DHWIO", "NDHWC")
 CHANNELS_LAST_2D = ("NHWC", "HWIO", "NHWC")
 AUTO_FORM = "taps_in"
@@ -62,8 +72,8 @@ def conv3d_slices(
       x: ``f32[B, X, Y, Z, Ci]``.
       kernel: ``f32[kx, ky, kz, Ci, Co]``.
       padding: ``"SAME"``, ``"VALID"`` or three ``(low, high)`` pairs.
-      form: ``"taps_in"``, ``"taps_out"``, ``"xla"`` (plain ``lax.conv_general_dilated``) or ``"auto"``
-        (:data:`AUTO_FORM`).
+      form: ``"taps_in"``, ``"taps_out"``, ``"taps_xy"``, ``"im2col"``, ``"xla"`` (plain
+        ``lax.conv_general_dilated``) or ``"auto"`` (:data:`AUTO_FORM`).
       precision: passed to the 2D convolution.
 
     Returns:
@@ -81,6 +91,8 @@ def conv3d_slices(
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS} or 'auto', got {form!r}")
     b = x.shape[0]
+    if form in ("taps_xy", "im2col"):
+        return _stacked_taps(x, kernel, pads, form, precision)
     xpad = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)))
     nx = xpad.shape[1] - kx + 1  # output size along X
     if form == "taps_in":
@@ -101,6 +113,25 @@ def conv3d_slices(
     for a in range(1, kx):
         out = out + y[:, a : a + nx, :, :, a]
     return out
+
+
+def _stacked_taps(x, kernel, pads, form: str, precision) -> jnp.ndarray:
+    """The ``"taps_xy"`` and ``"im2col"`` forms of :func:`conv3d_slices` (stride 1, explicit pads)."""
+    kx, ky, kz, ci, co = kernel.shape
+    b = x.shape[0]
+    spatial_pads = pads if form == "im2col" else [pads[0], pads[1], (0, 0)]
+    xpad = jnp.pad(x, ((0, 0), *spatial_pads, (0, 0)))
+    nx, ny = xpad.shape[1] - kx + 1, xpad.shape[2] - ky + 1
+    if form == "im2col":
+        nz = xpad.shape[3] - kz + 1
+        cols = jnp.concatenate([xpad[:, a : a + nx, c : c + ny, d : d + nz]
+                                for a in range(kx) for c in range(ky) for d in range(kz)], axis=-1)
+        return jnp.matmul(cols, kernel.reshape(kx * ky * kz * ci, co), precision=precision)
+    stacked = jnp.concatenate([xpad[:, a : a + nx, c : c + ny] for a in range(kx) for c in range(ky)], axis=-1)
+    k1 = jnp.transpose(kernel, (2, 0, 1, 3, 4)).reshape(kz, kx * ky * ci, co)
+    y = lax.conv_general_dilated(stacked.reshape((b * nx * ny,) + stacked.shape[3:]), k1, (1,), pads[2:],
+                                 dimension_numbers=("NHC", "HIO", "NHC"), precision=precision)
+    return y.reshape((b, nx, ny) + y.shape[1:])
 
 
 def _is_channels_last_3d(lhs_ndim: int, dimension_numbers) -> bool:
