@@ -111,10 +111,14 @@ def test_training_and_throughput_sections(gen):
         "step": {"batch": [8, 96, 96], "loop_step_s": 0.1, "scan_step_s": 0.8, "scan_over_loop": 8.0,
                  "unrolled_over_loop": 1.1, "step_s": {"loop": 0.1, "scan": 0.8, "scan_unrolled": 0.11},
                  "layout_loop": {"convolutions": 42, "not_eigen_form": 0},
-                 "layout_scan": {"convolutions": 43, "not_eigen_form": 29}}}
+                 "layout_scan": {"convolutions": 43, "not_eigen_form": 29},
+                 "eigen_form_check": {"layers": 3, "step_s": {"autodiff_loop": 0.1, "autodiff_scan": 2.0,
+                                                              "eigen_form_loop": 0.1, "eigen_form_scan": 0.1}}}}
     text = "\n".join(gen.segment_section(segment, "small"))
     assert "| 2D | 8x128x128 | 482449 | 2.00 | 1.00 | 0.50 | 2.00 |" in text
     assert "(8.00x), 0.110 s in an unrolled scan (1.10x)" in text and "29 of the 43 convolutions" in text
+    assert "a scan step takes 20.0x the loop's; with the same convolutions written in the Eigen form by hand, 1.00x" \
+        in text
     run = {"volumes_per_minute": 3.0, "wall_s": 80.0, "nodes": [90000, 95000], "status": ["refined"] * 2,
            "seconds_per_volume": {"mc_and_read_s": 10.0, "graph_s": 1.0, "fit_s": 2.0, "rest_of_process_s": 27.0}}
     throughput = {"setup": {"n_samples": 20, "volumes": 2, "shape": [128, 128, 64], "model": "a model"},

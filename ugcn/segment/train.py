@@ -344,7 +344,8 @@ def _jitted_full_step(
     ``ConvCanonicalization`` pass transposes such operands into NHWC/HWIO, but it visits only the entry
     computation; inside a while body they stay as they are and are emitted as generic loop nests (29 of the
     43 convolutions of that step). Forward-only inference has only canonical convolutions, hence no
-    difference there; a fully unrolled scan has no while body and runs at the loop's speed.
+    difference there; a fully unrolled scan has no while body and runs at the loop's speed, and so do
+    backward convolutions written in the Eigen form by hand (a ``custom_vjp``; tested in the benchmark).
     """
     train_step = make_train_step(config, optax.adam(learning_rate))
     augment = jax.vmap(lambda k, x, y, m: augment_sample(k, x, y, m, augmentation))
