@@ -57,10 +57,14 @@ def test_layout_rows_hold_each_nodes_in_edges():
 
 
 def test_choose_width_by_hand():
-    # slots N·D + 2 × overflow: D=4: 5·4 + 2·6 = 32; D=8: 40 + 2·2 = 44; D=12: 60.
+    # slots N·D + 3 × overflow: D=4: 5·4 + 3·6 = 38; D=8: 40 + 3·2 = 46; D=12: 60.
     assert choose_width(np.array([3, 3, 3, 3, 10])) == 4
-    # all degree 22: D=20 costs 20N + 2·2N = 24N, as D=24; the tie goes to the wider layout.
+    # all degree 22: D=20 costs 20N + 3·2N = 26N, D=24 24N.
     assert choose_width(np.full(7, 22)) == 24
+    # degrees 0 and 8: D=4 costs 2·4 + 3·4 = 20, D=8 2·8 = 16.
+    assert choose_width(np.array([0, 8])) == 8
+    # degrees 0, 0 and 7: D=4 costs 12 + 3·3 = 21, D=8 24.
+    assert choose_width(np.array([0, 0, 7])) == 4
     assert choose_width(np.zeros(5, int)) == 0
 
 

@@ -26,9 +26,10 @@ from jax.typing import ArrayLike
 from ugcn.buckets import bucket_size
 
 WIDTH_STEP = 4
-# Cost of one overflow (scatter-added) edge relative to one ELL slot, for choosing the width: measured
-# ~1.5-2x on a 2-core CPU (bench_propagation: segment_sum vs ELL per edge); 2 keeps the overflow small.
-OVERFLOW_COST = 2.0
+# Cost of one overflow (scatter-added) edge relative to one ELL slot, for choosing the width: per edge a
+# scatter-add measured 1.6-2x an ELL slot on a 2-core CPU (bench_propagation), and the overflow adds a pass
+# over the N outputs; 3 keeps degree-22 random graphs at width 24 and 6-neighbour graphs at 8 (no overflow).
+OVERFLOW_COST = 3.0
 
 
 class NotSymmetricError(ValueError):

@@ -4,12 +4,16 @@ Model (Kipf & Welling 2017): ``H = ReLU(Â X W1 + b1)``, dropout on ``H`` only, 
 Because no dropout touches the input features, ``Â X`` is the same in every epoch and is computed once
 before the scan: layer 1 is then a dense ``(N×F)(F×32)`` product per epoch, and layer 2 applies ``W2``
 (32 -> 1) before propagating, so each epoch propagates a single channel per edge (forward and backward).
-Measured on CPU, the edges are then no longer the cost: the ``N×32`` hidden layer is, which is why it is
-laid out node-minor (``[H, N]``, see :func:`_logits`).
+The hidden layer is laid out node-minor (``[H, N]``, see :func:`_logits`).
+
+Propagation: by default in ELL form (:mod:`ugcn.graph.ell`, built by :func:`pad_graph` on the host): each
+node's in-edges in a row of a fixed width, a gather and a row sum, and the backward pass the same gather
+(``Â`` is symmetric) instead of XLA:CPU's scatter-add; ``pad_graph(..., ell_width=0)`` keeps the COO
+edges and ``segment_sum`` (measured slower on CPU, ``benchmarks/bench_refine.py``).
 
 Batches: :func:`fit_batch` fits B volumes in one compiled program. Its "parallel" strategy is a ``vmap``
 in meaning (every volume has its own parameters, optimiser state, key and loss), laid out as one
-block-diagonal graph of ``B·N`` nodes, so propagation stays a single 1-D gather and segment sum (a
+block-diagonal graph of ``B·N`` nodes, so propagation stays a single 1-D gather (and segment sum; a
 vmapped scatter is slow on CPU); its "sequential" strategy (``lax.map``, the CPU default) keeps each
 volume's working set in cache. :func:`fit_gcn` is the same program with B = 1. With ``devices``, the batch
 is split along its volume axis over a device mesh (:mod:`ugcn.parallel`) and each device runs that same
