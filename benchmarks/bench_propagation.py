@@ -77,7 +77,7 @@ def bench_graph(nodes: int, rounds: int, bandwidth: float) -> dict:
     rows = {k: {"ms": 1e3 * t, "M_edges_per_s": passes[k] * e / t / 1e6,
                 "GBps": passes[k] * BYTES_PER_EDGE * e / t / 1e9,
                 "bandwidth_fraction": passes[k] * BYTES_PER_EDGE * e / t / bandwidth} for k, t in best.items()}
-    width, overflow = layout.index.shape[1], int(np.count_nonzero(layout.overflow_weights))
+    width, overflow = layout.ell_index.shape[1], int(np.count_nonzero(layout.overflow_weights))
     return {"nodes": n, "edges": e, "ell_width": width, "ell_overflow_edges": overflow,
             "ell_slots_per_edge": (n * width + layout.overflow_weights.size) / e, "ell_layout_s": layout_s,
             "ell_max_abs_diff": diff, "ell_grad_max_abs_diff": grad_diff, "forms": rows}
