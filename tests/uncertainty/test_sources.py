@@ -7,7 +7,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ugcn.uncertainty.sources import SampledVolume, from_model, from_sample_file, from_samples, summarize
+from ugcn.uncertainty.sources import (
+    SampledVolume,
+    from_model,
+    from_model_batch,
+    from_sample_file,
+    from_samples,
+    summarize,
+)
 from ugcn.uncertainty.stats import stats_from_samples
 
 
@@ -131,3 +138,23 @@ def test_from_model_tta_records_its_transforms(tiny_model):
         from_model(tiny_model, image, method="bootstrap")
     with pytest.raises(ValueError, match="prediction"):
         from_model(tiny_model, image, prediction="mode")
+
+
+def test_from_model_batch_equals_from_model_per_image(tiny_model):
+    rng = np.random.default_rng(3)
+    images = [rng.normal(size=shape).astype(np.float32) for shape in [(8, 8, 3), (6, 8, 3), (8, 8, 3)]]
+    permuted = np.array([[0, 2.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 1.5, 0], [0, 0, 0, 1]])  # axes stored out of order
+    affines = [np.eye(4), np.eye(4), permuted]
+    batch = from_model_batch(tiny_model, images, ["entropy", "variance"], affines=affines, seed=5, n_samples=3,
+                             chunk_size=2, prediction="deterministic")
+    assert len(batch) == 3
+    for image, affine, got in zip(images, affines, batch):
+        alone = from_model(tiny_model, image, ["entropy", "variance"], seed=5, n_samples=3, chunk_size=2,
+                           affine=affine)
+        assert got.expectation.shape == image.shape + (2,) and got.n_samples == 3
+        np.testing.assert_array_equal(got.prediction, alone.prediction)
+        np.testing.assert_allclose(got.expectation, alone.expectation, atol=1e-5)
+        for name in ("entropy", "variance"):
+            np.testing.assert_allclose(got.maps[name], alone.maps[name], atol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="2 affines"):
+        from_model_batch(tiny_model, images, affines=affines[:2])

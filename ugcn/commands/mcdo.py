@@ -6,7 +6,9 @@ estimator, optionally the samples, and ``report.json`` (settings, timings, map s
 the image's affine and header. With ``--samples`` the T probability maps of any other framework
 (a 4D NIfTI ``(X, Y, Z, T)``) replace the model; the prediction is then the argmax of E. With
 ``--source tta`` the samples come from test-time augmentation (flips and small shifts, dropout off) instead
-of MC dropout, so a model trained without dropout can be studied too.
+of MC dropout, so a model trained without dropout can be studied too. ``--images DIR`` samples a whole
+folder: one resumable ``OUT/<case>/`` per image with the files of ``--image`` (same seed: same maps), the
+MC dropout of same-shaped volumes sharded over ``--devices``, and ``OUT/summary.json``.
 """
 from __future__ import annotations
 
