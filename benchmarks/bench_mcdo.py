@@ -38,6 +38,9 @@ from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
 from ugcn.uncertainty.stats import accumulate, empty_stats
 
 SIZES = {
+    # issue 15's 2D case: the default 2D U-Net over a 128 x 128 x 64 CT volume, T = 20.
+    "issue": dict(base=16, depth=3, shape=(128, 128, 64), samples=20, chunks=(1, 4),
+                  three_d=dict(shape=(64, 64, 64), samples=4, batches=(1, 2, 4))),
     "small": dict(base=8, depth=3, shape=(64, 64, 24), samples=20, chunks=(4,),
                   three_d=dict(shape=(48, 48, 48), samples=4, batches=(4, 8))),
     "large": dict(base=16, depth=3, shape=(96, 96, 48), samples=20, chunks=(1, 4, 20),
@@ -47,6 +50,53 @@ SIZES = {
 # time from the measured seconds per patch-pass.
 BRAIN = (99, 117, 95)
 
+
+
+def unet_layer_flops(config: UNetConfig, spatial: tuple[int, ...]) -> list[dict]:
+    """Multiply-add FLOPs (2 per MAC) of every layer of one U-Net sample over ``spatial``, and whether the layer
+    runs after the first dropout (``stochastic``: once per pass) or before it (the stem: once per input)."""
+    dims, base, depth = config.dims, config.base_features, config.depth
+    taps = 3**dims
+
+    def voxels(level):
+        return int(np.prod([s // 2**level for s in spatial]))
+
+    rows = []
+
+    def conv(name, level, c_in, c_out, stochastic, k=taps):
+        rows.append({"layer": f"{name} {c_in}->{c_out}", "flops": 2 * k * c_in * c_out * voxels(level),
+                     "stochastic": stochastic})
+
+    def block(name, level, c_in, c_out, after_dropout):
+        conv(f"{name}.conv0", level, c_in, c_out, after_dropout)
+        conv(f"{name}.conv1", level, c_out, c_out, after_dropout or dims == 2)  # 2D: dropout after every conv
+
+    for level in range(depth):
+        block(f"enc{level}", level, config.in_channels if level == 0 else base * 2 ** (level - 1), base * 2**level,
+              level > 0)
+    block("bottom", depth, base * 2 ** (depth - 1), base * 2**depth, True)
+    for level in reversed(range(depth)):
+        conv(f"up{level}", level, base * 2 ** (level + 1), base * 2**level, True, k=1)  # stride-2 transposed 2^d
+        block(f"dec{level}", level, base * 2 ** (level + 1), base * 2**level, True)
+    conv("head", 0, base, config.num_classes, True, k=1)
+    return rows
+
+
+def mc_flops(config: UNetConfig, spatial: tuple[int, ...], n_inputs: int, n_samples: int) -> dict:
+    """FLOPs of ``n_samples`` MC passes over ``n_inputs`` slices or patches: the stem once per input."""
+    rows = unet_layer_flops(config, spatial)
+    stem = sum(r["flops"] for r in rows if not r["stochastic"])
+    rest = sum(r["flops"] for r in rows if r["stochastic"])
+    return {"per_input_gflop": (stem + rest) / 1e9, "stem_share": stem / (stem + rest),
+            "total_tflop_stem_shared": (stem + rest * n_samples) * n_inputs / 1e12,
+            "total_tflop_unshared": (stem + rest) * n_samples * n_inputs / 1e12}
+
+
+def matmul_gflops(repeats: int) -> float:
+    """f32 GFLOP/s of a jitted 2048 x 2048 matmul (this process, this load): the machine's compute roof."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)).astype(np.float32))
+    f = jax.jit(lambda x: x @ x)
+    return 2 * 2048**3 / median_time(lambda: f(a).block_until_ready(), max(repeats, 3), warmup=True) / 1e9
 
 
 def memory(compiled) -> dict:
@@ -236,15 +286,30 @@ def bench_3d(settings: dict, repeats: int) -> dict:
         compile_s = time.perf_counter() - t
         rows.append({"method": "mc_sample, stem shared", "patch_batch": batch, "seconds": median_time(run, repeats),
                      "first_call_seconds": compile_s})
-    best = min(r["seconds"] for r in rows)
+    # The deterministic pass (the prediction of `ugcn mcdo`): a program of its own, one pass.
+    det = jax.jit(make_volume_fn(model, stochastic=False))
+    t = time.perf_counter()
+    det(key, image).block_until_ready()
+    det_first = time.perf_counter() - t
+    det_s = median_time(lambda: det(key, image).block_until_ready(), repeats)
+    rows.append({"method": "one deterministic pass (dropout off)", "patch_batch": None, "seconds": det_s,
+                 "first_call_seconds": det_first})
+    best_row = min(rows[1:-1], key=lambda r: r["seconds"])
+    best = min(t_loop, best_row["seconds"])
     per_patch_pass = best / (T * n_patches)
+    compile_s = max(0.0, best_row["first_call_seconds"] - best_row["seconds"]) + max(0.0, det_first - det_s)
     brain = {}
     for overlap in (0.5, 0.25, 0.0):
         n = len(patch_starts(BRAIN, config.patch, overlap))
-        brain[str(overlap)] = {"patches": n, "predicted_T20_seconds": per_patch_pass * n * 20}
+        brain[str(overlap)] = {"patches": n, "predicted_T20_seconds": per_patch_pass * n * 20,
+                               "predicted_with_deterministic_pass_and_compilation_seconds":
+                                   per_patch_pass * n * 20 + det_s / n_patches * n + compile_s}
+    flops = mc_flops(config, config.patch, n_patches, T)
     return {"unet": config.to_dict(), "volume": list(settings["shape"]), "patches": n_patches, "n_samples": T,
             "rows": rows, "seconds_per_patch_pass": per_patch_pass, "brain": list(BRAIN),
-            "brain_prediction": brain, "shared_speedup_vs_loop": t_loop / min(r["seconds"] for r in rows[1:])}
+            "brain_prediction": brain, "shared_speedup_vs_loop": t_loop / best_row["seconds"],
+            "compile_seconds_estimate": compile_s, "flops": flops,
+            "gflop_per_s": flops["total_tflop_stem_shared"] * 1e3 / best_row["seconds"]}
 
 
 def main(argv=None) -> int:
@@ -281,16 +346,20 @@ def main(argv=None) -> int:
     rows.append(dict(method="jax: python loop of single passes", chunk=1, keep_samples=False, seconds=t_loop,
                      compile_seconds=compile_single, memory=memory(single)))
 
-    for chunk in cfg["chunks"]:
-        for keep in (False, True):
+    # The default (slices in chunks of SLICE_PIXELS_PER_CALL pixels per call, passes included), and all slices of
+    # a pass in one call (the earlier default; same samples).
+    whole = make_volume_fn(model, stochastic=True, batch_size=cfg["shape"][2])
+    for chunk, fn, label in [(c, volume_fn, "jax: mc_sample (scan x vmap)") for c in cfg["chunks"]] + [
+            (max(cfg["chunks"]), whole, "jax: mc_sample, all slices per call")]:
+        for keep in (False, True) if fn is volume_fn else (False,):
             t = time.perf_counter()
-            apply, variables = _split_weights(volume_fn)
+            apply, variables = _split_weights(fn)
             compiled = _compiled_sampler(apply, T, chunk, keep).lower(variables, key, image).compile()
             compile_s = time.perf_counter() - t
             mem = memory(compiled)
             seconds = None if keep else median_time(
                 lambda: jax.block_until_ready(compiled(variables, key, image)), args.repeats, warmup=True)
-            rows.append(dict(method="jax: mc_sample (scan x vmap)", chunk=chunk, keep_samples=keep,
+            rows.append(dict(method=label, chunk=chunk, keep_samples=keep,
                              seconds=seconds, compile_seconds=compile_s, memory=mem))
 
     reference = np.asarray(jax.jit(make_volume_fn(model, stochastic=False))(keys[0], image))
@@ -302,8 +371,12 @@ def main(argv=None) -> int:
                          keep_samples=False, seconds=torch_result["chunked_seconds"], compile_seconds=None,
                          memory={}))
 
+    spatial = tuple(-(-n // 2**config.depth) * 2**config.depth for n in cfg["shape"][:2])
+    flops = mc_flops(config, spatial, cfg["shape"][2], T)
     for row in rows:
         row["speedup_vs_loop"] = (t_loop / row["seconds"]) if row["seconds"] else None
+        row["gflop_per_s"] = flops["total_tflop_unshared"] * 1e3 / row["seconds"] if row["seconds"] else None
+    roof = matmul_gflops(args.repeats)
     three_d = bench_3d(cfg["three_d"], args.repeats)
     best = min((r for r in rows if r["method"].startswith("jax: mc_sample") and r["seconds"]),
                key=lambda r: r["seconds"])
@@ -313,6 +386,13 @@ def main(argv=None) -> int:
         ratios["torch batched / jax vmapped"] = torch_result["chunked_seconds"] / best["seconds"]
         ratios["torch loop / jax loop"] = torch_result["loop_seconds"] / t_loop
     ratios["3d: loop of single passes / stem-shared mc_sample (speedup)"] = three_d["shared_speedup_vs_loop"]
+    ratios["jax vmapped GFLOP/s / matmul GFLOP/s"] = best["gflop_per_s"] / roof
+    # Issue 15's 2D case (default U-Net, 128 x 128 x 64, T = 20) at this run's rates: the FLOP lower bound at the
+    # matmul roof, and the prediction at the best sampler's FLOP rate (exact when this run is that case).
+    issue = mc_flops(UNetConfig(dims=2), (128, 128), 64, 20)
+    flops.update(matmul_gflops=roof, issue_2d=dict(issue, lower_bound_seconds_at_matmul_roof=(
+        issue["total_tflop_stem_shared"] * 1e3 / roof), predicted_seconds_at_best_rate=(
+        issue["total_tflop_unshared"] * 1e3 / best["gflop_per_s"])))
     machine = machine_info()
     machine["threads"] = cpu_threads()
     machine["load_average_1min"] = os.getloadavg()[0]
@@ -327,6 +407,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "torch": torch_result,
         "three_d": three_d,
+        "flops": flops,
         "ratios": ratios,
     }
     print(f"T={T} passes, 2D U-Net base {cfg['base']} depth {cfg['depth']}, volume {cfg['shape']}, "
@@ -354,6 +435,10 @@ def main(argv=None) -> int:
               f"(at this run's {three_d['seconds_per_patch_pass']:.3f} s/patch-pass)")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
+    i2 = flops["issue_2d"]
+    print(f"FLOPs: {flops['total_tflop_unshared']:.3f} TFLOP here, matmul roof {roof:.0f} GFLOP/s; issue 2D case "
+          f"(128x128x64, T=20): {i2['total_tflop_stem_shared']:.2f} TFLOP, lower bound "
+          f"{i2['lower_bound_seconds_at_matmul_roof']:.1f} s, predicted {i2['predicted_seconds_at_best_rate']:.1f} s")
     save_results("mcdo", args.size, result)
     return 0
 

@@ -101,6 +101,13 @@ def mcdo_section(r: dict, size: str) -> list[str]:
                    "for the batch" if t.get("by_threads") else f"{t['threads']} threads")
         out += ["", f"PyTorch {t['torch']} ({threads}) runs the same network with the JAX weights "
                 f"copied in (outputs agree to {t['max_abs_diff_deterministic']:.0e} with dropout off)."]
+    issue = r.get("flops", {}).get("issue_2d")
+    if issue:
+        out += ["", "FLOPs: T = 20 over 128x128x64 with the default 2D U-Net is "
+                f"{issue['total_tflop_stem_shared']:.2f} "
+                f"TFLOP; at this run's matmul rate ({r['flops']['matmul_gflops']:.0f} GFLOP/s) that is at least "
+                f"{issue['lower_bound_seconds_at_matmul_roof']:.1f} s; at the best sampler's rate here, "
+                f"{issue['predicted_seconds_at_best_rate']:.1f} s."]
     if r.get("three_d"):
         out += mcdo_3d_lines(r["three_d"])
     return out
@@ -120,6 +127,10 @@ def mcdo_3d_lines(d: dict) -> list[str]:
             f"{'x'.join(map(str, d['brain']))} brain would take "
             + ", ".join(f"{b['predicted_T20_seconds']:.0f} s at overlap {o} ({b['patches']} patches)"
                         for o, b in brain.items()) + " (compilation excluded)."]
+    cold = {o: b.get("predicted_with_deterministic_pass_and_compilation_seconds") for o, b in brain.items()}
+    if all(v is not None for v in cold.values()):
+        out[-1] += (" With the deterministic pass and this run's compile times: "
+                    + ", ".join(f"{v:.0f} s at overlap {o}" for o, v in cold.items()) + ".")
     return out
 
 

@@ -57,3 +57,43 @@ def test_mc_sample_3d_shared_passes_equal_single_passes_over_many_patch_chunks()
     reference = np.stack([np.asarray(single(k, image)) for k in jax.random.split(key, 5)])
     np.testing.assert_allclose(result.samples, reference, atol=1e-5)
     assert np.abs(reference[0] - reference[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channel_dropout_equals_flax_dropout_and_chunks_equal_the_whole_batch(dims):
+    import flax.linen as nn
+
+    from ugcn.segment.unet import ChannelDropout
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7,) + (3,) * dims + (5,)).astype(np.float32))
+    key = jax.random.PRNGKey(5)
+    flax_out = nn.Dropout(0.4, broadcast_dims=tuple(range(1, dims + 1))).apply(
+        {}, x, deterministic=False, rngs={"dropout": key})
+    ours = ChannelDropout(0.4, dims).apply({}, x, deterministic=False, rngs={"dropout": key})
+    np.testing.assert_array_equal(ours, flax_out)
+    assert float(jnp.mean(ours == 0)) > 0.1  # something was dropped: the comparison can fail
+    # Rows 0-2, 3-5 and 6 (+ 2 padding rows) of the batch of 7, each with the whole batch's masks.
+    chunks = [ChannelDropout(0.4, dims).apply({}, jnp.concatenate([x, x[:2]])[s:s + 3], deterministic=False,
+                                              rows=(7, s), rngs={"dropout": key}) for s in (0, 3, 6)]
+    np.testing.assert_array_equal(jnp.concatenate(chunks)[:7], flax_out)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3])
+def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size):
+    """Every chunking of the slices (and of the passes) gives the samples of the whole stack of slices in one
+    call of the plain network with the pass's key."""
+    config = UNetConfig(dims=2, base_features=4, depth=2, dropout_rate=0.5)
+    model = init_model(config, jax.random.PRNGKey(0))
+    image = np.random.default_rng(1).normal(size=(8, 12, 7)).astype(np.float32)
+    key = jax.random.key(2)
+    fn = make_volume_fn(model, stochastic=True, batch_size=batch_size)
+    result = mc_sample(fn, image, key, n_samples=3, chunk_size=2, keep_samples=True)
+    z = (image - image.mean()) / image.std()  # the model's default z-score normalisation
+    slices = jnp.asarray(np.transpose(z, (2, 0, 1)))[..., None]  # [Z, X, Y, 1], sizes already multiples of 4
+    for t, pass_key in enumerate(jax.random.split(key, 3)):
+        logits = UNet(config).apply(model.variables, slices, dropout=True, rngs={"dropout": pass_key})[..., 0]
+        p = np.transpose(1.0 / (1.0 + np.exp(-np.asarray(logits))), (1, 2, 0))
+        np.testing.assert_allclose(result.samples[t, ..., 1], p, atol=2e-5)
+    single = np.asarray(jax.jit(fn)(jax.random.split(key, 3)[1], image))
+    np.testing.assert_allclose(single, result.samples[1], atol=2e-5)
+    assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3

@@ -7,13 +7,15 @@
 
 The returned function is pure: normalisation (recorded in the model), slicing or patching, the network,
 blending and cropping all happen inside it, so it can be jitted and vmapped over keys. Work that does not
-depend on the dropout key is done once for several passes: under ``vmap(fn, in_axes=(0, None))`` (2D) vmap
-batches only what depends on the key, and a 3D model's ``fn.apply.passes`` (used by
-:func:`ugcn.uncertainty.mc_sample`) extracts each chunk of patches and runs the U-Net's stem (the layers
-before its first dropout, :class:`~ugcn.segment.unet.UNet` ``stage="stem"``) once for all passes.
+depend on the dropout key is done once for several passes: ``fn.apply.passes`` (used by
+:func:`ugcn.uncertainty.mc_sample`) runs ``S`` passes at once, with the slices or patches in chunks in the
+outer loop, the passes (vmap over keys) in the inner one, and the U-Net's stem (the layers before its first
+dropout, :class:`~ugcn.segment.unet.UNet` ``stage="stem"``) once per chunk for all passes.
 
-- 2D model: all axial slices go through the network as one batch ``[Z, X, Y, M]`` (or in chunks of
-  ``batch_size`` slices), in-plane sizes padded (edge values) to multiples of ``2**depth``.
+- 2D model: the axial slices ``[Z, X, Y, M]`` go through the network in chunks (``batch_size`` slices, or
+  as many as keep a call within :data:`SLICE_PIXELS_PER_CALL` pixels), in-plane sizes padded (edge values)
+  to multiples of ``2**depth``. The chunking never changes a sample: each slice's dropout masks are those
+  of all ``Z`` slices run in one call.
 - 3D model: overlapping patches on a fixed grid (stride = ``patch * (1 - overlap)``, the last patch flush
   with the border), all patches in one network call (or ``batch_size`` per call in a ``lax.scan``), blended
   with Gaussian (or uniform) weights; volumes smaller than a patch are padded, then cropped back. Several
@@ -45,6 +47,11 @@ DEFAULT_PATCH_BATCH = 4
 # T = 4 passes over 8 patches took 9.6 s in chunks of 4 patches and 16.6 s with all 8 in one call (smaller
 # calls keep the activations in cache), against 32.9 s for a loop of single passes.
 PATCH_VOXELS_PER_CALL = 2**17
+# 2D inference runs chunks of axial slices, slices x passes x pixels per call up to this many pixels (8 slices of
+# 128 x 128 for one pass). Measured on the default 2D U-Net, 128 x 128 x 64, T = 4, 2-core CPU shared with other
+# work (load 16, so +-15 %): against a loop of single passes with all 64 slices per call, 4 passes x 64 slices
+# per call took 1.2x as long, 1 x 16 slices 0.8-1.0x, 2 x 8 and 4 x 4 1.0-1.1x, 1 x 8 0.76x, 1 x 4 0.8x.
+SLICE_PIXELS_PER_CALL = 2**17
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
 
@@ -154,53 +161,64 @@ def _with_channels(image: jnp.ndarray) -> jnp.ndarray:
     return image[..., None] if image.ndim == 3 else image
 
 
-def _network_fn(
-    config: UNetConfig, variables: Any, stochastic: bool
-) -> Callable[[jnp.ndarray, jax.Array], jnp.ndarray]:
-    """``net(x: f32[B, *spatial, M], key) -> probs f32[B, *spatial, C]`` in inference mode."""
-    unet = UNet(config)
-
-    def net(x: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-        if stochastic:
-            logits: Any = unet.apply(variables, x, train=False, dropout=True, rngs={"dropout": key})
-        else:
-            logits = unet.apply(variables, x, train=False, dropout=False)
-        return logits_to_probs(logits)
-
-    return net
-
-
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _chunked(net, x: jnp.ndarray, key: jax.Array, batch_size: Optional[int]) -> jnp.ndarray:
-    """Apply ``net`` to ``x: [B, ...]`` in chunks of ``batch_size`` (``lax.map``), one dropout key per chunk."""
-    b = x.shape[0]
-    if batch_size is None or batch_size >= b:
-        return net(x, key)
-    n = -(-b // batch_size)
-    pad = n * batch_size - b
-    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge")
-    xs = xs.reshape((n, batch_size) + x.shape[1:])
-    out = jax.lax.map(lambda args: net(args[0], args[1]), (xs, jax.random.split(key, n)))
-    return out.reshape((n * batch_size,) + out.shape[2:])[:b]
-
-
 def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
-    step = 2**cfg.depth
+    """``passes(variables, keys [S], image) -> probs f32[S, X, Y, Z, C]``: ``S`` passes over the axial slices.
 
-    def fn(variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+    The slices run in chunks (``batch_size`` slices, or :func:`slices_per_call` for ``S`` passes): a
+    ``lax.map`` over slice chunks outside, the ``S`` passes (``vmap`` over keys) inside, the U-Net's stem
+    once per chunk for all passes. Pass ``s`` equals the whole stack of slices run in one call with dropout
+    key ``keys[s]`` (:class:`~ugcn.segment.unet.ChannelDropout` draws every mask for all ``Z`` slices and
+    takes the chunk's rows), so neither the chunking nor ``S`` changes the samples.
+    """
+    step = 2**cfg.depth
+    unet = UNet(cfg)
+
+    def passes(variables: Any, keys: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         check_image(image, cfg)
-        net = _network_fn(cfg, variables, stochastic)
         x = norm(_with_channels(image))  # [X, Y, Z, M]
-        nx, ny, _, _ = x.shape
+        nx, ny, nz, _ = x.shape
         x = jnp.transpose(x, (2, 0, 1, 3))  # [Z, X, Y, M]: axial slices as a batch
         x = jnp.pad(x, ((0, 0), (0, _round_up(nx, step) - nx), (0, _round_up(ny, step) - ny), (0, 0)), mode="edge")
-        probs = _chunked(net, x, key, batch_size)[:, :nx, :ny]  # [Z, X, Y, C]
-        return jnp.transpose(probs, (1, 2, 0, 3))
+        n_passes = keys.shape[0] if stochastic else 1
+        per_call = min(nz, int(batch_size) if batch_size is not None
+                       else slices_per_call(x.shape[1] * x.shape[2], n_passes))
+        n_chunks = -(-nz // per_call)
+        xs = jnp.pad(x, ((0, n_chunks * per_call - nz),) + ((0, 0),) * 3, mode="edge")
+        xs = xs.reshape((n_chunks, per_call) + x.shape[1:])
+        offsets = jnp.arange(n_chunks, dtype=jnp.int32) * per_call
 
-    return fn
+        def chunk(args):
+            xc, offset = args
+            if not stochastic:
+                return logits_to_probs(unet.apply(variables, xc, train=False, dropout=False))[None]
+            stem = unet.apply(variables, xc, train=False, stage="stem")
+
+            def rest(key):
+                return unet.apply(variables, stem, train=False, dropout=True, stage="after_stem",
+                                  rows=(nz, offset), rngs={"dropout": key})
+
+            return logits_to_probs(jax.vmap(rest)(keys))  # [S, per_call, X', Y', C]
+
+        if n_chunks == 1:
+            probs = chunk((xs[0], offsets[0]))
+        else:
+            probs = jax.lax.map(chunk, (xs, offsets))  # [n_chunks, S, per_call, X', Y', C]
+            probs = jnp.swapaxes(probs, 0, 1).reshape((probs.shape[1], n_chunks * per_call) + probs.shape[3:])
+        probs = probs[:, :nz, :nx, :ny]  # [S, Z, X, Y, C]
+        probs = jnp.transpose(probs, (0, 2, 3, 1, 4))
+        return probs if stochastic else jnp.broadcast_to(probs, (keys.shape[0],) + probs.shape[1:])
+
+    return passes
+
+
+def slices_per_call(pixels_per_slice: int, n_passes: int) -> int:
+    """Slices per network call of the 2D U-Net when ``n_passes`` run together: as many as keep
+    ``slices x passes x pixels`` within :data:`SLICE_PIXELS_PER_CALL`, at least one."""
+    return max(1, SLICE_PIXELS_PER_CALL // max(1, int(pixels_per_slice) * int(n_passes)))
 
 
 def patch_starts(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float) -> np.ndarray:
@@ -346,9 +364,10 @@ def make_volume_fn(model: SegmentationModel, *, stochastic: bool, batch_size: Op
       model: a (trained) :class:`SegmentationModel`.
       stochastic: ``True``: dropout on (one MC-dropout sample per key), batch-norm in inference mode.
         ``False``: deterministic prediction; the key is ignored.
-      batch_size: slices (2D) or patches (3D) per network call; ``None``: all slices at once (2D); all
-        patches at once up to :data:`PATCH_VOXELS_PER_CALL` voxels, else :data:`DEFAULT_PATCH_BATCH` (3D).
-        Lower it to save memory.
+      batch_size: slices (2D) or patches (3D) per network call; ``None``: slices up to
+        :data:`SLICE_PIXELS_PER_CALL` pixels per call with all passes of a call counted (2D); all patches at
+        once up to :data:`PATCH_VOXELS_PER_CALL` voxels, else :data:`DEFAULT_PATCH_BATCH` (3D). Lower it to
+        save memory. In 2D it never changes the samples; in 3D each patch chunk has its own dropout key.
 
     Returns:
       ``fn(key, image) -> probs`` with ``image: f32[X, Y, Z]`` (or ``f32[X, Y, Z, M]``) and
@@ -384,8 +403,9 @@ class BoundVolumeFn:
 def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     """``fn(variables, key, image) -> probs``: the volume function with the weights as an argument."""
     if config.dims == 2:
-        return VolumeApply(_slices_fn(config, norm, stochastic, batch_size))
-    passes = _patches_fn(config, norm, stochastic, batch_size)
+        passes = _slices_fn(config, norm, stochastic, batch_size)
+    else:
+        passes = _patches_fn(config, norm, stochastic, batch_size)
     return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes)
 
 

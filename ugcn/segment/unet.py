@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
+from jax import lax, random
 
 from ugcn.config import setting
 from ugcn.segment.conv3d import conv_general_dilated as slicewise_conv_general_dilated
@@ -133,9 +133,40 @@ class UNetConfig:
         return cls(**data)
 
 
-def channel_dropout(rate: float, dims: int, name: Optional[str] = None) -> nn.Dropout:
+def channel_dropout(rate: float, dims: int, name: Optional[str] = None) -> ChannelDropout:
     """Dropout of whole feature maps (PyTorch ``Dropout2d``/``Dropout3d``) for ``[B, *spatial, C]`` inputs."""
-    return nn.Dropout(rate, broadcast_dims=tuple(range(1, dims + 1)), name=name)
+    return ChannelDropout(rate, dims, name=name)
+
+
+class ChannelDropout(nn.Module):
+    """``nn.Dropout(rate, broadcast_dims=spatial axes)`` (the same random stream and values) that can also
+    drop a slice of rows of a larger batch as the whole batch would.
+
+    ``rows=(total, offset)`` says that ``x: [B, *spatial, C]`` holds rows ``offset .. offset + B`` of a batch
+    of ``total`` rows: the mask is drawn for all ``total`` rows (one Bernoulli per row and channel, as for the
+    whole batch) and the rows of ``x`` are taken from it, so a batch run in chunks gets the masks it gets
+    in one call. Rows past ``total`` (padding of the last chunk) are kept.
+    """
+
+    rate: float
+    dims: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool, rows: Optional[tuple[int, Any]] = None) -> jnp.ndarray:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        rng = self.make_rng("dropout")
+        spatial_ones = (1,) * self.dims
+        if rows is None:
+            mask = random.bernoulli(rng, p=keep, shape=(x.shape[0],) + spatial_ones + (x.shape[-1],))
+        else:
+            total, offset = rows
+            mask = random.bernoulli(rng, p=keep, shape=(int(total),) + spatial_ones + (x.shape[-1],))
+            pad = -int(total) % x.shape[0]
+            mask = jnp.pad(mask, ((0, pad),) + ((0, 0),) * (self.dims + 1), constant_values=True)
+            mask = lax.dynamic_slice_in_dim(mask, offset, x.shape[0], axis=0)
+        return lax.select(jnp.broadcast_to(mask, x.shape), x / keep, jnp.zeros_like(x))
 
 
 class ConvBlock(nn.Module):
@@ -155,7 +186,9 @@ class ConvBlock(nn.Module):
     conv_general_dilated: Optional[Callable] = None
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool, dropout: bool, stage: str = "all") -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool, dropout: bool, stage: str = "all", rows: Optional[tuple[int, Any]] = None
+    ) -> jnp.ndarray:
         stem_convs = 1 if self.dropout_each_conv else 2  # convs before the first dropout
         n_dropout = 0
         for i in range(2):
@@ -167,7 +200,8 @@ class ConvBlock(nn.Module):
             if stage == "stem" and i + 1 == stem_convs:
                 return x
             if self.dropout_each_conv or i == 1:
-                x = channel_dropout(self.rate, self.dims, name=f"Dropout_{n_dropout}")(x, deterministic=not dropout)
+                drop = channel_dropout(self.rate, self.dims, name=f"Dropout_{n_dropout}")
+                x = drop(x, deterministic=not dropout, rows=rows)
                 n_dropout += 1
         return x
 
@@ -198,6 +232,10 @@ class UNet(nn.Module):
     stem; the rest of the network). ``apply(v, apply(v, x, stage="stem"), stage="after_stem", ...)``
     equals ``apply(v, x, ...)`` with the same dropout key: MC dropout computes the stem once for all passes.
 
+    ``rows=(total, offset)``: ``x`` holds rows ``offset .. offset + B`` of a batch of ``total`` (e.g. a chunk of
+    a volume's slices); every dropout mask is the one those rows get when the whole batch runs in one call
+    (:class:`ChannelDropout`), so chunking a batch does not change its samples.
+
     ``conv_general_dilated`` computes the convolutions (``lax.conv_general_dilated``'s signature); ``None``:
     :func:`ugcn.segment.conv3d.conv_general_dilated` for 3D (XLA:CPU's own 3D convolution is several times
     slower, see ``benchmarks/bench_conv3d.py``), ``lax.conv_general_dilated`` for 2D. Same parameters either way.
@@ -208,7 +246,8 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False, stage: str = "all"
+        self, x: jnp.ndarray, *, train: bool = False, dropout: bool = False, stage: str = "all",
+        rows: Optional[tuple[int, Any]] = None,
     ) -> jnp.ndarray:
         if stage not in ("all", "stem", "after_stem"):
             raise ValueError(f"stage must be 'all', 'stem' or 'after_stem', got {stage!r}")
@@ -223,14 +262,14 @@ class UNet(nn.Module):
         skips = []
         for level in range(cfg.depth):
             if level == 0 and stage != "all":
-                x = block(0)(x, train=train, dropout=dropout, stage=stage)
+                x = block(0)(x, train=train, dropout=dropout, stage=stage, rows=rows)
                 if stage == "stem":
                     return x
             else:
-                x = block(level)(x, train=train, dropout=dropout)
+                x = block(level)(x, train=train, dropout=dropout, rows=rows)
             skips.append(x)
             x = nn.max_pool(x, (2,) * dims, strides=(2,) * dims)
-        x = block(cfg.depth)(x, train=train, dropout=dropout)
+        x = block(cfg.depth)(x, train=train, dropout=dropout, rows=rows)
         for i, level in enumerate(reversed(range(cfg.depth))):
             features = cfg.base_features * 2**level
             if self.conv_general_dilated is None:  # the same layer as a matmul, named as flax names it
@@ -238,7 +277,7 @@ class UNet(nn.Module):
             else:
                 x = nn.ConvTranspose(features, (2,) * dims, strides=(2,) * dims)(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
-            x = block(level)(x, train=train, dropout=dropout)
+            x = block(level)(x, train=train, dropout=dropout, rows=rows)
         return nn.Conv(cfg.num_classes, (1,) * dims, conv_general_dilated=conv)(x)
 
 
