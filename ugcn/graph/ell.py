@@ -72,8 +72,10 @@ def choose_width(in_degree: np.ndarray) -> int:
 
 
 def _edges(senders, receivers, weights, num_nodes):
-    s = np.asarray(senders, np.int64)
-    r = np.asarray(receivers, np.int64)
+    if num_nodes >= 2**31:
+        raise ValueError(f"ell_layout: {num_nodes} nodes do not fit int32 indices")
+    s = np.asarray(senders).astype(np.int32, copy=False)
+    r = np.asarray(receivers).astype(np.int32, copy=False)
     w = np.asarray(weights, np.float32)
     if not (s.shape == r.shape == w.shape and s.ndim == 1):
         raise ValueError(f"ell_layout: senders/receivers/weights must be 1-D of one length, got "
@@ -146,8 +148,11 @@ def ell_layout(
     in_ell = slot < width
     index = np.repeat(np.arange(num_nodes, dtype=np.int32)[:, None], width, axis=1)
     weight = np.zeros((num_nodes, width), np.float32)
-    index[r[in_ell], slot[in_ell]] = s[in_ell]
-    weight[r[in_ell], slot[in_ell]] = w[in_ell]
+    flat = r.astype(np.int64) * width + slot  # row-major position of each edge's slot
+    if in_ell.all():
+        index.reshape(-1)[flat], weight.reshape(-1)[flat] = s, w
+    else:
+        index.reshape(-1)[flat[in_ell]], weight.reshape(-1)[flat[in_ell]] = s[in_ell], w[in_ell]
     over = ~in_ell
     m = int(over.sum())
     n_overflow = bucket_size(m) if n_overflow is None else int(n_overflow)
