@@ -77,7 +77,9 @@ def test_method_r_thresholds_the_user_estimator(organ_case):
     u = np.asarray(estimator_maps([NAME], stats)[NAME])
     e = samples[..., 1].astype(np.float64).mean(0)
     tau = 0.7
-    config = RefineConfig(tau=tau, tau_mode="quantile", dilation=(1, 3, 3), k_random=4, fit=FitConfig(epochs=3))
+    # node_features="all": the GCN also sees U (the default sees intensity only; U still makes the split)
+    config = RefineConfig(tau=tau, tau_mode="quantile", dilation=(1, 3, 3), k_random=4, fit=FitConfig(epochs=3),
+                          node_features="all")
     result = refine_volume(image, e > 0.5, e.astype(np.float32), u, config=config, label=label,
                            uncertainty_name=NAME)
     assert result.status == "refined" and result.report()["uncertainty"] == NAME
