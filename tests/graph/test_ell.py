@@ -54,6 +54,8 @@ def test_layout_rows_hold_each_nodes_in_edges():
     empty = layout.ell_weight == 0
     np.testing.assert_array_equal(layout.ell_index[empty], np.nonzero(empty)[0])  # empty slots read their own row
     assert layout.overflow_senders.size == 256  # overflow padded to a bucket
+    wide = ell_layout(senders, receivers, weights, 16, width=16)
+    assert wide.overflow_senders.size == 0  # nothing left over: no overflow list at all
 
 
 def test_choose_width_by_hand():

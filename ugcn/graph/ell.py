@@ -127,8 +127,8 @@ def ell_layout(
       weights: ``f32[E]``, ``w_sr = w_rs``; zero-weight (padding) edges are dropped.
       num_nodes: N (padding nodes included: their rows are empty).
       width: ELL width D (default: :func:`choose_width` of the in-degrees).
-      n_overflow: length M of the overflow list (default: :func:`~ugcn.buckets.bucket_size` of the edges
-        beyond slot D, at least 256, so the shape rarely changes between graphs).
+      n_overflow: length M of the overflow list (default: :func:`overflow_size` of the edges beyond slot
+        D: 0 when none, else a bucket of at least 256, so the shape rarely changes between graphs).
 
     Returns:
       :class:`EllLayout`.
@@ -155,7 +155,7 @@ def ell_layout(
         index.reshape(-1)[flat[in_ell]], weight.reshape(-1)[flat[in_ell]] = s[in_ell], w[in_ell]
     over = ~in_ell
     m = int(over.sum())
-    n_overflow = bucket_size(m) if n_overflow is None else int(n_overflow)
+    n_overflow = overflow_size(m) if n_overflow is None else int(n_overflow)
     if n_overflow < m:
         raise ValueError(f"ell_layout: {m} edges exceed width {width}, more than n_overflow={n_overflow}")
 
@@ -163,6 +163,12 @@ def ell_layout(
         return np.pad(x.astype(dtype), (0, n_overflow - m))
 
     return EllLayout(index, weight, pad(s[over], np.int32), pad(r[over], np.int32), pad(w[over], np.float32))
+
+
+def overflow_size(count: int) -> int:
+    """Length of an overflow list holding ``count`` edges: 0 for none (no scatter at all: measured, a
+    256-entry segment sum still costs a pass over the N outputs), else a :func:`~ugcn.buckets.bucket_size`."""
+    return 0 if count == 0 else bucket_size(count)
 
 
 def overflow_count(receivers: ArrayLike, weights: ArrayLike, num_nodes: int, width: int) -> int:
@@ -217,6 +223,8 @@ def _apply(norm: EllNorm, x: jnp.ndarray) -> jnp.ndarray:
         return c.reshape(c.shape + (1,) * (x.ndim - 1))
 
     out = jnp.sum(_take(x, norm.ell_index) * expand(norm.ell_coeff), axis=1) + x * expand(norm.self_coeff)
+    if norm.overflow_senders.shape[0] == 0:
+        return out
     messages = _take(x, norm.overflow_senders) * expand(norm.overflow_coeff)
     return out + jax.ops.segment_sum(messages, norm.overflow_receivers, num_segments=x.shape[0])
 

@@ -48,6 +48,7 @@ from ugcn.graph.ell import (
     ell_normalize,
     ell_propagate,
     overflow_count,
+    overflow_size,
 )
 from ugcn.graph.gcn import GCNNorm, gcn_normalize, propagate
 
@@ -214,7 +215,7 @@ def stack_graphs(
         width = max(choose_width(_in_degree(g, n_nodes)) for g in graphs)
     n_overflow = None
     if width > 0:
-        n_overflow = bucket_size(max(overflow_count(g.receivers, g.weights, n_nodes, width) for g in graphs))
+        n_overflow = overflow_size(max(overflow_count(g.receivers, g.weights, n_nodes, width) for g in graphs))
     try:
         padded = [pad_graph(g, n_nodes, n_edges, ell_width=width, n_overflow=n_overflow) for g in graphs]
     except NotSymmetricError:
