@@ -6,7 +6,7 @@ from ugcn.segment import UNetConfig, init_model
 from ugcn.segment.train import NO_AUGMENTATION, train_model
 
 CFG2 = UNetConfig(dims=2, base_features=4, depth=2)
-CFG3 = UNetConfig(dims=3, base_features=4, depth=2, patch_size=(12, 12, 8))
+CFG3 = UNetConfig(dims=3, base_features=4, depth=2, patch_size=(12, 12, 8), patch_overlap=0.5)
 CFG_TRAIN = UNetConfig(dims=2, base_features=4, depth=1)
 
 

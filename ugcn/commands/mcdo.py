@@ -8,7 +8,9 @@ the image's affine and header. With ``--samples`` the T probability maps of any 
 ``--source tta`` the samples come from test-time augmentation (flips and small shifts, dropout off) instead
 of MC dropout, so a model trained without dropout can be studied too. ``--images DIR`` samples a whole
 folder: one resumable ``OUT/<case>/`` per image with the files of ``--image`` (same seed: same maps), the
-MC dropout of same-shaped volumes sharded over ``--devices``, and ``OUT/summary.json``.
+MC dropout of same-shaped volumes sharded over ``--devices``, and ``OUT/summary.json``. A 3D model tiles
+the image with its patches (the model's patch overlap, 0.25 by default, Gaussian blending; docs/method.md
+gives the measured cost of each overlap).
 """
 from __future__ import annotations
 
