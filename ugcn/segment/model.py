@@ -48,9 +48,10 @@ DEFAULT_PATCH_BATCH = 4
 # calls keep the activations in cache), against 32.9 s for a loop of single passes.
 PATCH_VOXELS_PER_CALL = 2**17
 # 2D inference runs chunks of axial slices, slices x passes x pixels per call up to this many pixels (8 slices of
-# 128 x 128 for one pass). Measured on the default 2D U-Net, 128 x 128 x 64, T = 4, 2-core CPU shared with other
-# work (load 16, so +-15 %): against a loop of single passes with all 64 slices per call, 4 passes x 64 slices
-# per call took 1.2x as long, 1 x 16 slices 0.8-1.0x, 2 x 8 and 4 x 4 1.0-1.1x, 1 x 8 0.76x, 1 x 4 0.8x.
+# 128 x 128 for one pass). Measured on the default 2D U-Net, 128 x 128 x 64, T = 8, 2-core CPU (load 1.3-3):
+# 12.2 s with this budget (4 passes x 2 slices per call), 12.4 s for a loop of single passes (8 slices per
+# call), 13.4 s with 64 slices per call and 16.6 s with 4 passes x 64 slices per call (the former default);
+# under load 16, 1 x 16 and 4 x 4 slices per call were 5-30 % slower than 1 x 8.
 SLICE_PIXELS_PER_CALL = 2**17
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
