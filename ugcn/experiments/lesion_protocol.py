@@ -153,12 +153,9 @@ def mc_uncertainty(
         from ugcn.segment.model import check_spacing
 
         check_spacing(model, affine)
-        pred, maps = mc_uncertainty(model, to_canonical(image, affine), key, estimators=estimators,
-                                    n_samples=n_samples, chunk_size=chunk_size, mask_from=mask_from,
-                                    volume_fn=volume_fn)
-        return from_canonical(pred, affine), {k: from_canonical(v, affine) for k, v in maps.items()}
     sampled = from_model(model, image, list(estimators), key=key, n_samples=n_samples, chunk_size=chunk_size,
-                         prediction="mean" if mask_from == "mean" else "deterministic", volume_fn=volume_fn)
+                         prediction="mean" if mask_from == "mean" else "deterministic", volume_fn=volume_fn,
+                         affine=affine)
     return (sampled.prediction > 0).astype(np.uint8), sampled.maps
 
 
