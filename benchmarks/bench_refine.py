@@ -15,7 +15,8 @@ Measured (medians after a warm-up call that includes compilation):
     sequential = lax.map), against B separate fits;
   - the per-volume selection among candidate graphs (``RefineConfig()``: the configured k-NN graph and the
     ``local`` one, fitted in one batched program) against one fit per volume (``RefineConfig(variants=())``),
-    same volume and settings otherwise: the fit and the whole ``refine_volume`` (graphs included);
+    same volume and settings otherwise: the fit and the whole ``refine_volume`` (graphs included), at ~10k
+    nodes (large: also ~30k and ~100k; below ~10k fixed per-call cost dominates and inflates the ratio);
   - PyTorch Geometric on the same graph in the same process (``GCNConv`` x 2, and the same algebra as ugcn:
     ``ÂX`` once, then ``Linear`` + ``GCNConv(32, 1)``), a few epochs, per epoch, with as many threads as
     cores and with one thread (the faster counts), when ``torch`` and ``torch_geometric`` import
@@ -245,9 +246,10 @@ def growth_exponent(sizes, seconds) -> float:
 SIZES = {
     # graph construction always at 20k, 100k and 300k nodes (it takes seconds); the fits grow with the size
     "small": dict(graph_nodes=[20_000, 100_000, 300_000], fit_nodes=[20_000], pyg_nodes=20_000, pyg_epochs=10,
-                  batch_sizes=[1, 4], batch_nodes=3_000, repeats=3),
+                  batch_sizes=[1, 4], batch_nodes=3_000, selection_nodes=[10_000], repeats=3),
     "large": dict(graph_nodes=[20_000, 100_000, 300_000], fit_nodes=[20_000, 100_000, 300_000],
-                  pyg_nodes=100_000, pyg_epochs=20, batch_sizes=[1, 4, 16], batch_nodes=20_000, repeats=3),
+                  pyg_nodes=100_000, pyg_epochs=20, batch_sizes=[1, 4, 16], batch_nodes=20_000,
+                  selection_nodes=[10_000, 30_000, 100_000], repeats=3),
 }
 
 
@@ -363,13 +365,15 @@ def main(argv=None) -> int:
               f"{row['sequential_s']:.2f} ({row['sequential_speedup']:.2f}x) | "
               f"{row['seconds_per_volume_auto']:.3f} | {row['auto']} |")
 
-    selection = bench_selection(radius_for(spec["batch_nodes"]), 2)
+    # at >= 10k nodes (a realistic organ ROI): below that, fixed per-call cost dominates both sides
+    selections = [bench_selection(radius_for(n), 2) for n in spec["selection_nodes"]]
     print("\n| per volume | candidates | nodes | fit s | graphs s | total s | variant | Dice (CNN) |")
     print("|---|---:|---:|---:|---:|---:|---|---|")
-    for name in ("one fit", "selection"):
-        row = selection[name]
-        print(f"| {name} | {row['candidates']} | {row['nodes']} | {row['fit_s']:.2f} | {row['graph_s']:.2f} | "
-              f"{row['total_s']:.2f} | {row['variant']} | {row['dice_refined']:.3f} ({row['dice_cnn']:.3f}) |")
+    for selection in selections:
+        for name in ("one fit", "selection"):
+            row = selection[name]
+            print(f"| {name} | {row['candidates']} | {row['nodes']} | {row['fit_s']:.2f} | {row['graph_s']:.2f} | "
+                  f"{row['total_s']:.2f} | {row['variant']} | {row['dice_refined']:.3f} ({row['dice_cnn']:.3f}) |")
 
     largest = fits[-1]
     ratios = {
@@ -385,8 +389,10 @@ def main(argv=None) -> int:
         ratios[f"PyG same algebra / ugcn per epoch ({pyg['nodes']} nodes)"] = pyg["ratio_same_algebra_over_ugcn"]
     biggest_b = batch[-1]
     ratios[f"B={biggest_b['B']} separate fits / fit_batch (auto)"] = biggest_b[f"{biggest_b['auto']}_speedup"]
-    ratios["selection / one fit per volume: fit"] = selection["fit_ratio"]
-    ratios["selection / one fit per volume: total"] = selection["total_ratio"]
+    for selection in selections:
+        nodes = selection["one fit"]["nodes"]
+        ratios[f"selection / one fit per volume: fit ({nodes} nodes)"] = selection["fit_ratio"]
+        ratios[f"selection / one fit per volume: total ({nodes} nodes)"] = selection["total_ratio"]
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
 
@@ -402,7 +408,8 @@ def main(argv=None) -> int:
         "fit_growth_exponent": fit_exp,
         "pyg": pyg,
         "batch": batch,
-        "selection": selection,
+        "selection": selections[0],
+        "selections": selections,
         "bytes_model": "2*20*E + 5*4*H*N + 4*F*N per epoch (float32/int32)",
         "ratios": ratios,
     }

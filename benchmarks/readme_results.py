@@ -215,6 +215,15 @@ def refine_section(r: dict, size: str) -> list[str]:
                       "auto picks"],
                      [[x["B"], x["nodes_each"], x["separate_s"], x["parallel_s"], x["sequential_s"], x["auto"]]
                       for x in b], align="lrrrrl")
+    sel = r.get("selections") or ([r["selection"]] if r.get("selection") else [])
+    if sel:
+        out += ["", "Per-volume selection among candidate graphs (`RefineConfig()`, fitted in one batched program) "
+                "vs one fit (`RefineConfig(variants=())`), same volume; medians after warm-up:", ""]
+        out += table(["nodes", "candidates", "one fit: fit s", "selection: fit s", "fit ratio", "one fit: total s",
+                      "selection: total s", "total ratio"],
+                     [[x["one fit"]["nodes"], x["selection"]["candidates"], x["one fit"]["fit_s"],
+                       x["selection"]["fit_s"], x["fit_ratio"], x["one fit"]["total_s"], x["selection"]["total_s"],
+                       x["total_ratio"]] for x in sel])
     return out
 
 

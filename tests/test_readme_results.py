@@ -127,3 +127,21 @@ def test_training_and_throughput_sections(gen):
     text = "\n".join(gen.throughput_section(throughput, "small"))
     assert "| second run (programs from the cache) | 3.00 | 10.00 | 1.00 | 2.00 | 27.00 | 80.00 |" in text
     assert "(graphs of 90000-95000 nodes)" in text and "0.43 volumes / min" in text  # 60 / 139 s
+
+
+def test_refine_section_shows_the_selection_cost(gen):
+    def side(nodes, fit_s, total_s, candidates):
+        return {"nodes": nodes, "fit_s": fit_s, "total_s": total_s, "candidates": candidates}
+
+    selection = {"one fit": side(11232, 0.5, 0.7, 1), "selection": side(11232, 0.9, 1.2, 2),
+                 "fit_ratio": 1.8, "total_ratio": 1.2 / 0.7}
+    result = {"memory_bandwidth_GBps": 20.0, "graph_construction": [
+        {"nodes": 20002, "directed_edges": 500000, "seconds": 0.4, "target_nodes": 20000}],
+        "graph_growth_exponent": 1.0, "fit": {"nodes": 20002, "ms_per_epoch": 2.0, "seconds": 0.4,
+                                              "bytes_per_epoch": 3e7, "achieved_GBps": 15.0,
+                                              "bandwidth_fraction": 0.5},
+        "selection": selection, "selections": [selection]}
+    lines = gen.refine_section(result, "small")
+    assert "| 11232 | 2 | 0.50 | 0.90 | 1.80 | 0.70 | 1.20 | 1.71 |" in lines
+    del result["selections"]  # an older results file: its one selection case
+    assert "| 11232 | 2 | 0.50 | 0.90 | 1.80 | 0.70 | 1.20 | 1.71 |" in gen.refine_section(result, "small")
