@@ -53,7 +53,13 @@ def compilation_cache_dir() -> Optional[Path]:
     return Path(base) / "ugcn" / "jax"
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
+    """Point jax's persistent compilation cache at :func:`compilation_cache_dir` (nothing when it is off).
+
+    Every program is written, however fast it compiled or small it is (jax's defaults skip programs under
+    1 s of compile time), so that a second run with the same shapes compiles nothing: it loads every
+    program (``benchmarks/bench_compile.py`` counts what a second run compiles).
+    """
     directory = compilation_cache_dir()
     if directory is None:
         return
@@ -64,8 +70,6 @@ def _enable_compilation_cache() -> None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    # Every program is kept, however fast it compiled, so that a second run compiles nothing
-    # (benchmarks/bench_compile.py counts the programs a repeat run compiles).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
@@ -164,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             out = output_folder(args)
             if out is not None:
                 check_output_folder(out)  # before the work, not after it
-            _enable_compilation_cache()
+            enable_compilation_cache()
             return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         print(f"ugcn {args.command}: error: {_one_line(err)}", file=sys.stderr)
