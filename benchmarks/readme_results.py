@@ -462,8 +462,9 @@ def study_section(notes: list[str], size: str) -> list[str] | None:
     dropout = sorted({x["regime"]["dropout"] for x in regimes})
     out = ["### Where refinement helps: the regime study", "",
            f"`make study` ({used} size, `python benchmarks/study_refine.py --size {used}`, "
-           f"{r['seconds'] / 60:.0f} min, plus {sum(x.get('train_seconds', 0) for x in regimes) / 60:.0f} min of "
-           "U-Net training whose outputs the study caches and reuses): "
+           f"{r['seconds'] / 60:.0f} min; training the U-Nets took "
+           f"{sum(x.get('train_seconds', 0) for x in regimes) / 60:.0f} min, and a rerun reuses their cached "
+           "outputs): "
            + (f"**only {len(regimes)} of the {r['regimes_planned']} planned regimes finished** (the run was "
               "stopped; the others are missing, not averaged in): "
               if r.get("regimes_planned", len(regimes)) > len(regimes) else "")
