@@ -14,6 +14,17 @@ each as edges per second and as GB/s of the byte model (20 bytes per edge and pa
 gathered value, receiver index, scattered value) against the memory bandwidth measured in the same run.
 The ELL result is checked against ``segment_sum``.
 
+Then the fit itself (``ugcn.refine.fit``, 50 epochs per call, the default ELL layout) and what bounds it,
+per size, fastest of interleaved rounds:
+  - ``fit``: ms per epoch, and GB/s and fraction of bandwidth under ``bench_refine``'s byte model
+    (``2·20·E + 5·4·H·N + 4·F·N`` per epoch, padded sizes);
+  - ``propagation``: the epoch's graph part alone, one channel forward and backward per epoch in a scan
+    (``2·20·E`` bytes of the model);
+  - ``dense``: the fit with propagation replaced by the identity: its per-node part alone (hidden layer
+    forward and backward, dropout, loss, Adam; ``5·4·H·N + 4·F·N`` bytes of the model);
+  - ``fit_untiled``: the fit with its hidden layer in one tile of all N nodes (``NODE_TILE`` = N, as
+    before node tiling), for the gain of the tiles.
+
 Usage:  python benchmarks/bench_propagation.py [--size small|large] [--rounds 5]
 Writes (updates the entry of its size in) benchmarks/results/propagation.json.
 """
@@ -83,6 +94,65 @@ def bench_graph(nodes: int, rounds: int, bandwidth: float) -> dict:
             "ell_max_abs_diff": diff, "ell_grad_max_abs_diff": grad_diff, "forms": rows}
 
 
+def _fit_program(padded, config, **patch):
+    """The 1-graph fit jitted with module attributes of ``ugcn.refine.fit`` replaced while it is traced
+    (a measuring device: the identity for ``_propagate``, a tile length); returns a timed call."""
+    import ugcn.refine.fit as fit
+
+    key = jax.random.PRNGKey(0)
+    saved = {k: getattr(fit, k) for k in patch}
+    try:
+        for k, v in patch.items():
+            setattr(fit, k, v)
+        program = jax.jit(lambda g, k: fit._fit(jax.tree_util.tree_map(lambda x: x[None], g), k[None], config))
+        jax.block_until_ready(program(padded, key))  # traced and compiled under the patch
+    finally:
+        for k, v in saved.items():
+            setattr(fit, k, v)
+    return lambda: jax.block_until_ready(program(padded, key))
+
+
+def bench_fit_epoch(graph, rounds: int, bandwidth: float, epochs: int = 50) -> dict:
+    """The fit's ms/epoch and its parts (module docstring) against the byte model of ``bench_refine``."""
+    from bench_refine import bytes_per_epoch
+
+    from ugcn.graph.ell import ell_propagate
+    from ugcn.refine.fit import FitConfig, _flat_norm, pad_graph
+
+    config = FitConfig(epochs=epochs)
+    padded = jax.device_put(pad_graph(graph))
+    n, e = padded.features.shape[0], padded.senders.shape[0]
+    norm = jax.jit(lambda g: _flat_norm(jax.tree_util.tree_map(lambda x: x[None], g)))(padded)
+    c = jnp.ones(n, jnp.float32)
+
+    def propagation_epochs(norm, x):
+        def epoch(x, _):
+            v, g = jax.value_and_grad(lambda v: jnp.sum(ell_propagate(norm, v) * c))(x)
+            return x + 1e-6 * g, v
+        return jax.lax.scan(epoch, x, None, length=epochs)
+
+    prop = jax.jit(propagation_epochs)
+    x0 = jnp.ones(n, jnp.float32)
+    fns = {"fit": _fit_program(padded, config), "fit_untiled": _fit_program(padded, config, NODE_TILE=n),
+           "propagation": lambda: jax.block_until_ready(prop(norm, x0)),
+           "dense": _fit_program(padded, config, _propagate=lambda norm, x: x)}
+    best = {k: float("inf") for k in fns}
+    fns["propagation"]()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t)
+    model = {"fit": bytes_per_epoch(n, e), "fit_untiled": bytes_per_epoch(n, e), "propagation": 2 * 20 * e}
+    model["dense"] = model["fit"] - model["propagation"]
+    rows = {k: {"ms_per_epoch": 1e3 * t / epochs, "model_bytes_per_epoch": model[k],
+                "GBps": model[k] * epochs / t / 1e9, "bandwidth_fraction": model[k] * epochs / t / bandwidth}
+            for k, t in best.items()}
+    return {"nodes": graph.n_nodes, "padded_nodes": n, "padded_edges": e, "epochs": epochs, "parts": rows,
+            "parts_sum_over_fit": (best["propagation"] + best["dense"]) / best["fit"],
+            "untiled_over_tiled": best["fit_untiled"] / best["fit"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -93,6 +163,10 @@ def main(argv=None) -> int:
     print(f"one propagation over the voxel graph; memory bandwidth {bandwidth / 1e9:.1f} GB/s, "
           f"load {machine['load_average'][0]:.1f}")
     graphs = [bench_graph(n, args.rounds, bandwidth) for n in SIZES[args.size]]
+    from ugcn.graph.voxel_graph import build_voxel_graph
+
+    fits = [bench_fit_epoch(build_voxel_graph(*sphere_case(radius_for(n))[:4]), args.rounds, bandwidth)
+            for n in SIZES[args.size]]
     ratios = {}
     for g in graphs:
         print(f"{g['nodes']} nodes, {g['edges']} edges (ELL: width {g['ell_width']}, {g['ell_overflow_edges']} "
@@ -108,10 +182,21 @@ def main(argv=None) -> int:
             g["forms"]["segment_sum"]["ms"] / g["forms"]["ell"]["ms"])
         ratios[f"{g['nodes']} nodes: forward+backward, segment_sum / ell time (speedup)"] = (
             forms["segment_sum_grad"]["ms"] / forms["ell_grad"]["ms"])
+    for f in fits:
+        print(f"fit at {f['nodes']} nodes ({f['padded_nodes']} padded, {f['padded_edges']} edges): "
+              f"parts sum to {f['parts_sum_over_fit']:.2f}x the fit; "
+              f"untiled hidden layer {f['untiled_over_tiled']:.2f}x")
+        for k, v in f["parts"].items():
+            print(f"  {k:12s} {v['ms_per_epoch']:8.2f} ms/epoch  {v['model_bytes_per_epoch'] / 1e6:7.1f} MB (model) "
+                  f"{v['GBps']:6.2f} GB/s ({v['bandwidth_fraction']:.0%} of bandwidth)")
+        for k in ("fit", "fit_untiled", "propagation", "dense"):
+            ratios[f"{f['nodes']} nodes: {k} fraction of bandwidth (byte model)"] = f["parts"][k]["bandwidth_fraction"]
+        ratios[f"{f['nodes']} nodes: fit ms per epoch"] = f["parts"]["fit"]["ms_per_epoch"]
+        ratios[f"{f['nodes']} nodes: untiled / tiled hidden layer fit time"] = f["untiled_over_tiled"]
     machine["load_average_end"] = list(os.getloadavg())
     save_results("propagation", args.size, {
         "benchmark": "propagation", "size": args.size, "machine": machine,
-        "memory_bandwidth_GBps": bandwidth / 1e9, "bytes_per_edge": BYTES_PER_EDGE, "graphs": graphs,
+        "memory_bandwidth_GBps": bandwidth / 1e9, "bytes_per_edge": BYTES_PER_EDGE, "graphs": graphs, "fits": fits,
         "ratios": ratios})
     return 0
 
