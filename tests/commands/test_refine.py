@@ -143,3 +143,39 @@ def test_refine_batch_resumes_to_the_clean_run(tmp_path, sphere_case, write_case
     for i in range(3):
         rep = json.loads((tmp_path / "out" / f"c{i}" / "report.json").read_text())
         assert "prediction.nii.gz" in rep["files"] and rep["run_settings"]["seed"] == 0
+
+
+def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+    """--removal-margin: the written mask is, on the uncertain nodes, the GCN's probabilities thresholded with
+    the flag's margin for removals (numpy here) and the confidence margin for additions."""
+    import ugcn.refine.pipeline as pipeline
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    seen = []  # (removal margin the computation used, node probabilities, graph)
+    real = pipeline._finish
+
+    def spy(prep, node_probs, fit_s, config):
+        result = real(prep, node_probs, fit_s, config)
+        seen.append((config.removal_margin, result.node_probs, result.graph))
+        return result
+
+    monkeypatch.setattr(pipeline, "_finish", spy)
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet"]
+    for margin in ("0.1", "0.45"):
+        assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
+    assert [m for m, _, _ in seen] == [0.1, 0.45]
+    removed = []
+    for margin, probs, graph in seen:
+        refined = np.asarray(nib.load(str(tmp_path / str(margin) / "refined.nii.gz")).dataobj)
+        free = ~graph.label_mask
+        coords = tuple(graph.node_coords[free].T)
+        pred, p = case[1][coords], probs[free]
+        np.testing.assert_array_equal(refined[coords], np.where(p > 0.9, 1, np.where(p <= 0.5 - margin, 0, pred)))
+        removed.append(int((pred & (refined[coords] == 0)).sum()))
+        report = json.loads((tmp_path / str(margin) / "report.json").read_text())
+        assert report["config"]["removal_margin"] == margin
+    assert removed[0] > removed[1]  # the looser margin removes more

@@ -49,8 +49,8 @@ def test_result_masks_are_consistent(sphere_result):
     lab = tuple(g.node_coords[g.label_mask].T)
     np.testing.assert_array_equal(r.refined_unlabelled[lab], prediction[lab])
     # Uncertain nodes take the GCN's class where it is confident (beyond 0.5 +- the margin), else keep Ŷ.
-    nodes, free, m = tuple(g.node_coords.T), ~g.label_mask, PIPE.confidence_margin
-    expected = np.where(r.node_probs > 0.5 + m, 1, np.where(r.node_probs <= 0.5 - m, 0, prediction[nodes]))
+    nodes, free, m, mr = tuple(g.node_coords.T), ~g.label_mask, PIPE.confidence_margin, PIPE.removal_margin
+    expected = np.where(r.node_probs > 0.5 + m, 1, np.where(r.node_probs <= 0.5 - mr, 0, prediction[nodes]))
     np.testing.assert_array_equal(r.refined_unlabelled[nodes][free], expected[free])
     np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # the default replaces uncertain nodes only
     np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)

@@ -86,11 +86,19 @@ class RefineConfig:
         regime study's cached CNN outputs (51 volumes and the synthetic sphere), dropping them turned
         every volume made worse by more than one Dice point into a gain, and kept the sphere's gain.
       threshold: GCN output threshold.
-      confidence_margin: a replaced node takes the GCN's class only where ``|out - threshold| > margin``
-        (``out <= threshold - margin`` for background), and keeps ``Ŷ`` in the band (the method: 0). On
-        simulated CNN outputs of graded quality, 0.4 turned 4 of 15 volumes made worse by more than one
-        Dice point into none; on the regime study's 32 volumes with intensity-only features, 0.2 left 5
-        volumes worse by more than one point, 0.4 none.
+      confidence_margin: a replaced node becomes foreground only where ``out > threshold + margin`` and keeps
+        ``Ŷ`` below (the method: 0); :attr:`removal_margin` is the band for turning it to background
+        (:func:`gcn_classes`). On simulated CNN outputs of graded quality, 0.4 turned 4 of 15 volumes made
+        worse by more than one Dice point into none; on the regime study's 32 volumes with intensity-only
+        features, 0.2 left 5 volumes worse by more than one point, 0.4 none.
+      removal_margin: the margin for the other direction: a node that ``Ŷ`` calls foreground is set to
+        background only where ``out <= threshold - removal_margin`` (``None``: ``confidence_margin``, the same
+        band both ways). Default 0.48: on the regime study's cached CNN outputs (two grids, 56 volumes) the
+        volumes made worse came from removals at ``out <= 0.1`` (on the current grid -2.5 Dice points: 52
+        removals, 1 of them background in the truth); removals only at ``out <= 0.02`` left the worst volume
+        at -0.35 / -0.45 points and kept the synthetic case's removals (Dice 0.96). Gating removals by the
+        node's intensity (unlike the certain foreground's) or by the validation score did not separate the
+        harmful removals: the worst volumes have the phantoms' highest validation scores (docs/method.md).
       replace: what the ``refined`` mask takes from the GCN: ``"all"`` nodes (the method) or only the
         ``"unlabelled"`` (uncertain) ones, keeping ``Ŷ`` on the labelled nodes.
       variants: extra candidate graphs (:class:`~ugcn.refine.variants.Variant`) fitted beside the configured
@@ -133,6 +141,9 @@ class RefineConfig:
     confidence_margin: float = setting(
         0.4, min=0, lt=0.5, help="a replaced node takes the GCN's class only where its probability is beyond "
         "threshold +- margin, else keeps the prediction (the method: 0)")
+    removal_margin: Optional[float] = setting(
+        0.48, min=0, lt=0.5, help="a node the prediction calls foreground becomes background only where its "
+        "probability is <= threshold - this margin (none: --confidence-margin)")
     replace: str = setting("unlabelled", choices=REPLACE_MODES, help="what the refined mask takes from the GCN: all "
                            "nodes (the method) or only the unlabelled (uncertain) ones")
     variants: tuple[Variant, ...] = DEFAULT_VARIANTS
@@ -171,14 +182,29 @@ class RefineConfig:
 PRESETS = {
     # The default: τ capped when the CNN is uncertain over most of its organ, class-balanced BCE, the better of
     # two graphs (k-NN long-range edges, 6-neighbour edges only; no diversity term) by validation score, only
-    # uncertain nodes replaced where the GCN is confident, the GCN seeing intensity only, and the self-check's
-    # fallback.
+    # uncertain nodes replaced where the GCN is confident (a stricter margin for removing a predicted voxel than
+    # for adding one), the GCN seeing intensity only, and the self-check's fallback.
     "safe": RefineConfig(),
     # The published method (docs/method.md R1-R12): absolute τ, random edges, plain BCE, every node replaced.
     # The self-check still runs and falls back on a failed fit (check=SelfCheckConfig(fallback=False): warn only).
     "reference": RefineConfig(tau_mode="absolute", k_random=16, long_range="random", lam=0.5, replace="all",
-                              variants=(), confidence_margin=0.0, node_features="all", fit=FitConfig(loss="bce")),
+                              variants=(), confidence_margin=0.0, removal_margin=None, node_features="all",
+                              fit=FitConfig(loss="bce")),
 }
+
+
+def gcn_classes(probs: np.ndarray, prediction: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """The class each node takes from the GCN: ``u8[N]`` from ``probs: f32[N]`` (foreground probability) and
+    ``prediction: [N]`` (``Ŷ`` at the nodes).
+
+    Foreground where ``probs > threshold + confidence_margin``; background where ``probs <= threshold - m``
+    with ``m = removal_margin`` (``confidence_margin`` when ``None``); ``Ŷ`` in between. With margins of 0 this
+    is ``probs > threshold`` (the method).
+    """
+    removal = config.confidence_margin if config.removal_margin is None else config.removal_margin
+    keep = np.asarray(prediction).astype(np.uint8)
+    return np.where(probs > config.threshold + config.confidence_margin, 1,
+                    np.where(probs <= config.threshold - removal, 0, keep)).astype(np.uint8)
 
 
 class RefineInput(NamedTuple):
@@ -356,8 +382,7 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
     cnn = prep.base["cnn"]
     probs = node_probs[index]
     # A replaced node takes the GCN's class only where the GCN is confident; in the band it keeps Ŷ.
-    gcn = np.where(probs > config.threshold + config.confidence_margin, 1,
-                   np.where(probs <= config.threshold - config.confidence_margin, 0, cnn[coords])).astype(np.uint8)
+    gcn = gcn_classes(probs, cnn[coords], config)
     if status == "fallback":
         refined, unlabelled = cnn.copy(), cnn.copy()
     else:
