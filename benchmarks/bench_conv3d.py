@@ -8,9 +8,13 @@ kept, so that a shared machine's load hits every form alike):
     slices, the X taps stacked on input / output channels), and ``auto``, the form the U-Net uses;
   - ``taps_xy`` (the 9 X-Y taps on the channels, a 1D convolution along Z) and ``im2col`` (all 27 taps on
     the channels, one matmul), the candidates with longer contractions;
+  - ``winograd2`` / ``winograd4``: Winograd F(2, 3) / F(4, 3) along each axis (:mod:`ugcn.segment.winograd`),
+    the batch in cache-sized chunks;
+  - ``auto``: the form :func:`ugcn.segment.conv3d.auto_form` picks for the layer (the U-Net's default);
   - PyTorch ``Conv3d`` (NCDHW, as many threads as cores) when torch is installed;
 forward alone and forward + backward (gradients of input and kernel, what training runs); and the whole
-3D U-Net forward pass with XLA's conv3d against the slice-wise convolutions (``ugcn`` default).
+3D U-Net forward pass and forward + backward (training's gradient) with XLA's conv3d, the former default
+(``taps_in`` everywhere) and the default (``auto``).
 Values are checked against XLA's conv3d (max abs difference, forward and gradients).
 
 Usage:  python benchmarks/bench_conv3d.py [--size small|large] [--rounds 3]
@@ -31,10 +35,10 @@ import numpy as np
 from common import machine_info, save_results
 from jax import lax
 
-from ugcn.segment.conv3d import AUTO_FORM, conv3d_slices
+from ugcn.segment.conv3d import auto_form, conv3d_slices
 
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
-JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col")
+JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4")
 
 
 def unet_layers(base: int = 16, depth: int = 3, patch: int = 32) -> list[tuple[int, int, int, int]]:
@@ -101,7 +105,8 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         xj, kj = jnp.asarray(x), jnp.asarray(k)
         flops = 2.0 * batch * side**3 * 27 * ci * co
         fwd, grad = {}, {}
-        for form in JAX_FORMS:
+        forms = [f for f in JAX_FORMS if ci >= 2 or not f.startswith("winograd")]  # not for the first layer
+        for form in forms:
             f = jax.jit(lambda a, b, form=form: conv3d_slices(a, b, "SAME", form=form))
             g = jax.jit(jax.grad(lambda a, b, form=form: jnp.sum(conv3d_slices(a, b, "SAME", form=form)),
                                  argnums=(0, 1)))
@@ -109,14 +114,14 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         ref = fwd["xla"](xj, kj)
         ref_g = grad["xla"](xj, kj)
         err = {}
-        for form in JAX_FORMS:
+        for form in forms:
             out = fwd[form](xj, kj)
             gx, gk = grad[form](xj, kj)
             err[form] = {"forward": float(jnp.max(jnp.abs(out - ref))),
                          "grad_input": float(jnp.max(jnp.abs(gx - ref_g[0]))),
                          "grad_kernel_rel": float(jnp.max(jnp.abs(gk - ref_g[1])) / jnp.max(jnp.abs(ref_g[1])))}
-        fwd_fns = {f: (lambda f=f: fwd[f](xj, kj).block_until_ready()) for f in JAX_FORMS}
-        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj))) for f in JAX_FORMS}
+        fwd_fns = {f: (lambda f=f: fwd[f](xj, kj).block_until_ready()) for f in forms}
+        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj))) for f in forms}
         torch_version = None
         t = torch_fns(x, k)
         if t is not None:  # PyTorch with as many threads as cores and with one (on a busy machine one can win)
@@ -133,7 +138,7 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         t_grad = interleaved_min(grad_fns, rounds)
         rows.append({
             "side": side, "in": ci, "out": co, "count": count, "batch": batch, "gflop": flops / 1e9,
-            "auto_form": AUTO_FORM,
+            "auto_form": auto_form((side,) * 3, ci, (3, 3, 3)),
             "forward_gflops": {n: flops / s / 1e9 for n, s in t_fwd.items()},
             "train_gflops": {n: 3 * flops / s / 1e9 for n, s in t_grad.items()},  # fwd + 2 backward convs
             "forward_seconds": t_fwd, "train_seconds": t_grad, "max_abs_diff_vs_xla": err,
@@ -147,29 +152,61 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
 
 def network_totals(rows: list[dict], key: str) -> dict:
     """GFLOP/s over the whole network's 3x3x3 convolutions (each layer weighted by its count)."""
-    names = set(rows[0][key])
+    names = set.intersection(*(set(r[key]) for r in rows))
     seconds = {n: sum(r[key][n] * r["count"] for r in rows) for n in names}
     flops = sum(r["gflop"] * r["count"] * (3 if key == "train_seconds" else 1) for r in rows)
     auto = sum(r[key][r["auto_form"]] * r["count"] for r in rows)
     out = {n: flops / s for n, s in seconds.items()}
     out["auto"] = flops / auto
+    # the Winograd forms do not run the 1-channel first layer: there, count the default's time
+    for n in ("winograd2", "winograd4"):
+        out[n] = flops / sum(r[key].get(n, r[key][r["auto_form"]]) * r["count"] for r in rows)
     return out
 
 
-def bench_unet(batch: int, rounds: int) -> dict:
-    """Whole 3D U-Net forward (inference mode) with lax's conv3d vs the slice-wise convolutions."""
-    from ugcn.segment.model import init_model
-    from ugcn.segment.unet import UNet, UNetConfig
+def drop_in(conv_fn, form: str):
+    """A ``lax.conv_general_dilated``-signature function running stride-1 SAME/VALID convolutions as
+    ``conv_fn(x, kernel, padding, form=form)`` (the U-Net's convolutions are all of that kind)."""
+    def conv(lhs, rhs, window_strides, padding, **kwargs):
+        return conv_fn(lhs, rhs, padding, form=form, precision=kwargs.get("precision"))
+    return conv
 
-    config = UNetConfig(dims=3)
-    model = init_model(config, jax.random.PRNGKey(0))
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(batch, 32, 32, 32, 1)).astype(np.float32))
-    fast = jax.jit(lambda v, a: UNet(config).apply(v, a))
-    plain = jax.jit(lambda v, a: UNet(config, conv_general_dilated=lax.conv_general_dilated).apply(v, a))
-    diff = float(jnp.max(jnp.abs(fast(model.variables, x) - plain(model.variables, x))))
-    t = interleaved_min({"xla_conv3d": lambda: plain(model.variables, x).block_until_ready(),
-                         "slices": lambda: fast(model.variables, x).block_until_ready()}, rounds)
-    return {"batch": batch, "seconds": t, "speedup": t["xla_conv3d"] / t["slices"], "max_abs_diff": diff}
+
+def bench_unet(config, x: np.ndarray, convs: dict, rounds: int) -> dict:
+    """Whole U-Net forward (inference mode) and forward + backward (gradient of a loss wrt the parameters, batch
+    statistics on: a training step without the optimizer) with each convolution of ``convs`` (functions with
+    ``lax.conv_general_dilated``'s signature) as the U-Net's default (``ugcn.segment.unet.DEFAULT_CONV``; the rest
+    of the network, up-convolutions included, is the default's); max |logit difference| against the first."""
+    from ugcn.segment import unet as unet_module
+    from ugcn.segment.model import init_model
+
+    variables = init_model(config, jax.random.PRNGKey(0)).variables
+    params = variables["params"]
+    x = jnp.asarray(x)
+    net = unet_module.UNet(config)
+
+    def loss(p, a):
+        out, _ = net.apply({"params": p, "batch_stats": variables["batch_stats"]}, a, train=True,
+                           mutable=["batch_stats"])
+        return jnp.mean(out**2)
+
+    fwd, train = {}, {}
+    default = unet_module.DEFAULT_CONV[config.dims]
+    try:
+        for name, conv in convs.items():  # traced and compiled while `conv` is the default
+            unet_module.DEFAULT_CONV[config.dims] = conv
+            fwd[name] = jax.jit(lambda v, a: net.apply(v, a)).lower(variables, x).compile()
+            train[name] = jax.jit(jax.grad(loss)).lower(params, x).compile()
+    finally:
+        unet_module.DEFAULT_CONV[config.dims] = default
+    first = next(iter(convs))
+    ref = fwd[first](variables, x)
+    diff = {n: float(jnp.max(jnp.abs(f(variables, x) - ref))) for n, f in fwd.items()}
+    t_fwd = interleaved_min({n: (lambda f=f: f(variables, x).block_until_ready()) for n, f in fwd.items()}, rounds)
+    t_train = interleaved_min({n: (lambda f=f: jax.block_until_ready(f(params, x))) for n, f in train.items()},
+                              rounds)
+    return {"batch": int(x.shape[0]), "forward_seconds": t_fwd, "train_seconds": t_train,
+            "max_abs_diff_vs_" + first: diff}
 
 
 def main(argv=None) -> int:
@@ -184,17 +221,30 @@ def main(argv=None) -> int:
     rows = bench_layers(batch, args.rounds)
     fwd = network_totals(rows, "forward_seconds")
     train = network_totals(rows, "train_seconds")
-    unet = bench_unet(batch, args.rounds)
+    from ugcn.segment.unet import UNetConfig
+
+    x = np.random.default_rng(1).normal(size=(batch, 32, 32, 32, 1)).astype(np.float32)
+    unet = bench_unet(UNetConfig(dims=3), x, {"xla_conv3d": lax.conv_general_dilated,
+                                             "taps_in": drop_in(conv3d_slices, "taps_in"),
+                                             "auto": drop_in(conv3d_slices, "auto")},
+                      args.rounds)
+    unet["forward_speedup_auto_vs_xla"] = unet["forward_seconds"]["xla_conv3d"] / unet["forward_seconds"]["auto"]
+    unet["forward_speedup_auto_vs_taps_in"] = unet["forward_seconds"]["taps_in"] / unet["forward_seconds"]["auto"]
+    unet["train_speedup_auto_vs_taps_in"] = unet["train_seconds"]["taps_in"] / unet["train_seconds"]["auto"]
     ratios = {"forward: auto / xla conv3d (speedup)": fwd["auto"] / fwd["xla"],
               "fwd+bwd: auto / xla conv3d (speedup)": train["auto"] / train["xla"],
-              "unet forward: xla conv3d / slices (speedup)": unet["speedup"]}
+              "unet forward: xla conv3d / auto (speedup)": unet["forward_speedup_auto_vs_xla"],
+              "unet forward: taps_in / auto (speedup)": unet["forward_speedup_auto_vs_taps_in"],
+              "unet fwd+bwd: taps_in / auto (speedup)": unet["train_speedup_auto_vs_taps_in"]}
     if "torch" in fwd:  # against PyTorch's faster thread setting
         ratios["forward: auto / torch Conv3d (ratio)"] = fwd["auto"] / max(fwd["torch"], fwd["torch_1thread"])
         ratios["fwd+bwd: auto / torch Conv3d (ratio)"] = train["auto"] / max(train["torch"], train["torch_1thread"])
     print("network GFLOP/s, forward: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(fwd.items())))
     print("network GFLOP/s, fwd+bwd: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(train.items())))
-    print(f"3D U-Net forward, batch {batch}: xla conv3d {unet['seconds']['xla_conv3d']:.2f} s, "
-          f"slices {unet['seconds']['slices']:.2f} s ({unet['speedup']:.2f}x), max |diff| {unet['max_abs_diff']:.1e}")
+    print(f"3D U-Net, batch {batch}, seconds forward: " + "  ".join(
+        f"{n} {t:.2f}" for n, t in unet["forward_seconds"].items()) + " | fwd+bwd: " + "  ".join(
+        f"{n} {t:.2f}" for n, t in unet["train_seconds"].items()))
+    print(f"max |logit diff| vs xla conv3d: {unet['max_abs_diff_vs_xla_conv3d']}")
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
     machine["load_average_end"] = list(os.getloadavg())

@@ -24,12 +24,14 @@ import jax.numpy as jnp
 from jax import lax, random
 
 from ugcn.config import setting
-from ugcn.segment.conv3d import conv_general_dilated as slicewise_conv_general_dilated
+from ugcn.segment.conv3d import conv_general_dilated as fast_conv3d
 from ugcn.segment.conv3d import upsample_conv_transpose
 
 DEFAULT_DROPOUT = {2: 0.3, 3: 0.2}
 DEFAULT_PATCH_SIZE = (32, 32, 32)
 BLEND_MODES = ("gaussian", "uniform")
+# The convolution a U-Net uses when given none, per dims (looked up when the network is traced).
+DEFAULT_CONV: dict[int, Callable] = {2: lax.conv_general_dilated, 3: fast_conv3d}
 # PyTorch's BatchNorm momentum 0.1 == flax momentum 0.9: running statistics settle within tens of steps.
 BN_MOMENTUM = 0.9
 
@@ -257,7 +259,7 @@ class UNet(nn.Module):
         dims = cfg.dims
         conv = self.conv_general_dilated
         if conv is None:
-            conv = slicewise_conv_general_dilated if dims == 3 else lax.conv_general_dilated
+            conv = DEFAULT_CONV[dims]
         block = lambda level: ConvBlock(  # noqa: E731
             cfg.base_features * 2**level, dims, cfg.rate, dropout_each_conv=(dims == 2), conv_general_dilated=conv
         )

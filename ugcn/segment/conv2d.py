@@ -1,0 +1,103 @@
+"""2D convolutions for the 2D U-Net: XLA's own or Winograd F(4, 3), chosen per layer shape.
+
+XLA:CPU runs a 2D ``lax.conv_general_dilated`` at about a third of its matmul rate (measured ~78 against ~236
+GFLOP/s, 2-core CPU). :func:`ugcn.segment.winograd.winograd_conv` turns a 3x3 convolution into transforms and
+one batched matmul with 4x fewer multiplications (F(4, 3)); its transforms are memory-bound, so it wins where
+the channel counts are large enough for the matmul to dominate. :func:`auto_form` encodes the choice measured
+on the 2D U-Net's layers (``benchmarks/bench_conv2d.py``): ``"xla"`` where the input has fewer than
+:data:`WINOGRAD_MIN_CHANNELS` channels (the first layer), ``"winograd4"`` elsewhere, the batch in chunks
+that keep the transformed copies in cache (:func:`ugcn.segment.winograd.batch_chunk_for`).
+
+:func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
+``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so
+checkpoints are unaffected. Anything it does not cover (strides, dilations, feature groups, kernels other
+than 3x3, other layouts or ranks, other backends) goes to ``lax.conv_general_dilated`` unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ugcn.segment.conv3d import Padding, explicit_padding, is_layout
+from ugcn.segment.winograd import batch_chunk_for, winograd_conv
+
+FORMS = ("xla", "winograd2", "winograd4")
+CHANNELS_LAST_2D = ("NHWC", "HWIO", "NHWC")
+# Inputs with fewer channels than this stay on XLA's convolution: the transforms, not the matmul, dominate.
+WINOGRAD_MIN_CHANNELS = 8
+
+
+def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
+    """The form :func:`conv2d` uses with ``form="auto"`` for one layer shape."""
+    if tuple(kernel_spatial) != (3, 3) or in_channels < WINOGRAD_MIN_CHANNELS or any(n < 1 for n in spatial):
+        return "xla"
+    return "winograd4"
+
+
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, padding: Padding = "SAME", *, form: str = "auto",
+           precision=None) -> jnp.ndarray:
+    """Stride-1 2D convolution (cross-correlation, as ``lax.conv_general_dilated``).
+
+    Args:
+      x: ``f32[B, X, Y, Ci]``.
+      kernel: ``f32[kx, ky, Ci, Co]``; the Winograd forms need ``kx = ky = 3``.
+      padding: ``"SAME"``, ``"VALID"`` or two ``(low, high)`` pairs.
+      form: ``"xla"`` (``lax.conv_general_dilated``), ``"winograd2"`` / ``"winograd4"`` (F(2, 3) / F(4, 3),
+        the batch in cache-sized chunks) or ``"auto"`` (:func:`auto_form`).
+      precision: passed to the convolution or matmul.
+
+    Returns:
+      ``f32[B, X', Y', Co]``, the sizes ``lax.conv_general_dilated`` gives for that padding.
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"expected x [B, X, Y, Ci] and kernel [kx, ky, Ci, Co], got {x.shape}, {kernel.shape}")
+    pads = explicit_padding(padding, kernel.shape[:2])
+    if form == "auto":
+        form = auto_form(x.shape[1:3], x.shape[3], kernel.shape[:2])
+        if any(lo < 0 or hi < 0 for lo, hi in pads):  # negative padding crops: XLA's
+            form = "xla"
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS} or 'auto', got {form!r}")
+    if form == "xla":
+        return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=CHANNELS_LAST_2D,
+                                        precision=precision)
+    if kernel.shape[:2] != (3, 3):
+        raise ValueError(f"form {form!r} needs a 3x3 kernel, got {kernel.shape[:2]}")
+    m = 4 if form == "winograd4" else 2
+    chunk = batch_chunk_for(x.shape[1:3], x.shape[3], m)
+    return winograd_conv(x, kernel, pads, m=m, batch_chunk=chunk, precision=precision)
+
+
+def conv_general_dilated(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+    preferred_element_type: Optional[Any] = None,
+):
+    """Drop-in for ``lax.conv_general_dilated`` that runs stride-1 channels-last 2D convolutions as
+    :func:`conv2d` (``form="auto"``) on the CPU; every other case, and every other backend, is passed to
+    ``lax.conv_general_dilated``.
+
+    Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
+    """
+    ones = (1, 1)
+    fast = (
+        jax.default_backend() == "cpu"
+        and is_layout(jnp.ndim(lhs), dimension_numbers, CHANNELS_LAST_2D)
+        and tuple(window_strides) == ones
+        and (lhs_dilation is None or tuple(lhs_dilation) == ones)
+        and (rhs_dilation is None or tuple(rhs_dilation) == ones)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and (not isinstance(padding, str) or padding.upper() in ("SAME", "VALID", "SAME_LOWER"))
+    )
+    if fast:
+        return conv2d(lhs, rhs, padding, form="auto", precision=precision)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
+    )
