@@ -11,8 +11,8 @@ the whole 2D U-Net forward (MC-dropout mode: dropout on, batch-norm on running s
 backward with XLA's convolutions and with the default, and PyTorch's forward of the same network.
 
 Usage:  python benchmarks/bench_conv2d.py [--size small|large] [--rounds 3]
-  small: 2 slices per call  (the slices x passes of one MC call at the default SLICE_PIXELS_PER_CALL)
-  large: 8 slices per call
+  small: 2 slices per call  (a pass's slices per call when MC runs 4 passes together, the default)
+  large: 8 slices per call  (all slice-passes of such a call)
 Writes (updates the entry of its size in) benchmarks/results/conv2d.json.
 """
 from __future__ import annotations

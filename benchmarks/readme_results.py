@@ -24,7 +24,7 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 FIGURES = ROOT / "docs" / "figures"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-KNOWN = ("conv3d", "mcdo", "compile", "refine", "lesion", "segment", "throughput", "scaling")
+KNOWN = ("conv3d", "conv2d", "mcdo", "compile", "refine", "lesion", "segment", "throughput", "scaling")
 MAX_FIGURE_BYTES = 200_000
 
 sys.path.insert(0, str(HERE))
@@ -134,22 +134,47 @@ def mcdo_3d_lines(d: dict) -> list[str]:
     return out
 
 
-def conv3d_section(r: dict, size: str) -> list[str]:
+def _unet_line(u: dict, dims: int, baseline: str, baseline_label: str) -> list[str]:
+    """One sentence on the whole U-Net forward and forward + backward, default against ``baseline``."""
+    if not u or "forward_seconds" not in u:
+        return []
+    f, t = u["forward_seconds"], u["train_seconds"]
+    line = (f"Whole {dims}D U-Net (batch {u['batch']}), default convolutions against {baseline_label}: forward "
+            f"{f[baseline] / f['auto']:.2f}x, forward + backward {t[baseline] / t['auto']:.2f}x faster")
+    torch = (u.get("torch") or {}).get("forward_seconds")
+    if torch:
+        line += f"; PyTorch's forward takes {min(torch.values()) / f['auto']:.2f}x the default's time"
+    return ["", line + "."]
+
+
+def conv_section(r: dict, size: str, dims: int) -> list[str]:
     fwd, train = r["network_forward_gflops"], r["network_train_gflops"]
-    names = [n for n in ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "torch", "torch_1thread") if n in fwd]
-    label = {"xla": "XLA conv3d", "taps_in": "slices, taps on inputs (default)", "taps_out": "slices, taps on outputs",
+    order = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "auto", "torch",
+             "torch_1thread")
+    names = [n for n in order if n in fwd and n in train]
+    label = {"xla": f"XLA conv{dims}d", "taps_in": "slices, taps on inputs", "taps_out": "slices, taps on outputs",
              "taps_xy": "9 X-Y taps on inputs, 1D conv along Z", "im2col": "27 taps on inputs, one matmul (im2col)",
-             "torch": "PyTorch Conv3d", "torch_1thread": "PyTorch Conv3d, 1 thread"}
-    out = [f"**3D convolutions** ({size}): GFLOP/s over all 3x3x3 convolutions of the default 3D U-Net "
-           f"(32^3 patches, batch {r['setup']['batch']}), fastest of interleaved rounds; "
-           "`ugcn.segment.conv3d` writes each as one 2D convolution over slices.", ""]
+             "winograd2": "Winograd F(2,3)", "winograd4": "Winograd F(4,3)", "auto": "per-layer choice (default)",
+             "torch": f"PyTorch Conv{dims}d", "torch_1thread": f"PyTorch Conv{dims}d, 1 thread"}
+    taps = "x".join(["3"] * dims)
+    shape = "32^3 patches" if dims == 3 else f"{r['setup'].get('side', 128)}^2 slices"
+    out = [f"**{dims}D convolutions** ({size}): GFLOP/s over all {taps} convolutions of the default {dims}D U-Net "
+           f"({shape}, batch {r['setup']['batch']}), fastest of interleaved rounds.", ""]
     out += table(["implementation", "forward GFLOP/s", "forward + backward GFLOP/s"],
                  [[label[n], fwd[n], train[n]] for n in names])
-    u = r.get("unet_forward")
-    if u:
-        out += ["", f"Whole 3D U-Net forward (batch {u['batch']}): {u['speedup']:.2f}x faster than with XLA's conv3d "
-                f"and transposed convolution (max |difference| {u['max_abs_diff']:.0e})."]
+    if dims == 3:
+        out += _unet_line(r.get("unet_forward") or {}, 3, "taps_in", "the former default (taps on inputs)")
+    else:
+        out += _unet_line(r.get("unet") or {}, 2, "xla", "XLA's convolutions (the former default)")
     return out
+
+
+def conv3d_section(r: dict, size: str) -> list[str]:
+    return conv_section(r, size, 3)
+
+
+def conv2d_section(r: dict, size: str) -> list[str]:
+    return conv_section(r, size, 2)
 
 
 def compile_section(r: dict, size: str) -> list[str]:
@@ -319,7 +344,8 @@ def scaling_section(r: dict, size: str) -> list[str]:
     return out
 
 
-SECTIONS = {"conv3d": conv3d_section, "compile": compile_section, "mcdo": mcdo_section, "refine": refine_section,
+SECTIONS = {"conv3d": conv3d_section, "conv2d": conv2d_section, "compile": compile_section, "mcdo": mcdo_section,
+            "refine": refine_section,
             "lesion": lesion_section, "segment": segment_section, "throughput": throughput_section,
             "scaling": scaling_section}
 

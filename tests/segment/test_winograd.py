@@ -111,6 +111,7 @@ def test_conv2d_auto_keeps_xla_for_few_channels_and_other_kernels():
     assert conv2d_mod.auto_form((128, 128), 1, (3, 3)) == "xla"
     assert conv2d_mod.auto_form((128, 128), 16, (1, 1)) == "xla"
     assert conv2d_mod.auto_form((64, 64), 32, (3, 3)) == "winograd4"
+    assert conv2d_mod.auto_form((128, 128), 16, (3, 3)) == "xla"  # 2.4 MB transformed per sample
 
 
 def test_conv2d_drop_in_passes_other_cases_to_lax_and_keeps_flax_parameters():

@@ -4,9 +4,16 @@ XLA:CPU runs a 2D ``lax.conv_general_dilated`` at about a third of its matmul ra
 GFLOP/s, 2-core CPU). :func:`ugcn.segment.winograd.winograd_conv` turns a 3x3 convolution into transforms and
 one batched matmul with 4x fewer multiplications (F(4, 3)); its transforms are memory-bound, so it wins where
 the channel counts are large enough for the matmul to dominate. :func:`auto_form` encodes the choice measured
-on the 2D U-Net's layers (``benchmarks/bench_conv2d.py``): ``"xla"`` where the input has fewer than
-:data:`WINOGRAD_MIN_CHANNELS` channels (the first layer), ``"winograd4"`` elsewhere, the batch in chunks
-that keep the transformed copies in cache (:func:`ugcn.segment.winograd.batch_chunk_for`).
+on the 2D U-Net's layers (``benchmarks/bench_conv2d.py``): ``"winograd4"`` for 3x3 kernels on inputs with at
+least :data:`WINOGRAD_MIN_CHANNELS` channels whose transformed input stays within
+:data:`WINOGRAD_MAX_SAMPLE_BYTES` per sample, ``"xla"`` elsewhere. Measured (2-core CPU under load 6-8,
+interleaved rounds, GFLOP/s of the direct convolution's FLOPs; 2 / 8 slices of 128^2 per call): F(4, 3) against
+XLA ran 90 / 102 against 77 / 53 on 64^2 32->32, 108-119 / 131-144 against 72 / 77 on 32^2 64->64, 101-106 /
+153-158 against 64 / 75 on 16^2 128->128, but only 31-33 / 7-9 against 28-33 on 128^2 16->16 (the transformed
+copies of the full-resolution layers spill out of cache); the 1-channel first layer (few FLOPs, and computed
+once for all MC passes as the stem) stays on XLA. The whole
+U-Net forward (8 slices) ran about 1.3x faster with Winograd on the layers of side <= 64 than with XLA
+everywhere, and slower with Winograd on the 128^2 layers too.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so
@@ -22,19 +29,22 @@ import jax.numpy as jnp
 from jax import lax
 
 from ugcn.segment.conv3d import Padding, explicit_padding, is_layout
-from ugcn.segment.winograd import batch_chunk_for, winograd_conv
+from ugcn.segment.winograd import batch_chunk_for, transformed_bytes, winograd_conv
 
 FORMS = ("xla", "winograd2", "winograd4")
 CHANNELS_LAST_2D = ("NHWC", "HWIO", "NHWC")
 # Inputs with fewer channels than this stay on XLA's convolution: the transforms, not the matmul, dominate.
 WINOGRAD_MIN_CHANNELS = 8
+# ... and so do layers whose transformed input exceeds this per sample (e.g. 128^2 x 16 channels: 2.4 MB), where
+# the transformed copies of a call's few samples no longer stay in cache.
+WINOGRAD_MAX_SAMPLE_BYTES = 2 * 2**20
 
 
 def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
     """The form :func:`conv2d` uses with ``form="auto"`` for one layer shape."""
     if tuple(kernel_spatial) != (3, 3) or in_channels < WINOGRAD_MIN_CHANNELS or any(n < 1 for n in spatial):
         return "xla"
-    return "winograd4"
+    return "winograd4" if transformed_bytes(spatial, in_channels, 4) <= WINOGRAD_MAX_SAMPLE_BYTES else "xla"
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, padding: Padding = "SAME", *, form: str = "auto",

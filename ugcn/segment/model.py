@@ -47,12 +47,14 @@ DEFAULT_PATCH_BATCH = 4
 # T = 4 passes over 8 patches took 9.6 s in chunks of 4 patches and 16.6 s with all 8 in one call (smaller
 # calls keep the activations in cache), against 32.9 s for a loop of single passes.
 PATCH_VOXELS_PER_CALL = 2**17
-# 2D inference runs chunks of axial slices, slices x passes x pixels per call up to this many pixels (8 slices of
-# 128 x 128 for one pass). Measured on the default 2D U-Net, 128 x 128 x 64, T = 8, 2-core CPU (load 1.3-3):
-# 12.2 s with this budget (4 passes x 2 slices per call), 12.4 s for a loop of single passes (8 slices per
-# call), 13.4 s with 64 slices per call and 16.6 s with 4 passes x 64 slices per call (the former default);
-# under load 16, 1 x 16 and 4 x 4 slices per call were 5-30 % slower than 1 x 8.
-SLICE_PIXELS_PER_CALL = 2**17
+# 2D inference runs chunks of axial slices, slices x passes x pixels per call up to this many pixels (2 slices of
+# 128 x 128 for one pass; 1 slice x 4 passes when mc_sample runs 4 passes together). Measured with the Winograd
+# convolutions (ugcn.segment.conv2d) on the default 2D U-Net, 128 x 128 x 64, T = 20, 2-core CPU under load 7-8
+# (tests running alongside; best of 2 interleaved runs): 52 s with this budget, 62 s with 2**17 (4 passes x 2
+# slices per call), 72 s for the former default (XLA's convolutions, 2**17; not measured at 2**15). Earlier, with
+# XLA's convolutions on a quiet machine, T = 8: 12.2 s at 2**17, 12.4 s for a loop of single passes (8 slices per
+# call), 13.4 s with 64 slices per call and 16.6 s with 4 passes x 64 slices per call.
+SLICE_PIXELS_PER_CALL = 2**15
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
 

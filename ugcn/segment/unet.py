@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax, random
 
 from ugcn.config import setting
+from ugcn.segment.conv2d import conv_general_dilated as fast_conv2d
 from ugcn.segment.conv3d import conv_general_dilated as fast_conv3d
 from ugcn.segment.conv3d import upsample_conv_transpose
 
@@ -31,7 +32,7 @@ DEFAULT_DROPOUT = {2: 0.3, 3: 0.2}
 DEFAULT_PATCH_SIZE = (32, 32, 32)
 BLEND_MODES = ("gaussian", "uniform")
 # The convolution a U-Net uses when given none, per dims (looked up when the network is traced).
-DEFAULT_CONV: dict[int, Callable] = {2: lax.conv_general_dilated, 3: fast_conv3d}
+DEFAULT_CONV: dict[int, Callable] = {2: fast_conv2d, 3: fast_conv3d}
 # PyTorch's BatchNorm momentum 0.1 == flax momentum 0.9: running statistics settle within tens of steps.
 BN_MOMENTUM = 0.9
 
@@ -241,8 +242,10 @@ class UNet(nn.Module):
     (:class:`ChannelDropout`), so chunking a batch does not change its samples.
 
     ``conv_general_dilated`` computes the convolutions (``lax.conv_general_dilated``'s signature); ``None``:
-    :func:`ugcn.segment.conv3d.conv_general_dilated` for 3D (XLA:CPU's own 3D convolution is several times
-    slower, see ``benchmarks/bench_conv3d.py``), ``lax.conv_general_dilated`` for 2D. Same parameters either way.
+    :data:`DEFAULT_CONV`, i.e. :func:`ugcn.segment.conv3d.conv_general_dilated` for 3D (slice-wise or Winograd
+    per layer: XLA:CPU's own 3D convolution is several times slower, see ``benchmarks/bench_conv3d.py``) and
+    :func:`ugcn.segment.conv2d.conv_general_dilated` for 2D (Winograd F(4, 3) on the deeper layers, XLA's
+    convolution on the rest, see ``benchmarks/bench_conv2d.py``). Same parameters either way.
     """
 
     config: UNetConfig
