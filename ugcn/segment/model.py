@@ -48,12 +48,13 @@ DEFAULT_PATCH_BATCH = 4
 # calls keep the activations in cache), against 32.9 s for a loop of single passes.
 PATCH_VOXELS_PER_CALL = 2**17
 # 2D inference runs chunks of axial slices, slices x passes x pixels per call up to this many pixels (2 slices of
-# 128 x 128 for one pass; 1 slice x 4 passes when mc_sample runs 4 passes together). Measured with the Winograd
-# convolutions (ugcn.segment.conv2d) on the default 2D U-Net, 128 x 128 x 64, T = 20, 2-core CPU under load 7-8
-# (tests running alongside; best of 2 interleaved runs): 52 s with this budget, 62 s with 2**17 (4 passes x 2
-# slices per call), 72 s for the former default (XLA's convolutions, 2**17; not measured at 2**15). Earlier, with
-# XLA's convolutions on a quiet machine, T = 8: 12.2 s at 2**17, 12.4 s for a loop of single passes (8 slices per
-# call), 13.4 s with 64 slices per call and 16.6 s with 4 passes x 64 slices per call.
+# 128 x 128 for one pass; 1 slice x 4 passes when mc_sample runs 4 passes together). Measured on the default 2D
+# U-Net, 128 x 128 x 64, T = 20, 2-core CPU at load 1.4-5 (best of 2 interleaved runs, one process): 24.9 s with
+# the Winograd convolutions (ugcn.segment.conv2d) at this budget, 27.0 s with XLA's convolutions at this budget
+# and 27.2 s at 2**17 (the former default), 31 s with Winograd on the 128^2 layers too. Under load 7-8: 52 s at
+# this budget, 62 s at 2**17 with Winograd, 72 s for the former default. Earlier, XLA's convolutions on a quiet
+# machine, T = 8: 12.2 s at 2**17, 12.4 s for a loop of single passes (8 slices per call), 13.4 s with 64 slices
+# per call and 16.6 s with 4 passes x 64 slices per call.
 SLICE_PIXELS_PER_CALL = 2**15
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
