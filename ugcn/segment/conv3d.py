@@ -29,7 +29,10 @@ GFLOP/s against 14 for ``taps_in``, the 16^3 layers at 58-139 against 30-47, the
 40-70; on the 4^3 layers F(2, 3) ran at 86-95 against 58-67 (F(4, 3): 21-35). The whole 3D U-Net with 4 patches
 of 32^3: forward 1.77x and forward + backward 3.5x faster than with ``taps_in`` everywhere (the former default;
 ``taps_in`` had been chosen over ``taps_out``, ``taps_xy`` and ``im2col``, which were slower on the 32^3 and
-16^3 layers or 1.5-2x slower forward + backward).
+16^3 layers or 1.5-2x slower forward + backward). ``bench_conv3d.py --size small`` (2 patches, load 2.4-4.5): all
+3x3x3 convolutions of the network at 62 GFLOP/s forward and 65 forward + backward with ``"auto"``, against 45 / 41
+(``taps_in``), 56 / 38 (PyTorch ``Conv3d``, its faster thread setting) and 9 / 11 (XLA's conv3d); on the 4^3
+layers ``taps_xy`` and ``im2col`` ran faster than F(2, 3) in that run (the opposite of the batch-4 run above).
 
 The slice-wise forms agree with ``lax.conv_general_dilated`` to float rounding, the Winograd forms to a few
 roundings (F(4, 3): about 6e-6 of the output's scale, see :mod:`ugcn.segment.winograd`); so do their gradients
