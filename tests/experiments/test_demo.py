@@ -7,8 +7,8 @@ import numpy as np
 
 from ugcn.experiments.demo import DemoConfig, run_refinement_demo
 
-TINY = DemoConfig(n_train=1, n_test=2, shape=(48, 48, 16), base_features=4, depth=2, epochs=1, steps_per_epoch=3,
-                  batch_size=4, n_samples=3, tau_sweep=(0.8,))
+TINY = DemoConfig(n_train=1, n_test=2, shape=(32, 32, 16), base_features=4, depth=1, epochs=1, steps_per_epoch=3,
+                  batch_size=4, n_samples=3, tau=0.95, tau_sweep=(0.8,))
 
 
 def test_refinement_demo_writes_every_output(tmp_path):
