@@ -50,7 +50,7 @@ fi
 
 # Small sizes only, one limit per script, the most telling first so a slow machine still yields most.
 export PYTHONUNBUFFERED=1
-for topic in conv3d mcdo segment refine lesion compile; do
+for topic in conv3d conv2d mcdo segment refine propagation lesion compile; do
   if [ -f "benchmarks/bench_$topic.py" ]; then
     step "bench_$topic" 90 "$PY" benchmarks/run_all.py --size small --only "$topic"
   fi
