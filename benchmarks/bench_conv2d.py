@@ -24,7 +24,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_conv3d import bench_unet, drop_in, interleaved_min, network_totals
+from bench_conv3d import bench_unet, drop_in, interleaved_min, network_totals, unet_layers
 from common import machine_info, save_results
 
 from ugcn.segment.conv2d import auto_form, conv2d
@@ -32,26 +32,6 @@ from ugcn.segment.conv2d import auto_form, conv2d
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
 JAX_FORMS = ("xla", "winograd2", "winograd4")
 SIDE = 128
-
-
-def unet_layers(base: int = 16, depth: int = 3, side: int = SIDE) -> list[tuple[int, int, int, int]]:
-    """``(side, Ci, Co, count)`` of the 3x3 convolutions of a 2D U-Net (1 input channel)."""
-    layers: dict = {}
-
-    def add(s, ci, co):
-        layers[(s, ci, co)] = layers.get((s, ci, co), 0) + 1
-
-    ci = 1
-    for level in range(depth + 1):
-        s, co = side // 2**level, base * 2**level
-        add(s, ci, co)
-        add(s, co, co)
-        ci = co
-    for level in reversed(range(depth)):
-        s, co = side // 2**level, base * 2**level
-        add(s, 2 * co, co)
-        add(s, co, co)
-    return [(s, i, o, n) for (s, i, o), n in layers.items()]
 
 
 def torch_fns(x: np.ndarray, k: np.ndarray):
@@ -83,7 +63,7 @@ def with_threads(fn, n):
 def bench_layers(batch: int, rounds: int) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
-    for side, ci, co, count in unet_layers():
+    for side, ci, co, count in unet_layers(side=SIDE):
         x = rng.normal(size=(batch, side, side, ci)).astype(np.float32)
         k = (rng.normal(size=(3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32)
         xj, kj = jnp.asarray(x), jnp.asarray(k)

@@ -41,23 +41,24 @@ SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
 JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4")
 
 
-def unet_layers(base: int = 16, depth: int = 3, patch: int = 32) -> list[tuple[int, int, int, int]]:
-    """``(side, Ci, Co, count)`` of the 3x3x3 convolutions of a 3D U-Net (1 input channel)."""
-    layers = {}
+def unet_layers(base: int = 16, depth: int = 3, side: int = 32) -> list[tuple[int, int, int, int]]:
+    """``(side, Ci, Co, count)`` of the 3x3(x3) convolutions of a U-Net (1 input channel) whose input has
+    ``side`` voxels per axis; the same list for 2D and 3D (``bench_conv2d`` uses it too)."""
+    layers: dict = {}
 
-    def add(side, ci, co):
-        layers[(side, ci, co)] = layers.get((side, ci, co), 0) + 1
+    def add(s, ci, co):
+        layers[(s, ci, co)] = layers.get((s, ci, co), 0) + 1
 
     ci = 1
     for level in range(depth + 1):
-        side, co = patch // 2**level, base * 2**level
-        add(side, ci, co)
-        add(side, co, co)
+        s, co = side // 2**level, base * 2**level
+        add(s, ci, co)
+        add(s, co, co)
         ci = co
     for level in reversed(range(depth)):
-        side, co = patch // 2**level, base * 2**level
-        add(side, 2 * co, co)
-        add(side, co, co)
+        s, co = side // 2**level, base * 2**level
+        add(s, 2 * co, co)
+        add(s, co, co)
     return [(s, i, o, n) for (s, i, o), n in layers.items()]
 
 

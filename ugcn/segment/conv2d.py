@@ -25,11 +25,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ugcn.segment.conv3d import Padding, explicit_padding, is_layout
+from ugcn.segment.conv3d import Padding, dispatch_stride1_channels_last, explicit_padding
 from ugcn.segment.winograd import batch_chunk_for, transformed_bytes, winograd_conv
 
 FORMS = ("xla", "winograd2", "winograd4")
@@ -93,22 +92,7 @@ def conv_general_dilated(
 
     Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
     """
-    ones = (1, 1)
-    fast = (
-        jax.default_backend() == "cpu"
-        and is_layout(jnp.ndim(lhs), dimension_numbers, CHANNELS_LAST_2D)
-        and tuple(window_strides) == ones
-        and (lhs_dilation is None or tuple(lhs_dilation) == ones)
-        and (rhs_dilation is None or tuple(rhs_dilation) == ones)
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and (not isinstance(padding, str) or padding.upper() in ("SAME", "VALID", "SAME_LOWER"))
-    )
-    if fast:
-        return conv2d(lhs, rhs, padding, form="auto", precision=precision)
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
-    )
+    return dispatch_stride1_channels_last(
+        lambda x, k, pad, precision: conv2d(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_2D,
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+        batch_group_count, precision, preferred_element_type)

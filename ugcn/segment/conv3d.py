@@ -44,7 +44,7 @@ dilations, feature groups, other layouts or ranks) goes to ``lax.conv_general_di
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -182,6 +182,34 @@ def is_layout(lhs_ndim: int, dimension_numbers, layout: tuple[str, str, str]) ->
     return got == want
 
 
+def dispatch_stride1_channels_last(
+    fast: Callable, layout: tuple[str, str, str], lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+    dimension_numbers, feature_group_count: int, batch_group_count: int, precision, preferred_element_type,
+):
+    """``fast(lhs, rhs, padding, precision)`` for a stride-1, undilated, ungrouped convolution in ``layout`` on
+    the CPU; ``lax.conv_general_dilated`` with every argument for anything else (other backends, strides,
+    dilations, groups, layouts). The drop-ins of this module and :mod:`ugcn.segment.conv2d` share it."""
+    ones = (1,) * (len(layout[0]) - 2)
+    fast_case = (
+        jax.default_backend() == "cpu"
+        and is_layout(jnp.ndim(lhs), dimension_numbers, layout)
+        and tuple(window_strides) == ones
+        and (lhs_dilation is None or tuple(lhs_dilation) == ones)
+        and (rhs_dilation is None or tuple(rhs_dilation) == ones)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and (not isinstance(padding, str) or padding.upper() in ("SAME", "VALID", "SAME_LOWER"))
+    )
+    if fast_case:
+        return fast(lhs, rhs, padding, precision)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
+    )
+
+
 def conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
     feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
@@ -193,25 +221,10 @@ def conv_general_dilated(
 
     Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
     """
-    ones = (1, 1, 1)
-    fast = (
-        jax.default_backend() == "cpu"
-        and is_layout(jnp.ndim(lhs), dimension_numbers, CHANNELS_LAST_3D)
-        and tuple(window_strides) == ones
-        and (lhs_dilation is None or tuple(lhs_dilation) == ones)
-        and (rhs_dilation is None or tuple(rhs_dilation) == ones)
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and (not isinstance(padding, str) or padding.upper() in ("SAME", "VALID", "SAME_LOWER"))
-    )
-    if fast:
-        return conv3d_slices(lhs, rhs, padding, form="auto", precision=precision)
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
-    )
+    return dispatch_stride1_channels_last(
+        lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_3D,
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+        batch_group_count, precision, preferred_element_type)
 
 
 def upsample_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
