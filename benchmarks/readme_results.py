@@ -344,10 +344,34 @@ def scaling_section(r: dict, size: str) -> list[str]:
     return out
 
 
+def propagation_section(r: dict, size: str) -> list[str]:
+    bw = r["memory_bandwidth_GBps"]
+    out = [f"**What bounds method R's fit** ({size}): one propagation over the voxel graph and the fit's parts, "
+           f"fastest of interleaved rounds, against the memory bandwidth measured in the same run "
+           f"({bw:.1f} GB/s, numpy copy). Propagation, {r['bytes_per_edge']} bytes per edge and pass:", ""]
+    forms = ("gather", "segment_sum", "ell", "segment_sum_grad", "ell_grad")
+    labels = {"gather": "gather only", "segment_sum": "segment_sum (scatter-add)", "ell": "ELL (default)",
+              "segment_sum_grad": "segment_sum, forward + backward", "ell_grad": "ELL, forward + backward"}
+    rows = [[g["nodes"], g["edges"], labels[f], g["forms"][f]["ms"], g["forms"][f]["GBps"],
+             f"{100 * g['forms'][f]['bandwidth_fraction']:.0f}%"]
+            for g in r["graphs"] for f in forms if f in g["forms"]]
+    out += table(["nodes", "edges", "form", "ms", "GB/s", "of bandwidth"], rows, "rrlrrr")
+    part_labels = {"fit": "fit (default, hidden layer in node tiles)", "fit_untiled": "fit, hidden layer untiled",
+                   "propagation": "its propagation alone", "dense": "its per-node part alone"}
+    rows = [[f["nodes"], part_labels[name], part["ms_per_epoch"], part["model_bytes_per_epoch"] / 1e6,
+             part["GBps"], f"{100 * part['bandwidth_fraction']:.0f}%"]
+            for f in r["fits"] for name, part in f["parts"].items() if name in part_labels]
+    out += ["", "The fit per epoch under `bench_refine`'s byte model (padded sizes):", ""]
+    out += table(["nodes", "part", "ms / epoch", "MB / epoch (model)", "GB/s", "of bandwidth"], rows, "rlrrrr")
+    sums = ", ".join(f"{f['parts_sum_over_fit']:.2f} at {f['nodes']} nodes" for f in r["fits"])
+    out += ["", f"The two parts' times sum to {sums} of the fit's."]
+    return out
+
+
 SECTIONS = {"conv3d": conv3d_section, "conv2d": conv2d_section, "compile": compile_section, "mcdo": mcdo_section,
             "refine": refine_section,
             "lesion": lesion_section, "segment": segment_section, "throughput": throughput_section,
-            "scaling": scaling_section}
+            "scaling": scaling_section, "propagation": propagation_section}
 
 
 WRITE_FIGURES = True  # False under --check: nothing is written

@@ -145,3 +145,22 @@ def test_refine_section_shows_the_selection_cost(gen):
     assert "| 11232 | 2 | 0.50 | 0.90 | 1.80 | 0.70 | 1.20 | 1.71 |" in lines
     del result["selections"]  # an older results file: its one selection case
     assert "| 11232 | 2 | 0.50 | 0.90 | 1.80 | 0.70 | 1.20 | 1.71 |" in gen.refine_section(result, "small")
+
+
+def test_propagation_section_shows_the_fit_against_bandwidth(gen):
+    def form(ms, gbps, frac):
+        return {"ms": ms, "GBps": gbps, "bandwidth_fraction": frac}
+
+    def part(ms, model, gbps, frac):
+        return {"ms_per_epoch": ms, "model_bytes_per_epoch": model, "GBps": gbps, "bandwidth_fraction": frac}
+
+    result = {"memory_bandwidth_GBps": 25.0, "bytes_per_edge": 20,
+              "graphs": [{"nodes": 1000, "edges": 20000, "forms": {"ell": form(0.5, 12.5, 0.5)}}],
+              "fits": [{"nodes": 1000, "parts_sum_over_fit": 0.9,
+                        "parts": {"fit": part(2.0, 3e7, 15.0, 0.6), "propagation": part(1.0, 1.6e7, 16.0, 0.64)}}]}
+    text = "\n".join(gen.propagation_section(result, "small"))
+    assert "(25.0 GB/s, numpy copy)" in text
+    assert "| 1000 | 20000 | ELL (default) | 0.50 | 12.50 | 50% |" in text
+    assert "| 1000 | fit (default, hidden layer in node tiles) | 2.00 | 30.00 | 15.00 | 60% |" in text
+    assert "| 1000 | its propagation alone | 1.00 | 16.00 | 16.00 | 64% |" in text
+    assert "sum to 0.90 at 1000 nodes" in text
