@@ -146,3 +146,71 @@ def test_unet_2d_with_the_drop_in_equals_lax_convolutions_values_and_gradients()
     got, want = (jax.jit(jax.grad(lambda p, net=net: loss(p, net)))(variables["params"]) for net in (fast, plain))
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         _close(a, b, 1e-4)
+
+
+def test_conv2d_train_rule_and_purpose():
+    assert conv2d_mod.train_form((128, 128), 16, (3, 3)) == "winograd4"  # at any size, unlike auto_form
+    assert conv2d_mod.train_form((128, 128), 1, (3, 3)) == "xla"
+    assert conv2d_mod.train_form((16, 16), 64, (1, 1)) == "xla"
+    x, k = _data((2, 9, 7, 8), (3, 3, 8, 5))
+    want = _lax(x, k, [(1, 1), (1, 1)])
+    _close(jax.jit(lambda a, b: conv2d_mod.conv2d(a, b, "SAME", purpose="train"))(x, k), want, TOL[4])
+    with pytest.raises(ValueError, match="purpose"):
+        conv2d_mod.conv2d(x, k, "SAME", purpose="training")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unet_for_training_equals_lax_convolutions_values_and_gradients(dims):
+    """``UNet(config, purpose="train")`` (the training rule; Winograd on the 8-channel layers): the parameter
+    tree of the inference network, and lax's values and gradients."""
+    from ugcn.segment.model import init_model
+    from ugcn.segment.unet import UNet, UNetConfig
+
+    config = UNetConfig(dims=dims, base_features=8, depth=1, patch_size=(4, 4, 4) if dims == 3 else None)
+    variables = init_model(config, jax.random.PRNGKey(0)).variables
+    x, _ = _data((2,) + (8, 6, 4)[:dims] + (1,), (1,))
+    train_net = UNet(config, purpose="train")
+    assert jax.tree_util.tree_map(jnp.shape, train_net.init(jax.random.PRNGKey(0), x)) == \
+        jax.tree_util.tree_map(jnp.shape, variables)
+
+    def loss(params, net):
+        out, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                           mutable=["batch_stats"])
+        return jnp.sum(out**2)
+
+    plain = UNet(config, conv_general_dilated=lax.conv_general_dilated)
+    _close(jax.jit(train_net.apply)(variables, x), plain.apply(variables, x), TOL[4])
+    got, want = (jax.jit(jax.grad(lambda p, net=net: loss(p, net)))(variables["params"]) for net in (train_net, plain))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        _close(a, b, 1e-4)
+    with pytest.raises(ValueError, match="purpose"):
+        UNet(config, purpose="fit").init(jax.random.PRNGKey(0), x)
+
+
+def test_train_step_uses_the_training_convolutions(monkeypatch):
+    import optax
+
+    from ugcn.segment import unet as unet_mod
+    from ugcn.segment.model import init_model
+    from ugcn.segment.train import Batch, TrainState, make_train_step
+    from ugcn.segment.unet import UNetConfig
+
+    calls = {"train": 0, "inference": 0}
+
+    def counting(name):
+        def conv(*args, **kwargs):
+            calls[name] += 1
+            return lax.conv_general_dilated(*args, **kwargs)
+        return conv
+
+    monkeypatch.setitem(unet_mod.TRAIN_CONV, 2, counting("train"))
+    monkeypatch.setitem(unet_mod.DEFAULT_CONV, 2, counting("inference"))
+    config = UNetConfig(dims=2, base_features=2, depth=1)
+    model = init_model(config, jax.random.PRNGKey(0))
+    optimizer = optax.adam(1e-3)
+    state = TrainState(model.params, model.batch_stats, optimizer.init(model.params), jnp.zeros((), jnp.int32))
+    x, _ = _data((2, 4, 4, 1), (1,))
+    batch = Batch(x, jnp.zeros((2, 4, 4), jnp.int32), jnp.ones((2, 4, 4), jnp.float32))
+    calls.update(train=0, inference=0)  # init_model traced the inference network
+    make_train_step(config, optimizer)(state, batch, jax.random.PRNGKey(1))
+    assert calls["train"] > 0 and calls["inference"] == 0

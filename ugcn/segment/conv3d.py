@@ -53,6 +53,10 @@ from jax import lax
 from ugcn.segment.winograd import batch_chunk_for, winograd_conv
 
 FORMS = ("taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "xla")
+# What a convolution is run for: "inference" (forward only: MC dropout, prediction) or "train" (forward and
+# backward: a training step). The fastest form differs (the backward convolutions of a form have their own
+# speed), so each purpose has its own rule: :func:`auto_form` and :func:`train_form`.
+PURPOSES = ("inference", "train")
 CHANNELS_LAST_3D = ("NDHWC", "DHWIO", "NDHWC")
 CHANNELS_LAST_2D = ("NHWC", "HWIO", "NHWC")
 AUTO_FORM = "taps_in"  # the form of layers :func:`auto_form` does not give to Winograd
@@ -87,9 +91,23 @@ def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence
     return "winograd2" if min(spatial) <= WINOGRAD2_MAX_SIDE else "winograd4"
 
 
+def train_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
+    """The form :func:`conv3d_slices` uses with ``form="auto", purpose="train"`` for one layer shape (the
+    fastest forward + backward)."""
+    return auto_form(spatial, in_channels, kernel_spatial)
+
+
+def form_for(purpose: str, spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
+    """:func:`auto_form` (``purpose="inference"``) or :func:`train_form` (``"train"``) of one layer shape."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    rule = train_form if purpose == "train" else auto_form
+    return rule(spatial, in_channels, kernel_spatial)
+
+
 def conv3d_slices(
     x: jnp.ndarray, kernel: jnp.ndarray, padding: Padding = "SAME", *, form: str = "auto",
-    precision=None,
+    purpose: str = "inference", precision=None,
 ) -> jnp.ndarray:
     """Stride-1 3D convolution (cross-correlation, as ``lax.conv_general_dilated``) via 2D convolutions.
 
@@ -99,7 +117,9 @@ def conv3d_slices(
       padding: ``"SAME"``, ``"VALID"`` or three ``(low, high)`` pairs.
       form: ``"taps_in"``, ``"taps_out"``, ``"taps_xy"``, ``"im2col"``, ``"winograd2"`` / ``"winograd4"``
         (:func:`ugcn.segment.winograd.winograd_conv` F(2, 3) / F(4, 3), 3x3x3 kernels only, the batch in
-        cache-sized chunks), ``"xla"`` (plain ``lax.conv_general_dilated``) or ``"auto"`` (:func:`auto_form`).
+        cache-sized chunks), ``"xla"`` (plain ``lax.conv_general_dilated``) or ``"auto"`` (the rule of
+        ``purpose``).
+      purpose: ``"inference"`` (:func:`auto_form`) or ``"train"`` (:func:`train_form`), for ``form="auto"``.
       precision: passed to the 2D convolution.
 
     Returns:
@@ -110,7 +130,7 @@ def conv3d_slices(
     kx, ky, kz, ci, co = kernel.shape
     pads = explicit_padding(padding, (kx, ky, kz))
     if form == "auto":
-        form = auto_form(x.shape[1:4], ci, (kx, ky, kz))
+        form = form_for(purpose, x.shape[1:4], ci, (kx, ky, kz))
         if any(lo < 0 or hi < 0 for lo, hi in pads):  # negative padding crops
             form = AUTO_FORM
     if form == "xla":
@@ -225,6 +245,19 @@ def conv_general_dilated(
         lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_3D,
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
         batch_group_count, precision, preferred_element_type)
+
+
+def conv_general_dilated_train(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+    preferred_element_type: Optional[Any] = None,
+):
+    """:func:`conv_general_dilated` with the training rule (:func:`train_form`, the fastest forward + backward
+    per layer shape): what a U-Net built with ``purpose="train"`` uses."""
+    return dispatch_stride1_channels_last(
+        lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", purpose="train", precision=precision),
+        CHANNELS_LAST_3D, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
 
 
 def upsample_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:

@@ -149,9 +149,11 @@ def dice_ce_loss(logits: jnp.ndarray, label: jnp.ndarray, mask: jnp.ndarray) -> 
 def make_train_step(config: UNetConfig, optimizer: optax.GradientTransformation):
     """``train_step(state, batch, key) -> (state, loss)``: one Adam step on a :class:`Batch` (pure, jit-able).
 
-    Batch-norm uses batch statistics (running averages updated), dropout is on with ``key``.
+    Batch-norm uses batch statistics (running averages updated), dropout is on with ``key``. The U-Net runs
+    its convolutions with the training rule (``UNet(config, purpose="train")``: the forms fastest forward +
+    backward; same parameters as the inference network).
     """
-    unet = UNet(config)
+    unet = UNet(config, purpose="train")
 
     def loss_fn(params, batch_stats, batch: Batch, key):
         logits, updates = unet.apply(

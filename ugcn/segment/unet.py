@@ -25,14 +25,18 @@ from jax import lax, random
 
 from ugcn.config import setting
 from ugcn.segment.conv2d import conv_general_dilated as fast_conv2d
+from ugcn.segment.conv2d import conv_general_dilated_train as train_conv2d
+from ugcn.segment.conv3d import PURPOSES, upsample_conv_transpose
 from ugcn.segment.conv3d import conv_general_dilated as fast_conv3d
-from ugcn.segment.conv3d import upsample_conv_transpose
+from ugcn.segment.conv3d import conv_general_dilated_train as train_conv3d
 
 DEFAULT_DROPOUT = {2: 0.3, 3: 0.2}
 DEFAULT_PATCH_SIZE = (32, 32, 32)
 BLEND_MODES = ("gaussian", "uniform")
 # The convolution a U-Net uses when given none, per dims (looked up when the network is traced).
 DEFAULT_CONV: dict[int, Callable] = {2: fast_conv2d, 3: fast_conv3d}
+# ... and when built with ``purpose="train"`` (the forms fastest forward + backward, for training steps).
+TRAIN_CONV: dict[int, Callable] = {2: train_conv2d, 3: train_conv3d}
 # PyTorch's BatchNorm momentum 0.1 == flax momentum 0.9: running statistics settle within tens of steps.
 BN_MOMENTUM = 0.9
 
@@ -246,10 +250,16 @@ class UNet(nn.Module):
     per layer: XLA:CPU's own 3D convolution is several times slower, see ``benchmarks/bench_conv3d.py``) and
     :func:`ugcn.segment.conv2d.conv_general_dilated` for 2D (Winograd F(4, 3) on the deeper layers, XLA's
     convolution on the rest, see ``benchmarks/bench_conv2d.py``). Same parameters either way.
+
+    ``purpose``: what the network is run for when ``conv_general_dilated`` is ``None``: ``"inference"``
+    (:data:`DEFAULT_CONV`, the per-layer forms fastest forward: MC dropout, prediction) or ``"train"``
+    (:data:`TRAIN_CONV`, the forms fastest forward + backward: ``make_train_step``). Only the convolution
+    algorithm differs: same parameters (checkpoints load either way) and the same values to float rounding.
     """
 
     config: UNetConfig
     conv_general_dilated: Optional[Callable] = None
+    purpose: str = "inference"
 
     @nn.compact
     def __call__(
@@ -260,9 +270,11 @@ class UNet(nn.Module):
             raise ValueError(f"stage must be 'all', 'stem' or 'after_stem', got {stage!r}")
         cfg = self.config
         dims = cfg.dims
+        if self.purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {self.purpose!r}")
         conv = self.conv_general_dilated
         if conv is None:
-            conv = DEFAULT_CONV[dims]
+            conv = (TRAIN_CONV if self.purpose == "train" else DEFAULT_CONV)[dims]
         block = lambda level: ConvBlock(  # noqa: E731
             cfg.base_features * 2**level, dims, cfg.rate, dropout_each_conv=(dims == 2), conv_general_dilated=conv
         )
