@@ -97,3 +97,30 @@ def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size)
     single = np.asarray(jax.jit(fn)(jax.random.split(key, 3)[1], image))
     np.testing.assert_allclose(single, result.samples[1], atol=2e-5)
     assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3
+
+
+def test_given_masks_run_several_keys_as_one_batch_like_the_network_per_key():
+    """``dropout_masks`` records each key's masks as ``apply(..., rngs={"dropout": key})`` draws them; given
+    back (rows per pass, pass-major), one call on the passes stacked in the batch equals one call per key."""
+    from ugcn.segment.unet import MASKS, dropout_masks, rows_of_masks
+
+    config = UNetConfig(dims=2, base_features=4, depth=2, dropout_rate=0.5)
+    variables = init_model(config, jax.random.PRNGKey(0)).variables
+    unet = UNet(config)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(1), 3)
+    stem = unet.apply(variables, x, stage="stem")
+    masks = dropout_masks(unet, variables, stem[:1], keys, stage="after_stem", total=5)
+    assert all(m.shape[:2] == (3, 5) and m.dtype == jnp.bool_ for m in jax.tree_util.tree_leaves(masks))
+    for offset, n in ((0, 5), (3, 2)):  # the whole batch, and rows 3-4 as a chunk of a larger call
+        given = jax.tree_util.tree_map(
+            lambda m, o=offset, n=n: jax.vmap(lambda mp: rows_of_masks(mp, o, n))(m).reshape((3 * n,) + m.shape[2:]),
+            masks)
+        batch = jnp.tile(stem[offset:offset + n], (3, 1, 1, 1))
+        out = unet.apply({**variables, MASKS: given}, batch, stage="after_stem", dropout=True)
+        for s, key in enumerate(keys):
+            ref = unet.apply(variables, x, dropout=True, rngs={"dropout": key})[offset:offset + n]
+            np.testing.assert_allclose(out[s * n:(s + 1) * n], ref, atol=1e-5)
+    bad = jax.tree_util.tree_map(lambda m: m[0], masks)  # all 5 rows for an input of 3 x 5 rows
+    with pytest.raises(ValueError, match="mask"):
+        unet.apply({**variables, MASKS: bad}, jnp.tile(stem, (3, 1, 1, 1)), stage="after_stem", dropout=True)

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import truncnorm
 
 from ugcn.segment.normalize import Normalization
-from ugcn.segment.unet import UNet, UNetConfig, logits_to_probs
+from ugcn.segment.unet import MASKS, UNet, UNetConfig, dropout_masks, logits_to_probs, rows_of_masks
 
 # Standard deviation of a unit normal truncated to [-2, 2] (flax's variance_scaling constant).
 TRUNCATED_NORMAL_STD = 0.87962566103423978
@@ -173,8 +173,10 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
     """``passes(variables, keys [S], image) -> probs f32[S, X, Y, Z, C]``: ``S`` passes over the axial slices.
 
     The slices run in chunks (``batch_size`` slices, or :func:`slices_per_call` for ``S`` passes): a
-    ``lax.map`` over slice chunks outside, the ``S`` passes (``vmap`` over keys) inside, the U-Net's stem
-    once per chunk for all passes. Pass ``s`` equals the whole stack of slices run in one call with dropout
+    ``lax.map`` over slice chunks outside; inside, the U-Net's stem once per chunk, then the ``S`` passes as
+    ONE batch of ``S x chunk`` rows with each pass's dropout masks given (drawn once for all slices by
+    :func:`~ugcn.segment.unet.dropout_masks`; faster than ``vmap`` over keys, see
+    :class:`~ugcn.segment.unet.ChannelDropout`). Pass ``s`` equals the whole stack of slices run in one call with dropout
     key ``keys[s]`` (:class:`~ugcn.segment.unet.ChannelDropout` draws every mask for all ``Z`` slices and
     takes the chunk's rows), so neither the chunking nor ``S`` changes the samples.
     """
@@ -195,17 +197,24 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
         xs = xs.reshape((n_chunks, per_call) + x.shape[1:])
         offsets = jnp.arange(n_chunks, dtype=jnp.int32) * per_call
 
+        if stochastic:  # every dropout mask of the S passes, for all nz slices: [S, nz, 1, 1, C] per layer
+            stem_shape = jax.eval_shape(lambda v, xc: unet.apply(v, xc, train=False, stage="stem"), variables,
+                                        xs[0, :1])
+            masks = dropout_masks(unet, variables, jnp.zeros(stem_shape.shape, stem_shape.dtype), keys,
+                                  stage="after_stem", total=nz)
+
         def chunk(args):
             xc, offset = args
             if not stochastic:
                 return logits_to_probs(unet.apply(variables, xc, train=False, dropout=False))[None]
             stem = unet.apply(variables, xc, train=False, stage="stem")
-
-            def rest(key):
-                return unet.apply(variables, stem, train=False, dropout=True, stage="after_stem",
-                                  rows=(nz, offset), rngs={"dropout": key})
-
-            return logits_to_probs(jax.vmap(rest)(keys))  # [S, per_call, X', Y', C]
+            # The S passes as one batch of S x per_call rows (pass-major), each with its own masks.
+            batch = jnp.broadcast_to(stem, (n_passes,) + stem.shape).reshape((n_passes * per_call,) + stem.shape[1:])
+            given = jax.tree_util.tree_map(
+                lambda m: jax.vmap(lambda mp: rows_of_masks(mp, offset, per_call))(m).reshape(
+                    (n_passes * per_call,) + m.shape[2:]), masks)
+            logits = unet.apply({**variables, MASKS: given}, batch, train=False, dropout=True, stage="after_stem")
+            return logits_to_probs(logits.reshape((n_passes, per_call) + logits.shape[1:]))  # [S, per_call, X', Y', C]
 
         if n_chunks == 1:
             probs = chunk((xs[0], offsets[0]))

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax, random
 
@@ -37,6 +38,8 @@ BLEND_MODES = ("gaussian", "uniform")
 DEFAULT_CONV: dict[int, Callable] = {2: fast_conv2d, 3: fast_conv3d}
 # ... and when built with ``purpose="train"`` (the forms fastest forward + backward, for training steps).
 TRAIN_CONV: dict[int, Callable] = {2: train_conv2d, 3: train_conv3d}
+# Variable collection of given / recorded dropout masks (ChannelDropout).
+MASKS = "dropout_masks"
 # PyTorch's BatchNorm momentum 0.1 == flax momentum 0.9: running statistics settle within tens of steps.
 BN_MOMENTUM = 0.9
 
@@ -155,6 +158,13 @@ class ChannelDropout(nn.Module):
     of ``total`` rows: the mask is drawn for all ``total`` rows (one Bernoulli per row and channel, as for the
     whole batch) and the rows of ``x`` are taken from it, so a batch run in chunks gets the masks it gets
     in one call. Rows past ``total`` (padding of the last chunk) are kept.
+
+    Masks can also be recorded and given (collection :data:`MASKS`, entry ``"mask"``), so that ``S`` passes
+    with different keys run as ONE batch of ``S x B`` rows instead of ``vmap`` over keys (measured 1.07x
+    slower on the base-16 U-Net, 1 slice of 128^2 x 4 passes, and 1.38x on base 8, 2 slices of 64^2 x 4
+    passes). With ``MASKS`` mutable, the mask drawn (``bool[total or B, *ones, C]``, all rows of ``rows``) is
+    stored; when ``MASKS`` holds a mask, it is used as given, one row per row of ``x`` (``bool[B, *ones, C]``),
+    and no key is drawn (:func:`dropout_masks`, :func:`rows_of_masks`).
     """
 
     rate: float
@@ -165,17 +175,52 @@ class ChannelDropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
+        if self.has_variable(MASKS, "mask") and not self.is_mutable_collection(MASKS):
+            given: jnp.ndarray = self.get_variable(MASKS, "mask")
+            if given.shape != (x.shape[0],) + (1,) * self.dims + (x.shape[-1],):
+                raise ValueError(f"given dropout mask of shape {given.shape} does not fit an input of shape {x.shape}")
+            return lax.select(jnp.broadcast_to(given, x.shape), x / keep, jnp.zeros_like(x))
         rng = self.make_rng("dropout")
         spatial_ones = (1,) * self.dims
         if rows is None:
             mask = random.bernoulli(rng, p=keep, shape=(x.shape[0],) + spatial_ones + (x.shape[-1],))
+            if self.is_mutable_collection(MASKS):
+                self.put_variable(MASKS, "mask", mask)
         else:
             total, offset = rows
             mask = random.bernoulli(rng, p=keep, shape=(int(total),) + spatial_ones + (x.shape[-1],))
-            pad = -int(total) % x.shape[0]
-            mask = jnp.pad(mask, ((0, pad),) + ((0, 0),) * (self.dims + 1), constant_values=True)
-            mask = lax.dynamic_slice_in_dim(mask, offset, x.shape[0], axis=0)
+            if self.is_mutable_collection(MASKS):
+                self.put_variable(MASKS, "mask", mask)
+            mask = rows_of_masks(mask, offset, x.shape[0])
         return lax.select(jnp.broadcast_to(mask, x.shape), x / keep, jnp.zeros_like(x))
+
+
+def rows_of_masks(masks: jnp.ndarray, offset: Any, n: int) -> jnp.ndarray:
+    """Rows ``offset .. offset + n`` of dropout masks ``bool[total, ...]`` (rows past ``total``: all kept),
+    as :class:`ChannelDropout` takes a chunk's rows of the whole batch's masks."""
+    pad = -int(masks.shape[0]) % n
+    masks = jnp.pad(masks, ((0, pad),) + ((0, 0),) * (masks.ndim - 1), constant_values=True)
+    return lax.dynamic_slice_in_dim(masks, offset, n, axis=0)
+
+
+def dropout_masks(unet: UNet, variables: Any, x: jnp.ndarray, keys: jax.Array, *, stage: str = "all",
+                  total: Optional[int] = None) -> Any:
+    """Every :class:`ChannelDropout` mask of ``unet`` for each of ``S`` keys, as ``apply(..., dropout=True,
+    rngs={"dropout": key})`` draws them: a pytree (``MASKS`` collection) of ``bool[S, total, *ones, C]``.
+
+    ``x``: an input of the network's shape for ``stage`` (any batch; only its shape matters: under ``jit``
+    the network's arithmetic is dead code). ``total``: the rows of the whole batch (``rows=(total, .)``);
+    ``None`` = ``x``'s batch. Give a batch of ``S x B`` rows, pass-major, its masks with
+    ``{**variables, MASKS: masks}`` (rows per pass from :func:`rows_of_masks`, then ``reshape(S * B, ...)``).
+    """
+    rows = None if total is None else (int(total), 0)
+
+    def one(key):
+        _, state = unet.apply(variables, x, train=False, dropout=True, stage=stage, rows=rows, rngs={"dropout": key},
+                              mutable=[MASKS])
+        return state[MASKS]
+
+    return jax.vmap(one)(keys)
 
 
 class ConvBlock(nn.Module):
