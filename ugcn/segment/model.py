@@ -176,8 +176,8 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
     ``lax.map`` over slice chunks outside; inside, the U-Net's stem once per chunk, then the ``S`` passes as
     ONE batch of ``S x chunk`` rows with each pass's dropout masks given (drawn once for all slices by
     :func:`~ugcn.segment.unet.dropout_masks`; faster than ``vmap`` over keys, see
-    :class:`~ugcn.segment.unet.ChannelDropout`). Pass ``s`` equals the whole stack of slices run in one call with dropout
-    key ``keys[s]`` (:class:`~ugcn.segment.unet.ChannelDropout` draws every mask for all ``Z`` slices and
+    :class:`~ugcn.segment.unet.ChannelDropout`). Pass ``s`` equals the whole stack of slices run in one call
+    with dropout key ``keys[s]`` (:class:`~ugcn.segment.unet.ChannelDropout` draws every mask for all ``Z`` slices and
     takes the chunk's rows), so neither the chunking nor ``S`` changes the samples.
     """
     step = 2**cfg.depth
