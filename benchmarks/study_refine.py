@@ -8,8 +8,9 @@ largest component) and of every refinement the installed ``ugcn`` offers: ``E > 
 the default setting (``CRFConfig()``, unary from ``Ŷ``), with the same kernels and the unary from ``E``, and the
 published setting; the GCN as published (``RefineConfig.preset("reference")`` without the self-check's
 fallback, when presets exist), the same with only the uncertain nodes replaced, each graph variant of
-``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), and the default
-``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled
+``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), the default without its
+sparse removal (``sparse_removal=0``, when the default has one) and the default ``RefineConfig()`` (which
+selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled
 over all volumes, each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
 post-processing: never adopt a step that harms).
@@ -143,14 +144,18 @@ def gcn_methods(variants_alone: bool = True) -> dict:
         from ugcn.refine.variants import CONFIGURED, DEFAULT_VARIANTS
     except ImportError:
         return methods
+    last = {"GCN (default)": (default, "refined")}
+    if getattr(default, "sparse_removal", 0) > 0:  # the default before the sparse removal, for comparison
+        last = {"GCN (default without sparse removal)": (dataclasses.replace(default, sparse_removal=0.0), "refined"),
+                **last}
     if not variants_alone:
-        methods["GCN (default)"] = (default, "refined")
+        methods.update(last)
         return methods
     for variant in (CONFIGURED, *DEFAULT_VARIANTS):
         fields = {f.name: getattr(variant, f.name) for f in dataclasses.fields(variant)
                   if f.name != "name" and getattr(variant, f.name) is not None}
         methods[f"GCN variant {variant.name}"] = (dataclasses.replace(default, variants=(), **fields), "refined")
-    methods["GCN (default)"] = (default, "refined")
+    methods.update(last)
     return methods
 
 

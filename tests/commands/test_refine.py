@@ -164,7 +164,8 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
 
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet"]
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
+            "--sparse-removal", "0"]  # the margins alone (tests/refine/test_sparse_removal.py: the rule on top)
     for margin in ("0.1", "0.45"):
         assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
     assert [m for m, _, _ in seen] == [0.1, 0.45]

@@ -51,6 +51,14 @@ def test_result_masks_are_consistent(sphere_result):
     # Uncertain nodes take the GCN's class where it is confident (beyond 0.5 +- the margin), else keep Ŷ.
     nodes, free, m, mr = tuple(g.node_coords.T), ~g.label_mask, PIPE.confidence_margin, PIPE.removal_margin
     expected = np.where(r.node_probs > 0.5 + m, 1, np.where(r.node_probs <= 0.5 - mr, 0, prediction[nodes]))
+    # ... and the sparse removal: predicted, GCN output < 0.5, < 0.35 of the 3x3x3 neighbourhood predicted
+    padded = np.pad(r.cnn.astype(int), 1)
+    x, y, z = label.shape
+    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
+    assert PIPE.sparse_removal == 0.35
+    expected = np.where(sparse, 0, expected)
     np.testing.assert_array_equal(r.refined_unlabelled[nodes][free], expected[free])
     np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # the default replaces uncertain nodes only
     np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)
