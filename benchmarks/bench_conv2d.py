@@ -4,11 +4,12 @@ For every 3x3 convolution of the default 2D U-Net (base 16, depth 3) over 128 x 
 same run, interleaved round by round (fastest round kept):
   - ``xla``: ``lax.conv_general_dilated`` (channels last), the former default;
   - ``winograd2`` / ``winograd4``: Winograd F(2, 3) / F(4, 3) (:mod:`ugcn.segment.winograd`), the batch in
-    cache-sized chunks; ``auto``: the form :func:`ugcn.segment.conv2d.auto_form` picks (the U-Net's default);
+    cache-sized chunks; ``auto``: the form :func:`ugcn.segment.conv2d.auto_form` picks (the U-Net's default,
+    forward: inference); ``train_rule``: :func:`ugcn.segment.conv2d.train_form`'s (training steps);
   - PyTorch ``Conv2d`` (NCHW) with as many threads as cores and with one, when torch is installed;
 forward alone and forward + backward (input and kernel gradients), values checked against ``xla``; then
 the whole 2D U-Net forward (MC-dropout mode: dropout on, batch-norm on running statistics) and forward +
-backward with XLA's convolutions and with the default, and PyTorch's forward of the same network.
+backward with XLA's convolutions, the default and the training rule, and PyTorch's forward of the same network.
 
 Usage:  python benchmarks/bench_conv2d.py [--size small|large] [--rounds 3]
   small: 2 slices per call  (a pass's slices per call when MC runs 4 passes together, the default)
@@ -27,7 +28,7 @@ import numpy as np
 from bench_conv3d import bench_unet, drop_in, interleaved_min, network_totals, unet_layers
 from common import machine_info, save_results
 
-from ugcn.segment.conv2d import auto_form, conv2d
+from ugcn.segment.conv2d import auto_form, conv2d, train_form
 
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
 JAX_FORMS = ("xla", "winograd2", "winograd4")
@@ -90,7 +91,7 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         t_fwd, t_grad = interleaved_min(fwd_fns, rounds), interleaved_min(grad_fns, rounds)
         rows.append({
             "side": side, "in": ci, "out": co, "count": count, "batch": batch, "gflop": flops / 1e9,
-            "auto_form": auto_form((side, side), ci, (3, 3)),
+            "auto_form": auto_form((side, side), ci, (3, 3)), "train_form": train_form((side, side), ci, (3, 3)),
             "forward_gflops": {n: flops / s / 1e9 for n, s in t_fwd.items()},
             "train_gflops": {n: 3 * flops / s / 1e9 for n, s in t_grad.items()},
             "forward_seconds": t_fwd, "train_seconds": t_grad, "rel_diff_vs_xla": err,
@@ -142,12 +143,16 @@ def main(argv=None) -> int:
 
     config = UNetConfig(dims=2)
     x = np.random.default_rng(1).normal(size=(batch, SIDE, SIDE, 1)).astype(np.float32)
-    unet = bench_unet(config, x, {"xla": drop_in(conv2d, "xla"), "auto": drop_in(conv2d, "auto")}, args.rounds)
+    unet = bench_unet(config, x, {"xla": drop_in(conv2d, "xla"), "auto": drop_in(conv2d, "auto"),
+                                  "train_rule": drop_in(conv2d, "auto", purpose="train")}, args.rounds)
     unet["torch"] = torch_unet_forward(config, x, args.rounds)
     ratios = {"forward: auto / xla conv2d (speedup)": fwd["auto"] / fwd["xla"],
               "fwd+bwd: auto / xla conv2d (speedup)": train["auto"] / train["xla"],
               "unet forward: xla / auto (speedup)": unet["forward_seconds"]["xla"] / unet["forward_seconds"]["auto"],
-              "unet fwd+bwd: xla / auto (speedup)": unet["train_seconds"]["xla"] / unet["train_seconds"]["auto"]}
+              "unet fwd+bwd: xla / auto (speedup)": unet["train_seconds"]["xla"] / unet["train_seconds"]["auto"],
+              "fwd+bwd: train_rule / auto (speedup)": train["train_rule"] / train["auto"],
+              "unet fwd+bwd: auto / train_rule (speedup)": (unet["train_seconds"]["auto"]
+                                                            / unet["train_seconds"]["train_rule"])}
     if "torch" in fwd:
         ratios["forward: auto / torch Conv2d (ratio)"] = fwd["auto"] / max(fwd["torch"], fwd["torch_1thread"])
         ratios["fwd+bwd: auto / torch Conv2d (ratio)"] = train["auto"] / max(train["torch"], train["torch_1thread"])

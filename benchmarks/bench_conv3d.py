@@ -10,11 +10,14 @@ kept, so that a shared machine's load hits every form alike):
     the channels, one matmul), the candidates with longer contractions;
   - ``winograd2`` / ``winograd4``: Winograd F(2, 3) / F(4, 3) along each axis (:mod:`ugcn.segment.winograd`),
     the batch in cache-sized chunks;
-  - ``auto``: the form :func:`ugcn.segment.conv3d.auto_form` picks for the layer (the U-Net's default);
+  - ``direct`` (inputs with at most 4 channels: the 27 * Ci shifted products summed in one elementwise fusion);
+  - ``auto``: the form :func:`ugcn.segment.conv3d.auto_form` picks for the layer (the U-Net's default, fastest
+    forward: inference), and ``train_rule``: :func:`ugcn.segment.conv3d.train_form`'s (fastest forward +
+    backward: what ``make_train_step``'s ``UNet(config, purpose="train")`` uses);
   - PyTorch ``Conv3d`` (NCDHW, as many threads as cores) when torch is installed;
 forward alone and forward + backward (gradients of input and kernel, what training runs); and the whole
 3D U-Net forward pass and forward + backward (training's gradient) with XLA's conv3d, the former default
-(``taps_in`` everywhere) and the default (``auto``).
+(``taps_in`` everywhere), the default (``auto``) and the training rule (``train_rule``).
 Values are checked against XLA's conv3d (max abs difference, forward and gradients).
 
 Usage:  python benchmarks/bench_conv3d.py [--size small|large] [--rounds 3]
@@ -35,10 +38,10 @@ import numpy as np
 from common import machine_info, save_results
 from jax import lax
 
-from ugcn.segment.conv3d import auto_form, conv3d_slices
+from ugcn.segment.conv3d import auto_form, conv3d_slices, train_form
 
 SIZES = {"small": dict(batch=2), "large": dict(batch=8)}
-JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4")
+JAX_FORMS = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "direct")
 
 
 def unet_layers(base: int = 16, depth: int = 3, side: int = 32) -> list[tuple[int, int, int, int]]:
@@ -106,7 +109,8 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         xj, kj = jnp.asarray(x), jnp.asarray(k)
         flops = 2.0 * batch * side**3 * 27 * ci * co
         fwd, grad = {}, {}
-        forms = [f for f in JAX_FORMS if ci >= 2 or not f.startswith("winograd")]  # not for the first layer
+        forms = [f for f in JAX_FORMS  # Winograd not for the first layer, direct only for it
+                 if (ci >= 2 or not f.startswith("winograd")) and (ci <= 4 or f != "direct")]
         for form in forms:
             f = jax.jit(lambda a, b, form=form: conv3d_slices(a, b, "SAME", form=form))
             g = jax.jit(jax.grad(lambda a, b, form=form: jnp.sum(conv3d_slices(a, b, "SAME", form=form)),
@@ -139,7 +143,8 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         t_grad = interleaved_min(grad_fns, rounds)
         rows.append({
             "side": side, "in": ci, "out": co, "count": count, "batch": batch, "gflop": flops / 1e9,
-            "auto_form": auto_form((side,) * 3, ci, (3, 3, 3)),
+            "auto_form": auto_form((side,) * 3, ci, (3, 3, 3), batch),
+            "train_form": train_form((side,) * 3, ci, (3, 3, 3), batch),
             "forward_gflops": {n: flops / s / 1e9 for n, s in t_fwd.items()},
             "train_gflops": {n: 3 * flops / s / 1e9 for n, s in t_grad.items()},  # fwd + 2 backward convs
             "forward_seconds": t_fwd, "train_seconds": t_grad, "max_abs_diff_vs_xla": err,
@@ -156,20 +161,21 @@ def network_totals(rows: list[dict], key: str) -> dict:
     names = set.intersection(*(set(r[key]) for r in rows))
     seconds = {n: sum(r[key][n] * r["count"] for r in rows) for n in names}
     flops = sum(r["gflop"] * r["count"] * (3 if key == "train_seconds" else 1) for r in rows)
-    auto = sum(r[key][r["auto_form"]] * r["count"] for r in rows)
     out = {n: flops / s for n, s in seconds.items()}
-    out["auto"] = flops / auto
-    # the Winograd forms do not run the 1-channel first layer: there, count the default's time
-    for n in ("winograd2", "winograd4"):
+    out["auto"] = flops / sum(r[key][r["auto_form"]] * r["count"] for r in rows)
+    out["train_rule"] = flops / sum(r[key][r["train_form"]] * r["count"] for r in rows)
+    # the Winograd forms do not run the 1-channel first layer, direct runs only that one: elsewhere, count the
+    # default's time
+    for n in ("winograd2", "winograd4", "direct"):
         out[n] = flops / sum(r[key].get(n, r[key][r["auto_form"]]) * r["count"] for r in rows)
     return out
 
 
-def drop_in(conv_fn, form: str):
+def drop_in(conv_fn, form: str, **options):
     """A ``lax.conv_general_dilated``-signature function running stride-1 SAME/VALID convolutions as
-    ``conv_fn(x, kernel, padding, form=form)`` (the U-Net's convolutions are all of that kind)."""
+    ``conv_fn(x, kernel, padding, form=form, **options)`` (the U-Net's convolutions are all of that kind)."""
     def conv(lhs, rhs, window_strides, padding, **kwargs):
-        return conv_fn(lhs, rhs, padding, form=form, precision=kwargs.get("precision"))
+        return conv_fn(lhs, rhs, padding, form=form, precision=kwargs.get("precision"), **options)
     return conv
 
 
@@ -227,19 +233,25 @@ def main(argv=None) -> int:
     x = np.random.default_rng(1).normal(size=(batch, 32, 32, 32, 1)).astype(np.float32)
     unet = bench_unet(UNetConfig(dims=3), x, {"xla_conv3d": lax.conv_general_dilated,
                                              "taps_in": drop_in(conv3d_slices, "taps_in"),
-                                             "auto": drop_in(conv3d_slices, "auto")},
+                                             "auto": drop_in(conv3d_slices, "auto"),
+                                             "train_rule": drop_in(conv3d_slices, "auto", purpose="train")},
                       args.rounds)
     unet["forward_speedup_auto_vs_xla"] = unet["forward_seconds"]["xla_conv3d"] / unet["forward_seconds"]["auto"]
     unet["forward_speedup_auto_vs_taps_in"] = unet["forward_seconds"]["taps_in"] / unet["forward_seconds"]["auto"]
     unet["train_speedup_auto_vs_taps_in"] = unet["train_seconds"]["taps_in"] / unet["train_seconds"]["auto"]
+    unet["train_speedup_train_rule_vs_auto"] = unet["train_seconds"]["auto"] / unet["train_seconds"]["train_rule"]
     ratios = {"forward: auto / xla conv3d (speedup)": fwd["auto"] / fwd["xla"],
               "fwd+bwd: auto / xla conv3d (speedup)": train["auto"] / train["xla"],
               "unet forward: xla conv3d / auto (speedup)": unet["forward_speedup_auto_vs_xla"],
               "unet forward: taps_in / auto (speedup)": unet["forward_speedup_auto_vs_taps_in"],
-              "unet fwd+bwd: taps_in / auto (speedup)": unet["train_speedup_auto_vs_taps_in"]}
+              "unet fwd+bwd: taps_in / auto (speedup)": unet["train_speedup_auto_vs_taps_in"],
+              "fwd+bwd: train_rule / auto (speedup)": train["train_rule"] / train["auto"],
+              "unet fwd+bwd: auto / train_rule (speedup)": unet["train_speedup_train_rule_vs_auto"]}
     if "torch" in fwd:  # against PyTorch's faster thread setting
         ratios["forward: auto / torch Conv3d (ratio)"] = fwd["auto"] / max(fwd["torch"], fwd["torch_1thread"])
         ratios["fwd+bwd: auto / torch Conv3d (ratio)"] = train["auto"] / max(train["torch"], train["torch_1thread"])
+        ratios["fwd+bwd: train_rule / torch Conv3d (ratio)"] = (
+            train["train_rule"] / max(train["torch"], train["torch_1thread"]))
     print("network GFLOP/s, forward: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(fwd.items())))
     print("network GFLOP/s, fwd+bwd: " + "  ".join(f"{n} {v:.1f}" for n, v in sorted(train.items())))
     print(f"3D U-Net, batch {batch}, seconds forward: " + "  ".join(

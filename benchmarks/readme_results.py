@@ -149,12 +149,13 @@ def _unet_line(u: dict, dims: int, baseline: str, baseline_label: str) -> list[s
 
 def conv_section(r: dict, size: str, dims: int) -> list[str]:
     fwd, train = r["network_forward_gflops"], r["network_train_gflops"]
-    order = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "auto", "torch",
-             "torch_1thread")
+    order = ("xla", "taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "direct", "auto",
+             "train_rule", "torch", "torch_1thread")
     names = [n for n in order if n in fwd and n in train]
     label = {"xla": f"XLA conv{dims}d", "taps_in": "slices, taps on inputs", "taps_out": "slices, taps on outputs",
              "taps_xy": "9 X-Y taps on inputs, 1D conv along Z", "im2col": "27 taps on inputs, one matmul (im2col)",
              "winograd2": "Winograd F(2,3)", "winograd4": "Winograd F(4,3)", "auto": "per-layer choice (default)",
+             "direct": "direct (shifted products, first layer)", "train_rule": "per-layer choice for training",
              "torch": f"PyTorch Conv{dims}d", "torch_1thread": f"PyTorch Conv{dims}d, 1 thread"}
     taps = "x".join(["3"] * dims)
     shape = "32^3 patches" if dims == 3 else f"{r['setup'].get('side', 128)}^2 slices"

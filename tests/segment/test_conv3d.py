@@ -17,7 +17,7 @@ def _data(shape, kernel_shape, seed=0):
             jnp.asarray(rng.normal(size=kernel_shape).astype(np.float32)))
 
 
-@pytest.mark.parametrize("form", ["taps_in", "taps_out", "taps_xy", "im2col"])
+@pytest.mark.parametrize("form", ["taps_in", "taps_out", "taps_xy", "im2col", "direct"])
 @pytest.mark.parametrize("kernel,padding", [((3, 3, 3), "SAME"), ((3, 2, 1), "SAME"), ((3, 3, 3), "VALID"),
                                             ((1, 1, 1), "SAME"), ((3, 3, 3), ((2, 0), (1, 1), (0, 2)))])
 def test_values_and_gradients_match_lax(form, kernel, padding):
@@ -79,3 +79,47 @@ def test_unet_3d_default_equals_lax_convolutions_values_and_gradients():
     got, want = (jax.grad(loss)(variables["params"], net) for net in (fast, plain))
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spatial,pads", [((5, 6, 4), ((-1, 2), (1, 0), (0, 1))), ((7, 5), ((1, 1), (2, 0)))])
+def test_direct_form_any_rank_and_cropping_pads_match_lax(spatial, pads):
+    from ugcn.segment.conv3d import direct_conv
+
+    n = len(spatial)
+    x, k = _data((2,) + spatial + (2,), (3,) * n + (2, 5))
+    dn = DN if n == 3 else ("NHWC", "HWIO", "NHWC")
+    want = lax.conv_general_dilated(x, k, (1,) * n, pads, dimension_numbers=dn, precision=lax.Precision.HIGHEST)
+    np.testing.assert_allclose(direct_conv(x, k, pads), want, atol=2e-5, rtol=1e-5)
+
+
+def test_rules_per_purpose_follow_winograd_rows():
+    from ugcn.segment.conv3d import auto_form, train_form, winograd_rows
+
+    assert winograd_rows((8, 8, 8), 4, batch=2) == 16 and winograd_rows((4, 4, 3), 2, batch=8) == 64
+    assert auto_form((32, 32, 32), 1, (3, 3, 3), batch=2) == "direct"
+    assert train_form((32, 32, 32), 1, (3, 3, 3), batch=2) == "taps_in"
+    assert auto_form((32, 32, 32), 16, (3, 3, 3), batch=2) == train_form((32, 32, 32), 16, (3, 3, 3), 2) == "winograd4"
+    # 8^3: F(4, 3) has 16 rows with 2 patches, 8 with 1
+    assert (auto_form((8,) * 3, 64, (3, 3, 3), 2), auto_form((8,) * 3, 64, (3, 3, 3), 1)) == ("winograd4", "winograd2")
+    assert train_form((8,) * 3, 64, (3, 3, 3), 8) == "winograd4"
+    # 4^3: F(2, 3) has 16 rows with 2 patches (too few forward), 64 with 8
+    assert (auto_form((4,) * 3, 128, (3, 3, 3), 2), auto_form((4,) * 3, 128, (3, 3, 3), 8)) == ("im2col", "winograd2")
+    assert train_form((4,) * 3, 128, (3, 3, 3), 2) == "winograd2"
+    assert auto_form((8,) * 3, 4, (3, 3, 3), 2) == "taps_in" and auto_form((8,) * 3, 16, (1, 1, 1), 2) == "taps_in"
+
+
+@pytest.mark.parametrize("purpose", ["inference", "train"])
+@pytest.mark.parametrize("shape", [(2, 8, 8, 8, 1), (2, 8, 8, 8, 8), (8, 8, 8, 8, 8), (2, 4, 4, 4, 8), (2, 6, 5, 7, 8)])
+def test_auto_per_purpose_matches_lax_values_and_gradients(purpose, shape):
+    x, k = _data(shape, (3, 3, 3, shape[-1], 4))
+    reference = lambda a, b: lax.conv_general_dilated(a, b, (1, 1, 1), "SAME", dimension_numbers=DN,  # noqa: E731
+                                                      precision=lax.Precision.HIGHEST)
+    ours = jax.jit(lambda a, b: conv3d_slices(a, b, "SAME", purpose=purpose))
+    want = reference(x, k)
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(ours(x, k), want, rtol=0, atol=3e-5 * scale)  # F(4, 3): see test_winograd.py
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=want.shape).astype(np.float32))
+    grads = [jax.jit(jax.grad(lambda a, b, f=f: jnp.sum(f(a, b) * weights), argnums=(0, 1)))(x, k)
+             for f in (ours, reference)]
+    for got, ref in zip(*grads):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(ref))))

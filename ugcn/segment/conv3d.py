@@ -21,9 +21,15 @@ Two more forms put more taps into one contraction, for ``benchmarks/bench_conv3d
 And two that are not slice-wise: ``"winograd2"`` / ``"winograd4"``, Winograd F(2, 3) / F(4, 3) along each axis
 (:mod:`ugcn.segment.winograd`: 3.4x / 8x fewer multiplications, one batched matmul), for 3x3x3 kernels.
 
-``"auto"`` picks per layer shape (:func:`auto_form`): ``"winograd4"`` for 3x3x3 kernels on inputs with at least
-:data:`WINOGRAD_MIN_CHANNELS` channels, ``"winograd2"`` where a side is at most :data:`WINOGRAD2_MAX_SIDE` (the
-4^3 bottleneck), ``"taps_in"`` elsewhere (the 1-channel first layer, other kernels). Measured on the 3D U-Net's
+And ``"direct"`` (:func:`direct_conv`): the ``27 * Ci`` shifted input channels times their kernel rows summed in one
+elementwise fusion, for the 1-channel first layer (forward only: its autodiff backward is slow).
+
+``"auto"`` picks per layer shape and purpose (:func:`auto_form` for inference, i.e. forward only, and
+:func:`train_form` for training steps, ``purpose="train"``): ``"direct"`` for 1-channel inputs (inference),
+``"winograd4"`` for 3x3x3 kernels on inputs with at least :data:`WINOGRAD_MIN_CHANNELS` channels where F(4, 3)'s
+batched matmul has enough rows (:data:`WINOGRAD4_MIN_ROWS`), ``"winograd2"`` on smaller layers (the 4^3 and
+8^3 ones of few patches; :data:`WINOGRAD2_MIN_ROWS`), ``"im2col"`` (inference) on the 4^3 layers of 1-3 patches,
+``"taps_in"`` elsewhere. Earlier measurements, when the rule was F(4, 3) everywhere but on 4^3: on the 3D U-Net's
 layers (batch of 4 patches, 2-core CPU under load 6-9, interleaved): F(4, 3) ran the 32^3 16->16 layer at 36
 GFLOP/s against 14 for ``taps_in``, the 16^3 layers at 58-139 against 30-47, the 8^3 layers at 88-149 against
 40-70; on the 4^3 layers F(2, 3) ran at 86-95 against 58-67 (F(4, 3): 21-35). The whole 3D U-Net with 4 patches
@@ -44,6 +50,8 @@ dilations, feature groups, other layouts or ranks) goes to ``lax.conv_general_di
 """
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -52,19 +60,28 @@ from jax import lax
 
 from ugcn.segment.winograd import batch_chunk_for, winograd_conv
 
-FORMS = ("taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "xla")
+FORMS = ("taps_in", "taps_out", "taps_xy", "im2col", "winograd2", "winograd4", "direct", "xla")
 # What a convolution is run for: "inference" (forward only: MC dropout, prediction) or "train" (forward and
 # backward: a training step). The fastest form differs (the backward convolutions of a form have their own
 # speed), so each purpose has its own rule: :func:`auto_form` and :func:`train_form`.
 PURPOSES = ("inference", "train")
 CHANNELS_LAST_3D = ("NDHWC", "DHWIO", "NDHWC")
 CHANNELS_LAST_2D = ("NHWC", "HWIO", "NHWC")
-AUTO_FORM = "taps_in"  # the form of layers :func:`auto_form` does not give to Winograd
-# Inputs with fewer channels than this (the first layer) use AUTO_FORM: the Winograd transforms dominate there.
+AUTO_FORM = "taps_in"  # the form of layers the rules do not give to Winograd or the forms below
+# Inputs with fewer channels than this (the first layer) do not use Winograd: the transforms dominate there.
 WINOGRAD_MIN_CHANNELS = 8
-# Layers whose smallest spatial side is at most this use F(2, 3): one F(4, 3) tile covers the whole side, and
-# its 216 tile positions are 216 small matmuls.
-WINOGRAD2_MAX_SIDE = 4
+# Inputs with at most this many channels (the 1-channel first layer) run forward as "direct" (one elementwise
+# fusion of 27 * Ci shifted products): measured 1.1 ms against 5.4 (taps_in) and 2.8 (taps_out) on 2 patches
+# of 32^3, 1 -> 16 channels. Its autodiff backward is slow (65 ms against 18 for taps_xy), so not for training.
+DIRECT_MAX_CHANNELS = 1
+# Winograd's batched matmul has, per tile position, one row per tile: B * prod(ceil(n / m)). The rules take
+# F(4, 3) where it has at least this many rows (forward / training) ...
+WINOGRAD4_MIN_ROWS = {"inference": 16, "train": 16}
+# ... else F(2, 3) where it has at least this many, else a stacked-taps form (a short matmul per position
+# costs more than the multiplications Winograd saves).
+WINOGRAD2_MIN_ROWS = {"inference": 32, "train": 1}
+SMALL_FORM = {"inference": "im2col", "train": "taps_xy"}
+FIRST_LAYER_FORM = {"inference": AUTO_FORM, "train": AUTO_FORM}  # 3x3x3, 1 < Ci < WINOGRAD_MIN_CHANNELS
 
 Padding = Union[str, Sequence[tuple[int, int]]]
 
@@ -84,25 +101,59 @@ def explicit_padding(padding: Padding, kernel_spatial: Sequence[int]) -> list[tu
     return [(int(lo), int(hi)) for lo, hi in padding]
 
 
-def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
-    """The form :func:`conv3d_slices` uses with ``form="auto"`` for one layer shape."""
-    if tuple(kernel_spatial) != (3, 3, 3) or in_channels < WINOGRAD_MIN_CHANNELS or any(n < 1 for n in spatial):
+def winograd_rows(spatial: Sequence[int], m: int, batch: int = 1) -> int:
+    """Rows of F(m, 3)'s batched matmul (tiles of ``m`` outputs per axis, ``batch`` samples)."""
+    return int(batch) * math.prod(-(-int(n) // m) for n in spatial)
+
+
+def _rule(purpose: str, spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int],
+          batch: int) -> str:
+    if any(n < 1 for n in spatial):
         return AUTO_FORM
-    return "winograd2" if min(spatial) <= WINOGRAD2_MAX_SIDE else "winograd4"
+    if purpose == "inference" and in_channels <= DIRECT_MAX_CHANNELS:
+        return "direct"
+    if tuple(kernel_spatial) != (3, 3, 3):
+        return AUTO_FORM
+    if in_channels < WINOGRAD_MIN_CHANNELS:
+        return FIRST_LAYER_FORM[purpose]
+    if winograd_rows(spatial, 4, batch) >= WINOGRAD4_MIN_ROWS[purpose]:
+        return "winograd4"
+    if winograd_rows(spatial, 2, batch) >= WINOGRAD2_MIN_ROWS[purpose]:
+        return "winograd2"
+    return SMALL_FORM[purpose]
 
 
-def train_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
-    """The form :func:`conv3d_slices` uses with ``form="auto", purpose="train"`` for one layer shape (the
-    fastest forward + backward)."""
-    return auto_form(spatial, in_channels, kernel_spatial)
+def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int], batch: int = 1) -> str:
+    """The form :func:`conv3d_slices` uses with ``form="auto"`` (forward: inference) for one layer shape of
+    ``batch`` samples: ``"direct"`` for 1-channel inputs, ``"winograd4"`` / ``"winograd2"`` for 3x3x3 kernels
+    on at least :data:`WINOGRAD_MIN_CHANNELS` channels where F(4, 3) / F(2, 3) has enough matmul rows
+    (:data:`WINOGRAD4_MIN_ROWS`, :data:`WINOGRAD2_MIN_ROWS`), ``"im2col"`` for the rest of those (the 4^3
+    bottleneck of 2 patches), :data:`AUTO_FORM` elsewhere.
+
+    Measured (``benchmarks/bench_conv3d.py``'s layers, 2-core CPU at load ~6, interleaved, GFLOP/s
+    forward): 4^3 64->128 / 128->128 with 2 patches: im2col 78 / 65, F(2, 3) 35 / 52; with 8 patches F(2, 3)
+    112 / 106, im2col 94 / 66. 8^3 with 2 patches: F(4, 3) 120-136, F(2, 3) 98-129; with 8: 190-216 / 88-142.
+    """
+    return _rule("inference", spatial, in_channels, kernel_spatial, batch)
 
 
-def form_for(purpose: str, spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
+def train_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int], batch: int = 1) -> str:
+    """The form :func:`conv3d_slices` uses with ``form="auto", purpose="train"`` (forward + backward) for one
+    layer shape of ``batch`` samples: as :func:`auto_form` with the training thresholds and without
+    ``"direct"`` (its autodiff backward is slow). For now the former inference rule (F(4, 3), F(2, 3) on the
+    4^3 layers, ``taps_in`` on the first): the whole 3D U-Net's forward + backward (2 patches, load 6.7) took
+    0.53 s with it against 0.62 s with ``taps_xy`` / F(2, 3) on the small layers, whose per-layer advantage
+    (measured with a constant output gradient, ``sum(conv)``) did not carry over to the network.
+    """
+    return _rule("train", spatial, in_channels, kernel_spatial, batch)
+
+
+def form_for(purpose: str, spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int],
+             batch: int = 1) -> str:
     """:func:`auto_form` (``purpose="inference"``) or :func:`train_form` (``"train"``) of one layer shape."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-    rule = train_form if purpose == "train" else auto_form
-    return rule(spatial, in_channels, kernel_spatial)
+    return _rule(purpose, spatial, in_channels, kernel_spatial, batch)
 
 
 def conv3d_slices(
@@ -130,8 +181,8 @@ def conv3d_slices(
     kx, ky, kz, ci, co = kernel.shape
     pads = explicit_padding(padding, (kx, ky, kz))
     if form == "auto":
-        form = form_for(purpose, x.shape[1:4], ci, (kx, ky, kz))
-        if any(lo < 0 or hi < 0 for lo, hi in pads):  # negative padding crops
+        form = form_for(purpose, x.shape[1:4], ci, (kx, ky, kz), batch=x.shape[0])
+        if any(lo < 0 or hi < 0 for lo, hi in pads) and form != "direct":  # negative padding crops
             form = AUTO_FORM
     if form == "xla":
         return lax.conv_general_dilated(x, kernel, (1, 1, 1), pads, dimension_numbers=CHANNELS_LAST_3D,
@@ -147,6 +198,8 @@ def conv3d_slices(
                              precision=precision)
     if form in ("taps_xy", "im2col"):
         return _stacked_taps(x, kernel, pads, form, precision)
+    if form == "direct":
+        return direct_conv(x, kernel, pads)
     xpad = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)))
     nx = xpad.shape[1] - kx + 1  # output size along X
     if form == "taps_in":
@@ -167,6 +220,35 @@ def conv3d_slices(
     for a in range(1, kx):
         out = out + y[:, a : a + nx, :, :, a]
     return out
+
+
+def direct_conv(x: jnp.ndarray, kernel: jnp.ndarray, pads: Sequence[tuple[int, int]]) -> jnp.ndarray:
+    """Stride-1 convolution (any number N of spatial axes) as a sum of ``prod(k) * Ci`` shifted input channels,
+    each times its ``[Co]`` row of the kernel: one elementwise fusion that reads the (small) input once and writes
+    the output once, for inputs with very few channels (the 1-channel first layer) where a convolution's or
+    matmul's contraction of length ``Ci * taps`` is too short to pay for its layout work.
+
+    Args:
+      x: ``f32[B, *spatial, Ci]``.
+      kernel: ``f32[*k, Ci, Co]``.
+      pads: N ``(low, high)`` paddings (negative crops, as in ``lax.conv_general_dilated``).
+
+    Returns:
+      ``f32[B, *out, Co]`` with ``out = spatial + low + high - k + 1`` per axis.
+    """
+    n = x.ndim - 2
+    taps, ci = kernel.shape[:n], kernel.shape[n]
+    xpad = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+    outs = [p - k + 1 for p, k in zip(xpad.shape[1:-1], taps)]
+    total = None
+    for offset in itertools.product(*(range(k) for k in taps)):
+        window = xpad[(slice(None),) + tuple(slice(o, o + m) for o, m in zip(offset, outs))]
+        for c in range(ci):
+            term = window[..., c : c + 1] * kernel[offset + (c,)]
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError(f"empty kernel {kernel.shape}")
+    return total
 
 
 def _stacked_taps(x, kernel, pads, form: str, precision) -> jnp.ndarray:
