@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,3 +35,30 @@ def test_summary_groups_regimes_by_cnn_quality(study):
     assert pooled["regimes with CNN Dice >= 0.8"]["stats"]["X"]["mean_delta"] == pytest.approx(0.015)
     assert pooled["regimes with CNN Dice < 0.8"]["stats"]["X"]["share_worse_1pt"] == 0.5
     assert good["cnn_mean_dice"] == pytest.approx(0.875) and poor["stats"]["X"]["min_delta"] == pytest.approx(-0.1)
+
+
+def test_seed_option_separates_studies(study, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study, "run", lambda *args: calls.append(args))
+    assert study.main(["--size", "small"]) == 0 and study.main(["--seed", "2"]) == 0
+    assert calls[0][-1] == 0 and calls[1][-1] == 2  # default: the published study, seed 0
+    with pytest.raises(SystemExit):
+        study.main(["--seed", "-1"])
+    # seed 0 keeps the published test phantoms (5000..5003 at size small); seed 1 draws others, 5100..5103
+    assert study.test_seeds("small") == [5000, 5001, 5002, 5003]
+    assert study.test_seeds("small", 1) == [5100, 5101, 5102, 5103]
+    # the training phantoms of seed s are 1000 s + i (i < 10): never a test phantom of the same study
+    for seed in range(20):
+        assert not set(study.test_seeds("full", seed)) & {1000 * seed + i for i in range(10)}
+    # caches and result entries: unchanged names for seed 0, a suffix otherwise, so studies never mix
+    assert study._suffix(0) == "" and study._suffix(1) == "_seed1"
+
+
+def test_cache_name_carries_the_seed(study, tmp_path):
+    regime = {"steps": 400, "n_train": 2, "dropout": 0.1}
+    n = study.SIZES["small"]["n_test"]
+    arrays = {f"{k}_{i}": np.full((2, 2, 1), i) for k in ("prediction", "expectation", "uncertainty") for i in range(n)}
+    (tmp_path / "small").mkdir()
+    np.savez(tmp_path / "small" / "cnn_s400_n2_d0.1_seed3.npz", train_seconds=1.5, **arrays)
+    cases = study.cnn_outputs(regime, "small", tmp_path, retrain=False, seed=3)  # read back, nothing trained
+    assert len(cases) == n and cases[2]["uncertainty"][0, 0, 0] == 2 and cases[0]["train_seconds"] == 1.5
