@@ -112,6 +112,8 @@ def test_conv2d_auto_keeps_xla_for_few_channels_and_other_kernels():
     assert conv2d_mod.auto_form((128, 128), 16, (1, 1)) == "xla"
     assert conv2d_mod.auto_form((64, 64), 32, (3, 3)) == "winograd4"
     assert conv2d_mod.auto_form((128, 128), 16, (3, 3)) == "xla"  # 2.4 MB transformed per sample
+    assert conv2d_mod.auto_form((64, 64), 64, (3, 3)) == "winograd4"  # 2.4 MB, but 64 input channels
+    assert conv2d_mod.auto_form((128, 128), 64, (3, 3)) == "xla"  # 9.4 MB
 
 
 def test_conv2d_drop_in_passes_other_cases_to_lax_and_keeps_flax_parameters():

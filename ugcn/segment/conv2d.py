@@ -38,13 +38,22 @@ WINOGRAD_MIN_CHANNELS = 8
 # ... and so do layers whose transformed input exceeds this per sample (e.g. 128^2 x 16 channels: 2.4 MB), where
 # the transformed copies of a call's few samples no longer stay in cache.
 WINOGRAD_MAX_SAMPLE_BYTES = 2 * 2**20
+# ... except with this many input channels or more, where the matmul is wide enough to win up to twice that size:
+# 64^2 64->32 (2.4 MB per sample, the U-Net's dec1.conv0), batch 4 / 8 as in an MC call: F(4, 3) 116-126 /
+# 111-130 GFLOP/s against XLA's 79 / 77 (1.45-1.7x; 2-core CPU, load 6, interleaved rounds). At 128^2 with 16 or
+# 32 input channels F(4, 3) still lost (0.80-0.86x).
+WINOGRAD_WIDE_CHANNELS = 64
 
 
 def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
-    """The form :func:`conv2d` uses with ``form="auto"`` for one layer shape."""
+    """The form :func:`conv2d` uses with ``form="auto"`` for one layer shape: ``"winograd4"`` where the
+    transformed input is within :data:`WINOGRAD_MAX_SAMPLE_BYTES` per sample, or within twice that with at least
+    :data:`WINOGRAD_WIDE_CHANNELS` input channels; ``"xla"`` elsewhere."""
     if tuple(kernel_spatial) != (3, 3) or in_channels < WINOGRAD_MIN_CHANNELS or any(n < 1 for n in spatial):
         return "xla"
-    return "winograd4" if transformed_bytes(spatial, in_channels, 4) <= WINOGRAD_MAX_SAMPLE_BYTES else "xla"
+    size = transformed_bytes(spatial, in_channels, 4)
+    wide = in_channels >= WINOGRAD_WIDE_CHANNELS and size <= 2 * WINOGRAD_MAX_SAMPLE_BYTES
+    return "winograd4" if size <= WINOGRAD_MAX_SAMPLE_BYTES or wide else "xla"
 
 
 def train_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
