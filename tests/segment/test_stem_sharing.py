@@ -116,11 +116,33 @@ def test_given_masks_run_several_keys_as_one_batch_like_the_network_per_key():
         given = jax.tree_util.tree_map(
             lambda m, o=offset, n=n: jax.vmap(lambda mp: rows_of_masks(mp, o, n))(m).reshape((3 * n,) + m.shape[2:]),
             masks)
-        batch = jnp.tile(stem[offset:offset + n], (3, 1, 1, 1))
-        out = unet.apply({**variables, MASKS: given}, batch, stage="after_stem", dropout=True)
+        tiled = unet.apply({**variables, MASKS: given}, jnp.tile(stem[offset:offset + n], (3, 1, 1, 1)),
+                           stage="after_stem", dropout=True)
+        # The stem given once for the 3 passes (its masks go into the next convolution's kernel).
+        shared = unet.apply({**variables, MASKS: given}, stem[offset:offset + n], stage="after_stem", dropout=True)
         for s, key in enumerate(keys):
             ref = unet.apply(variables, x, dropout=True, rngs={"dropout": key})[offset:offset + n]
-            np.testing.assert_allclose(out[s * n:(s + 1) * n], ref, atol=1e-5)
+            np.testing.assert_allclose(tiled[s * n:(s + 1) * n], ref, atol=1e-5)
+            np.testing.assert_allclose(shared[s * n:(s + 1) * n], ref, atol=1e-5)
     bad = jax.tree_util.tree_map(lambda m: m[0], masks)  # all 5 rows for an input of 3 x 5 rows
     with pytest.raises(ValueError, match="mask"):
         unet.apply({**variables, MASKS: bad}, jnp.tile(stem, (3, 1, 1, 1)), stage="after_stem", dropout=True)
+
+
+def test_masked_input_conv_equals_the_convolutions_of_the_masked_copies():
+    from jax import lax
+
+    from ugcn.segment.unet import masked_input_conv
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 4)).astype(np.float32))
+    scales = jnp.asarray((rng.random((3, 2, 5)) < 0.6) / 0.6, jnp.float32)  # [S, B, Ci]
+    dims = ("NHWC", "HWIO", "NHWC")
+    out = masked_input_conv(lax.conv_general_dilated, scales)(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                              dimension_numbers=dims)
+    assert out.shape == (6, 9, 7, 4)
+    for s in range(3):
+        want = lax.conv_general_dilated(x * scales[s][:, None, None, :], w, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=dims)
+        np.testing.assert_allclose(out[2 * s:2 * s + 2], want, rtol=1e-5, atol=1e-5)

@@ -208,12 +208,12 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
             if not stochastic:
                 return logits_to_probs(unet.apply(variables, xc, train=False, dropout=False))[None]
             stem = unet.apply(variables, xc, train=False, stage="stem")
-            # The S passes as one batch of S x per_call rows (pass-major), each with its own masks.
-            batch = jnp.broadcast_to(stem, (n_passes,) + stem.shape).reshape((n_passes * per_call,) + stem.shape[1:])
+            # The S passes as one batch of S x per_call rows (pass-major), each with its own masks; the stem is
+            # shared (its dropout masks go into the next convolution's kernel, unet.masked_input_conv).
             given = jax.tree_util.tree_map(
                 lambda m: jax.vmap(lambda mp: rows_of_masks(mp, offset, per_call))(m).reshape(
                     (n_passes * per_call,) + m.shape[2:]), masks)
-            logits = unet.apply({**variables, MASKS: given}, batch, train=False, dropout=True, stage="after_stem")
+            logits = unet.apply({**variables, MASKS: given}, stem, train=False, dropout=True, stage="after_stem")
             return logits_to_probs(logits.reshape((n_passes, per_call) + logits.shape[1:]))  # [S, per_call, X', Y', C]
 
         if n_chunks == 1:

@@ -175,10 +175,11 @@ class ChannelDropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        if self.has_variable(MASKS, "mask") and not self.is_mutable_collection(MASKS):
-            given: jnp.ndarray = self.get_variable(MASKS, "mask")
-            if given.shape != (x.shape[0],) + (1,) * self.dims + (x.shape[-1],):
-                raise ValueError(f"given dropout mask of shape {given.shape} does not fit an input of shape {x.shape}")
+        given = self._given(x)
+        if given is not None:
+            if given.shape[0] > x.shape[0]:  # x is shared by S passes: S x B rows out
+                x = jnp.broadcast_to(x, (given.shape[0] // x.shape[0],) + x.shape).reshape(
+                    (given.shape[0],) + x.shape[1:])
             return lax.select(jnp.broadcast_to(given, x.shape), x / keep, jnp.zeros_like(x))
         rng = self.make_rng("dropout")
         spatial_ones = (1,) * self.dims
@@ -193,6 +194,50 @@ class ChannelDropout(nn.Module):
                 self.put_variable(MASKS, "mask", mask)
             mask = rows_of_masks(mask, offset, x.shape[0])
         return lax.select(jnp.broadcast_to(mask, x.shape), x / keep, jnp.zeros_like(x))
+
+
+    def _given(self, x: jnp.ndarray) -> Optional[jnp.ndarray]:
+        """The given mask (``bool[B or S x B, *ones, C]``) for an input ``x: [B, ...]``, or ``None``."""
+        if not self.has_variable(MASKS, "mask") or self.is_mutable_collection(MASKS):
+            return None
+        given: jnp.ndarray = self.get_variable(MASKS, "mask")
+        rows = given.shape[0]
+        if given.shape[1:] != (1,) * self.dims + (x.shape[-1],) or rows % x.shape[0]:
+            raise ValueError(f"given dropout mask of shape {given.shape} does not fit an input of shape {x.shape}")
+        return given
+
+    def shared_input_scales(self, x: jnp.ndarray) -> Optional[jnp.ndarray]:
+        """``f32[S, B, C]`` (``0`` or ``1 / (1 - rate)``) when the given mask says that ``x: [B, ..., C]`` is
+        shared by ``S > 1`` passes, else ``None``: a linear layer next can take the masks into its weights."""
+        if self.rate == 0.0:
+            return None
+        given = self._given(x)
+        if given is None or given.shape[0] == x.shape[0]:
+            return None
+        b, c = x.shape[0], x.shape[-1]
+        return given.reshape(-1, b, c).astype(x.dtype) / (1.0 - self.rate)
+
+
+def masked_input_conv(conv: Callable, scales: jnp.ndarray) -> Callable:
+    """A ``lax.conv_general_dilated``-like convolution (channels last, ``rhs: [*taps, Ci, Co]``) of an input
+    ``[B, *spatial, Ci]`` shared by ``S`` passes whose input channels are scaled by ``scales: f32[S, B, Ci]``
+    (channel dropout), returning the ``S x B`` outputs, pass-major: ``conv(x * scales[s, b], w) ==
+    conv(x, w * scales[s, b][:, None])``, so each row runs ONE convolution with ``S x Co`` output channels
+    (the masks in the kernel) instead of ``S`` convolutions of the masked copies."""
+    n_passes, n_rows, _ = scales.shape
+
+    def run(lhs, rhs, *args, **kwargs):
+        co = rhs.shape[-1]
+        outs = []
+        for r in range(n_rows):
+            k = rhs[..., None, :, :] * scales[:, r, :, None]  # [*taps, S, Ci, Co]
+            k = jnp.moveaxis(k, -3, -2).reshape(rhs.shape[:-1] + (n_passes * co,))  # [*taps, Ci, S x Co]
+            outs.append(conv(lhs[r : r + 1], k, *args, **kwargs))
+        y = jnp.concatenate(outs) if n_rows > 1 else outs[0]  # [B, *spatial, S x Co]
+        y = jnp.moveaxis(y.reshape(y.shape[:-1] + (n_passes, co)), -2, 0)  # [S, B, *spatial, Co]
+        return y.reshape((n_passes * n_rows,) + y.shape[2:])
+
+    return run
 
 
 def rows_of_masks(masks: jnp.ndarray, offset: Any, n: int) -> jnp.ndarray:
@@ -245,17 +290,24 @@ class ConvBlock(nn.Module):
     ) -> jnp.ndarray:
         stem_convs = 1 if self.dropout_each_conv else 2  # convs before the first dropout
         n_dropout = 0
+        shared = None  # f32[S, B, C]: x is shared by S passes, dropout still to apply (in the next conv)
         for i in range(2):
             if stage != "after_stem" or i >= stem_convs:
+                conv = self.conv_general_dilated or lax.conv_general_dilated
+                if shared is not None:
+                    conv, shared = masked_input_conv(conv, shared), None
                 x = nn.Conv(self.features, (3,) * self.dims, padding="SAME", use_bias=False,
-                            conv_general_dilated=self.conv_general_dilated, name=f"Conv_{i}")(x)
+                            conv_general_dilated=conv, name=f"Conv_{i}")(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name=f"BatchNorm_{i}")(x)
                 x = nn.relu(x)
             if stage == "stem" and i + 1 == stem_convs:
                 return x
             if self.dropout_each_conv or i == 1:
                 drop = channel_dropout(self.rate, self.dims, name=f"Dropout_{n_dropout}")
-                x = drop(x, deterministic=not dropout, rows=rows)
+                if i == 0 and dropout:  # a conv follows: given masks of S passes sharing x go into its kernel
+                    shared = drop.shared_input_scales(x)
+                if shared is None:
+                    x = drop(x, deterministic=not dropout, rows=rows)
                 n_dropout += 1
         return x
 
