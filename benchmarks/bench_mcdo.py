@@ -1,8 +1,9 @@
 """Benchmark: T Monte Carlo dropout passes of a 2D U-Net over one volume.
 
 Compares, on the same machine in the same run:
-  - ``mc_sample``: the T passes as ONE compiled function (lax.scan over chunks, vmap over the chunk's keys,
-    streaming statistics), for a few chunk sizes;
+  - ``mc_sample``: the T passes as ONE compiled function (lax.scan over chunks of passes; the chunk's passes
+    run as one batch with each pass's dropout masks given, the stem computed once per slice; streaming
+    statistics), for a few chunk sizes;
   - a Python loop of T calls of the same single-pass function, jitted once, with a jitted running-sum update
     (the streaming baseline without vmap/scan);
   - the same U-Net in PyTorch (CPU, eval-mode batch-norm, ``Dropout2d`` switched on: MC dropout), with the
@@ -18,7 +19,7 @@ Usage:  python benchmarks/bench_mcdo.py [--size small|large] [--repeats 3]
   small: base 8 U-Net,  volume 64x64x24, T = 20, chunk 4          (< 1 minute on an idle 2-core CPU)
   large: base 16 U-Net, volume 96x96x48, T = 20, chunks 1, 4, 20  (~10 minutes on a 2-core CPU)
 Writes (updates the entry of its size in) benchmarks/results/mcdo.json; ``ratios`` holds the headline
-figures (vmapped JAX vs the JAX loop and vs the PyTorch loop).
+figures (the default sampler vs the JAX loop and vs the PyTorch loop).
 """
 from __future__ import annotations
 
@@ -349,7 +350,7 @@ def main(argv=None) -> int:
     # The default (slices in chunks of SLICE_PIXELS_PER_CALL pixels per call, passes included), and all slices of
     # a pass in one call (the earlier default; same samples).
     whole = make_volume_fn(model, stochastic=True, batch_size=cfg["shape"][2])
-    for chunk, fn, label in [(c, volume_fn, "jax: mc_sample (scan x vmap)") for c in cfg["chunks"]] + [
+    for chunk, fn, label in [(c, volume_fn, "jax: mc_sample (default: passes batched)") for c in cfg["chunks"]] + [
             (max(cfg["chunks"]), whole, "jax: mc_sample, all slices per call")]:
         for keep in (False, True) if fn is volume_fn else (False,):
             t = time.perf_counter()
