@@ -1,7 +1,9 @@
 """Benchmark: training the segmentation U-Nets on the CPU, against PyTorch, and the ``lax.scan`` anomaly.
 
 Measures, on the same machine in the same run:
-  - **ugcn vs PyTorch**: training steps per second of the default 2D U-Net (base 16, depth 3, batch 8 of
+  - **ugcn vs PyTorch**: training steps per second (``ugcn``: the step with the training rule's convolutions,
+    ``UNet(config, purpose="train")``; ``ugcn_inference_rule``: the same step with the inference rule's, as
+    before the per-purpose rule) of the default 2D U-Net (base 16, depth 3, batch 8 of
     128x128 axial slices, the CT phantoms' in-plane size) and of the default 3D U-Net (base 16, depth 3,
     32^3 patches) on the same batch, in ugcn (``make_train_step``: Dice + cross-entropy, Adam, jitted with
     the state donated) and in PyTorch (the same network written with ``torch.nn``: same layers, parameter
@@ -155,23 +157,29 @@ def versus_torch(dims: int, batch: int, side: int, rounds: int, steps: int) -> d
     data = random_batch(config, batch, spatial)
     model = init_model(config, jax.random.PRNGKey(0))
     optimizer = optax.adam(LEARNING_RATE)
-    step = jax.jit(make_train_step(config, optimizer), donate_argnums=(0,))
-    holder = {"state": TrainState(model.params, model.batch_stats, optimizer.init(model.params),
-                                  jnp.zeros((), jnp.int32)), "key": jax.random.PRNGKey(1)}
+    def ugcn_runner(purpose: str):
+        step = jax.jit(make_train_step(config, optimizer, purpose=purpose), donate_argnums=(0,))
+        holder = {"state": TrainState(model.params, model.batch_stats, optimizer.init(model.params),
+                                      jnp.zeros((), jnp.int32)), "key": jax.random.PRNGKey(1)}
 
-    def ugcn_steps(n):
-        for _ in range(n):
-            holder["key"], k = jax.random.split(holder["key"])
-            holder["state"], loss = step(holder["state"], data, k)
-        return float(loss)
+        def steps_fn(n):
+            for _ in range(n):
+                holder["key"], k = jax.random.split(holder["key"])
+                holder["state"], loss = step(holder["state"], data, k)
+            return float(loss)
+        return steps_fn
 
+    ugcn_steps = ugcn_runner("train")
     t = time.perf_counter()
     first_loss = ugcn_steps(1)
     compile_s = time.perf_counter() - t
+    # the same step with the inference rule's convolutions (the step before the per-purpose rule)
+    inference_rule_steps = ugcn_runner("inference")
+    inference_rule_steps(1)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(model.params))
     row = {"dims": dims, "config": config.to_dict(), "batch": [batch, *spatial], "params": n_params,
            "ugcn_first_step_s": compile_s, "ugcn_first_loss": first_loss}
-    fns = {"ugcn": ugcn_steps}
+    fns = {"ugcn": ugcn_steps, "ugcn_inference_rule": inference_rule_steps}
     try:
         import torch
     except ImportError:
@@ -208,6 +216,9 @@ def versus_torch(dims: int, batch: int, side: int, rounds: int, steps: int) -> d
     row["steps_per_s"] = {n: 1.0 / s for n, s in seconds.items()}
     if "torch" in seconds:  # against PyTorch's faster thread setting
         row["ugcn_over_torch_steps_per_s"] = min(seconds["torch"], seconds["torch_1thread"]) / seconds["ugcn"]
+        row["ugcn_inference_rule_over_torch_steps_per_s"] = (min(seconds["torch"], seconds["torch_1thread"])
+                                                             / seconds["ugcn_inference_rule"])
+    row["train_rule_speedup"] = seconds["ugcn_inference_rule"] / seconds["ugcn"]
     return row
 
 
@@ -404,6 +415,7 @@ def main(argv=None) -> int:
     for r in rows:
         if "ugcn_over_torch_steps_per_s" in r:
             ratios[f"{r['dims']}D U-Net training steps/s: ugcn / PyTorch"] = r["ugcn_over_torch_steps_per_s"]
+        ratios[f"{r['dims']}D U-Net training steps/s: training rule / inference rule"] = r["train_rule_speedup"]
     result["ratios"] = ratios
     machine["load_average_end"] = list(os.getloadavg())
     save_results("segment", args.size, result)

@@ -278,8 +278,10 @@ def segment_section(r: dict, size: str) -> list[str]:
         out += [f"**U-Net training vs PyTorch** ({size}): training steps per second of the default U-Nets "
                 "(Dice + cross-entropy, Adam) on the same batch, fastest of interleaved rounds; PyTorch with as "
                 "many threads as cores and with one.", ""]
-        names = [n for n in ("ugcn", "torch", "torch_1thread") if any(n in row["steps_per_s"] for row in rows)]
-        head = {"ugcn": "ugcn steps/s", "torch": "PyTorch steps/s", "torch_1thread": "PyTorch 1 thread steps/s"}
+        names = [n for n in ("ugcn", "ugcn_inference_rule", "torch", "torch_1thread")
+                 if any(n in row["steps_per_s"] for row in rows)]
+        head = {"ugcn": "ugcn steps/s", "ugcn_inference_rule": "ugcn, inference-rule convolutions, steps/s",
+                "torch": "PyTorch steps/s", "torch_1thread": "PyTorch 1 thread steps/s"}
         out += table(["U-Net", "batch", "parameters"] + [head[n] for n in names] + ["ugcn / PyTorch"],
                      [[f"{row['dims']}D", "x".join(map(str, row["batch"])), row["params"]]
                       + [row["steps_per_s"].get(n) for n in names] + [row.get("ugcn_over_torch_steps_per_s")]

@@ -146,14 +146,15 @@ def dice_ce_loss(logits: jnp.ndarray, label: jnp.ndarray, mask: jnp.ndarray) -> 
     return ce + 1.0 - jnp.mean(dice)
 
 
-def make_train_step(config: UNetConfig, optimizer: optax.GradientTransformation):
+def make_train_step(config: UNetConfig, optimizer: optax.GradientTransformation, *, purpose: str = "train"):
     """``train_step(state, batch, key) -> (state, loss)``: one Adam step on a :class:`Batch` (pure, jit-able).
 
     Batch-norm uses batch statistics (running averages updated), dropout is on with ``key``. The U-Net runs
     its convolutions with the training rule (``UNet(config, purpose="train")``: the forms fastest forward +
-    backward; same parameters as the inference network).
+    backward; same parameters as the inference network). ``purpose="inference"`` builds it with the inference
+    rule instead (the same values to float rounding; for benchmarks).
     """
-    unet = UNet(config, purpose="train")
+    unet = UNet(config, purpose=purpose)
 
     def loss_fn(params, batch_stats, batch: Batch, key):
         logits, updates = unet.apply(
