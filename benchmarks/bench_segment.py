@@ -159,8 +159,9 @@ def versus_torch(dims: int, batch: int, side: int, rounds: int, steps: int) -> d
     optimizer = optax.adam(LEARNING_RATE)
     def ugcn_runner(purpose: str):
         step = jax.jit(make_train_step(config, optimizer, purpose=purpose), donate_argnums=(0,))
-        holder = {"state": TrainState(model.params, model.batch_stats, optimizer.init(model.params),
-                                      jnp.zeros((), jnp.int32)), "key": jax.random.PRNGKey(1)}
+        params, stats = jax.tree_util.tree_map(jnp.copy, (model.params, model.batch_stats))  # the steps donate
+        holder = {"state": TrainState(params, stats, optimizer.init(params), jnp.zeros((), jnp.int32)),
+                  "key": jax.random.PRNGKey(1)}
 
         def steps_fn(n):
             for _ in range(n):

@@ -58,13 +58,12 @@ def auto_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence
 
 def train_form(spatial: Sequence[int], in_channels: int, kernel_spatial: Sequence[int]) -> str:
     """The form :func:`conv2d` uses with ``form="auto", purpose="train"`` (forward + backward) for one layer
-    shape: ``"winograd4"`` for 3x3 kernels on inputs with at least :data:`WINOGRAD_MIN_CHANNELS` channels, at
-    any size (F(4, 3) on every such layer of the 2D U-Net, ``bench_conv2d.py``, batch 2 of 128^2: 102.7
-    GFLOP/s forward + backward against 66.8 with the inference rule and 51.5 with XLA's convolution), ``"xla"``
-    elsewhere."""
-    if tuple(kernel_spatial) != (3, 3) or in_channels < WINOGRAD_MIN_CHANNELS or any(n < 1 for n in spatial):
-        return "xla"
-    return "winograd4"
+    shape: for now :func:`auto_form`'s. F(4, 3) on every 3x3 layer with at least :data:`WINOGRAD_MIN_CHANNELS`
+    input channels (the 128^2 ones too) measured faster per layer (``bench_conv2d.py``, 2 slices, output gradient
+    ``sum(conv)``: 102.7 GFLOP/s forward + backward against 66.8), but not in the training step: the default 2D
+    U-Net's Adam step on 8 slices of 128^2 ran at 0.94x the steps/s of :func:`auto_form`'s convolutions
+    (``bench_segment.py``'s comparison, one process, load 7.6), so the 128^2 layers stay on XLA here too."""
+    return auto_form(spatial, in_channels, kernel_spatial)
 
 
 def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, padding: Padding = "SAME", *, form: str = "auto",
