@@ -35,7 +35,7 @@ JAX_FORMS = ("xla", "winograd2", "winograd4")
 SIDE = 128
 
 
-def torch_fns(x: np.ndarray, k: np.ndarray):
+def torch_fns(x: np.ndarray, k: np.ndarray, dy: np.ndarray):
     try:
         import torch
     except ImportError:
@@ -43,6 +43,7 @@ def torch_fns(x: np.ndarray, k: np.ndarray):
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     kt = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
     xg, kg = xt.clone().requires_grad_(True), kt.clone().requires_grad_(True)
+    dyt = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 3, 1, 2)))
 
     def fwd():
         with torch.no_grad():
@@ -50,7 +51,7 @@ def torch_fns(x: np.ndarray, k: np.ndarray):
 
     def fwd_bwd():
         y = torch.nn.functional.conv2d(xg, kg, padding=1)
-        return torch.autograd.grad(y.sum(), (xg, kg))
+        return torch.autograd.grad(y, (xg, kg), dyt)
 
     return fwd, fwd_bwd, torch.__version__
 
@@ -68,22 +69,26 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         x = rng.normal(size=(batch, side, side, ci)).astype(np.float32)
         k = (rng.normal(size=(3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32)
         xj, kj = jnp.asarray(x), jnp.asarray(k)
+        # a random output gradient, passed as an argument: with ``sum(conv)`` (a constant gradient of ones) XLA
+        # simplifies or constant-folds parts of the backward pass, which flattered some forms' fwd+bwd rates
+        dy = rng.normal(size=(batch, side, side, co)).astype(np.float32)
+        dyj = jnp.asarray(dy)
         flops = 2.0 * batch * side**2 * 9 * ci * co
         fwd, grad = {}, {}
         for form in JAX_FORMS:
             fwd[form] = jax.jit(lambda a, b, form=form: conv2d(a, b, "SAME", form=form))
-            grad[form] = jax.jit(jax.grad(lambda a, b, form=form: jnp.sum(conv2d(a, b, "SAME", form=form)),
+            grad[form] = jax.jit(jax.grad(lambda a, b, w, form=form: jnp.sum(conv2d(a, b, "SAME", form=form) * w),
                                           argnums=(0, 1)))
-        ref, ref_g = fwd["xla"](xj, kj), grad["xla"](xj, kj)
+        ref, ref_g = fwd["xla"](xj, kj), grad["xla"](xj, kj, dyj)
         err = {}
         for form in JAX_FORMS:
-            gx, gk = grad[form](xj, kj)
+            gx, gk = grad[form](xj, kj, dyj)
             err[form] = {"forward_rel": float(jnp.max(jnp.abs(fwd[form](xj, kj) - ref)) / jnp.max(jnp.abs(ref))),
                          "grad_input_rel": float(jnp.max(jnp.abs(gx - ref_g[0])) / jnp.max(jnp.abs(ref_g[0]))),
                          "grad_kernel_rel": float(jnp.max(jnp.abs(gk - ref_g[1])) / jnp.max(jnp.abs(ref_g[1])))}
         fwd_fns = {f: (lambda f=f: fwd[f](xj, kj).block_until_ready()) for f in JAX_FORMS}
-        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj))) for f in JAX_FORMS}
-        t = torch_fns(x, k)
+        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj, dyj))) for f in JAX_FORMS}
+        t = torch_fns(x, k, dy)
         if t is not None:
             cores = os.cpu_count() or 1
             fwd_fns["torch"], grad_fns["torch"] = with_threads(t[0], cores), with_threads(t[1], cores)

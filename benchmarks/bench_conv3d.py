@@ -76,7 +76,7 @@ def interleaved_min(fns: dict, rounds: int) -> dict:
     return best
 
 
-def torch_fns(x: np.ndarray, k: np.ndarray):
+def torch_fns(x: np.ndarray, k: np.ndarray, dy: np.ndarray):
     """PyTorch Conv3d forward and forward+backward on the same data, or ``None`` without torch."""
     try:
         import torch
@@ -87,6 +87,7 @@ def torch_fns(x: np.ndarray, k: np.ndarray):
     kt = torch.from_numpy(np.ascontiguousarray(k.transpose(4, 3, 0, 1, 2)))
     xg = xt.clone().requires_grad_(True)
     kg = kt.clone().requires_grad_(True)
+    dyt = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 4, 1, 2, 3)))
 
     def fwd():
         with torch.no_grad():
@@ -94,7 +95,7 @@ def torch_fns(x: np.ndarray, k: np.ndarray):
 
     def fwd_bwd():
         y = torch.nn.functional.conv3d(xg, kg, padding=1)
-        gx, gk = torch.autograd.grad(y.sum(), (xg, kg))
+        gx, gk = torch.autograd.grad(y, (xg, kg), dyt)
         return gx, gk
 
     return fwd, fwd_bwd, torch.__version__
@@ -107,28 +108,32 @@ def bench_layers(batch: int, rounds: int) -> list[dict]:
         x = rng.normal(size=(batch, side, side, side, ci)).astype(np.float32)
         k = (rng.normal(size=(3, 3, 3, ci, co)) / np.sqrt(27 * ci)).astype(np.float32)
         xj, kj = jnp.asarray(x), jnp.asarray(k)
+        # a random output gradient, passed as an argument: with ``sum(conv)`` (a constant gradient of ones) XLA
+        # simplifies or constant-folds parts of the backward pass, which flattered some forms' fwd+bwd rates
+        dy = rng.normal(size=(batch, side, side, side, co)).astype(np.float32)
+        dyj = jnp.asarray(dy)
         flops = 2.0 * batch * side**3 * 27 * ci * co
         fwd, grad = {}, {}
         forms = [f for f in JAX_FORMS  # Winograd not for the first layer, direct only for it
                  if (ci >= 2 or not f.startswith("winograd")) and (ci <= 4 or f != "direct")]
         for form in forms:
             f = jax.jit(lambda a, b, form=form: conv3d_slices(a, b, "SAME", form=form))
-            g = jax.jit(jax.grad(lambda a, b, form=form: jnp.sum(conv3d_slices(a, b, "SAME", form=form)),
+            g = jax.jit(jax.grad(lambda a, b, w, form=form: jnp.sum(conv3d_slices(a, b, "SAME", form=form) * w),
                                  argnums=(0, 1)))
             fwd[form], grad[form] = f, g
         ref = fwd["xla"](xj, kj)
-        ref_g = grad["xla"](xj, kj)
+        ref_g = grad["xla"](xj, kj, dyj)
         err = {}
         for form in forms:
             out = fwd[form](xj, kj)
-            gx, gk = grad[form](xj, kj)
+            gx, gk = grad[form](xj, kj, dyj)
             err[form] = {"forward": float(jnp.max(jnp.abs(out - ref))),
                          "grad_input": float(jnp.max(jnp.abs(gx - ref_g[0]))),
                          "grad_kernel_rel": float(jnp.max(jnp.abs(gk - ref_g[1])) / jnp.max(jnp.abs(ref_g[1])))}
         fwd_fns = {f: (lambda f=f: fwd[f](xj, kj).block_until_ready()) for f in forms}
-        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj))) for f in forms}
+        grad_fns = {f: (lambda f=f: jax.block_until_ready(grad[f](xj, kj, dyj))) for f in forms}
         torch_version = None
-        t = torch_fns(x, k)
+        t = torch_fns(x, k, dy)
         if t is not None:  # PyTorch with as many threads as cores and with one (on a busy machine one can win)
             import torch
 
