@@ -23,12 +23,12 @@ than 3x3, other layouts or ranks, other backends) goes to ``lax.conv_general_dil
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import jax.numpy as jnp
 from jax import lax
 
-from ugcn.segment.conv3d import PURPOSES, Padding, dispatch_stride1_channels_last, explicit_padding
+from ugcn.segment.conv3d import PURPOSES, Padding, explicit_padding, lax_drop_in
 from ugcn.segment.winograd import batch_chunk_for, transformed_bytes, winograd_conv
 
 FORMS = ("xla", "winograd2", "winograd4")
@@ -105,31 +105,17 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, padding: Padding = "SAME", *, fo
     return winograd_conv(x, kernel, pads, m=m, batch_chunk=chunk, precision=precision)
 
 
-def conv_general_dilated(
-    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-    preferred_element_type: Optional[Any] = None,
-):
+conv_general_dilated = lax_drop_in(
+    lambda x, k, pad, precision: conv2d(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_2D,
     """Drop-in for ``lax.conv_general_dilated`` that runs stride-1 channels-last 2D convolutions as
     :func:`conv2d` (``form="auto"``) on the CPU; every other case, and every other backend, is passed to
     ``lax.conv_general_dilated``.
 
     Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
-    """
-    return dispatch_stride1_channels_last(
-        lambda x, k, pad, precision: conv2d(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_2D,
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-        batch_group_count, precision, preferred_element_type)
+    """)
 
-
-def conv_general_dilated_train(
-    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-    preferred_element_type: Optional[Any] = None,
-):
+conv_general_dilated_train = lax_drop_in(
+    lambda x, k, pad, precision: conv2d(x, k, pad, form="auto", purpose="train", precision=precision),
+    CHANNELS_LAST_2D,
     """:func:`conv_general_dilated` with the training rule (:func:`train_form`, the fastest forward + backward
-    per layer shape): what a U-Net built with ``purpose="train"`` uses."""
-    return dispatch_stride1_channels_last(
-        lambda x, k, pad, precision: conv2d(x, k, pad, form="auto", purpose="train", precision=precision),
-        CHANNELS_LAST_2D, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    per layer shape): what a U-Net built with ``purpose="train"`` uses.""")

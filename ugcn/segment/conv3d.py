@@ -315,34 +315,36 @@ def dispatch_stride1_channels_last(
     )
 
 
-def conv_general_dilated(
-    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-    preferred_element_type: Optional[Any] = None,
-):
+def lax_drop_in(fast: Callable, layout: tuple[str, str, str], doc: str) -> Callable:
+    """A function with ``lax.conv_general_dilated``'s signature that runs ``fast(lhs, rhs, padding, precision)``
+    where :func:`dispatch_stride1_channels_last` allows it and ``lax`` elsewhere (docstring ``doc``)."""
+    def conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+        feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
+        preferred_element_type: Optional[Any] = None,
+    ):
+        return dispatch_stride1_channels_last(
+            fast, layout, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+
+    conv_general_dilated.__doc__ = doc
+    return conv_general_dilated
+
+
+conv_general_dilated = lax_drop_in(
+    lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_3D,
     """Drop-in for ``lax.conv_general_dilated`` that runs stride-1 channels-last 3D convolutions as
     :func:`conv3d_slices` (``form="auto"``) on the CPU; every other case, and every other backend (GPU
     libraries have fast 3D convolutions), is passed to ``lax.conv_general_dilated``.
 
     Use as ``flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)``.
-    """
-    return dispatch_stride1_channels_last(
-        lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", precision=precision), CHANNELS_LAST_3D,
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-        batch_group_count, precision, preferred_element_type)
+    """)
 
-
-def conv_general_dilated_train(
-    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-    feature_group_count: int = 1, batch_group_count: int = 1, precision=None,
-    preferred_element_type: Optional[Any] = None,
-):
+conv_general_dilated_train = lax_drop_in(
+    lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", purpose="train", precision=precision),
+    CHANNELS_LAST_3D,
     """:func:`conv_general_dilated` with the training rule (:func:`train_form`, the fastest forward + backward
-    per layer shape): what a U-Net built with ``purpose="train"`` uses."""
-    return dispatch_stride1_channels_last(
-        lambda x, k, pad, precision: conv3d_slices(x, k, pad, form="auto", purpose="train", precision=precision),
-        CHANNELS_LAST_3D, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
+    per layer shape): what a U-Net built with ``purpose="train"`` uses.""")
 
 
 def upsample_conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
