@@ -31,3 +31,18 @@ def test_stats_input_errors():
         empty_stats((4, 4, 1))
     with pytest.raises(ValueError, match="does not match"):
         accumulate(empty_stats((4, 2)), np.zeros((2, 3, 2), np.float32))
+
+
+@pytest.mark.parametrize("t", [1, 3, 16, 17, 40])
+def test_sums_over_samples_match_numpy(random_samples, t):
+    # sum_leading adds the samples in groups (no XLA reduce); the sums must be numpy's to float rounding.
+    from ugcn.uncertainty.stats import sum_leading
+
+    samples = random_samples(np.random.default_rng(t), t, (4, 5), 3)
+    np.testing.assert_allclose(sum_leading(jnp.asarray(samples)), samples.sum(0), rtol=1e-6, atol=1e-6)
+    stats = stats_from_samples(samples)
+    p = samples.astype(np.float64)
+    np.testing.assert_allclose(stats.sum_p, p.sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.sum_p2, (p * p).sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats.sum_plogp, np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(0),
+                               rtol=1e-5, atol=1e-5)
