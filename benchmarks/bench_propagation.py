@@ -9,7 +9,8 @@ and their transposes in the backward pass). This measures, on the sphere phantom
     ``choose_width``, the rest in a short overflow list): a gather and a dense row sum;
   - ``segment_sum_grad`` / ``ell_grad``: forward and backward (``jax.vjp``) of each, as in a training epoch:
     the scatter-add's transpose is a gather and a scatter-add again, the ELL's custom VJP is the same
-    gather-based propagation (``Â`` is symmetric);
+    gather-based propagation (``Â`` is symmetric); the cotangent is a random vector times the forward's
+    output, so the backward waits for the forward (one dependent chain, as in the fit);
 each as edges per second and as GB/s of the byte model (20 bytes per edge and pass: sender index, weight,
 gathered value, receiver index, scattered value) against the memory bandwidth measured in the same run.
 The ELL result is checked against ``segment_sum``.
@@ -18,8 +19,8 @@ Then the fit itself (``ugcn.refine.fit``, 50 epochs per call, the default ELL la
 per size, fastest of interleaved rounds:
   - ``fit``: ms per epoch, and GB/s and fraction of bandwidth under ``bench_refine``'s byte model
     (``2·20·E + 5·4·H·N + 4·F·N`` per epoch, padded sizes);
-  - ``propagation``: the epoch's graph part alone, one channel forward and backward per epoch in a scan
-    (``2·20·E`` bytes of the model);
+  - ``propagation``: the epoch's graph part alone, one channel forward and backward per epoch in a scan, the
+    backward's cotangent depending on the forward's output (``2·20·E`` bytes of the model);
   - ``dense``: the fit with propagation replaced by the identity: its per-node part alone (hidden layer
     forward and backward, dropout, loss, Adam; ``5·4·H·N + 4·F·N`` bytes of the model);
   - ``fit_untiled``: the fit with its hidden layer in one tile of all N nodes (``NODE_TILE`` = N, as
@@ -65,17 +66,24 @@ def bench_graph(nodes: int, rounds: int, bandwidth: float) -> dict:
     gather = jax.jit(lambda x, s, w: x[s] * w)
     fwd = {"segment_sum": jax.jit(propagate), "ell": jax.jit(ell_propagate)}
 
-    def with_grad(prop):  # forward and backward, as in a training epoch
-        return jax.jit(lambda norm, x: jax.value_and_grad(lambda v: jnp.sum(prop(norm, v) * c))(x))
+    def with_grad(prop):
+        """Forward and backward as in a training epoch: one dependent chain. The cotangent (random ``c``, an
+        argument, times the forward's output) needs the forward first; with a cotangent independent of it,
+        XLA could run both propagations at once, which overstated the cost at 291k nodes (38.7 ms against
+        7.9 ms for one forward)."""
+        def f(norm, x, c):
+            y, vjp = jax.vjp(lambda v: prop(norm, v), x)
+            return y, vjp(y * c)[0]
+        return jax.jit(f)
 
     grad = {"segment_sum": with_grad(propagate), "ell": with_grad(ell_propagate)}
     fns = {"gather": lambda: gather(x, s, w).block_until_ready(),
            "segment_sum": lambda: fwd["segment_sum"](coo, x).block_until_ready(),
            "ell": lambda: fwd["ell"](ell, x).block_until_ready(),
-           "segment_sum_grad": lambda: jax.block_until_ready(grad["segment_sum"](coo, x)),
-           "ell_grad": lambda: jax.block_until_ready(grad["ell"](ell, x))}
+           "segment_sum_grad": lambda: jax.block_until_ready(grad["segment_sum"](coo, x, c)),
+           "ell_grad": lambda: jax.block_until_ready(grad["ell"](ell, x, c))}
     diff = float(jnp.max(jnp.abs(fwd["ell"](ell, x) - fwd["segment_sum"](coo, x))))
-    grad_diff = float(jnp.max(jnp.abs(grad["ell"](ell, x)[1] - grad["segment_sum"](coo, x)[1])))
+    grad_diff = float(jnp.max(jnp.abs(grad["ell"](ell, x, c)[1] - grad["segment_sum"](coo, x, c)[1])))
     best = {k: float("inf") for k in fns}
     for f in fns.values():
         f()
@@ -126,11 +134,12 @@ def bench_fit_epoch(graph, rounds: int, bandwidth: float, epochs: int = 50) -> d
     c = jnp.asarray(np.random.default_rng(2).uniform(0.5, 1.5, n).astype(np.float32))
 
     def propagation_epochs(norm, x):
-        # The cotangent depends on the carry (x·c): with a constant one, XLA would hoist the backward
-        # propagation out of the loop; with x itself, it would share the forward's.
+        # The cotangent is the forward's output times a random c, so the backward waits for the forward (one
+        # dependent chain, as in the fit): a cotangent of the carry alone let both run at once, a constant one
+        # would let XLA hoist the backward out of the loop.
         def epoch(x, _):
-            v, g = jax.value_and_grad(lambda v: jnp.sum(ell_propagate(norm, v) * jax.lax.stop_gradient(v * c)))(x)
-            return x + 1e-6 * g, v
+            y, vjp = jax.vjp(lambda v: ell_propagate(norm, v), x)
+            return x + 1e-6 * vjp(y * c)[0], jnp.sum(y)
         return jax.lax.scan(epoch, x, None, length=epochs)
 
     prop = jax.jit(propagation_epochs)
