@@ -165,7 +165,7 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0"]  # the margins alone (tests/refine/test_sparse_removal.py: the rule on top)
+            "--sparse-removal", "0", "--sparse-addition", "0"]  # the margins alone (tests/refine/test_sparse_*.py)
     for margin in ("0.1", "0.45"):
         assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
     assert [m for m, _, _ in seen] == [0.1, 0.45]
@@ -179,4 +179,5 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
         removed.append(int((pred & (refined[coords] == 0)).sum()))
         report = json.loads((tmp_path / str(margin) / "report.json").read_text())
         assert report["config"]["removal_margin"] == margin
+        assert (report["config"]["sparse_removal"], report["config"]["sparse_addition"]) == (0.0, 0.0)
     assert removed[0] > removed[1]  # the looser margin removes more

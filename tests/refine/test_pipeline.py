@@ -59,6 +59,21 @@ def test_result_masks_are_consistent(sphere_result):
     sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
     assert PIPE.sparse_removal == 0.35
     expected = np.where(sparse, 0, expected)
+    # ... and the sparse addition: an uncertain addition is kept where, with it, >= 0.35 of its 3x3x3 neighbourhood
+    # is Ŷ or a kept addition (grown until nothing changes)
+    assert PIPE.sparse_addition == 0.35
+    added = free & (prediction[nodes] == 0) & (expected == 1)
+    grown, kept = r.cnn.astype(bool).copy(), np.zeros_like(added)
+    while True:
+        padded = np.pad(grown.astype(int), 1)
+        counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+                     for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+        new = added & ~kept & (counts[nodes] + 1 >= 10)  # 10 = ceil(0.35 * 27)
+        if not new.any():
+            break
+        kept |= new
+        grown[tuple(c[new] for c in nodes)] = True
+    expected = np.where(added & ~kept, 0, expected)
     np.testing.assert_array_equal(r.refined_unlabelled[nodes][free], expected[free])
     np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # the default replaces uncertain nodes only
     np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)
