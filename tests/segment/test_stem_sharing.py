@@ -99,6 +99,32 @@ def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size)
     assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_mc_sample_2d_statistics_equal_sums_of_the_plain_network_per_key(batch_size):
+    """The 2D sampler sums the passes in the network's slice-major layout (in-plane and chunk padding
+    included) and crops and transposes the sums once: they must be the sums of the plain network's samples."""
+    config = UNetConfig(dims=2, base_features=4, depth=2, dropout_rate=0.5)
+    model = init_model(config, jax.random.PRNGKey(0))
+    image = np.random.default_rng(3).normal(size=(9, 10, 7)).astype(np.float32)  # padded to 12 x 12 in-plane
+    key = jax.random.key(4)
+    T = 5  # not a multiple of the chunk: a padding pass of weight 0
+    result = mc_sample(make_volume_fn(model, stochastic=True, batch_size=batch_size), image, key, n_samples=T,
+                       chunk_size=2)
+    z = (image - image.mean()) / image.std()
+    slices = jnp.asarray(np.transpose(np.pad(z, ((0, 3), (0, 2), (0, 0)), mode="edge"), (2, 0, 1)))[..., None]
+    samples = []
+    for pass_key in jax.random.split(key, T):
+        logits = UNet(config).apply(model.variables, slices, dropout=True, rngs={"dropout": pass_key})[..., 0]
+        p = np.transpose(1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64))), (1, 2, 0))[:9, :10]
+        samples.append(np.stack([1.0 - p, p], axis=-1))
+    samples = np.stack(samples)
+    assert float(result.stats.count) == T
+    np.testing.assert_allclose(result.stats.sum_p, samples.sum(0), atol=1e-4)
+    np.testing.assert_allclose(result.stats.sum_p2, (samples**2).sum(0), atol=1e-4)
+    np.testing.assert_allclose(result.stats.sum_plogp, (samples * np.log(samples)).sum(0), atol=1e-4)
+    assert np.abs(samples[0] - samples[1]).max() > 1e-3
+
+
 def test_given_masks_run_several_keys_as_one_batch_like_the_network_per_key():
     """``dropout_masks`` records each key's masks as ``apply(..., rngs={"dropout": key})`` draws them; given
     back (rows per pass, pass-major), one call on the passes stacked in the batch equals one call per key."""

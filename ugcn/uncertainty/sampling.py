@@ -74,7 +74,10 @@ def reduce_passes(
 
     Args:
       pass_fn: ``fn(variables, inputs_t, image) -> probs f32[X, Y, Z, C]`` for one pass; when it has a
-        ``passes(variables, inputs [S], image) -> f32[S, X, Y, Z, C]`` attribute, that computes a chunk.
+        ``passes(variables, inputs [S], image) -> f32[S, X, Y, Z, C]`` attribute, that computes a chunk; when it
+        also has ``passes_raw(variables, inputs [S], image) -> f32[S, *raw]`` and ``to_volume(a [..., *raw],
+        image) -> [..., X, Y, Z, C]`` (a crop and transpose, e.g. the 2D model's slice-major layout), the chunks
+        are summed in the raw layout and the sums (and kept samples) mapped once at the end.
       per_pass: pytree of arrays with leading axis ``T`` (a pass's PRNG key, transform, ...).
       n_samples, chunk_size: ``T`` and the passes per ``vmap`` (``chunk_size <= T``), static.
       keep_samples: also return all ``T`` samples.
@@ -85,8 +88,17 @@ def reduce_passes(
     n_chunks = math.ceil(n_samples / chunk_size)
     padded = n_chunks * chunk_size
     # A pass function that can share work between passes (a 3D model's patch extraction and stem,
-    # ugcn.segment.model.VolumeApply.passes) computes a chunk itself; vmap otherwise.
+    # ugcn.segment.model.VolumeApply.passes) computes a chunk itself; vmap otherwise. One that also gives its
+    # passes in its own layout (passes_raw, with to_volume: the 2D model's slice-major probabilities) is summed
+    # in that layout and the sums mapped once: summing transposed samples cost XLA:CPU several times more.
     batched_fn = getattr(pass_fn, "passes", None) or jax.vmap(pass_fn, in_axes=(None, 0, None))
+    to_volume: Optional[Callable] = getattr(pass_fn, "to_volume", None)
+    raw_fn = getattr(pass_fn, "passes_raw", None) if to_volume is not None else None
+    if raw_fn is not None:
+        batched_fn = raw_fn
+
+    def finish(a: jnp.ndarray) -> jnp.ndarray:
+        return a if to_volume is None or raw_fn is None else to_volume(a, image)
 
     def pad_and_chunk(x):
         x = jnp.concatenate([x, x[: padded - n_samples]], axis=0) if padded > n_samples else x
@@ -95,7 +107,10 @@ def reduce_passes(
     chunks = jax.tree_util.tree_map(pad_and_chunk, per_pass)
     weights = (jnp.arange(padded) < n_samples).astype(jnp.float32).reshape(n_chunks, chunk_size)
     first = jax.tree_util.tree_map(lambda x: x[0, 0], chunks)
-    probs_shape = jax.eval_shape(lambda i, x: pass_fn(variables, i, x), first, image).shape
+    if raw_fn is not None:
+        probs_shape = jax.eval_shape(lambda i, x: raw_fn(variables, i[None], x), first, image).shape[1:]
+    else:
+        probs_shape = jax.eval_shape(lambda i, x: pass_fn(variables, i, x), first, image).shape
     init = empty_stats(probs_shape)
 
     def step(stats, chunk):
@@ -105,8 +120,9 @@ def reduce_passes(
         return stats, (probs if keep_samples else None)
 
     stats, collected = jax.lax.scan(step, init, (chunks, weights))
+    stats = stats._replace(sum_p=finish(stats.sum_p), sum_p2=finish(stats.sum_p2), sum_plogp=finish(stats.sum_plogp))
     if keep_samples:
-        collected = collected.reshape((padded,) + collected.shape[2:])[:n_samples]
+        collected = finish(collected.reshape((padded,) + collected.shape[2:])[:n_samples])
     return MCResult(stats, collected)
 
 
