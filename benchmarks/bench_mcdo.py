@@ -15,7 +15,9 @@ Timings are medians of ``--repeats`` runs after one warm-up run (compilation exc
 reported separately). Memory is XLA's compiled ``memory_analysis()`` of each executable (bytes of arguments,
 outputs and temporaries the compiled program allocates), with and without keeping the T samples.
 
-Usage:  python benchmarks/bench_mcdo.py [--size small|large] [--repeats 3]
+Per-layer times of the default sampler's program against the FLOP model: ``benchmarks/profile_mcdo.py``.
+
+Usage:  python benchmarks/bench_mcdo.py [--size small|issue|large] [--repeats 3]
   small: base 8 U-Net,  volume 64x64x24, T = 20, chunk 4          (< 1 minute on an idle 2-core CPU)
   large: base 16 U-Net, volume 96x96x48, T = 20, chunks 1, 4, 20  (~10 minutes on a 2-core CPU)
 Writes (updates the entry of its size in) benchmarks/results/mcdo.json; ``ratios`` holds the headline

@@ -6,6 +6,20 @@
 (unless the samples are kept). Pass ``t`` always uses ``jax.random.split(key, T)[t]``: results do not
 depend on the chunk size.
 
+Speed against a Python loop of single jitted passes (issue 15; ``benchmarks/bench_mcdo.py``,
+``benchmarks/profile_mcdo.py``): the default 2D U-Net's chunk of 4 passes runs as one batch of 4 rows per slice
+with the stem shared and its masks folded into the next kernel. The scanned sampler used to be slower than the
+loop (0.79x on ``--size small``, 0.65-0.71x at issue size, 128 x 128 x 64, T = 20) for two reasons found in
+profiles, neither of them the scan itself: the running sums reduced a chunk with an XLA reduce over the small
+pass axis, which XLA:CPU runs as a YNNPACK reduce 20-45x slower than adds (now
+:func:`~ugcn.uncertainty.stats.sum_leading`; 848 ms -> 23 ms per issue-size chunk), and they summed the passes
+after the crop and transpose to ``[X, Y, Z, C]`` (now in the network's slice-major layout, mapped once:
+``VolumeApply.passes_raw``; 340-470 ms -> 24-43 ms per chunk). Measured after both (one process, interleaved
+rounds, 2-core CPU under load 11-13): ``--size small`` shape 1.05-1.13x the loop, issue size 1.10-1.11x
+(27.3 s against 30.4 s). Alternatives measured in the same run: a host loop of compiled 4-pass chunks 0.92x
+(median; noisy), chunks of 2 passes 0.92x, and the 4 passes without the masks folded into the kernel (4
+masked copies of the stem) 0.64x, so the default stays the scan over chunks of 4.
+
 :func:`samples_from_probability_maps` and :func:`load_sample_maps` accept the ``T`` probability maps of
 any framework (a 4D NIfTI ``(X, Y, Z, T)`` of foreground probabilities), so that the uncertainty
 estimators, method R and method L work on models that were not trained with ``ugcn``.
