@@ -7,6 +7,16 @@ the operation time per slice-pass and the GFLOP/s of the layer's convolution FLO
 2 per multiply-add, the stem once per slice). Operation times are summed over XLA's worker threads; on a
 shared machine they include time lost to other processes, so compare layers of one run, not runs.
 
+Measured at issue size (128 x 128 x 64, T = 20, chunk 4; 2-core CPU, load 10.2): 28.4 s, 19.7 ms of operation
+time per slice-pass, 58 GFLOP/s over the network's 1.47 TFLOP (10 s needs ~147 GFLOP/s, 62 % of the 236 GFLOP/s
+matmul roof). The 128^2 layers took 36 % (dec0.conv0 32->16 on XLA's YNNPACK convolution 4.3 s at 50 GFLOP/s,
+enc0.conv1 with the stem's masks in the kernel 2.6 s at 49, dec0.conv1 1.3 s at 89), the 64^2 (Winograd) layers 28 %,
+the 32^2 and 16^2 layers 28 % (100-120 GFLOP/s), pooling and concatenation 6 %, the running sums 2 %. Tried on
+the 128^2 layers (one process, load 11-14): stacked-taps forms (3 row shifts on the channels, im2col, taps on the
+outputs) 2-10x slower than XLA's convolution; the first decoder convolution as one convolution per part of its
+[upsampled, skip] input (no concatenation) 0.91-1.06x the whole network's time (not kept); the 4 passes as 4
+masked copies of the stem instead of the masks in the next kernel 0.64x.
+
 Usage:  python benchmarks/profile_mcdo.py [--size issue|small] [--slices Z] [--samples T] [--chunk S]
   issue: the default 2D U-Net (base 16, depth 3) over 128 x 128 x Z (Z = 64 by default), T = 20, chunk 4
   small: base 8 over 64 x 64 x 24, T = 20, chunk 4
