@@ -75,8 +75,9 @@ def test_unet_3d_default_equals_lax_convolutions_values_and_gradients():
         return jnp.sum(out**2)
 
     fast, plain = UNet(config), UNet(config, conv_general_dilated=lax.conv_general_dilated)
-    np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), atol=1e-5)
-    got, want = (jax.grad(loss)(variables["params"], net) for net in (fast, plain))
+    # jitted, as in test_winograd.py (run eagerly, every operation compiled on its own: most of the time)
+    np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), jax.jit(plain.apply)(variables, x), atol=1e-5)
+    got, want = (jax.jit(jax.grad(lambda p, net=net: loss(p, net)))(variables["params"]) for net in (fast, plain))
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 

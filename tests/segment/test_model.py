@@ -16,9 +16,14 @@ def zscore(image):
     return ((x - x.mean()) / x.std()).astype(np.float32)
 
 
+# jitted: run eagerly, the U-Net compiled each operation for each shape (most of these tests' time)
+_apply = jax.jit(lambda config, variables, x: UNet(config).apply(variables, x, train=False, dropout=False),
+                 static_argnums=0)
+
+
 def direct_probs(model, x):
     """Reference: the U-Net applied to one batch, sigmoid -> [1-p, p] written out in numpy."""
-    logits = np.asarray(UNet(model.config).apply(model.variables, jnp.asarray(x), train=False, dropout=False))
+    logits = np.asarray(_apply(model.config, model.variables, jnp.asarray(x)))
     p = 1.0 / (1.0 + np.exp(-logits[..., 0].astype(np.float64)))
     return np.stack([1 - p, p], -1)
 

@@ -78,6 +78,12 @@ def test_channel_dropout_equals_flax_dropout_and_chunks_equal_the_whole_batch(di
     np.testing.assert_array_equal(jnp.concatenate(chunks)[:7], flax_out)
 
 
+# The plain network with dropout on, jitted once for the three chunkings below (run eagerly, it compiled each
+# operation for each shape: most of those tests' time).
+_plain = jax.jit(lambda config, variables, x, key: UNet(config).apply(variables, x, dropout=True,
+                                                                      rngs={"dropout": key}), static_argnums=0)
+
+
 @pytest.mark.parametrize("batch_size", [None, 1, 3])
 def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size):
     """Every chunking of the slices (and of the passes) gives the samples of the whole stack of slices in one
@@ -91,7 +97,7 @@ def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size)
     z = (image - image.mean()) / image.std()  # the model's default z-score normalisation
     slices = jnp.asarray(np.transpose(z, (2, 0, 1)))[..., None]  # [Z, X, Y, 1], sizes already multiples of 4
     for t, pass_key in enumerate(jax.random.split(key, 3)):
-        logits = UNet(config).apply(model.variables, slices, dropout=True, rngs={"dropout": pass_key})[..., 0]
+        logits = _plain(config, model.variables, slices, pass_key)[..., 0]
         p = np.transpose(1.0 / (1.0 + np.exp(-np.asarray(logits))), (1, 2, 0))
         np.testing.assert_allclose(result.samples[t, ..., 1], p, atol=2e-5)
     single = np.asarray(jax.jit(fn)(jax.random.split(key, 3)[1], image))
@@ -135,19 +141,22 @@ def test_given_masks_run_several_keys_as_one_batch_like_the_network_per_key():
     unet = UNet(config)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8, 8, 1)).astype(np.float32))
     keys = jax.random.split(jax.random.key(1), 3)
-    stem = unet.apply(variables, x, stage="stem")
+    # jitted (one program per call shape instead of one per operation per shape, run eagerly: most of the time)
+    apply = jax.jit(unet.apply, static_argnames=("stage", "dropout"))
+    stem = apply(variables, x, stage="stem")
     masks = dropout_masks(unet, variables, stem[:1], keys, stage="after_stem", total=5)
     assert all(m.shape[:2] == (3, 5) and m.dtype == jnp.bool_ for m in jax.tree_util.tree_leaves(masks))
+    per_key = [apply(variables, x, dropout=True, rngs={"dropout": key}) for key in keys]
     for offset, n in ((0, 5), (3, 2)):  # the whole batch, and rows 3-4 as a chunk of a larger call
         given = jax.tree_util.tree_map(
             lambda m, o=offset, n=n: jax.vmap(lambda mp: rows_of_masks(mp, o, n))(m).reshape((3 * n,) + m.shape[2:]),
             masks)
-        tiled = unet.apply({**variables, MASKS: given}, jnp.tile(stem[offset:offset + n], (3, 1, 1, 1)),
-                           stage="after_stem", dropout=True)
+        tiled = apply({**variables, MASKS: given}, jnp.tile(stem[offset:offset + n], (3, 1, 1, 1)),
+                      stage="after_stem", dropout=True)
         # The stem given once for the 3 passes (its masks go into the next convolution's kernel).
-        shared = unet.apply({**variables, MASKS: given}, stem[offset:offset + n], stage="after_stem", dropout=True)
-        for s, key in enumerate(keys):
-            ref = unet.apply(variables, x, dropout=True, rngs={"dropout": key})[offset:offset + n]
+        shared = apply({**variables, MASKS: given}, stem[offset:offset + n], stage="after_stem", dropout=True)
+        for s in range(len(keys)):
+            ref = per_key[s][offset:offset + n]
             np.testing.assert_allclose(tiled[s * n:(s + 1) * n], ref, atol=1e-5)
             np.testing.assert_allclose(shared[s * n:(s + 1) * n], ref, atol=1e-5)
     bad = jax.tree_util.tree_map(lambda m: m[0], masks)  # all 5 rows for an input of 3 x 5 rows
