@@ -59,6 +59,36 @@ def test_mc_sample_3d_shared_passes_equal_single_passes_over_many_patch_chunks()
     assert np.abs(reference[0] - reference[1]).max() > 1e-3
 
 
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mc_sample_3d_equals_the_plain_network_per_key_blended_by_hand(batch_size):
+    # 12 x 8 x 8 with 8^3 patches, overlap 0.5, uniform blending: patches at x = 0 and 4, averaged on x 4..7.
+    # batch_size 1: 2 patch chunks (keys split(pass_key, 2)[c]); 2: one chunk of 2 rows per pass.
+    config = UNetConfig(dims=3, base_features=2, depth=1, patch_size=(8, 8, 8), patch_overlap=0.5,
+                        blend="uniform", dropout_rate=0.5)
+    model = init_model(config, jax.random.PRNGKey(0))
+    image = np.random.default_rng(3).normal(size=(12, 8, 8)).astype(np.float32)
+    key = jax.random.key(4)
+    fn = make_volume_fn(model, stochastic=True, batch_size=batch_size)
+    result = mc_sample(fn, image, key, n_samples=3, chunk_size=3, keep_samples=True)
+    z = jnp.asarray((image - image.mean()) / image.std())[..., None]
+    patches = jnp.stack([z[0:8], z[4:12]])
+    for t, pass_key in enumerate(jax.random.split(key, 3)):
+        if batch_size == 1:
+            chunk_keys = jax.random.split(pass_key, 2)
+            logits = [UNet(config).apply(model.variables, patches[c : c + 1], dropout=True,
+                                         rngs={"dropout": chunk_keys[c]})[0, ..., 0] for c in range(2)]
+        else:
+            both = UNet(config).apply(model.variables, patches, dropout=True,
+                                      rngs={"dropout": jax.random.split(pass_key, 1)[0]})
+            logits = [both[0, ..., 0], both[1, ..., 0]]
+        p0, p1 = (1.0 / (1.0 + np.exp(-np.asarray(lg))) for lg in logits)
+        expected = np.zeros((12, 8, 8))
+        expected[:4], expected[4:8], expected[8:] = p0[:4], (p0[4:] + p1[:4]) / 2, p1[4:]
+        np.testing.assert_allclose(result.samples[t, ..., 1], expected, atol=2e-5)
+        np.testing.assert_allclose(result.samples[t, ..., 0], 1.0 - expected, atol=2e-5)
+    assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3  # the keys matter
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_channel_dropout_equals_flax_dropout_and_chunks_equal_the_whole_batch(dims):
     import flax.linen as nn
