@@ -135,10 +135,14 @@ def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size)
     assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3
 
 
-@pytest.mark.parametrize("batch_size", [None, 3])
-def test_mc_sample_2d_statistics_equal_sums_of_the_plain_network_per_key(batch_size):
+@pytest.mark.parametrize("batch_size, pixels_per_call", [(None, None), (3, None), (None, 864)])
+def test_mc_sample_2d_statistics_equal_sums_of_the_plain_network_per_key(batch_size, pixels_per_call, monkeypatch):
     """The 2D sampler sums the passes in the network's slice-major layout (in-plane and chunk padding
-    included) and crops and transposes the sums once: they must be the sums of the plain network's samples."""
+    included) and crops and transposes the sums once: they must be the sums of the plain network's samples.
+    With 864 pixels per call, one pass runs 6 of the 7 slices per call (padded to 12 rows) and a chunk of two
+    passes 3 (padded to 9): the raw layout's padding depends on the passes per call."""
+    if pixels_per_call is not None:
+        monkeypatch.setattr("ugcn.segment.model.SLICE_PIXELS_PER_CALL", pixels_per_call)
     config = UNetConfig(dims=2, base_features=4, depth=2, dropout_rate=0.5)
     model = init_model(config, jax.random.PRNGKey(0))
     image = np.random.default_rng(3).normal(size=(9, 10, 7)).astype(np.float32)  # padded to 12 x 12 in-plane

@@ -128,10 +128,11 @@ def reduce_passes(
 
     chunks = jax.tree_util.tree_map(pad_and_chunk, per_pass)
     weights = (jnp.arange(padded) < n_samples).astype(jnp.float32).reshape(n_chunks, chunk_size)
-    first = jax.tree_util.tree_map(lambda x: x[0, 0], chunks)
-    if raw_fn is not None:
-        probs_shape = jax.eval_shape(lambda i, x: raw_fn(variables, i[None], x), first, image).shape[1:]
+    if raw_fn is not None:  # the raw layout's padding can depend on the passes per call: shape of a whole chunk
+        first_chunk = jax.tree_util.tree_map(lambda x: x[0], chunks)
+        probs_shape = jax.eval_shape(lambda c, x: raw_fn(variables, c, x), first_chunk, image).shape[1:]
     else:
+        first = jax.tree_util.tree_map(lambda x: x[0, 0], chunks)
         probs_shape = jax.eval_shape(lambda i, x: pass_fn(variables, i, x), first, image).shape
     init = empty_stats(probs_shape)
 
