@@ -10,8 +10,8 @@ the default setting (``CRFConfig()``, unary from ``Ŷ``), with the same kernels 
 published setting; the GCN as published (``RefineConfig.preset("reference")`` without the self-check's
 fallback, when presets exist), the same with only the uncertain nodes replaced, each graph variant of
 ``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), the default without its
-sparse removal (``sparse_removal=0``) and without its sparse addition (``sparse_addition=0``), each when the default
-has it, and the default ``RefineConfig()`` (which
+sparse removal (``sparse_removal=0``), without its sparse addition (``sparse_addition=0``) and without its context
+additions (``context_addition=1``), each when the default has it, and the default ``RefineConfig()`` (which
 selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled
 over all volumes, each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
@@ -170,6 +170,9 @@ def gcn_methods(variants_alone: bool = True) -> dict:
         if getattr(default, rule, 0) > 0:
             name = f"GCN (default without {rule.replace('_', ' ')})"
             last = {name: (dataclasses.replace(default, **{rule: 0.0}), "refined"), **last}
+    if getattr(default, "context_addition", 1.0) < default.threshold + default.confidence_margin:
+        last = {"GCN (default without context addition)": (dataclasses.replace(default, context_addition=1.0),
+                                                           "refined"), **last}
     if not variants_alone:
         methods.update(last)
         return methods

@@ -181,3 +181,60 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
         assert report["config"]["removal_margin"] == margin
         assert (report["config"]["sparse_removal"], report["config"]["sparse_addition"]) == (0.0, 0.0)
     assert removed[0] > removed[1]  # the looser margin removes more
+
+
+def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+    """--context-addition, --context-sigma and --context-reach reach the check (recomputed here on the whole volume
+    with the file's voxel size) and the refined mask follows the rule (numpy here); the sparse rules are off."""
+    from scipy import ndimage
+
+    import ugcn.refine.pipeline as pipeline
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    image, pred = case[0], case[1].astype(bool)
+    spacing = (0.8, 0.8, 2.5)  # write_case's affine
+    seen = []  # (config, context per node, node probabilities, graph)
+    real = pipeline._finish
+
+    def spy(prep, node_probs, fit_s, config):
+        result = real(prep, node_probs, fit_s, config)
+        seen.append((config, prep.context, result.node_probs, result.graph))
+        return result
+
+    monkeypatch.setattr(pipeline, "_finish", spy)
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
+            "--sparse-removal", "0", "--sparse-addition", "0"]
+    runs = {"off": ["--context-addition", "1"],
+            "on": ["--context-addition", "0.5", "--context-sigma", "0.8", "--context-reach", "2"]}
+    for name, flags in runs.items():
+        assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
+    (off, ctx_off, p_off, _), (on, ctx, p, g) = seen
+    assert ctx_off is None and (on.context_addition, on.context_sigma, on.context_reach) == (0.5, 0.8, 2.0)
+    idx = tuple(g.node_coords.T)
+    fg = g.label_mask & pred[idx]
+    bg = g.label_mask & ~pred[idx]
+    sig = [0.8 / s for s in spacing]
+    outside = pipeline.masked_smooth(image, ~pred, sig)[idx]
+    organ = np.median(pipeline.masked_smooth(image, pred, sig)[idx][fg])
+    near = bg & (ndimage.distance_transform_edt(~pred, sampling=spacing)[idx] < 2.0)
+    background = np.median(outside[near])
+    want = np.abs(outside - background) > np.abs(outside - organ)
+    np.testing.assert_array_equal(ctx, want)
+    free = ~g.label_mask
+    loose = free & ~pred[idx] & (p > 0.5) & (p <= 0.9) & want
+    assert loose.sum() >= 3
+    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
+    rule = np.where((p > 0.9) | loose, 1, np.where(p <= 0.02, 0, pred[idx]))
+    np.testing.assert_array_equal(refined[tuple(g.node_coords[free].T)], rule[free])
+    np.testing.assert_allclose(p_off, p, atol=1e-6)  # same fit: the rule alone differs
+    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
+    np.testing.assert_array_equal(refined != refined_off, np.isin(np.arange(refined.size).reshape(refined.shape),
+                                                                  np.ravel_multi_index(
+                                                                      tuple(g.node_coords[loose].T), refined.shape)))
+    report = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert (report["config"]["context_addition"], report["config"]["context_sigma"],
+            report["config"]["context_reach"]) == (0.5, 0.8, 2.0)
