@@ -370,7 +370,11 @@ def propagation_section(r: dict, size: str) -> list[str]:
              f"{100 * g['forms'][f]['bandwidth_fraction']:.0f}%"]
             for g in r["graphs"] for f in forms if f in g["forms"]]
     out += table(["nodes", "edges", "form", "ms", "GB/s", "of bandwidth"], rows, "rrlrrr")
-    part_labels = {"fit": "fit (default, hidden layer in node tiles)", "fit_untiled": "fit, hidden layer untiled",
+    # Results before the packed hidden layer carry no "fit_form": their default fit was the tiled one.
+    packed = any(f.get("fit_form") == "packed" for f in r["fits"])
+    default = "packed hidden layer" if packed else "hidden layer in node tiles"
+    part_labels = {"fit": f"fit (default, {default})",
+                   "fit_tiled": "fit, hidden layer in node tiles (before)", "fit_untiled": "fit, hidden layer untiled",
                    "propagation": "its propagation alone", "dense": "its per-node part alone"}
     rows = [[f["nodes"], part_labels[name], part["ms_per_epoch"], part["model_bytes_per_epoch"] / 1e6,
              part["GBps"], f"{100 * part['bandwidth_fraction']:.0f}%"]

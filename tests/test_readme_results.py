@@ -164,3 +164,13 @@ def test_propagation_section_shows_the_fit_against_bandwidth(gen):
     assert "| 1000 | fit (default, hidden layer in node tiles) | 2.00 | 30.00 | 15.00 | 60% |" in text
     assert "| 1000 | its propagation alone | 1.00 | 16.00 | 16.00 | 64% |" in text
     assert "sum to 0.90 at 1000 nodes" in text
+
+
+def test_propagation_section_names_the_packed_fit_and_the_tiled_one_it_replaced(gen):
+    part = {"ms_per_epoch": 1.0, "model_bytes_per_epoch": 1e7, "GBps": 10.0, "bandwidth_fraction": 0.4}
+    result = {"memory_bandwidth_GBps": 25.0, "bytes_per_edge": 20, "graphs": [],
+              "fits": [{"nodes": 1000, "parts_sum_over_fit": 0.9, "fit_form": "packed",
+                        "parts": {"fit": part, "fit_tiled": part}}]}
+    text = "\n".join(gen.propagation_section(result, "small"))
+    assert "| 1000 | fit (default, packed hidden layer) | 1.00 | 10.00 | 10.00 | 40% |" in text
+    assert "| 1000 | fit, hidden layer in node tiles (before) | 1.00 | 10.00 | 10.00 | 40% |" in text

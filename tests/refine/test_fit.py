@@ -146,3 +146,55 @@ def test_tiled_hidden_layer_value_and_gradient_match_numpy(rate):
     np.testing.assert_allclose(z, np.sum(w2 @ hk * c), rtol=1e-4)
     for got, want in zip(grads, (ax @ dpre.T, dpre.sum(1), hk @ c)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_dropout_draw_equals_jax_random_bits(partitionable):
+    """The element-wise Threefry of the rate-0.5 draw gives jax's own ``random.bits``, bit for bit: raw and
+    typed keys, a folded-in key (as each epoch uses), vmapped over keys (as the batch fit), and the
+    non-partitionable layout (where it falls back to ``random.bits``)."""
+    import jax.numpy as jnp
+
+    from ugcn.refine.fit import _dropout_draw
+
+    with jax.threefry_partitionable(partitionable):
+        for key in (jax.random.PRNGKey(3), jax.random.key(11), jax.random.fold_in(jax.random.PRNGKey(0), 199)):
+            for n in (1, 1000, 4096):
+                np.testing.assert_array_equal(_dropout_draw(key, n, 32, 0.5), jax.random.bits(key, (n,), jnp.uint32))
+        keys = jax.random.split(jax.random.PRNGKey(1), 3)
+        draws = jax.jit(jax.vmap(lambda k: _dropout_draw(k, 777, 16, 0.5)))(keys)
+        np.testing.assert_array_equal(draws, jax.vmap(lambda k: jax.random.bits(k, (777,), jnp.uint32))(keys))
+
+
+@pytest.mark.parametrize("hidden", [32, 7])
+@pytest.mark.parametrize("rate", [0.5, 0.0])
+def test_packed_hidden_layer_value_and_gradient_match_numpy(hidden, rate):
+    """The packed hidden layer (unit masks as one uint32 per node, gradients from ``Q = M (A' ⊙ g)ᵀ``) against
+    the dense closed form in float64 numpy: z = w2ᵀ(ReLU(W1ᵀA + b1) ⊙ keep), d(c·z)/dW1 = A dpreᵀ,
+    /db1 = Σ dpre, /dw2 = h c; with exact zeros among the pre-activations (the padding nodes: A = 0, b1 = 0
+    on half the units), whose ReLU gradient is 0."""
+    import jax.numpy as jnp
+
+    from ugcn.refine.fit import _dropout_draw, _hidden_out, _packed
+
+    n, f = 1280, 3
+    rng = np.random.default_rng(1)
+    w1, b1, w2 = rng.normal(size=(f, hidden)), rng.normal(size=hidden) * 0.5, rng.normal(size=hidden)
+    b1[::2] = 0.0
+    ax, c = rng.normal(size=(f, n)), rng.normal(size=n)
+    ax[:, -100:] = 0.0
+    draw = None if rate == 0 else _dropout_draw(jax.random.PRNGKey(3), n, hidden, rate)
+    assert _packed(hidden, draw)
+    bits = np.ones((hidden, n)) if draw is None else (np.asarray(draw)[None, :] >> np.arange(hidden)[:, None]) & 1
+    keep = bits / (1 - rate)
+    pre = w1.T @ ax + b1[:, None]
+    hk = np.maximum(pre, 0) * keep
+    dpre = (pre > 0) * keep * w2[:, None] * c[None, :]
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    fn = jax.jit(lambda p: jnp.sum(_hidden_out(p[0], p[1], p[2], f32(ax), draw, rate) * f32(c)))
+    value, grads = jax.value_and_grad(fn)((f32(w1), f32(b1), f32(w2)))
+    np.testing.assert_allclose(value, np.sum(w2 @ hk * c), rtol=1e-4)
+    z = _hidden_out(f32(w1), f32(b1), f32(w2), f32(ax), draw, rate)
+    np.testing.assert_allclose(z, w2 @ hk, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, (ax @ dpre.T, dpre.sum(1), hk @ c)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
