@@ -19,8 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ugcn demo
 
+# The suite on TEST_WORKERS processes (pytest-xdist): XLA compiles on one thread, so one process leaves a core idle.
+# --dist loadfile keeps each file on one worker, so module- and session-scoped fixtures (trained models, compiled
+# programs) are built once per file, not once per worker. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Static checks (configured in pyproject.toml): ruff (style, imports, likely bugs) and mypy (types).
 lint: $(STAMP)

@@ -137,8 +137,9 @@ def test_not_nifti(tmp_path):
     [
         ("garbage.nii.gz", b"\x00\x01 this is garbage, not gzip"),
         ("garbage.nii", b"short"),
-        ("badgz.nii.gz", gzip.compress(b"not a nifti header" * 3)),
+        ("badgz.nii.gz", gzip.compress(b"not a nifti header" * 3, mtime=0)),
     ],
+    ids=["not-gzip", "short", "gzip-not-nifti"],  # fixed ids: pytest-xdist workers must collect the same names
 )
 def test_corrupt_file(tmp_path, name, payload):
     (tmp_path / name).write_bytes(payload)
