@@ -198,3 +198,28 @@ def test_packed_hidden_layer_value_and_gradient_match_numpy(hidden, rate):
     np.testing.assert_allclose(z, w2 @ hk, rtol=1e-4, atol=1e-5)
     for got, want in zip(grads, (ax @ dpre.T, dpre.sum(1), hk @ c)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_weighted_bce_value_and_gradient_match_numpy():
+    """The fit's loss with its one-exponential gradient against float64 numpy: ``Σ w·bce`` and ``w·(σ(z) - y)``,
+    logits from -40 to 40 (where log σ must not round to -inf) and weights from ``loss_weights``."""
+    import jax.numpy as jnp
+
+    from ugcn.refine.fit import loss_weights, weighted_bce
+
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.normal(size=(2, 500)) * 4, np.array([[-40.0, 40.0, 0.0] * 2]).reshape(2, 3)], axis=1)
+    y = (rng.uniform(size=z.shape) < 0.3).astype(np.float64)
+    m = rng.uniform(size=z.shape) < 0.7
+    for loss in ("bce", "balanced_bce"):
+        w = np.asarray(loss_weights(jnp.asarray(y, jnp.float32), jnp.asarray(m), loss), np.float64)
+        if loss == "bce":
+            np.testing.assert_allclose(w, m / m.sum(1, keepdims=True), rtol=1e-6)
+        log_p, log_q = -np.logaddexp(0, -z), -np.logaddexp(0, z)  # log σ(z), log(1 - σ(z))
+        want = np.sum(w * -(y * log_p + (1 - y) * log_q), axis=1)
+        c = np.array([0.7, -1.3])
+        value, grad = jax.value_and_grad(lambda v: jnp.sum(weighted_bce(v, jnp.asarray(y, jnp.float32),
+                                                                         jnp.asarray(w, jnp.float32)) * c))(
+            jnp.asarray(z, jnp.float32))
+        np.testing.assert_allclose(value, np.sum(want * c), rtol=1e-5)
+        np.testing.assert_allclose(grad, c[:, None] * w * (1 / (1 + np.exp(-z)) - y), rtol=1e-4, atol=1e-9)

@@ -98,15 +98,43 @@ def bce_loss(logits: jnp.ndarray, labels: jnp.ndarray, mask: jnp.ndarray, loss: 
     among the masked nodes gets half the weight (``(mean_fg bce + mean_bg bce) / 2``; a graph whose training
     nodes are all one class gets that class's mean). ``bce = -[y log σ(z) + (1-y) log(1-σ(z))]``.
     """
-    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
-    mask = mask.astype(jnp.float32)
+    return weighted_bce(logits, labels, loss_weights(labels, mask, loss))
+
+
+def loss_weights(labels: ArrayLike, mask: ArrayLike, loss: str = "bce") -> jnp.ndarray:
+    """``f32[B, N]`` node weights of :func:`bce_loss`, normalised to sum to 1 per graph (0 without training
+    nodes): the same in every epoch, so the fit computes them once."""
+    labels, mask = jnp.asarray(labels, jnp.float32), jnp.asarray(mask, jnp.float32)
     if loss == "balanced_bce":
         fg = jnp.sum(mask * labels, axis=-1, keepdims=True)
         bg = jnp.sum(mask * (1.0 - labels), axis=-1, keepdims=True)
         mask = mask * (labels / jnp.maximum(fg, 1.0) + (1.0 - labels) / jnp.maximum(bg, 1.0))
     elif loss != "bce":
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return jnp.sum(bce * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1e-12)
+    return mask / jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1e-12)
+
+
+@jax.custom_vjp
+def weighted_bce(logits: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    """``Σ_i w_i·bce(z_i, y_i)`` over the last axis, as ``max(z, 0) - y·z + log1p(exp(-|z|))``; its gradient
+    ``w·(σ(z) - y)`` takes the one exponential of the forward pass (optax's form, autodiffed, costs three
+    exponentials and a log1p per node and epoch, measured a quarter of the per-node part at 291k nodes)."""
+    return _weighted_bce_fwd(logits, labels, weights)[0]
+
+
+def _weighted_bce_fwd(logits, labels, weights):
+    e = jnp.exp(-jnp.abs(logits))
+    bce = jnp.maximum(logits, 0.0) - labels * logits + jnp.log1p(e)
+    sigmoid = jnp.where(logits >= 0, 1.0, e) / (1.0 + e)
+    return jnp.sum(weights * bce, axis=-1), (sigmoid, labels, weights)
+
+
+def _weighted_bce_bwd(residuals, g):
+    sigmoid, labels, weights = residuals
+    return g[..., None] * weights * (sigmoid - labels), jnp.zeros_like(labels), jnp.zeros_like(weights)
+
+
+weighted_bce.defvjp(_weighted_bce_fwd, _weighted_bce_bwd)
 
 
 class PaddedGraph(NamedTuple):
@@ -509,8 +537,10 @@ def _fit(graphs: PaddedGraph, keys: jax.Array, config: FitConfig) -> FitResult:
     optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
     labels = graphs.labels
 
+    weights = loss_weights(labels, graphs.train_mask, config.loss)
+
     def loss_fn(p, draws):
-        per_graph = bce_loss(_logits(p, ax_t, norm, draws, config.dropout), labels, graphs.train_mask, config.loss)
+        per_graph = weighted_bce(_logits(p, ax_t, norm, draws, config.dropout), labels, weights)
         # Each graph's parameters only touch its own term: the sum's gradient is every fit's own gradient.
         return jnp.sum(per_graph), per_graph
 
