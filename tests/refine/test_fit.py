@@ -218,8 +218,11 @@ def test_weighted_bce_value_and_gradient_match_numpy():
         log_p, log_q = -np.logaddexp(0, -z), -np.logaddexp(0, z)  # log σ(z), log(1 - σ(z))
         want = np.sum(w * -(y * log_p + (1 - y) * log_q), axis=1)
         c = np.array([0.7, -1.3])
-        value, grad = jax.value_and_grad(lambda v: jnp.sum(weighted_bce(v, jnp.asarray(y, jnp.float32),
-                                                                         jnp.asarray(w, jnp.float32)) * c))(
-            jnp.asarray(z, jnp.float32))
+        w32 = jnp.asarray(w, jnp.float32)
+
+        def objective(v, w32=w32, c=c):
+            return jnp.sum(weighted_bce(v, jnp.asarray(y, jnp.float32), w32) * c)
+
+        value, grad = jax.value_and_grad(objective)(jnp.asarray(z, jnp.float32))
         np.testing.assert_allclose(value, np.sum(want * c), rtol=1e-5)
         np.testing.assert_allclose(grad, c[:, None] * w * (1 / (1 + np.exp(-z)) - y), rtol=1e-4, atol=1e-9)

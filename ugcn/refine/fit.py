@@ -8,10 +8,11 @@ The hidden layer (:func:`_hidden_out`) never exists as an ``[H, N]`` array by de
 off): :func:`_packed_out` computes it in element-wise loops over the nodes, each node's units kept in
 registers, its dropout draw (a Threefry hash of the node's index, :func:`_threefry_bits`) computed in the same
 loop, and which units are on stored as one uint32 per node for the backward pass, whose parameter gradients are
-all linear in one ``[H, F+1]`` product over the nodes. Measured (``benchmarks/bench_propagation.py``, 97k and
-291k nodes, old and new interleaved in one process): the per-node part of an epoch ~2x faster than the earlier
-form, ``[H, tile]`` activations in cache-sized node tiles (:func:`_tiled_out`, still used for other dropout
-rates and wider layers).
+all linear in one ``[H, F+1]`` product over the nodes. The loss (:func:`weighted_bce`) takes its gradient from
+the forward's one exponential. Measured against the earlier form (``[H, tile]`` activations in cache-sized node
+tiles, :func:`_tiled_out`, still used for other dropout rates and wider layers, and optax's loss autodiffed),
+interleaved in one process, medians, load 9: the per-node part of an epoch 2.19x / 2.04x faster at 97k / 291k
+nodes, the whole fit 1.49x / 1.42x (``benchmarks/bench_propagation.py`` reports it against bandwidth).
 
 Propagation: by default in ELL form (:mod:`ugcn.graph.ell`, built by :func:`pad_graph` on the host): each
 node's in-edges in a row of a fixed width, a gather and a row sum, and the backward pass the same gather
