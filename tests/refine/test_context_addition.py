@@ -177,6 +177,9 @@ def test_context_addition_adds_exactly_the_loose_nodes_that_pass(fits):
 
 
 def test_context_addition_settings():
+    default = RefineConfig()
+    assert (default.context_addition, default.context_sigma, default.context_reach) == (0.5, 3.0, 6.0)
+    assert uses_context(RefineConfig())
     assert uses_context(RefineConfig(context_addition=0.5))
     assert not uses_context(RefineConfig(context_addition=0.9))  # at threshold + margin: nothing loose to add
     assert not uses_context(RefineConfig.preset("reference"))  # margin 0: additions at 0.5 already

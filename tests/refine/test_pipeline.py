@@ -6,7 +6,7 @@ import pytest
 
 from ugcn.graph.voxel_graph import build_voxel_graph
 from ugcn.refine.fit import FitConfig, bucket_size
-from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch, refine_volume
+from ugcn.refine.pipeline import RefineConfig, RefineInput, context_support, refine_batch, refine_volume
 
 FAST = FitConfig(epochs=30)
 SPHERE_BUCKET = (3072, 65536)
@@ -56,6 +56,15 @@ def test_result_masks_are_consistent(sphere_result):
     x, y, z = label.shape
     counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
                  for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    # ... and the context additions (outputs 0.5-0.9 outside Ŷ where context_support passes; tested on its own in
+    # test_context_addition.py): none pass on this thin shell at 3 mm
+    fg = g.label_mask & (prediction[nodes] == 1)
+    context = context_support(image, r.cnn, g.node_coords, fg, g.label_mask & ~fg, sigma=PIPE.context_sigma,
+                              reach=PIPE.context_reach)
+    assert PIPE.context_addition == 0.5
+    loose = free & (prediction[nodes] == 0) & (r.node_probs > 0.5) & (r.node_probs <= 0.9)
+    assert loose.any() and not (loose & context).any()
+    expected = np.where(loose & context, 1, expected)
     sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
     assert PIPE.sparse_removal == 0.35
     expected = np.where(sparse, 0, expected)
