@@ -123,7 +123,7 @@ def test_conv2d_drop_in_passes_other_cases_to_lax_and_keeps_flax_parameters():
                                atol=1e-5)
     plain, fast = nn.Conv(3, (3, 3)), nn.Conv(3, (3, 3), conv_general_dilated=conv2d_mod.conv_general_dilated)
     variables = plain.init(jax.random.PRNGKey(0), x)
-    assert jax.tree_util.tree_map(jnp.shape, fast.init(jax.random.PRNGKey(0), x)) == \
+    assert jax.tree_util.tree_map(jnp.shape, jax.eval_shape(fast.init, jax.random.PRNGKey(0), x)) == \
         jax.tree_util.tree_map(jnp.shape, variables)
     want = plain.apply(variables, x)
     _close(jax.jit(fast.apply)(variables, x), want, TOL[4])
@@ -172,7 +172,8 @@ def test_unet_for_training_equals_lax_convolutions_values_and_gradients(dims):
     variables = init_model(config, jax.random.PRNGKey(0)).variables
     x, _ = _data((2,) + (8, 6, 4)[:dims] + (1,), (1,))
     train_net = UNet(config, purpose="train")
-    assert jax.tree_util.tree_map(jnp.shape, train_net.init(jax.random.PRNGKey(0), x)) == \
+    # eval_shape traces init without running it (eager Winograd ops dispatch one by one: ~35 s of the test)
+    assert jax.tree_util.tree_map(jnp.shape, jax.eval_shape(train_net.init, jax.random.PRNGKey(0), x)) == \
         jax.tree_util.tree_map(jnp.shape, variables)
 
     def loss(params, net):
