@@ -294,8 +294,8 @@ def test_an_nnunet_raw_dataset_trains_and_refines(tmp_path, capsys):
     write_nnunet_raw(tmp_path / "Dataset001_Phantom", n_cases=2)
     model_dir = tmp_path / "model"
     assert main(["train", "--data", str(tmp_path / "Dataset001_Phantom"), "--out", str(model_dir), "--unet-epochs",
-                 "1", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "4",
-                 "--unet-depth", "2", "--quiet"]) == 0
+                 "1", "--unet-steps-per-epoch", "2", "--unet-batch-size", "2", "--unet-base-features", "2",
+                 "--unet-depth", "1", "--quiet"]) == 0
     model = load_model(model_dir)
     assert model.config.in_channels == 2  # both channel files of every case
     assert model.training["cases"] == ["case_000", "case_001"] and model.training["spacing"] == [1.5, 1.5, 3.0]
