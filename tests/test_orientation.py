@@ -43,7 +43,7 @@ def test_to_canonical_matches_nibabel_and_inverts():
 def tiny_model_dir(tmp_path_factory):
     from ugcn.segment import UNetConfig, init_model, save_model
 
-    model = init_model(UNetConfig(base_features=4, depth=2), jax.random.PRNGKey(3))
+    model = init_model(UNetConfig(base_features=2, depth=1), jax.random.PRNGKey(3))
     model.training.update({"orientation": "RAS", "spacing": [1.5, 1.5, 3.0]})
     folder = tmp_path_factory.mktemp("model") / "m"
     save_model(model, folder)

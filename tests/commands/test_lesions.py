@@ -192,7 +192,7 @@ def test_score_images_resumes_to_the_clean_run(tmp_path, write_lesion_cases, fol
     from ugcn.lesion.gcnn import GCNNConfig, LesionModel, _compiled, _init_graph, save_lesion_model
     from ugcn.segment import UNetConfig, init_model, save_model
 
-    save_model(init_model(UNetConfig(dims=2, base_features=4, depth=2), jax.random.PRNGKey(0)), tmp_path / "model")
+    save_model(init_model(UNetConfig(dims=2, base_features=2, depth=1), jax.random.PRNGKey(0)), tmp_path / "model")
     names = ("intensity_0", "label", "entropy", "variance")
     config = GCNNConfig(feature_names=names, hidden=8)
     init, _, _ = _compiled(config.hidden, config.outputs, config.task)

@@ -16,7 +16,7 @@ def mcdo_inputs(tmp_path_factory):
     from ugcn.segment.unet import UNetConfig
 
     root = tmp_path_factory.mktemp("mcdo")
-    config = UNetConfig(dims=2, base_features=4, depth=2)
+    config = UNetConfig(dims=2, base_features=2, depth=1)
     model = init_model(config, jax.random.PRNGKey(0))
     save_model(model, root / "model")
     affine = np.diag([0.8, 0.7, 2.5, 1.0])
@@ -91,7 +91,7 @@ def test_mcdo_cli_source_tta(tmp_path, np_tta_samples):
     from ugcn.segment.model import init_model, predict_probabilities
     from ugcn.segment.unet import UNetConfig
 
-    model = init_model(UNetConfig(dims=2, base_features=4, depth=2), jax.random.PRNGKey(0))
+    model = init_model(UNetConfig(dims=2, base_features=2, depth=1), jax.random.PRNGKey(0))
     save_model(model, tmp_path / "model")
     img = np.random.default_rng(1).normal(size=(12, 12, 3)).astype(np.float32)
     nib.save(nib.Nifti1Image(img, np.eye(4)), str(tmp_path / "img.nii.gz"))

@@ -61,7 +61,7 @@ def test_cli_refine_with_a_model(tmp_path, sphere_case, write_case):
     from ugcn.segment import UNetConfig, init_model, save_model
 
     write_case(tmp_path / "in", "a", sphere_case())
-    save_model(init_model(UNetConfig(base_features=4, depth=2), jax.random.PRNGKey(0)), tmp_path / "model")
+    save_model(init_model(UNetConfig(base_features=2, depth=1), jax.random.PRNGKey(0)), tmp_path / "model")
     out = tmp_path / "out"
     assert main(["refine", "--image", str(tmp_path / "in" / "a.nii.gz"), "--model", str(tmp_path / "model"),
                  "--prediction", str(tmp_path / "in" / "predictions" / "a.nii.gz"), "--out", str(out),

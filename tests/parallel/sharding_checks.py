@@ -160,7 +160,7 @@ def check_mcdo_folder(out: dict, work: Path) -> None:
     from ugcn.cli import main
     from ugcn.segment import UNetConfig, init_model, save_model
 
-    save_model(init_model(UNetConfig(dims=2, base_features=4, depth=2), jax.random.PRNGKey(0)), work / "model")
+    save_model(init_model(UNetConfig(dims=2, base_features=2, depth=1), jax.random.PRNGKey(0)), work / "model")
     (work / "images").mkdir()
     for i in range(5):
         img = np.random.default_rng(i).normal(size=(16, 16, 8)).astype(np.float32)
