@@ -79,7 +79,7 @@ def test_context_support_hand_checked():
     ok = context_support(image, mask, coords, fg, bg, sigma=1.0, reach=100.0)
     # organ level 100 (inside), background the median of 0, 0, 0, 90 = 0: 90 is nearer 100, 0 nearer 0
     assert ok[:2].tolist() == [True, False]
-    # reach 8 mm leaves the three background nodes at 0; with reach 0.5 none is that close: all four again
+    # reach 8 mm keeps the three near background nodes (all at 0) and drops the far slab node (9 voxels away)
     assert context_support(image, mask, coords, fg, bg, sigma=1.0, reach=8.0)[:2].tolist() == [True, False]
     # only the far slab node as background (90): the slab candidate sits at the background's level -> not added
     far = np.zeros_like(bg)
