@@ -174,3 +174,33 @@ def test_propagation_section_names_the_packed_fit_and_the_tiled_one_it_replaced(
     text = "\n".join(gen.propagation_section(result, "small"))
     assert "| 1000 | fit (default, packed hidden layer) | 1.00 | 10.00 | 10.00 | 40% |" in text
     assert "| 1000 | fit, hidden layer in node tiles (before) | 1.00 | 10.00 | 10.00 | 40% |" in text
+
+
+def _mcdo_result(measured):
+    result = {"setup": {"n_samples": 20, "volume": [64, 64, 24], "unet": {"base_features": 8, "depth": 3}},
+              "rows": [{"method": "jax: mc_sample", "chunk": 4, "seconds": 2.0, "speedup_vs_loop": 1.5}],
+              "flops": {"matmul_gflops": 140.0, "issue_2d": {"total_tflop_stem_shared": 1.47,
+                                                             "lower_bound_seconds_at_matmul_roof": 10.5}}}
+    if measured:
+        result["issue_2d_measured"] = {
+            "unet": {"base_features": 16, "depth": 3}, "volume": [128, 128, 64], "n_samples": 20, "repeats": 3,
+            "seconds": 14.7, "first_call_seconds": 31.3, "goal_seconds": 10.0, "tflop": 1.47, "gflop_per_s": 100.0,
+            "load_average_1min": [1.3, 2.5]}
+    else:  # an older results file: the extrapolation from the small network's rate
+        result["flops"]["issue_2d"]["predicted_seconds_at_best_rate"] = 31.7
+    return result
+
+
+def test_mcdo_section_shows_the_measured_issue_case_against_the_goal(gen):
+    text = "\n".join(gen.mcdo_section(_mcdo_result(measured=True), "small"))
+    assert ("Issue 15's 2D case, measured: `mc_sample` (defaults) with the default 2D U-Net (base 16, depth 3), "
+            "T = 20 over a 128x128x64 volume takes **14.7 s** (goal 10 s; median of 3 after a first call of 31.3 s "
+            "with compilation; 100 GFLOP/s; 1-minute load 1.3-2.5).") in text
+    assert "1.47 TFLOP; at this run's matmul rate (140 GFLOP/s) that is at least 10.5 s." in text
+    assert "extrapolat" not in text
+
+
+def test_mcdo_section_without_the_measurement_labels_the_extrapolation(gen):
+    text = "\n".join(gen.mcdo_section(_mcdo_result(measured=False), "small"))
+    assert "measured:" not in text and "goal" not in text
+    assert "Not measured in this run; extrapolated from this run's (smaller) network's FLOP rate: 31.7 s" in text
