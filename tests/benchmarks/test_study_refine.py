@@ -62,3 +62,23 @@ def test_cache_name_carries_the_seed(study, tmp_path):
     np.savez(tmp_path / "small" / "cnn_s400_n2_d0.1_seed3.npz", train_seconds=1.5, **arrays)
     cases = study.cnn_outputs(regime, "small", tmp_path, retrain=False, seed=3)  # read back, nothing trained
     assert len(cases) == n and cases[2]["uncertainty"][0, 0, 0] == 2 and cases[0]["train_seconds"] == 1.5
+
+
+def test_default_is_compared_without_each_of_its_rules(study):
+    from ugcn.refine import RefineConfig
+
+    methods = study.gcn_methods(variants_alone=False)
+    config, mask = methods["GCN (default without context removal)"]
+    assert mask == "refined" and config.context_removal == 0.0
+    assert config == RefineConfig(context_removal=0.0)  # everything else as the default
+    assert methods["GCN (default)"][0] == RefineConfig()
+    assert list(methods)[-1] == "GCN (default)"
+
+
+def test_strong_size_is_the_small_volumes_with_longer_trained_cnns(study):
+    small, strong = study.SIZES["small"], study.SIZES["strong"]
+    assert (strong["shape"], strong["spacing"]) == (small["shape"], small["spacing"])
+    # low-value counts 3, 2, 2, 1 (one n_train value: always low); alternating ends of that order
+    assert [(r["steps"], r["n_train"], r["dropout"]) for r in study.regimes("strong")] == [
+        (1500, 5, 0.1), (3000, 5, 0.3), (3000, 5, 0.1), (1500, 5, 0.3)]
+    assert study.test_seeds("strong", 4) == [5400 + i for i in range(8)]

@@ -165,7 +165,8 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0"]  # the margins alone (tests/refine/test_sparse_*.py)
+            "--sparse-removal", "0", "--sparse-addition", "0",  # the margins alone (tests/refine/test_sparse_*.py)
+            "--context-removal", "0"]
     for margin in ("0.1", "0.45"):
         assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
     assert [m for m, _, _ in seen] == [0.1, 0.45]
@@ -207,7 +208,7 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, spher
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0"]
+            "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0"]
     runs = {"off": ["--context-addition", "1"],
             "on": ["--context-addition", "0.5", "--context-sigma", "0.8", "--context-reach", "2"]}
     for name, flags in runs.items():
@@ -238,3 +239,64 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, spher
     report = json.loads((tmp_path / "on" / "report.json").read_text())
     assert (report["config"]["context_addition"], report["config"]["context_sigma"],
             report["config"]["context_reach"]) == (0.5, 0.8, 2.0)
+
+
+def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+    """--context-removal, --context-removal-sigma and --context-removal-share reach the leak level (recomputed here on
+    the whole volume with the file's voxel size) and the refined mask follows the rule (numpy here); the other mask
+    rules are off."""
+    import ugcn.refine.pipeline as pipeline
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    image, pred = case[0], case[1].astype(bool)
+    seen = []  # (config, leak level per node, node probabilities, graph)
+    real = pipeline._finish
+
+    def spy(prep, node_probs, fit_s, config):
+        result = real(prep, node_probs, fit_s, config)
+        seen.append((config, prep.leak, result.node_probs, result.graph))
+        return result
+
+    monkeypatch.setattr(pipeline, "_finish", spy)
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
+            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1"]
+    runs = {"off": ["--context-removal", "0"],
+            "on": ["--context-removal", "0.6", "--context-removal-sigma", "0.8", "--context-removal-share", "0.3"]}
+    for name, flags in runs.items():
+        assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
+    (off, leak_off, p_off, _), (on, leak, p, g) = seen
+    assert leak_off is None
+    written = nib.load(str(src / "a.nii.gz"))  # the image and voxel size as the command read them (float32)
+    image = np.asarray(written.dataobj, np.float32)
+    spacing = tuple(float(z) for z in written.header.get_zooms()[:3])
+    assert (on.context_removal, on.context_removal_sigma, on.context_removal_share) == (0.6, 0.8, 0.3)
+    idx = tuple(g.node_coords.T)
+    fg = g.label_mask & pred[idx]
+    sig = [0.8 / s for s in spacing]
+    inside = pipeline.masked_smooth(image, pred, sig)[idx]
+    outside = pipeline.masked_smooth(image, ~pred, sig)[idx]
+    organ = np.median(inside[fg])
+    with np.errstate(invalid="ignore"):
+        want = (inside - organ) / (outside - organ)
+    # compared as level x (outside - organ) = inside - organ: the ratio amplifies rounding where the levels nearly meet
+    np.testing.assert_array_equal(np.isnan(leak), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose((leak * (outside - organ))[ok], (inside - organ)[ok], rtol=0, atol=1e-9 * abs(organ))
+    free = ~g.label_mask
+    leaky = free & pred[idx] & (p < 0.6) & (p > 0.02) & (np.nan_to_num(want, nan=-1.0) > 0.3)
+    assert leaky.sum() >= 3
+    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
+    rule = np.where(p > 0.9, 1, np.where((p <= 0.02) | leaky, 0, pred[idx]))
+    np.testing.assert_array_equal(refined[tuple(g.node_coords[free].T)], rule[free])
+    np.testing.assert_allclose(p_off, p, atol=1e-6)  # same fit: the rule alone differs
+    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
+    changed = np.zeros(refined.shape, bool)
+    changed[tuple(g.node_coords[leaky].T)] = True
+    np.testing.assert_array_equal(refined != refined_off, changed)
+    report = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert (report["config"]["context_removal"], report["config"]["context_removal_sigma"],
+            report["config"]["context_removal_share"]) == (0.6, 0.8, 0.3)

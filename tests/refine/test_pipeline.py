@@ -6,7 +6,7 @@ import pytest
 
 from ugcn.graph.voxel_graph import build_voxel_graph
 from ugcn.refine.fit import FitConfig, bucket_size
-from ugcn.refine.pipeline import RefineConfig, RefineInput, context_support, refine_batch, refine_volume
+from ugcn.refine.pipeline import RefineConfig, RefineInput, context_support, leak_level, refine_batch, refine_volume
 
 FAST = FitConfig(epochs=30)
 SPHERE_BUCKET = (3072, 65536)
@@ -65,6 +65,12 @@ def test_result_masks_are_consistent(sphere_result):
     loose = free & (prediction[nodes] == 0) & (r.node_probs > 0.5) & (r.node_probs <= 0.9)
     assert loose.any() and not (loose & context).any()
     expected = np.where(loose & context, 1, expected)
+    # ... and the context removals (outputs below 0.5 inside Ŷ whose leak level passes 0.4; tested on its own in
+    # test_context_removal.py)
+    assert (PIPE.context_removal, PIPE.context_removal_share) == (0.5, 0.4)
+    level = leak_level(image, r.cnn, g.node_coords, fg, sigma=PIPE.context_removal_sigma)
+    leaky = free & (prediction[nodes] == 1) & (r.node_probs < 0.5) & (np.nan_to_num(level, nan=-1.0) > 0.4)
+    expected = np.where(leaky, 0, expected)
     sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
     assert PIPE.sparse_removal == 0.35
     expected = np.where(sparse, 0, expected)
