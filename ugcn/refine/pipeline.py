@@ -145,8 +145,10 @@ class RefineConfig:
         CNN Dice >= 0.8 on the regime study's seeds 0 / 1. Defaults 0.5, 2 mm, 0.4: fixed on seeds 0 and 1 (AUC of
         the level, wrong against right uncertain voxels of ``Ŷ`` below 0.5: 0.87 / 0.87; 3 mm 0.82, 1 mm 0.84; mean
         gain +0.46 / +0.52 -> +1.03 / +1.08 Dice points, at CNN Dice >= 0.8 +0.40 / +0.64 -> +0.70 / +1.11, worst
-        volume -0.09 / -0.83 -> -0.13 / -0.51), then checked on held-out seeds (docs/method.md, *The removals*); the
-        synthetic sphere stays at 0.96. Shares of 0.2 and below lost over a point on some volumes.
+        volume -0.09 / -0.83 -> -0.13 / -0.51), then checked on held-out seeds: seeds 2 / 3 +0.69 / +0.85 ->
+        +1.04 / +1.74 (worst 0.00 both), seed 4 of ``study_refine.py --size strong`` +0.59 -> +0.81, at CNN Dice
+        >= 0.8 +0.77 -> +0.90, worst -0.54 -> -0.60 (docs/method.md, *The removals*); the synthetic sphere stays
+        at 0.96. Shares of 0.2 and below lost over a point on some volumes.
       replace: what the ``refined`` mask takes from the GCN: ``"all"`` nodes (the method) or only the
         ``"unlabelled"`` (uncertain) ones, keeping ``Ŷ`` on the labelled nodes.
       variants: extra candidate graphs (:class:`~ugcn.refine.variants.Variant`) fitted beside the configured
