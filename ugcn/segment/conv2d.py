@@ -16,6 +16,24 @@ U-Net forward (8 slices) ran about 1.3x faster with Winograd on the layers of si
 everywhere, and slower with Winograd on the 128^2 layers too. MC dropout, T = 20 over 128 x 128 x 64 (load
 1.4-5): 24.9 s against 27.2 s for XLA's convolutions (1.09x), 31 s with Winograd on the 128^2 layers as well.
 
+Tried on the 128^2 layers of an MC call (4 rows; one process, interleaved rounds, load 4-6) and not kept: F(4, 3)
+in strips of 8-32 output rows with their 2-row halo (as extra batch rows, 1-8 strips per ``lax.map`` step, so a
+step's transformed copies stay in L2) ran 0.56-0.83x XLA's speed on 32->16, 0.40-0.77x on 16->16 and 0.50-0.95x on
+the stem-shared 16->64 (whole-image F(4, 3): 0.94x, 0.56x, 0.94x); its input transform alone took 1.7-3.5x the
+matmul's time, and rewriting it (block reshapes instead of strided slices, a barrier between the axes, a
+``[6, 6]`` einsum per axis) did not make it faster. F(6, 3) (8x8 tiles, points 0, +-1, +-2, +-1/2, infinity;
+<= 1.7e-5 of max|y| against 4.5e-6-1.2e-5 for F(4, 3)) against F(4, 3) on the <= 64^2 layers: 1.0-1.3x on 64^2,
+0.8-1.0x on 32^2 (36 outputs per 32: 27 % cropped work), noisy on 16^2; the sampler with it on the 64^2 layers
+ran at 0.98-1.01x (T = 20 over 128 x 128 x 16, 5-10 rounds, load 6-9). Computing the decoder's first convolution
+of the upsampled half on the low-resolution input (the 2x2 transposed convolution folded into a 3x3 kernel with 4x
+the outputs, F(4, 3) there) ran 0.92x / 0.67x / 0.58x on the 128^2 / 64^2 / 32^2 decoder levels. Faster per layer
+but not resolved in the whole sampler (expected ~2 %; branch ``wino-stem-pool``): the 1-channel stem as
+:func:`ugcn.segment.conv3d.direct_conv` (0.39 / 0.52 ms against 1.98 / 3.05 on 1 / 2 slices of 128^2, 1 -> 16,
+with BN and ReLU; load 7.6) and max-pooling as the maximum of the 4 strided sub-grids (exact; ReLU + pooling +
+the next convolution 1.42x / 1.43x / 1.09x at 128^2 x 16, 64^2 x 32, 32^2 x 64; load 6.9): the sampler (T = 20,
+128 x 128 x 8) ran at 1.033x wall / 1.013x CPU time (24 rounds, load 8.1-8.8), 0.98x / 0.98x (20 rounds, load
+7.5-10.6).
+
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so
 checkpoints are unaffected. Anything it does not cover (strides, dilations, feature groups, kernels other
