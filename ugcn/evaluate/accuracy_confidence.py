@@ -41,6 +41,27 @@ class AccuracyConfidence:
     n_tp: int
 
 
+def check_ranking(scores, is_fp, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores f64[n], is_fp bool[n])`` flattened; ``ValueError`` (naming ``where``) for lengths that differ or
+    scores that are not finite."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    is_fp = np.asarray(is_fp).astype(bool).reshape(-1)
+    if scores.shape != is_fp.shape:
+        raise ValueError(f"{where}: {scores.size} scores but {is_fp.size} FP flags")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"{where}: scores hold NaN or infinite values")
+    return scores, is_fp
+
+
+def removed_by_group(scores: np.ndarray, is_fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FP lesions and all lesions removed, cumulated over the groups of equal scores taken most uncertain first:
+    ``(f64[K + 1], f64[K + 1])`` for ``K`` distinct scores, from 0 (nothing removed) to the totals."""
+    unique, inverse = np.unique(-scores, return_inverse=True)
+    fp = np.bincount(inverse, weights=is_fp, minlength=unique.size)
+    every = np.bincount(inverse, minlength=unique.size)
+    return np.concatenate([[0.0], np.cumsum(fp)]), np.concatenate([[0.0], np.cumsum(every)])
+
+
 def accuracy_confidence_curve(scores: np.ndarray, is_fp: np.ndarray) -> AccuracyConfidence:
     """The curve of one ranking.
 
@@ -51,21 +72,12 @@ def accuracy_confidence_curve(scores: np.ndarray, is_fp: np.ndarray) -> Accuracy
     Returns:
       :class:`AccuracyConfidence` with one point at tau = 0 and one after each group of tied scores.
     """
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    is_fp = np.asarray(is_fp).astype(bool).reshape(-1)
-    if scores.shape != is_fp.shape:
-        raise ValueError(f"accuracy_confidence_curve: {scores.shape[0]} scores but {is_fp.shape[0]} FP flags")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("accuracy_confidence_curve: scores hold NaN or infinite values")
+    scores, is_fp = check_ranking(scores, is_fp, "accuracy_confidence_curve")
     n = scores.size
     n_fp = int(is_fp.sum())
     n_tp = n - n_fp
-    # Groups of equal scores, most uncertain first.
-    unique, inverse = np.unique(-scores, return_inverse=True)
-    fp_removed = np.cumsum(np.bincount(inverse, weights=is_fp, minlength=unique.size))
-    tp_removed = np.cumsum(np.bincount(inverse, weights=~is_fp, minlength=unique.size))
-    fp_removed = np.concatenate([[0.0], fp_removed])
-    tp_removed = np.concatenate([[0.0], tp_removed])
+    fp_removed, removed = removed_by_group(scores, is_fp)
+    tp_removed = removed - fp_removed
     tau = 100.0 * (fp_removed + tp_removed) / max(n, 1)
     fp = (n_fp - fp_removed) / n_fp if n_fp else np.full(tau.shape, np.nan)
     tp = (n_tp - tp_removed) / n_tp if n_tp else np.full(tau.shape, np.nan)

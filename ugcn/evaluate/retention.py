@@ -21,6 +21,8 @@ import dataclasses
 
 import numpy as np
 
+from ugcn.evaluate.accuracy_confidence import check_ranking, removed_by_group
+
 
 @dataclasses.dataclass(frozen=True)
 class RetentionCurve:
@@ -47,10 +49,7 @@ class RetentionCurve:
 def _curve(scores: np.ndarray, is_fp: np.ndarray, n_fn: int) -> tuple[np.ndarray, np.ndarray, float]:
     n = scores.size
     n_tp = int((~is_fp).sum())
-    # Groups of equal scores, most uncertain first, referred one group at a time.
-    unique, inverse = np.unique(-scores, return_inverse=True)
-    fp_referred = np.concatenate([[0.0], np.cumsum(np.bincount(inverse, weights=is_fp, minlength=unique.size))])
-    referred = np.concatenate([[0.0], np.cumsum(np.bincount(inverse, minlength=unique.size))])
+    fp_referred, referred = removed_by_group(scores, is_fp)  # one group of equal scores at a time
     fp_retained = is_fp.sum() - fp_referred
     denom = 2.0 * n_tp + fp_retained + n_fn
     f1 = np.where(denom > 0, 2.0 * n_tp / np.where(denom > 0, denom, 1.0), 1.0)
@@ -71,12 +70,7 @@ def lesion_retention_curve(scores: np.ndarray, is_fp: np.ndarray, n_fn: int = 0)
     Returns:
       :class:`RetentionCurve` (one point at ``r = 0`` and one per group of tied scores).
     """
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    is_fp = np.asarray(is_fp).astype(bool).reshape(-1)
-    if scores.shape != is_fp.shape:
-        raise ValueError(f"lesion_retention_curve: {scores.size} scores but {is_fp.size} FP flags")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("lesion_retention_curve: scores hold NaN or infinite values")
+    scores, is_fp = check_ranking(scores, is_fp, "lesion_retention_curve")
     if int(n_fn) < 0:
         raise ValueError(f"lesion_retention_curve: n_fn must be >= 0, got {n_fn}")
     retained, f1, auc = _curve(scores, is_fp, int(n_fn))

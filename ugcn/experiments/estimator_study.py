@@ -76,6 +76,7 @@ from ugcn.io import atomic_directory, jsonable
 from ugcn.lesion.gcnn import fit_gcnn, score_lesions
 from ugcn.lesion.protocol import case_lesions, merge_cases
 from ugcn.refine.fit import FitConfig
+from ugcn.refine.inputs import find_sample_file
 from ugcn.refine.pipeline import RefineConfig, RefineInput, refine_batch
 from ugcn.segment import UNetConfig, load_model, make_volume_fn
 from ugcn.segment.train import train_model
@@ -655,19 +656,6 @@ class _CaseStream:
         if self._length is None:
             raise TypeError("the number of cases is not known in advance")
         return self._length
-
-
-def find_sample_file(samples_dir: Union[str, Path], case_name: str) -> Path:
-    """The 4D sample maps of a case: ``<case>.nii.gz``, ``<case>_samples.nii.gz`` (or ``.nii``), as
-    ``ugcn refine-batch --samples-dir`` reads them."""
-    folder = Path(samples_dir)
-    for suffix in ("", "_samples"):
-        for ext in (".nii.gz", ".nii"):
-            path = folder / f"{case_name}{suffix}{ext}"
-            if path.exists():
-                return path
-    raise ValueError(f"{folder}: no sample maps for case {case_name!r} (expected {case_name}.nii.gz or "
-                     f"{case_name}_samples.nii.gz, a 4D NIfTI (X, Y, Z, T))")
 
 
 def cases_from_samples_dir(data_dir, samples_dir, *, keep_samples: bool = True) -> Iterable[CaseSamples]:

@@ -44,6 +44,7 @@ from ugcn.lesion.protocol import (
     method_names,
     score_lesion_methods,
 )
+from ugcn.refine.inputs import find_sample_file
 from ugcn.segment import UNetConfig, make_volume_fn
 from ugcn.segment.train import train_model
 from ugcn.uncertainty.sources import from_model, from_sample_file
@@ -243,19 +244,9 @@ def _fit_unet(images, labels, cfg: LesionProtocolConfig, seed: int, progress: bo
     return model
 
 
-def find_samples(samples_dir: Any, case: str) -> Path:
-    """The sample-map file of ``case`` in ``samples_dir``: ``<case>.nii.gz`` or ``<case>_samples.nii.gz`` (or .nii)."""
-    folder = Path(samples_dir)
-    for suffix in ("", "_samples"):
-        for ext in (".nii.gz", ".nii"):
-            path = folder / f"{case}{suffix}{ext}"
-            if path.is_file():
-                return path
-    raise ValueError(f"{folder}: no sample maps for case {case!r} (expected {case}.nii.gz or {case}_samples.nii.gz)")
-
-
 def _samples_uncertainty(samples_dir: Any, case: str, image: Any, estimators: Sequence[str]):
-    sampled = from_sample_file(find_samples(samples_dir, case), list(estimators), reference=image, keep_samples=False)
+    sampled = from_sample_file(find_sample_file(samples_dir, case), list(estimators), reference=image,
+                               keep_samples=False)
     return (sampled.prediction > 0).astype(np.uint8), sampled.maps
 
 
@@ -332,7 +323,7 @@ def _run_protocol(data_dir: Any, config: LesionProtocolConfig, out: Optional[Pat
     splits = kfold_splits(len(cases), config.folds, seed=config.seed, val_fraction=config.val_fraction)
     if config.samples_dir is not None:
         for case in cases:  # fail before the work when a file is missing
-            find_samples(config.samples_dir, case.name)
+            find_sample_file(config.samples_dir, case.name)
 
     names = method_names(config.estimators)
     fold_rows: list[dict[str, Any]] = []

@@ -147,7 +147,21 @@ def find_case_file(folder: Optional[PathLike], stem: str, what: str,
             path = Path(folder) / f"{stem}{suffix}{ext}"
             if path.exists():
                 return path
-    raise ValueError(f"{folder}: no {what} for image {stem!r} (expected {stem}{suffixes[-1]}.nii.gz)")
+    expected = " or ".join(f"{stem}{suffix}.nii.gz" for suffix in suffixes)
+    raise ValueError(f"{folder}: no {what} for case {stem!r} (expected {expected})")
+
+
+def find_sample_file(samples_dir: PathLike, case: str) -> Path:
+    """The 4D sample maps ``(X, Y, Z, T)`` of ``case`` in ``samples_dir``: ``<case>.nii.gz`` or
+    ``<case>_samples.nii.gz`` (or ``.nii``), as ``ugcn refine-batch --samples-dir``, the estimator study and the
+    lesion protocol read them.
+
+    Raises:
+      ValueError: ``samples_dir`` holds neither file.
+    """
+    path = find_case_file(samples_dir, case, "sample maps", ("", "_samples"))
+    assert path is not None  # a folder was given
+    return path
 
 
 def sample_refine_inputs(
@@ -180,8 +194,7 @@ def sample_refine_inputs(
         raise ValueError("give either a folder of sample maps or a model")
     if samples_dir is not None:
         return [load_refine_inputs(p, uncertainty=uncertainty,
-                                   samples_path=find_case_file(samples_dir, case_name(p), "sample maps",
-                                                               ("", "_samples")),
+                                   samples_path=find_sample_file(samples_dir, case_name(p)),
                                    prediction_path=find_case_file(predictions_dir, case_name(p), "prediction"),
                                    label_path=find_case_file(labels_dir, case_name(p), "label"))
                 for p in image_paths]

@@ -286,6 +286,24 @@ def gcn_classes(probs: np.ndarray, prediction: np.ndarray, config: RefineConfig)
                     np.where(probs <= config.threshold - removal, 0, keep)).astype(np.uint8)
 
 
+def _box_around(mask: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """``mask != 0`` cropped to the box around ``coords: i32[N, 3]`` plus one voxel (clipped to the volume), and
+    ``coords`` as indices into the crop."""
+    lo = np.maximum(coords.min(0) - 1, 0)
+    hi = np.minimum(coords.max(0) + 2, mask.shape)
+    return np.asarray(mask)[tuple(slice(a, b) for a, b in zip(lo, hi))] != 0, tuple((coords - lo).T)
+
+
+def _neighbour_counts(foreground: np.ndarray) -> np.ndarray:
+    """Per voxel, the foreground voxels of its 3×3×3 neighbourhood (itself included), exact integers.
+
+    Outside the array counts as 0: on a crop of :func:`_box_around` that is the volume's own outside only where
+    the crop touches the volume's border; elsewhere the crop keeps a one-voxel ring, so the counts at the
+    ``coords`` are those of the whole volume.
+    """
+    return ndimage.correlate(foreground.astype(np.int32), np.ones((3, 3, 3), np.int32), mode="constant", cval=0)
+
+
 def sparse_nodes(mask: np.ndarray, coords: np.ndarray, share: float) -> np.ndarray:
     """Which voxels ``coords: i32[N, 3]`` have less than ``share`` of their 3×3×3 neighbourhood (the voxel
     itself included; outside the volume counts as 0) in ``mask: [X, Y, Z]``: ``bool[N]``.
@@ -296,14 +314,8 @@ def sparse_nodes(mask: np.ndarray, coords: np.ndarray, share: float) -> np.ndarr
     coords = np.asarray(coords)
     if coords.size == 0 or share <= 0:
         return np.zeros(coords.shape[0], bool)
-    lo = np.maximum(coords.min(0) - 1, 0)
-    hi = np.minimum(coords.max(0) + 2, mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    counts = ndimage.correlate((np.asarray(mask)[box] != 0).astype(np.int32), np.ones((3, 3, 3), np.int32),
-                               mode="constant", cval=0)
-    # the crop's border is padded with 0 by `constant`: only where the crop touches the volume's border is
-    # that the volume's own outside; elsewhere the crop keeps a one-voxel ring, so the counts are exact.
-    return counts[tuple((coords - lo).T)] < share * 27
+    foreground, local = _box_around(mask, coords)
+    return _neighbour_counts(foreground)[local] < share * 27
 
 
 def supported_additions(mask: np.ndarray, coords: np.ndarray, share: float) -> np.ndarray:
@@ -318,15 +330,11 @@ def supported_additions(mask: np.ndarray, coords: np.ndarray, share: float) -> n
     coords = np.asarray(coords)
     if coords.size == 0 or share <= 0:
         return np.ones(coords.shape[0], bool)
-    lo = np.maximum(coords.min(0) - 1, 0)
-    hi = np.minimum(coords.max(0) + 2, mask.shape)
-    grown = np.asarray(mask)[tuple(slice(a, b) for a, b in zip(lo, hi))] != 0
-    local = tuple((coords - lo).T)
+    grown, local = _box_around(mask, coords)
     kept = np.zeros(coords.shape[0], bool)
     while True:
-        counts = ndimage.correlate(grown.astype(np.int32), np.ones((3, 3, 3), np.int32), mode="constant", cval=0)
         # a candidate not yet kept is not in `grown`: +1 counts it as added (as the sparse removal counts itself)
-        new = ~kept & ~(counts[local] + 1 < share * 27)
+        new = ~kept & ~(_neighbour_counts(grown)[local] + 1 < share * 27)
         if not new.any():
             return kept
         kept |= new
@@ -646,32 +654,31 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
     shape = graph.volume_shape
     coords = tuple(graph.node_coords.T)
     cnn = prep.base["cnn"]
+    y_hat, free = cnn[coords], ~graph.label_mask  # Ŷ at the nodes; the nodes the GCN may change
     probs = node_probs[index]
     # A replaced node takes the GCN's class only where the GCN is confident; in the band it keeps Ŷ.
-    gcn = gcn_classes(probs, cnn[coords], config)
+    gcn = gcn_classes(probs, y_hat, config)
     if prep.context is not None:  # less confident additions where the intensity around them looks like the organ's
-        loose = (~graph.label_mask & (cnn[coords] == 0) & (probs > config.context_addition)
+        loose = (free & (y_hat == 0) & (probs > config.context_addition)
                  & (probs <= config.threshold + config.confidence_margin) & prep.context)
         gcn = np.where(loose, 1, gcn).astype(np.uint8)
     if prep.leak is not None:  # less confident removals where the intensity inside Ŷ around them looks like the
         # tissue next to them: the CNN's leak into adjacent tissue of nearly the organ's intensity
         leaky = np.nan_to_num(prep.leak, nan=-np.inf) > config.context_removal_share
-        doubtful = ~graph.label_mask & (cnn[coords] == 1) & (probs < config.context_removal) & leaky
+        doubtful = free & (y_hat == 1) & (probs < config.context_removal) & leaky
         gcn = np.where(doubtful, 0, gcn).astype(np.uint8)
     if config.sparse_removal > 0:  # thin, ragged uncertain foreground the GCN does not support: a leak
-        free = ~graph.label_mask
-        sparse = free & (cnn[coords] == 1) & (probs < config.threshold)
+        sparse = free & (y_hat == 1) & (probs < config.threshold)
         sparse[sparse] = sparse_nodes(cnn, graph.node_coords[sparse], config.sparse_removal)
         gcn = np.where(sparse, 0, gcn).astype(np.uint8)
     if config.sparse_addition > 0:  # no thin addition: what the sparse removal would remove is never added
-        added = ~graph.label_mask & (cnn[coords] == 0) & (gcn == 1)
+        added = free & (y_hat == 0) & (gcn == 1)
         added[added] = ~supported_additions(cnn, graph.node_coords[added], config.sparse_addition)
         gcn = np.where(added, 0, gcn).astype(np.uint8)
     if status == "fallback":
         refined, unlabelled = cnn.copy(), cnn.copy()
     else:
         unlabelled = cnn.copy()
-        free = ~graph.label_mask
         unlabelled[tuple(graph.node_coords[free].T)] = gcn[free]
         if config.replace == "all":
             refined = np.zeros(shape, np.uint8)

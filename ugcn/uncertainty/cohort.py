@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ugcn.uncertainty.sampling import MCResult, VolumeFn, _check_positive_int, _compiled_sampler, _split_weights
+from ugcn.uncertainty.sampling import (
+    MCResult,
+    VolumeFn,
+    _compiled_sampler,
+    _split_weights,
+    check_counts,
+    check_finite_result,
+    check_volume_fn_output,
+)
 
 
 @functools.lru_cache(maxsize=16)
@@ -63,8 +71,7 @@ def mc_sample_batch(
     Raises:
       ValueError: bad shapes, non-finite images or probabilities, a key count that is not ``B``.
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
+    n_samples, chunk_size = check_counts(n_samples, chunk_size)
     host = np.asarray(images, np.float32)
     if host.ndim not in (4, 5) or host.shape[0] < 1:
         raise ValueError(f"images must be [B, X, Y, Z] or [B, X, Y, Z, M] with B >= 1, got shape {host.shape}")
@@ -72,12 +79,7 @@ def mc_sample_batch(
         raise ValueError("images hold NaN or infinite values")
     if len(keys) != host.shape[0]:
         raise ValueError(f"{host.shape[0]} volumes but {len(keys)} keys")
-    out = jax.eval_shape(volume_fn, keys[0], jax.ShapeDtypeStruct(host.shape[1:], jnp.float32))
-    if out.ndim != 4 or out.shape[:3] != host.shape[1:4] or out.shape[-1] < 2:
-        raise ValueError(
-            f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {host.shape[1:4]}, "
-            f"got shape {out.shape}"
-        )
+    check_volume_fn_output(volume_fn, keys[0], jax.ShapeDtypeStruct(host.shape[1:], jnp.float32))
     apply, variables = _split_weights(volume_fn)
     local = _per_device_sampler(apply, n_samples, chunk_size, bool(keep_samples))
     if devices is None:
@@ -86,6 +88,4 @@ def mc_sample_batch(
         from ugcn.parallel import resolve_mesh, run_sharded
 
         result = run_sharded(local, resolve_mesh(devices), keys, host, shared=(variables,))
-    if not np.all(np.isfinite(np.asarray(result.stats.sum_p))):
-        raise ValueError("volume_fn produced NaN or infinite probabilities")
-    return result
+    return check_finite_result(result)

@@ -113,14 +113,15 @@ def reduce_passes(
     # ugcn.segment.model.VolumeApply.passes) computes a chunk itself; vmap otherwise. One that also gives its
     # passes in its own layout (passes_raw, with to_volume: the 2D model's slice-major probabilities) is summed
     # in that layout and the sums mapped once: summing transposed samples cost XLA:CPU several times more.
-    batched_fn = getattr(pass_fn, "passes", None) or jax.vmap(pass_fn, in_axes=(None, 0, None))
+    # Every other chunk function's layout is the volume's own (to_volume: the identity).
     to_volume: Optional[Callable] = getattr(pass_fn, "to_volume", None)
-    raw_fn = getattr(pass_fn, "passes_raw", None) if to_volume is not None else None
-    if raw_fn is not None:
-        batched_fn = raw_fn
+    batched_fn = getattr(pass_fn, "passes_raw", None) if to_volume is not None else None
+    if batched_fn is None:
+        batched_fn = getattr(pass_fn, "passes", None) or jax.vmap(pass_fn, in_axes=(None, 0, None))
+        to_volume = None
 
     def finish(a: jnp.ndarray) -> jnp.ndarray:
-        return a if to_volume is None or raw_fn is None else to_volume(a, image)
+        return a if to_volume is None else to_volume(a, image)
 
     def pad_and_chunk(x):
         x = jnp.concatenate([x, x[: padded - n_samples]], axis=0) if padded > n_samples else x
@@ -128,12 +129,9 @@ def reduce_passes(
 
     chunks = jax.tree_util.tree_map(pad_and_chunk, per_pass)
     weights = (jnp.arange(padded) < n_samples).astype(jnp.float32).reshape(n_chunks, chunk_size)
-    if raw_fn is not None:  # the raw layout's padding can depend on the passes per call: shape of a whole chunk
-        first_chunk = jax.tree_util.tree_map(lambda x: x[0], chunks)
-        probs_shape = jax.eval_shape(lambda c, x: raw_fn(variables, c, x), first_chunk, image).shape[1:]
-    else:
-        first = jax.tree_util.tree_map(lambda x: x[0, 0], chunks)
-        probs_shape = jax.eval_shape(lambda i, x: pass_fn(variables, i, x), first, image).shape
+    # the shape of a whole chunk: a raw layout's padding can depend on the passes per call
+    first_chunk = jax.tree_util.tree_map(lambda x: x[0], chunks)
+    probs_shape = jax.eval_shape(lambda c, x: batched_fn(variables, c, x), first_chunk, image).shape[1:]
     init = empty_stats(probs_shape)
 
     def step(stats, chunk):
@@ -167,8 +165,7 @@ def check_sampling_inputs(volume_fn: VolumeFn, image, key: jax.Array, n_samples,
       ValueError: bad ``n_samples``/``chunk_size``, an image that is not 3D/4D or not finite, a
         ``volume_fn`` whose output is not ``[X, Y, Z, C]`` with ``C >= 2`` on the image grid.
     """
-    n_samples = _check_positive_int(n_samples, "n_samples")
-    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
+    n_samples, chunk_size = check_counts(n_samples, chunk_size)
     # Host-side checks: numpy costs one pass and, unlike eager jnp ops, no compilation.
     host_image = np.asarray(image, np.float32)
     if host_image.ndim not in (3, 4):
@@ -176,13 +173,25 @@ def check_sampling_inputs(volume_fn: VolumeFn, image, key: jax.Array, n_samples,
     if not np.all(np.isfinite(host_image)):
         raise ValueError("image holds NaN or infinite values")
     image = jnp.asarray(image, jnp.float32)
+    check_volume_fn_output(volume_fn, key, image)
+    return image, n_samples, chunk_size
+
+
+def check_counts(n_samples, chunk_size) -> tuple[int, int]:
+    """``(T, passes per chunk)``: positive integers, the chunk clipped to ``T``; ``ValueError`` otherwise."""
+    n_samples = _check_positive_int(n_samples, "n_samples")
+    return n_samples, min(_check_positive_int(chunk_size, "chunk_size"), n_samples)
+
+
+def check_volume_fn_output(volume_fn: VolumeFn, key: jax.Array, image) -> None:
+    """``ValueError`` unless ``volume_fn(key, image)`` gives probabilities ``[X, Y, Z, C]``, ``C >= 2``, on the grid
+    of ``image`` (an array or a ``jax.ShapeDtypeStruct`` ``[X, Y, Z(, M)]``); traced only, nothing runs."""
     out = jax.eval_shape(volume_fn, key, image)
     if out.ndim != 4 or out.shape[:3] != image.shape[:3] or out.shape[-1] < 2:
         raise ValueError(
             f"volume_fn must return probabilities [X, Y, Z, C] with C >= 2 on the image grid {image.shape[:3]}, "
             f"got shape {out.shape}"
         )
-    return image, n_samples, chunk_size
 
 
 def check_finite_result(result: MCResult) -> MCResult:
