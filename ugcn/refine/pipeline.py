@@ -364,6 +364,23 @@ def masked_smooth(image: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -
         return np.where(den > 1e-12, num / np.where(den > 1e-12, den, 1.0), np.nan)
 
 
+def _smoothing_crop(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, sigma: Sequence[float], *,
+                    hold_mask: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """``image`` and ``mask != 0`` cropped to the box around ``coords: i32[N, 3]`` in which :func:`masked_smooth`
+    (``sigma`` in voxels per axis) gives at the ``coords`` the values of the whole volume (and which holds all of
+    ``mask`` with ``hold_mask``), and ``coords`` as indices into the crop."""
+    full = np.asarray(mask) != 0
+    pad = np.asarray([int(4.0 * s + 0.5) + 1 for s in sigma])  # scipy truncates the kernel at int(4 sigma + 0.5)
+    lo = np.maximum(coords.min(0) - pad, 0)
+    hi = np.minimum(coords.max(0) + pad + 1, full.shape)
+    found = ndimage.find_objects(full.astype(np.int8)) if hold_mask else []
+    if found:
+        lo = np.minimum(lo, [s.start for s in found[0]])
+        hi = np.maximum(hi, [s.stop for s in found[0]])
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    return np.asarray(image)[box], full[box], tuple((coords - lo).T)
+
+
 def context_support(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, certain_fg: np.ndarray,
                     certain_bg: np.ndarray, *, sigma: float, reach: float,
                     spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
@@ -387,20 +404,9 @@ def context_support(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, cer
     certain_fg, certain_bg = np.asarray(certain_fg, bool), np.asarray(certain_bg, bool)
     if coords.size == 0 or not certain_fg.any() or not certain_bg.any():
         return np.zeros(coords.shape[0], bool)
-    shape = np.asarray(mask).shape
     sig = [sigma / float(s) for s in spacing]
-    pad = np.asarray([int(4.0 * s + 0.5) + 1 for s in sig])  # scipy truncates the kernel at int(4 sigma + 0.5)
-    full = np.asarray(mask) != 0
-    lo = np.maximum(coords.min(0) - pad, 0)
-    hi = np.minimum(coords.max(0) + pad + 1, shape)
-    found = ndimage.find_objects(full.astype(np.int8))
-    if found:  # the box holds all of the mask too, so that the distances to it are exact
-        lo = np.minimum(lo, [s.start for s in found[0]])
-        hi = np.maximum(hi, [s.stop for s in found[0]])
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    inside = full[box]
-    crop = np.asarray(image)[box]
-    local = tuple((coords - lo).T)
+    # the box holds all of the mask too, so that the distances to it are exact
+    crop, inside, local = _smoothing_crop(image, mask, coords, sig, hold_mask=True)
     outside_level = masked_smooth(crop, ~inside, sig)[local]
     organ = np.median(masked_smooth(crop, inside, sig)[local][certain_fg], axis=0)
     distance = ndimage.distance_transform_edt(~inside, sampling=tuple(float(s) for s in spacing))[local]
@@ -441,15 +447,8 @@ def leak_level(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, certain_
     n = coords.shape[0]
     if coords.size == 0 or not certain_fg.any():
         return np.full(n, np.nan)
-    shape = np.asarray(mask).shape
     sig = [sigma / float(s) for s in spacing]
-    pad = np.asarray([int(4.0 * s + 0.5) + 1 for s in sig])  # scipy truncates the kernel at int(4 sigma + 0.5)
-    lo = np.maximum(coords.min(0) - pad, 0)
-    hi = np.minimum(coords.max(0) + pad + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    inside_mask = np.asarray(mask)[box] != 0
-    crop = np.asarray(image)[box]
-    local = tuple((coords - lo).T)
+    crop, inside_mask, local = _smoothing_crop(image, mask, coords, sig)
     inside = np.reshape(masked_smooth(crop, inside_mask, sig)[local], (n, -1))
     outside = np.reshape(masked_smooth(crop, ~inside_mask, sig)[local], (n, -1))
     organ = np.median(inside[certain_fg], axis=0)
@@ -609,22 +608,18 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
     if fg.all() or not fg.any():
         cls = "foreground" if fg.all() else "background"
         messages.append(f"every labelled training node is {cls}: the GCN can only learn to predict {cls}")
-    context = None
-    if uses_context(config):
+    context = leak = None
+    if uses_context(config) or uses_context_removal(config):
         if spacing is None:
             messages.append("no voxel spacing given: the context check's widths in mm assume 1 mm voxels")
+        mm = (1.0, 1.0, 1.0) if spacing is None else tuple(spacing)
         labelled_fg = graph.label_mask & (cnn[tuple(graph.node_coords.T)] == 1)
-        context = context_support(image, cnn, graph.node_coords, labelled_fg, graph.label_mask & ~labelled_fg,
-                                  sigma=config.context_sigma, reach=config.context_reach,
-                                  spacing=(1.0, 1.0, 1.0) if spacing is None else tuple(spacing))
-        timings["graph"] = time.perf_counter() - t0
-    leak = None
-    if uses_context_removal(config):
-        if spacing is None and context is None:
-            messages.append("no voxel spacing given: the context check's widths in mm assume 1 mm voxels")
-        labelled_fg = graph.label_mask & (cnn[tuple(graph.node_coords.T)] == 1)
-        leak = leak_level(image, cnn, graph.node_coords, labelled_fg, sigma=config.context_removal_sigma,
-                          spacing=(1.0, 1.0, 1.0) if spacing is None else tuple(spacing))
+        if uses_context(config):
+            context = context_support(image, cnn, graph.node_coords, labelled_fg, graph.label_mask & ~labelled_fg,
+                                      sigma=config.context_sigma, reach=config.context_reach, spacing=mm)
+        if uses_context_removal(config):
+            leak = leak_level(image, cnn, graph.node_coords, labelled_fg, sigma=config.context_removal_sigma,
+                              spacing=mm)
         timings["graph"] = time.perf_counter() - t0
     return _Prepared(None, graph, candidates, base, timings, messages, context, leak)
 
