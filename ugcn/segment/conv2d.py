@@ -32,7 +32,7 @@ but not resolved in the whole sampler (expected ~2 %; branch ``wino-stem-pool``)
 with BN and ReLU; load 7.6) and max-pooling as the maximum of the 4 strided sub-grids (exact; ReLU + pooling +
 the next convolution 1.42x / 1.43x / 1.09x at 128^2 x 16, 64^2 x 32, 32^2 x 64; load 6.9): the sampler (T = 20,
 128 x 128 x 8) ran at 1.033x wall / 1.013x CPU time (24 rounds, load 8.1-8.8), 0.98x / 0.98x (20 rounds, load
-7.5-10.6).
+7.5-10.6), 1.01x / 1.03x (30 rounds, load 2.8-5.9).
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so
