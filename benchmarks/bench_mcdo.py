@@ -324,9 +324,10 @@ def bench_3d(settings: dict, repeats: int) -> dict:
 def measure_issue_2d(repeats: int = 3) -> dict:
     """Issue 15's 2D case measured directly: ``mc_sample`` with its defaults, the default 2D U-Net (random
     weights), T = 20 over a 128 x 128 x 64 volume. First call (compilation + one run) timed on its own, then the
-    median of ``repeats`` runs; GFLOP/s from :func:`mc_flops` (the FLOPs the sampler executes: stem once per
-    slice); the 1-minute load average before and after."""
-    from ugcn.uncertainty.sampling import mc_sample
+    median of ``repeats`` runs, interleaved with the same sampler as one program (``streams=1``); GFLOP/s from
+    :func:`mc_flops` (the FLOPs the sampler executes: stem once per slice); the 1-minute load average before
+    and after."""
+    from ugcn.uncertainty.sampling import default_streams, mc_sample
 
     load_before = os.getloadavg()[0]
     config = UNetConfig(dims=2)
@@ -334,13 +335,23 @@ def measure_issue_2d(repeats: int = 3) -> dict:
     shape, T = ISSUE_2D["shape"], ISSUE_2D["samples"]
     image = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
     key = jax.random.key(0)
+    streams = default_streams(fn, T)
     run = lambda: jax.block_until_ready(mc_sample(fn, image, key, n_samples=T).stats)  # noqa: E731
+    one = lambda: jax.block_until_ready(mc_sample(fn, image, key, n_samples=T, streams=1).stats)  # noqa: E731
     t = time.perf_counter()
     run()
     first = time.perf_counter() - t
-    seconds = median_time(run, repeats)
+    one()
+    rounds: dict = {"default": [], "one": []}
+    for _ in range(repeats):  # interleaved: both see the same load
+        for name, f in (("default", run), ("one", one)):
+            t = time.perf_counter()
+            f()
+            rounds[name].append(time.perf_counter() - t)
+    seconds, one_seconds = float(np.median(rounds["default"])), float(np.median(rounds["one"]))
     flops = mc_flops(config, shape[:2], shape[2], T)
     return {"unet": config.to_dict(), "volume": list(shape), "n_samples": T, "repeats": repeats,
+            "streams": streams, "one_stream_seconds": one_seconds,
             "seconds": seconds, "first_call_seconds": first, "goal_seconds": ISSUE_2D["goal_seconds"],
             "tflop": flops["total_tflop_stem_shared"],
             "gflop_per_s": flops["total_tflop_stem_shared"] * 1e3 / seconds,

@@ -120,11 +120,15 @@ def mcdo_issue_2d_lines(r: dict) -> list[str]:
                    f"{'x'.join(map(str, measured['volume']))} volume takes **{measured['seconds']:.1f} s** (goal "
                    f"{measured['goal_seconds']:.0f} s; median of {measured['repeats']} after a first call of "
                    f"{measured['first_call_seconds']:.1f} s with compilation; {measured['gflop_per_s']:.0f} GFLOP/s"
-                   + (f"; 1-minute load {min(load):.1f}-{max(load):.1f}" if load else "") + ").")
+                   + (f"; 1-minute load {min(load):.1f}-{max(load):.1f}" if load else "") + ")"
+                   + (f", as {measured['streams']} concurrent programs over the passes; as one program "
+                      f"{measured['one_stream_seconds']:.1f} s in the same run"
+                      if measured.get("streams", 1) > 1 and "one_stream_seconds" in measured else "") + ".")
     if issue:
         bound = (f"FLOPs: T = 20 over 128x128x64 with the default 2D U-Net is {issue['total_tflop_stem_shared']:.2f} "
-                 f"TFLOP; at this run's matmul rate ({r['flops']['matmul_gflops']:.0f} GFLOP/s) that is at least "
-                 f"{issue['lower_bound_seconds_at_matmul_roof']:.1f} s.")
+                 f"TFLOP; at this run's rate of one jitted matmul ({r['flops']['matmul_gflops']:.0f} GFLOP/s) that is "
+                 f"{issue['lower_bound_seconds_at_matmul_roof']:.1f} s (a single program's roof; the Winograd layers "
+                 "do fewer multiplications and concurrent programs use the cores a single one leaves idle).")
         if not measured and "predicted_seconds_at_best_rate" in issue:
             bound += (f" Not measured in this run; extrapolated from this run's (smaller) network's FLOP rate: "
                       f"{issue['predicted_seconds_at_best_rate']:.1f} s (an extrapolation, not a measurement).")

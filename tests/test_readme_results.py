@@ -196,8 +196,17 @@ def test_mcdo_section_shows_the_measured_issue_case_against_the_goal(gen):
     assert ("Issue 15's 2D case, measured: `mc_sample` (defaults) with the default 2D U-Net (base 16, depth 3), "
             "T = 20 over a 128x128x64 volume takes **14.7 s** (goal 10 s; median of 3 after a first call of 31.3 s "
             "with compilation; 100 GFLOP/s; 1-minute load 1.3-2.5).") in text
-    assert "1.47 TFLOP; at this run's matmul rate (140 GFLOP/s) that is at least 10.5 s." in text
-    assert "extrapolat" not in text
+    assert "1.47 TFLOP; at this run's rate of one jitted matmul (140 GFLOP/s) that is 10.5 s (a single" in text
+    assert "extrapolat" not in text and "concurrent programs over the passes" not in text
+
+
+def test_mcdo_section_shows_the_streams_against_one_program(gen):
+    result = _mcdo_result(measured=True)
+    result["issue_2d_measured"].update(seconds=9.8, streams=2, one_stream_seconds=16.1)
+    text = "\n".join(gen.mcdo_section(result, "small"))
+    assert ("takes **9.8 s** (goal 10 s; median of 3 after a first call of 31.3 s with compilation; 100 GFLOP/s; "
+            "1-minute load 1.3-2.5), as 2 concurrent programs over the passes; as one program 16.1 s in the same "
+            "run.") in text
 
 
 def test_mcdo_section_without_the_measurement_labels_the_extrapolation(gen):

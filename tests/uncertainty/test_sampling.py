@@ -53,9 +53,9 @@ def np_stats(samples):
     }
 
 
-@pytest.mark.parametrize("chunk", [1, 3, T])  # 3: T not a multiple of the chunk
-def test_streaming_equals_all_samples(image, reference_samples, chunk):
-    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=chunk)
+@pytest.mark.parametrize("chunk,streams", [(1, 1), (3, 1), (T, 1), (3, 2), (2, 3)])  # 3: T not a multiple of the chunk
+def test_streaming_equals_all_samples(image, reference_samples, chunk, streams):
+    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=chunk, streams=streams)
     assert result.samples is None
     assert float(result.stats.count) == T
     ref = np_stats(reference_samples)
@@ -63,8 +63,10 @@ def test_streaming_equals_all_samples(image, reference_samples, chunk):
         np.testing.assert_allclose(getattr(result.stats, field), ref[field], atol=2e-5, err_msg=field)
 
 
-def test_keep_samples(image, reference_samples):
-    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=3, keep_samples=True)
+@pytest.mark.parametrize("streams", [1, 2])
+def test_keep_samples(image, reference_samples, streams):
+    result = mc_sample(toy_volume_fn, image, jax.random.key(42), n_samples=T, chunk_size=3, keep_samples=True,
+                       streams=streams)
     assert result.samples.shape == (T,) + SHAPE + (3,)
     np.testing.assert_allclose(result.samples, reference_samples, atol=1e-6)
     kept = stats_from_samples(result.samples)
@@ -103,6 +105,40 @@ def test_mc_sample_input_errors(image):
         mc_sample(toy_volume_fn, image.at[0, 0, 0].set(jnp.nan), key, n_samples=2)
     with pytest.raises(ValueError, match="C >= 2"):
         mc_sample(lambda k, x: x[..., None], image, key, n_samples=2)
+    with pytest.raises(ValueError, match="streams"):
+        mc_sample(toy_volume_fn, image, key, n_samples=2, streams=0)
+
+
+@pytest.mark.parametrize("n_samples,chunk,streams,expected", [
+    (20, 4, 2, [(0, 10, 5), (10, 10, 5)]),  # the default: 2 x 2 chunks of 5, no padding pass
+    (7, 4, 2, [(0, 4, 4), (4, 3, 3)]),
+    (7, 4, 1, [(0, 7, 4)]),
+    (14, 4, 2, [(0, 7, 4), (7, 7, 4)]),  # 7 is prime: its only divisor up to 5 is 1, so the chunk stays 4
+    (3, 4, 5, [(0, 1, 1), (1, 1, 1), (2, 1, 1)]),  # never more streams than passes
+])
+def test_stream_plan(n_samples, chunk, streams, expected):
+    from ugcn.uncertainty.sampling import stream_plan
+
+    assert stream_plan(n_samples, chunk, streams) == expected
+
+
+def test_default_streams():
+    from ugcn.segment import UNetConfig, init_model, make_volume_fn
+    from ugcn.uncertainty.sampling import default_streams
+
+    fn2d = make_volume_fn(init_model(UNetConfig(dims=2, base_features=2, depth=1), jax.random.PRNGKey(0)),
+                          stochastic=True)
+    two = 2 if jax.default_backend() == "cpu" else 1
+    assert default_streams(fn2d, 20) == two
+    assert default_streams(fn2d, 7) == 1  # an odd T would compile two programs
+    assert default_streams(toy_volume_fn, 20) == 1
+    # The default path on a 2D model (two streams on the CPU) against single passes of the same function.
+    image2d = np.random.default_rng(3).normal(size=(8, 8, 3)).astype(np.float32)
+    key = jax.random.PRNGKey(5)
+    result = mc_sample(fn2d, image2d, key, n_samples=4, keep_samples=True)
+    ref = np.stack([np.asarray(fn2d(k, image2d)) for k in jax.random.split(key, 4)])
+    np.testing.assert_allclose(np.asarray(result.samples), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.stats.sum_p), ref.sum(0), rtol=1e-5, atol=1e-5)
 
 
 def write_nifti(path, array):
@@ -163,7 +199,7 @@ def test_models_of_one_architecture_share_a_sampler_but_keep_their_weights():
 
     from ugcn.segment import UNetConfig, init_model, make_volume_fn
     from ugcn.uncertainty import mc_sample
-    from ugcn.uncertainty.sampling import _compiled_sampler
+    from ugcn.uncertainty.sampling import _compiled_sampler, _compiled_stream
 
     # A narrow, shallow net (no layer reaches the Winograd forms' 8 channels): the sharing is the point, and it
     # compiles ~5x faster than base 4 / depth 2.
@@ -173,9 +209,9 @@ def test_models_of_one_architecture_share_a_sampler_but_keep_their_weights():
     model_b = init_model(config, jax.random.PRNGKey(2))
     key = jax.random.PRNGKey(0)
     a = mc_sample(make_volume_fn(model_a, stochastic=True), image, key, n_samples=3, chunk_size=3)
-    misses = _compiled_sampler.cache_info().misses
+    misses = _compiled_sampler.cache_info().misses, _compiled_stream.cache_info().misses
     b = mc_sample(make_volume_fn(model_b, stochastic=True), image, key, n_samples=3, chunk_size=3)
-    assert _compiled_sampler.cache_info().misses == misses
+    assert (_compiled_sampler.cache_info().misses, _compiled_stream.cache_info().misses) == misses
     # Independent reference: three single passes of model B's own function.
     fn_b = make_volume_fn(model_b, stochastic=True)
     ref = sum(np.asarray(fn_b(k, image)) for k in jax.random.split(key, 3))
