@@ -219,6 +219,13 @@ class RefineConfig:
                                            "--context-removal")
     context_removal_share: float = setting(0.4, gt=0, help="how far (0: the organ's level, 1: the local background's) "
                                            "the smoothed intensity of a voxel of --context-removal must lie")
+    thin_removal: float = setting(
+        0.4, min=0, max=1, help="after the removals above, an uncertain predicted voxel the GCN is not confident about "
+        "(output at most threshold + confidence margin) whose leak level (as --context-removal's) is above "
+        "--thin-removal-share is also removed where less than this share of its 3x3x3 neighbourhood is left in the "
+        "prediction minus the removals so far (0: off)")
+    thin_removal_share: float = setting(0.3, gt=0, help="the leak level above which --thin-removal may remove a "
+                                        "voxel (0: the organ's level, 1: the local background's)")
     replace: str = setting("unlabelled", choices=REPLACE_MODES, help="what the refined mask takes from the GCN: all "
                            "nodes (the method) or only the unlabelled (uncertain) ones")
     variants: tuple[Variant, ...] = DEFAULT_VARIANTS
@@ -268,7 +275,7 @@ PRESETS = {
     "reference": RefineConfig(tau_mode="absolute", k_random=16, long_range="random", lam=0.5, replace="all",
                               variants=(), confidence_margin=0.0, removal_margin=None, node_features="all",
                               sparse_removal=0.0, sparse_addition=0.0, context_addition=1.0, context_removal=0.0,
-                              fit=FitConfig(loss="bce")),
+                              thin_removal=0.0, fit=FitConfig(loss="bce")),
 }
 
 
@@ -423,6 +430,11 @@ def uses_context_removal(config: RefineConfig) -> bool:
     return config.context_removal > config.threshold - removal
 
 
+def uses_thin_removal(config: RefineConfig) -> bool:
+    """Whether :attr:`RefineConfig.thin_removal` removes anything: a share above 0."""
+    return config.thin_removal > 0
+
+
 def leak_level(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, certain_fg: np.ndarray, *, sigma: float,
                spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """The context check of :attr:`RefineConfig.context_removal`: ``f64[N]`` per node ``coords: i32[N, 3]``, how far
@@ -458,6 +470,30 @@ def leak_level(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, certain_
     # equal levels up to rounding (a relative 1e-6) leave nothing to compare with
     defined = np.isfinite(num) & np.isfinite(den) & (den > 1e-12 * (np.sum(organ**2) + 1.0))
     return np.where(defined, num / np.where(defined, den, 1.0), np.nan)
+
+
+def thin_removals(mask: np.ndarray, coords: np.ndarray, removed: np.ndarray, candidates: np.ndarray,
+                  leak: np.ndarray, config: RefineConfig) -> np.ndarray:
+    """The removals of :attr:`RefineConfig.thin_removal`: ``bool[N]`` per node ``coords: i32[N, 3]``.
+
+    A ``candidates`` node (``bool[N]``: in the pipeline, an uncertain node of ``mask`` (``Ŷ``, ``[X, Y, Z]``) that
+    the GCN keeps without being confident) is removed where its ``leak`` level (``f[N]``, :func:`leak_level`; NaN
+    never passes) is above ``config.thin_removal_share`` and less than ``config.thin_removal`` of its 3×3×3
+    neighbourhood (itself included; outside the volume counts as 0) lies in ``mask`` minus the ``removed`` nodes
+    (``bool[N]``). One pass: a removal here does not thin its neighbours' counts.
+    """
+    candidates = np.asarray(candidates, bool) & (np.nan_to_num(np.asarray(leak, np.float64), nan=-np.inf)
+                                                 > config.thin_removal_share)
+    if not candidates.any() or config.thin_removal <= 0:
+        return np.zeros(candidates.shape[0], bool)
+    left = np.asarray(mask) != 0
+    removed = np.asarray(removed, bool)
+    if removed.any():
+        left = left.copy()
+        left[tuple(np.asarray(coords)[removed].T)] = False
+    out = candidates.copy()
+    out[candidates] = sparse_nodes(left, np.asarray(coords)[candidates], config.thin_removal)
+    return out
 
 
 class RefineInput(NamedTuple):
@@ -609,7 +645,7 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
         cls = "foreground" if fg.all() else "background"
         messages.append(f"every labelled training node is {cls}: the GCN can only learn to predict {cls}")
     context = leak = None
-    if uses_context(config) or uses_context_removal(config):
+    if uses_context(config) or uses_context_removal(config) or uses_thin_removal(config):
         if spacing is None:
             messages.append("no voxel spacing given: the context check's widths in mm assume 1 mm voxels")
         mm = (1.0, 1.0, 1.0) if spacing is None else tuple(spacing)
@@ -617,7 +653,7 @@ def _prepare(image, prediction, expectation, uncertainty, config: RefineConfig, 
         if uses_context(config):
             context = context_support(image, cnn, graph.node_coords, labelled_fg, graph.label_mask & ~labelled_fg,
                                       sigma=config.context_sigma, reach=config.context_reach, spacing=mm)
-        if uses_context_removal(config):
+        if uses_context_removal(config) or uses_thin_removal(config):
             leak = leak_level(image, cnn, graph.node_coords, labelled_fg, sigma=config.context_removal_sigma,
                               spacing=mm)
         timings["graph"] = time.perf_counter() - t0
@@ -666,6 +702,10 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
         sparse = free & (y_hat == 1) & (probs < config.threshold)
         sparse[sparse] = sparse_nodes(cnn, graph.node_coords[sparse], config.sparse_removal)
         gcn = np.where(sparse, 0, gcn).astype(np.uint8)
+    if prep.leak is not None and uses_thin_removal(config):  # what the removals left thin, where it looks leaky
+        thin = thin_removals(cnn, graph.node_coords, free & (y_hat == 1) & (gcn == 0), free & (y_hat == 1) & (
+            gcn == 1) & (probs <= config.threshold + config.confidence_margin), prep.leak, config)
+        gcn = np.where(thin, 0, gcn).astype(np.uint8)
     if config.sparse_addition > 0:  # no thin addition: what the sparse removal would remove is never added
         added = free & (y_hat == 0) & (gcn == 1)
         added[added] = ~supported_additions(cnn, graph.node_coords[added], config.sparse_addition)
