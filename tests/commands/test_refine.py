@@ -166,7 +166,7 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
             "--sparse-removal", "0", "--sparse-addition", "0",  # the margins alone (tests/refine/test_sparse_*.py)
-            "--context-removal", "0"]
+            "--context-removal", "0", "--thin-removal", "0"]
     for margin in ("0.1", "0.45"):
         assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
     assert [m for m, _, _ in seen] == [0.1, 0.45]
@@ -208,7 +208,8 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, spher
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0"]
+            "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0",
+            "--thin-removal", "0"]
     runs = {"off": ["--context-addition", "1"],
             "on": ["--context-addition", "0.5", "--context-sigma", "0.8", "--context-reach", "2"]}
     for name, flags in runs.items():
@@ -263,7 +264,8 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatc
     monkeypatch.setattr(pipeline, "_finish", spy)
     base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
             "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1"]
+            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
+            "--thin-removal", "0"]
     runs = {"off": ["--context-removal", "0"],
             "on": ["--context-removal", "0.6", "--context-removal-sigma", "0.8", "--context-removal-share", "0.3"]}
     for name, flags in runs.items():
@@ -300,3 +302,53 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatc
     report = json.loads((tmp_path / "on" / "report.json").read_text())
     assert (report["config"]["context_removal"], report["config"]["context_removal_sigma"],
             report["config"]["context_removal_share"]) == (0.6, 0.8, 0.3)
+
+
+def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+    """--thin-removal and --thin-removal-share reach the refined mask: against --thin-removal 0 (same fit), exactly the
+    uncertain voxels of Ŷ the margins keep with output <= 0.9, leak level above the share and fewer than the share of
+    27 neighbours left in Ŷ minus the margins' removals go (numpy here); the other mask rules are off."""
+    import ugcn.refine.pipeline as pipeline
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    pred = case[1].astype(bool)
+    seen = []  # (config, leak level per node, node probabilities, graph)
+    real = pipeline._finish
+
+    def spy(prep, node_probs, fit_s, config):
+        result = real(prep, node_probs, fit_s, config)
+        seen.append((config, prep.leak, result.node_probs, result.graph))
+        return result
+
+    monkeypatch.setattr(pipeline, "_finish", spy)
+    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
+            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1", "--context-removal", "0"]
+    runs = {"off": ["--thin-removal", "0"], "on": ["--thin-removal", "0.7", "--thin-removal-share", "0.1"]}
+    for name, flags in runs.items():
+        assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
+    (_, leak_off, p_off, _), (on, leak, p, g) = seen
+    assert leak_off is None and (on.thin_removal, on.thin_removal_share) == (0.7, 0.1)
+    np.testing.assert_allclose(p_off, p, atol=1e-6)  # same fit: the rule alone differs
+    idx = tuple(g.node_coords.T)
+    free = ~g.label_mask
+    cls = np.where(p > 0.9, 1, np.where(p <= 0.02, 0, pred[idx]))
+    left = pred.copy()
+    left[tuple(g.node_coords[free & pred[idx] & (cls == 0)].T)] = False
+    padded = np.pad(left.astype(int), 1)
+    x, y, z = pred.shape
+    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    thin = (free & pred[idx] & (cls == 1) & (p <= 0.9) & (np.nan_to_num(leak, nan=-1.0) > 0.1)
+            & (counts[idx] < 0.7 * 27))
+    assert thin.sum() >= 3
+    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
+    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
+    changed = np.zeros(refined.shape, bool)
+    changed[tuple(g.node_coords[thin].T)] = True
+    np.testing.assert_array_equal(refined != refined_off, changed)
+    report = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert (report["config"]["thin_removal"], report["config"]["thin_removal_share"]) == (0.7, 0.1)
