@@ -32,7 +32,13 @@ but not resolved in the whole sampler (expected ~2 %; branch ``wino-stem-pool``)
 with BN and ReLU; load 7.6) and max-pooling as the maximum of the 4 strided sub-grids (exact; ReLU + pooling +
 the next convolution 1.42x / 1.43x / 1.09x at 128^2 x 16, 64^2 x 32, 32^2 x 64; load 6.9): the sampler (T = 20,
 128 x 128 x 8) ran at 1.033x wall / 1.013x CPU time (24 rounds, load 8.1-8.8), 0.98x / 0.98x (20 rounds, load
-7.5-10.6), 1.01x / 1.03x (30 rounds, load 2.8-5.9).
+7.5-10.6), 1.01x / 1.03x (30 rounds, load 2.8-5.9); with ``mc_sample``'s 2 concurrent streams (T = 20 over 128 x 128
+x 16, medians of per-round ratios) 1.13x / 1.01x (8 rounds, load 7.1-8.6), 0.93x / 0.98x (12 rounds, load
+7.6-9.1), 1.02x / 1.01x (8 rounds, load 6.8-8.1): still not resolved, so not landed. XLA:CPU (jaxlib 0.10.2)
+runs a 128^2 convolution on YNNPACK when ``Ci x Co > 256`` and on Eigen otherwise; Eigen is the faster of the two
+there: 5 rows of 128^2, 16 -> 16 (Eigen) against the same made YNNPACK's by a zero 17th output channel 0.74x, 32
+outputs 0.48x, a zero 17th input channel 0.90x, and the stem-shared 16 -> 80 (YNNPACK) as five Eigen 16 -> 16
+convolutions 0.62x (one process, interleaved, load 8).
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so

@@ -28,7 +28,13 @@ model on the CPU with an even ``T``). Every pass keeps its key, so the samples a
 float rounding only (max 2.9e-6 on ``sum_p`` at issue size). Measured, one process, interleaved rounds, quiet
 machine (load 1.5-1.6), T = 20 over 128 x 128 x 64 with the default 2D U-Net: 9.7 / 10.3 s with 2 streams against
 17.8 / 15.9 s as one program (1.83x / 1.55x in two runs); 3 streams 12.7 s, 4 streams 10.7 s; one program with
-chunks of 5 (the streams' chunk) 16.7 s, so the gain is the concurrency, not the chunk.
+chunks of 5 (the streams' chunk) 16.7 s, so the gain is the concurrency, not the chunk. Tried with 2 streams
+and not kept (T = 20 over 128 x 128 x 16, one process, interleaved rounds, medians, load 7-9): chunks of 10 per
+stream 0.97x wall / 1.02x CPU time, 4 streams of 5 passes 0.98x / 0.98x, and (two worker processes, interleaved)
+XLA's Eigen convolutions on one thread (``--xla_cpu_multi_thread_eigen=false``) 0.96x. A per-operation profile of
+the 2-stream sampler at issue size (load 6) looks like the one-program profile (``benchmarks/profile_mcdo.py``):
+convolutions ~75 % of operation time (the 128^2 layers ~35 %), batch-norm + ReLU + dropout 13 %, pooling and
+concatenation 6 %, everything outside the U-Net (probabilities, running sums, merge) ~1 %.
 
 3D (``bench_mcdo.bench_3d``: default 3D U-Net, T = 4 in one chunk): a chunk's passes used to run as ``vmap``
 over the dropout keys after the shared stem, which carried the pass axis through XLA:CPU's 3D convolution
