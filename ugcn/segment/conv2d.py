@@ -38,7 +38,10 @@ x 16, medians of per-round ratios) 1.13x / 1.01x (8 rounds, load 7.1-8.6), 0.93x
 runs a 128^2 convolution on YNNPACK when ``Ci x Co > 256`` and on Eigen otherwise; Eigen is the faster of the two
 there: 5 rows of 128^2, 16 -> 16 (Eigen) against the same made YNNPACK's by a zero 17th output channel 0.74x, 32
 outputs 0.48x, a zero 17th input channel 0.90x, and the stem-shared 16 -> 80 (YNNPACK) as five Eigen 16 -> 16
-convolutions 0.62x (one process, interleaved, load 8).
+convolutions 0.62x (one process, interleaved, load 8). The full-resolution decoder convolution as one Eigen 16 -> 16
+convolution per part of its [upsampled, skip] input, the concatenation never written (branch ``mc2d-split``):
+1.10x on the layer with its concatenation (5 rows, load 8), but 0.96x wall / 0.97x CPU time in the 2-stream sampler
+(14 rounds, load 4.7-5.4) and 1.07x / 1.015x in another run (8 rounds, load 6.8-8.1): not kept.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature; flax's
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)`` uses it with unchanged parameters, so
