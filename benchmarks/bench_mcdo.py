@@ -268,12 +268,13 @@ def bench_3d(settings: dict, repeats: int) -> dict:
     """3D U-Net (default: base 16, depth 3, 32^3 patches, overlap 0.5) MC dropout on one volume.
 
     Times a Python loop of T single passes (the stem recomputed every pass) against ``mc_sample`` with all
-    T passes in one chunk (patch extraction and stem once per patch chunk) for several patch batches, and
+    T passes in one chunk (patch extraction and stem once per patch chunk) as one program for several patch
+    batches, and with its defaults (2 concurrent streams on the CPU for an even T, :func:`default_streams`), and
     turns the best seconds per patch-pass into a predicted T = 20 time on the issue's brain for each
     patch overlap (from the patch counts of :func:`patch_starts`).
     """
     from ugcn.segment.model import patch_starts
-    from ugcn.uncertainty.sampling import mc_sample
+    from ugcn.uncertainty.sampling import default_streams, mc_sample
 
     config = UNetConfig(dims=3)
     model = init_model(config, jax.random.PRNGKey(0))
@@ -289,12 +290,22 @@ def bench_3d(settings: dict, repeats: int) -> dict:
     rows.append({"method": "loop of single passes", "patch_batch": None, "seconds": t_loop})
     for batch in settings["batches"]:
         fn = make_volume_fn(model, stochastic=True, batch_size=batch)
-        run = lambda: jax.block_until_ready(mc_sample(fn, image, key, n_samples=T, chunk_size=T).stats)  # noqa: E731
+        # one program (streams=1): the patch batches compared on their own; the default streams: the next row
+        run = lambda: jax.block_until_ready(  # noqa: E731
+            mc_sample(fn, image, key, n_samples=T, chunk_size=T, streams=1).stats)
         t = time.perf_counter()
         run()
         compile_s = time.perf_counter() - t
         rows.append({"method": "mc_sample, stem shared", "patch_batch": batch, "seconds": median_time(run, repeats),
                      "first_call_seconds": compile_s})
+    fn = make_volume_fn(model, stochastic=True)
+    streams = default_streams(fn, T)
+    run = lambda: jax.block_until_ready(mc_sample(fn, image, key, n_samples=T, chunk_size=T).stats)  # noqa: E731
+    t = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - t
+    rows.append({"method": f"mc_sample default ({streams} streams)", "patch_batch": None,
+                 "seconds": median_time(run, repeats), "first_call_seconds": compile_s, "streams": streams})
     # The deterministic pass (the prediction of `ugcn mcdo`): a program of its own, one pass.
     det = jax.jit(make_volume_fn(model, stochastic=False))
     t = time.perf_counter()
@@ -401,11 +412,11 @@ def main(argv=None) -> int:
         for keep in (False, True) if fn is volume_fn else (False,):
             t = time.perf_counter()
             apply, variables = _split_weights(fn)
-            compiled = _compiled_sampler(apply, T, chunk, keep).lower(variables, key, image).compile()
+            compiled = _compiled_sampler(apply, T, chunk, keep).lower(variables, keys, image).compile()
             compile_s = time.perf_counter() - t
             mem = memory(compiled)
             seconds = None if keep else median_time(
-                lambda: jax.block_until_ready(compiled(variables, key, image)), args.repeats, warmup=True)
+                lambda: jax.block_until_ready(compiled(variables, keys, image)), args.repeats, warmup=True)
             rows.append(dict(method=label, chunk=chunk, keep_samples=keep,
                              seconds=seconds, compile_seconds=compile_s, memory=mem))
 

@@ -116,17 +116,17 @@ def main(argv=None) -> int:
     model = init_model(config, jax.random.PRNGKey(0))
     apply, variables = _split_weights(make_volume_fn(model, stochastic=True))
     image = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
-    key = jax.random.key(0)
-    compiled = _compiled_sampler(apply, T, min(chunk, T), False).lower(variables, key, image).compile()
+    keys = jax.random.split(jax.random.key(0), T)  # mc_sample's keys for one stream
+    compiled = _compiled_sampler(apply, T, min(chunk, T), False).lower(variables, keys, image).compile()
     names = op_names(compiled.as_text())
-    jax.block_until_ready(compiled(variables, key, image))  # warm-up
+    jax.block_until_ready(compiled(variables, keys, image))  # warm-up
     t = time.perf_counter()
-    jax.block_until_ready(compiled(variables, key, image))
+    jax.block_until_ready(compiled(variables, keys, image))
     untraced = time.perf_counter() - t
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-        jax.block_until_ready(compiled(variables, key, image))
+        jax.block_until_ready(compiled(variables, keys, image))
         jax.profiler.stop_trace()
         ops, wall = trace_ops(trace_dir)
 

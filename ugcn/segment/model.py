@@ -385,6 +385,7 @@ class VolumeApply:
     # 24-43 ms in slice-major order, 2-core CPU, load 13).
     passes_raw: Optional[Callable[[Any, jax.Array, jnp.ndarray], jnp.ndarray]] = None
     to_volume: Optional[Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = None
+    dims: int = 3  # the U-Net's: samplers pick their defaults per kind (ugcn.uncertainty.sampling.default_streams)
 
     def __call__(self, variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         return self.single(variables, key, image)
@@ -438,9 +439,9 @@ def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic:
     if config.dims == 2:
         passes, passes_raw, to_volume = _slices_fn(config, norm, stochastic, batch_size)
         return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes, passes_raw,
-                           to_volume)
+                           to_volume, dims=2)
     passes = _patches_fn(config, norm, stochastic, batch_size)
-    return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes)
+    return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes, dims=3)
 
 
 @functools.lru_cache(maxsize=16)

@@ -32,7 +32,7 @@ def _per_device_sampler(apply: Callable, n_samples: int, chunk_size: int, keep_s
     run = _compiled_sampler(apply, n_samples, chunk_size, keep_samples)
 
     def local(variables, keys, images):
-        return jax.lax.map(lambda item: run(variables, item[0], item[1]), (keys, images))
+        return jax.lax.map(lambda item: run(variables, jax.random.split(item[0], n_samples), item[1]), (keys, images))
 
     return local
 

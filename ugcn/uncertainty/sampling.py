@@ -23,18 +23,19 @@ masked copies of the stem) 0.64x, so the default stays the scan over chunks of 4
 Concurrent streams (issue 15, item 3): one such program kept the 2-core CPU only partly busy (the 2D sampler at
 issue size ran at ~135 % CPU; the Winograd transforms, pooling and running sums are elementwise loops XLA:CPU runs
 on one thread). So ``mc_sample`` splits the passes into contiguous groups, one compiled program each, runs them at
-the same time from threads and merges their sums (:func:`stream_plan`, :func:`default_streams`: 2 streams for a 2D
-model on the CPU with an even ``T``). Every pass keeps its key, so the samples are unchanged; the sums differ by
-float rounding only (max 2.9e-6 on ``sum_p`` at issue size). Measured, one process, interleaved rounds, quiet
-machine (load 1.5-1.6), T = 20 over 128 x 128 x 64 with the default 2D U-Net: 9.7 / 10.3 s with 2 streams against
-17.8 / 15.9 s as one program (1.83x / 1.55x in two runs); 3 streams 12.7 s, 4 streams 10.7 s; one program with
-chunks of 5 (the streams' chunk) 16.7 s, so the gain is the concurrency, not the chunk. Tried with 2 streams
-and not kept (T = 20 over 128 x 128 x 16, one process, interleaved rounds, medians, load 7-9): chunks of 10 per
-stream 0.97x wall / 1.02x CPU time, 4 streams of 5 passes 0.98x / 0.98x, and (two worker processes, interleaved)
-XLA's Eigen convolutions on one thread (``--xla_cpu_multi_thread_eigen=false``) 0.96x. A per-operation profile of
-the 2-stream sampler at issue size (load 6) looks like the one-program profile (``benchmarks/profile_mcdo.py``):
-convolutions ~75 % of operation time (the 128^2 layers ~35 %), batch-norm + ReLU + dropout 13 %, pooling and
-concatenation 6 %, everything outside the U-Net (probabilities, running sums, merge) ~1 %.
+the same time from threads and merges their sums (:func:`stream_plan`, :func:`default_streams`: 2 streams for a ugcn
+model, 2D or 3D, on the CPU with an even ``T``). Every stream, and a single one, runs the same compiled function
+(``_compiled_sampler``: ``run(variables, keys [passes], image)``, the keys split outside). Every pass keeps its key,
+so the samples are unchanged; the sums differ by float rounding only (max 2.9e-6 on ``sum_p`` at issue size).
+Measured, one process, interleaved rounds, quiet machine (load 1.5-1.6), T = 20 over 128 x 128 x 64 with the default
+2D U-Net: 9.7 / 10.3 s with 2 streams against 17.8 / 15.9 s as one program (1.83x / 1.55x in two runs); 3 streams
+12.7 s, 4 streams 10.7 s; one program with chunks of 5 (the streams' chunk) 16.7 s, so the gain is the concurrency,
+not the chunk. Tried with 2 streams and not kept (T = 20 over 128 x 128 x 16, one process, interleaved rounds,
+medians, load 7-9): chunks of 10 per stream 0.97x wall / 1.02x CPU time, 4 streams of 5 passes 0.98x / 0.98x, and
+(two worker processes, interleaved) XLA's Eigen convolutions on one thread (``--xla_cpu_multi_thread_eigen=false``)
+0.96x. A per-operation profile of the 2-stream sampler at issue size (load 6) looks like the one-program profile
+(``benchmarks/profile_mcdo.py``): convolutions ~75 % of operation time (the 128^2 layers ~35 %), batch-norm + ReLU +
+dropout 13 %, pooling and concatenation 6 %, everything outside the U-Net (probabilities, running sums, merge) ~1 %.
 
 3D (``bench_mcdo.bench_3d``: default 3D U-Net, T = 4 in one chunk): a chunk's passes used to run as ``vmap``
 over the dropout keys after the shared stem, which carried the pass axis through XLA:CPU's 3D convolution
@@ -43,6 +44,13 @@ each pass's masks given (``ugcn.segment.model._patches_fn``). Same process, inte
 6.3: 1.13x faster with the default patch batch (0.94x -> 1.06x the loop of single passes), 1.20x with 8
 patches per call (0.83x -> 1.00x); at 64^3 (27 patches, load 5.1) the default is 1.26x the loop, and chunks
 of 4 beat chunks of 1 (1.17x), so the default chunk stays 4 in 3D too.
+
+3D streams (default 3D U-Net, one process, interleaved rounds, medians): on the issue's brain, 99 x 117 x 95
+(~1.1 M voxels), T = 20, 2 streams (2 x 2 chunks of 5 passes) took 130 / 139 s against 161 / 183 s as one
+program (1.28x; two rounds, both faster; load 7.7-9.0 on the 2 cores, three other jobs running). At 64^3 (27
+patches), T = 8, a quiet machine measured 5.10 s against 7.19 s (1.41x), but under load 7.6-8.5 the streams lost:
+24.6-26.1 s against 18.7-23.3 s (0.78x; with every core taken there is no idle time to fill). So the default is
+2 streams in 3D too, as in 2D; ``streams=1`` is the choice on a machine that is already busy.
 
 :func:`samples_from_probability_maps` and :func:`load_sample_maps` accept the ``T`` probability maps of
 any framework (a 4D NIfTI ``(X, Y, Z, T)`` of foreground probabilities), so that the uncertainty
@@ -165,19 +173,10 @@ def reduce_passes(
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_sampler(apply: Callable, n_samples: int, chunk_size: int, keep_samples: bool) -> Callable:
-    """One jitted ``run(variables, key, image)`` per (apply, T, chunk, keep); jit caches per input shape."""
-
-    def run(variables, key, image):
-        keys = jax.random.split(key, n_samples)
-        return reduce_passes(apply, variables, keys, image, n_samples, chunk_size, keep_samples)
-
-    return jax.jit(run)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_stream(apply: Callable, n_passes: int, chunk_size: int, keep_samples: bool) -> Callable:
-    """One jitted ``run(variables, keys [n_passes], image)``: a stream of :func:`mc_sample`'s passes."""
+def _compiled_sampler(apply: Callable, n_passes: int, chunk_size: int, keep_samples: bool) -> Callable:
+    """One jitted ``run(variables, keys [n_passes], image) -> MCResult`` per (apply, passes, chunk, keep); jit caches
+    per input shape. The keys come split (``jax.random.split(key, T)[first:first + n_passes]``), so one program
+    serves :func:`mc_sample` as one stream or as several, and the cohort path (traced inside its own jit)."""
 
     def run(variables, keys, image):
         return reduce_passes(apply, variables, keys, image, n_passes, chunk_size, keep_samples)
@@ -185,13 +184,26 @@ def _compiled_stream(apply: Callable, n_passes: int, chunk_size: int, keep_sampl
     return jax.jit(run)
 
 
+#: Concurrent programs per ugcn model kind (the U-Net's ``dims``) on the CPU, measured (module docstring).
+MODEL_STREAMS = {2: 2, 3: 2}
+
+
+def model_dims(apply: Any) -> Optional[int]:
+    """The U-Net's ``dims`` (2 or 3) when ``apply`` is a ugcn segmentation model's volume function
+    (``ugcn.segment.make_volume_fn``'s ``apply``, a :class:`ugcn.segment.model.VolumeApply`), else ``None``."""
+    from ugcn.segment.model import VolumeApply  # lazy: the sampler needs the model code for this test only
+
+    return apply.dims if isinstance(apply, VolumeApply) else None
+
+
 def default_streams(volume_fn: VolumeFn, n_samples: int) -> int:
-    """The concurrent programs :func:`mc_sample` uses by default: 2 for a 2D ugcn model's volume function on the
-    CPU with an even ``T`` (measured faster, see :func:`stream_plan`; an odd ``T`` would compile two programs),
-    else 1. 3D models stay at 1: not measured."""
+    """The concurrent programs :func:`mc_sample` uses by default: :data:`MODEL_STREAMS` for a ugcn model's volume
+    function (:func:`model_dims`) on the CPU with an even ``T`` (an odd ``T`` would compile two programs), else 1
+    (other functions and backends: not measured)."""
     apply, _ = _split_weights(volume_fn)
-    two_d = getattr(apply, "passes_raw", None) is not None
-    return 2 if two_d and n_samples % 2 == 0 and jax.default_backend() == "cpu" else 1
+    dims = model_dims(apply)
+    streams = 1 if dims is None else MODEL_STREAMS.get(dims, 1)
+    return streams if n_samples % 2 == 0 and jax.default_backend() == "cpu" else 1
 
 
 def stream_plan(n_samples: int, chunk_size: int, streams: int) -> list[tuple[int, int, int]]:
@@ -299,14 +311,15 @@ def mc_sample(
     streams = _check_positive_int(streams, "streams")
     apply, variables = _split_weights(volume_fn)
     plan = stream_plan(n_samples, chunk_size, streams)
+    keys = jax.random.split(key, n_samples)
+
+    def run(first: int, size: int, chunk: int) -> MCResult:
+        stream_keys = keys if size == n_samples else keys[first:first + size]
+        return _compiled_sampler(apply, size, chunk, bool(keep_samples))(variables, stream_keys, image)
+
     if len(plan) == 1:
-        result = _compiled_sampler(apply, n_samples, chunk_size, bool(keep_samples))(variables, key, image)
+        result = run(*plan[0])
     else:
-        keys = jax.random.split(key, n_samples)
-
-        def run(first: int, size: int, chunk: int) -> MCResult:
-            return _compiled_stream(apply, size, chunk, bool(keep_samples))(variables, keys[first:first + size], image)
-
         with ThreadPoolExecutor(len(plan)) as pool:  # XLA releases the GIL: the programs run at the same time
             parts = [f.result() for f in [pool.submit(run, *p) for p in plan]]
         stats = functools.reduce(merge, [p.stats for p in parts])
