@@ -74,9 +74,9 @@ def test_result_masks_are_consistent(sphere_result):
     sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
     assert PIPE.sparse_removal == 0.35
     expected = np.where(sparse, 0, expected)
-    # ... and the thin removals (tested on their own in test_thin_removal.py; when the default has them): a node
-    # still kept with output <= 0.9 and leak level above the share goes where fewer than thin_removal * 27 of its
-    # 3x3x3 neighbourhood are left in Ŷ minus the removals
+    # ... and the thin removals (tested on their own in test_thin_removal.py): a node still kept with output <= 0.9
+    # and leak level > 0.3 goes where fewer than 0.4 * 27 of its 3x3x3 neighbourhood are left in Ŷ minus the removals
+    assert (PIPE.thin_removal, PIPE.thin_removal_share) == (0.4, 0.3)
     left = r.cnn.astype(bool).copy()
     left[tuple(c[free & (prediction[nodes] == 1) & (expected == 0)] for c in nodes)] = False
     padded = np.pad(left.astype(int), 1)

@@ -117,8 +117,8 @@ def test_thin_removal_removes_exactly_what_the_rule_says(fits):
 
 def test_thin_removal_settings():
     default = RefineConfig()
-    assert (default.thin_removal, default.thin_removal_share) == (0.0, 0.3)  # off until the held-out check
-    assert not uses_thin_removal(default) and uses_thin_removal(RefineConfig(thin_removal=0.4))
+    assert (default.thin_removal, default.thin_removal_share) == (0.4, 0.3)
+    assert uses_thin_removal(default) and not uses_thin_removal(RefineConfig(thin_removal=0.0))
     assert RefineConfig.preset("reference").thin_removal == 0.0
     for bad in (dict(thin_removal=1.5), dict(thin_removal=-0.1), dict(thin_removal_share=0.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
