@@ -50,7 +50,13 @@ of 4 beat chunks of 1 (1.17x), so the default chunk stays 4 in 3D too.
 program (1.28x; two rounds, both faster; load 7.7-9.0 on the 2 cores, three other jobs running). At 64^3 (27
 patches), T = 8, a quiet machine measured 5.10 s against 7.19 s (1.41x), but under load 7.6-8.5 the streams lost:
 24.6-26.1 s against 18.7-23.3 s (0.78x; with every core taken there is no idle time to fill). So the default is
-2 streams in 3D too, as in 2D; ``streams=1`` is the choice on a machine that is already busy.
+2 streams in 3D too, as in 2D; ``streams=1`` is the choice on a machine that is already busy. A second 64^3 run at
+load 2.4-3.6 also lost (0.76x), so small 3D volumes gain only on an idle machine. ``ugcn mcdo`` end to end on the
+brain (T = 20, each setting with its own fresh compilation cache, one child process per run, alternating): load
+5.4-6.0: cold 161 s with 2 streams against 167 s (1.04x), cached 97.5 s against 118 s (1.21x); load 7.0-9.6: cold
+255 s against 244 s (0.96x), cached 148 s against 143 s (0.97x). Peak RSS of the whole command: 1.21-1.44 GB with
+2 streams against 0.79-0.99 GB (two 5-pass chunks alive at once instead of one 4-pass chunk); the 2-stream run
+compiles 11 programs against 8 (56-94 s of compilation either way).
 
 :func:`samples_from_probability_maps` and :func:`load_sample_maps` accept the ``T`` probability maps of
 any framework (a 4D NIfTI ``(X, Y, Z, T)`` of foreground probabilities), so that the uncertainty
