@@ -122,6 +122,19 @@ def test_stream_plan(n_samples, chunk, streams, expected):
     assert stream_plan(n_samples, chunk, streams) == expected
 
 
+@pytest.mark.parametrize("n_samples,chunk,streams,expected", [
+    (20, 4, 2, [(0, 10, 2), (10, 10, 2)]),  # 2D default: the chunk of 4 shared, 2 x 5 chunks of 2, no padding
+    (7, 4, 2, [(0, 4, 2), (4, 3, 3)]),  # aim 2: 4 -> 2, 3 -> 3 (a divisor up to aim + 1)
+    (7, 4, 1, [(0, 7, 4)]),
+    (14, 4, 2, [(0, 7, 1), (7, 7, 1)]),  # 7 is prime: its divisor 1 is half the aim of 2
+    (14, 8, 2, [(0, 7, 4), (7, 7, 4)]),  # aim 4: no divisor of 7 within 2..5 but 1, so the aim, one padding pass
+])
+def test_stream_plan_shared_chunk(n_samples, chunk, streams, expected):
+    from ugcn.uncertainty.sampling import stream_plan
+
+    assert stream_plan(n_samples, chunk, streams, shared_chunk=True) == expected
+
+
 def test_default_streams():
     from ugcn.segment import UNetConfig, init_model, make_volume_fn
     from ugcn.segment.model import BoundVolumeFn
