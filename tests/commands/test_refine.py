@@ -7,6 +7,30 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture
+def finished_fits(monkeypatch):
+    """Every refinement's ``(config, prep, result)`` as ``ugcn.refine.pipeline._finish`` computed it, in call order:
+    what the computation used, next to what the command wrote."""
+    import ugcn.refine.pipeline as pipeline
+
+    seen = []
+    real = pipeline._finish
+
+    def spy(prep, node_probs, fit_s, config):
+        result = real(prep, node_probs, fit_s, config)
+        seen.append((config, prep, result))
+        return result
+
+    monkeypatch.setattr(pipeline, "_finish", spy)
+    return seen
+
+
+def refine_command(src, *flags) -> list:
+    """``ugcn refine`` of write_case's case ``a`` under ``src`` with 30 GCN epochs, quiet, and ``flags``."""
+    return ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
+            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet", *flags]
+
+
 def test_cli_refine_and_refine_batch(tmp_path, capsys, sphere_case, write_case):
     import json
 
@@ -145,30 +169,20 @@ def test_refine_batch_resumes_to_the_clean_run(tmp_path, sphere_case, write_case
         assert "prediction.nii.gz" in rep["files"] and rep["run_settings"]["seed"] == 0
 
 
-def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
     """--removal-margin: the written mask is, on the uncertain nodes, the GCN's probabilities thresholded with
     the flag's margin for removals (numpy here) and the confidence margin for additions."""
-    import ugcn.refine.pipeline as pipeline
     from ugcn.cli import main
 
     src = tmp_path / "in"
     case = sphere_case()
     write_case(src, "a", case)
-    seen = []  # (removal margin the computation used, node probabilities, graph)
-    real = pipeline._finish
-
-    def spy(prep, node_probs, fit_s, config):
-        result = real(prep, node_probs, fit_s, config)
-        seen.append((config.removal_margin, result.node_probs, result.graph))
-        return result
-
-    monkeypatch.setattr(pipeline, "_finish", spy)
-    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0",  # the margins alone (tests/refine/test_sparse_*.py)
-            "--context-removal", "0", "--thin-removal", "0"]
+    # the margins alone (tests/refine/test_sparse_*.py)
+    base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0",
+                          "--thin-removal", "0")
     for margin in ("0.1", "0.45"):
         assert main(base + ["--out", str(tmp_path / margin), "--removal-margin", margin]) == 0
+    seen = [(config.removal_margin, result.node_probs, result.graph) for config, _, result in finished_fits]
     assert [m for m, _, _ in seen] == [0.1, 0.45]
     removed = []
     for margin, probs, graph in seen:
@@ -184,7 +198,7 @@ def test_cli_removal_margin_reaches_the_refined_mask(tmp_path, monkeypatch, sphe
     assert removed[0] > removed[1]  # the looser margin removes more
 
 
-def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+def test_cli_context_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
     """--context-addition, --context-sigma and --context-reach reach the check (recomputed here on the whole volume
     with the file's voxel size) and the refined mask follows the rule (numpy here); the sparse rules are off."""
     from scipy import ndimage
@@ -197,24 +211,13 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, spher
     write_case(src, "a", case)
     image, pred = case[0], case[1].astype(bool)
     spacing = (0.8, 0.8, 2.5)  # write_case's affine
-    seen = []  # (config, context per node, node probabilities, graph)
-    real = pipeline._finish
-
-    def spy(prep, node_probs, fit_s, config):
-        result = real(prep, node_probs, fit_s, config)
-        seen.append((config, prep.context, result.node_probs, result.graph))
-        return result
-
-    monkeypatch.setattr(pipeline, "_finish", spy)
-    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0",
-            "--thin-removal", "0"]
+    base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0",
+                          "--thin-removal", "0")
     runs = {"off": ["--context-addition", "1"],
             "on": ["--context-addition", "0.5", "--context-sigma", "0.8", "--context-reach", "2"]}
     for name, flags in runs.items():
         assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
-    (off, ctx_off, p_off, _), (on, ctx, p, g) = seen
+    (off, ctx_off, p_off, _), (on, ctx, p, g) = [(c, f.context, r.node_probs, r.graph) for c, f, r in finished_fits]
     assert ctx_off is None and (on.context_addition, on.context_sigma, on.context_reach) == (0.5, 0.8, 2.0)
     idx = tuple(g.node_coords.T)
     fg = g.label_mask & pred[idx]
@@ -242,7 +245,7 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, monkeypatch, spher
             report["config"]["context_reach"]) == (0.5, 0.8, 2.0)
 
 
-def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
     """--context-removal, --context-removal-sigma and --context-removal-share reach the leak level (recomputed here on
     the whole volume with the file's voxel size) and the refined mask follows the rule (numpy here); the other mask
     rules are off."""
@@ -253,24 +256,13 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatc
     case = sphere_case()
     write_case(src, "a", case)
     image, pred = case[0], case[1].astype(bool)
-    seen = []  # (config, leak level per node, node probabilities, graph)
-    real = pipeline._finish
-
-    def spy(prep, node_probs, fit_s, config):
-        result = real(prep, node_probs, fit_s, config)
-        seen.append((config, prep.leak, result.node_probs, result.graph))
-        return result
-
-    monkeypatch.setattr(pipeline, "_finish", spy)
-    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
-            "--thin-removal", "0"]
+    base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
+                          "--thin-removal", "0")
     runs = {"off": ["--context-removal", "0"],
             "on": ["--context-removal", "0.6", "--context-removal-sigma", "0.8", "--context-removal-share", "0.3"]}
     for name, flags in runs.items():
         assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
-    (off, leak_off, p_off, _), (on, leak, p, g) = seen
+    (off, leak_off, p_off, _), (on, leak, p, g) = [(c, f.leak, r.node_probs, r.graph) for c, f, r in finished_fits]
     assert leak_off is None
     written = nib.load(str(src / "a.nii.gz"))  # the image and voxel size as the command read them (float32)
     image = np.asarray(written.dataobj, np.float32)
@@ -304,33 +296,22 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, monkeypatc
             report["config"]["context_removal_share"]) == (0.6, 0.8, 0.3)
 
 
-def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, monkeypatch, sphere_case, write_case):
+def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
     """--thin-removal and --thin-removal-share reach the refined mask: against --thin-removal 0 (same fit), exactly the
     uncertain voxels of Ŷ the margins keep with output <= 0.9, leak level above the share and fewer than the share of
     27 neighbours left in Ŷ minus the margins' removals go (numpy here); the other mask rules are off."""
-    import ugcn.refine.pipeline as pipeline
     from ugcn.cli import main
 
     src = tmp_path / "in"
     case = sphere_case()
     write_case(src, "a", case)
     pred = case[1].astype(bool)
-    seen = []  # (config, leak level per node, node probabilities, graph)
-    real = pipeline._finish
-
-    def spy(prep, node_probs, fit_s, config):
-        result = real(prep, node_probs, fit_s, config)
-        seen.append((config, prep.leak, result.node_probs, result.graph))
-        return result
-
-    monkeypatch.setattr(pipeline, "_finish", spy)
-    base = ["refine", "--image", str(src / "a.nii.gz"), "--samples", str(src / "samples" / "a.nii.gz"),
-            "--prediction", str(src / "predictions" / "a.nii.gz"), "--gcn-epochs", "30", "--quiet",
-            "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1", "--context-removal", "0"]
+    base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
+                          "--context-removal", "0")
     runs = {"off": ["--thin-removal", "0"], "on": ["--thin-removal", "0.7", "--thin-removal-share", "0.1"]}
     for name, flags in runs.items():
         assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
-    (_, leak_off, p_off, _), (on, leak, p, g) = seen
+    (_, leak_off, p_off, _), (on, leak, p, g) = [(c, f.leak, r.node_probs, r.graph) for c, f, r in finished_fits]
     assert leak_off is None and (on.thin_removal, on.thin_removal_share) == (0.7, 0.1)
     np.testing.assert_allclose(p_off, p, atol=1e-6)  # same fit: the rule alone differs
     idx = tuple(g.node_coords.T)
