@@ -407,7 +407,8 @@ def main(argv=None) -> int:
     # The default (slices in chunks of SLICE_PIXELS_PER_CALL pixels per call, passes included), and all slices of
     # a pass in one call (the earlier default; same samples).
     whole = make_volume_fn(model, stochastic=True, batch_size=cfg["shape"][2])
-    for chunk, fn, label in [(c, volume_fn, "jax: mc_sample (default: passes batched)") for c in cfg["chunks"]] + [
+    one_program = "jax: mc_sample as one program (passes batched)"
+    for chunk, fn, label in [(c, volume_fn, one_program) for c in cfg["chunks"]] + [
             (max(cfg["chunks"]), whole, "jax: mc_sample, all slices per call")]:
         for keep in (False, True) if fn is volume_fn else (False,):
             t = time.perf_counter()
