@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ugcn.segment.model import init_model, make_volume_fn
+from ugcn.segment.model import _volume_fn_of_variables, init_model, make_volume_fn
 from ugcn.segment.unet import UNet, UNetConfig
-from ugcn.uncertainty.sampling import mc_sample
+from ugcn.uncertainty.sampling import _compiled_sampler, mc_sample
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -136,14 +136,35 @@ def test_mc_sample_2d_equals_the_plain_network_on_all_slices_per_key(batch_size)
     assert np.abs(result.samples[0] - result.samples[1]).max() > 1e-3
 
 
-@pytest.mark.parametrize("batch_size, pixels_per_call", [(None, None), (3, None), (None, 864)])
-def test_mc_sample_2d_statistics_equal_sums_of_the_plain_network_per_key(batch_size, pixels_per_call, monkeypatch):
+@pytest.fixture
+def traced_with(monkeypatch):
+    """``set(name, value)``: a module constant that the 2D model reads while it is traced, on fresh programs (the
+    volume functions and samplers are cached per model and shape), which are dropped again afterwards."""
+    def clear():
+        _volume_fn_of_variables.cache_clear()
+        _compiled_sampler.cache_clear()
+
+    def set_constant(name, value):
+        monkeypatch.setattr(name, value)
+        clear()
+
+    yield set_constant
+    clear()
+
+
+@pytest.mark.parametrize("batch_size, pixels_per_call, shared_stem_bytes",
+                         [(None, None, None), (3, None, None), (None, 864, None), (None, None, 0), (3, None, 0)])
+def test_mc_sample_2d_statistics_equal_sums_of_the_plain_network_per_key(batch_size, pixels_per_call,
+                                                                          shared_stem_bytes, traced_with):
     """The 2D sampler sums the passes in the network's slice-major layout (in-plane and chunk padding
     included) and crops and transposes the sums once: they must be the sums of the plain network's samples.
     With 864 pixels per call, one pass runs 6 of the 7 slices per call (padded to 12 rows) and a chunk of two
-    passes 3 (padded to 9): the raw layout's padding depends on the passes per call."""
+    passes 3 (padded to 9): the raw layout's padding depends on the passes per call. The stem over all slices
+    is computed once per run (the default at this size), or per chunk of slices and passes (a budget of 0)."""
     if pixels_per_call is not None:
-        monkeypatch.setattr("ugcn.segment.model.SLICE_PIXELS_PER_CALL", pixels_per_call)
+        traced_with("ugcn.segment.model.SLICE_PIXELS_PER_CALL", pixels_per_call)
+    if shared_stem_bytes is not None:
+        traced_with("ugcn.segment.model.SHARED_STEM_BYTES", shared_stem_bytes)
     config = UNetConfig(dims=2, base_features=4, depth=2, dropout_rate=0.5)
     model = init_model(config, jax.random.PRNGKey(0))
     image = np.random.default_rng(3).normal(size=(9, 10, 7)).astype(np.float32)  # padded to 12 x 12 in-plane

@@ -10,7 +10,8 @@ blending and cropping all happen inside it, so it can be jitted and vmapped over
 depend on the dropout key is done once for several passes: ``fn.apply.passes`` (used by
 :func:`ugcn.uncertainty.mc_sample`) runs ``S`` passes at once, with the slices or patches in chunks in the
 outer loop, the passes (vmap over keys) in the inner one, and the U-Net's stem (the layers before its first
-dropout, :class:`~ugcn.segment.unet.UNet` ``stage="stem"``) once per chunk for all passes.
+dropout, :class:`~ugcn.segment.unet.UNet` ``stage="stem"``) once per chunk for all passes; 2D models also give the
+samplers ``fn.apply.prepare``, the slices and the stem over all of them, computed once per sampler run.
 
 - 2D model: the axial slices ``[Z, X, Y, M]`` go through the network in chunks (``batch_size`` slices, or
   as many as keep a call within :data:`SLICE_PIXELS_PER_CALL` pixels), in-plane sizes padded (edge values)
@@ -56,6 +57,9 @@ PATCH_VOXELS_PER_CALL = 2**17
 # machine, T = 8: 12.2 s at 2**17, 12.4 s for a loop of single passes (8 slices per call), 13.4 s with 64 slices
 # per call and 16.6 s with 4 passes x 64 slices per call.
 SLICE_PIXELS_PER_CALL = 2**15
+# The 2D model's stem (the layers before the first dropout, the same for every pass) over all slices is computed
+# once per MC sampler run when it takes at most this many bytes, else once per chunk of slices and passes.
+SHARED_STEM_BYTES = 2**28
 GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0  # sigma = patch / 8, as nnU-Net
 GAUSSIAN_FLOOR = 1e-3  # border voxels of a patch keep a small weight, so every voxel has weight > 0
 
@@ -170,15 +174,20 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
-    """``(passes, passes_sliced, to_volume)``: ``passes(variables, keys [S], image) -> probs f32[S, X, Y, Z, C]``,
-    ``S`` passes over the axial slices; ``passes_sliced`` the same probabilities in the network's slice-major
-    layout ``f32[S, Z', X', Y', C]`` (chunk padding, in-plane padding), and ``to_volume(a, image)`` the crop and
-    transpose of any ``[..., Z', X', Y', C]`` to ``[..., X, Y, Z, C]`` (``passes = to_volume(passes_sliced)``).
+    """``(passes, passes_sliced, to_volume, prepare, passes_prepared)`` of the 2D model.
+
+    ``passes(variables, keys [S], image) -> probs f32[S, X, Y, Z, C]``, ``S`` passes over the axial slices;
+    ``passes_sliced`` the same probabilities in the network's slice-major layout ``f32[S, Z', X', Y', C]`` (chunk
+    padding, in-plane padding), and ``to_volume(a, image)`` the crop and transpose of any ``[..., Z', X', Y', C]``
+    to ``[..., X, Y, Z, C]`` (``passes = to_volume(passes_sliced)``). ``prepare(variables, image)`` does the work
+    that no dropout key touches, once for all passes of a sampler run: the normalised, padded slices and (MC
+    dropout, within :data:`SHARED_STEM_BYTES`) the U-Net's stem over all of them; ``passes_prepared(variables,
+    keys, prepare(variables, image))`` equals ``passes_sliced(variables, keys, image)``.
 
     The slices run in chunks (``batch_size`` slices, or :func:`slices_per_call` for ``S`` passes): a
-    ``lax.map`` over slice chunks outside; inside, the U-Net's stem once per chunk, then the ``S`` passes as
-    ONE batch of ``S x chunk`` rows with each pass's dropout masks given (drawn once for all slices by
-    :func:`~ugcn.segment.unet.dropout_masks`; faster than ``vmap`` over keys, see
+    ``lax.map`` over slice chunks outside; inside, the U-Net's stem for the chunk (unless prepared), then the
+    ``S`` passes as ONE batch of ``S x chunk`` rows with each pass's dropout masks given (drawn once for all slices
+    by :func:`~ugcn.segment.unet.dropout_masks`; faster than ``vmap`` over keys, see
     :class:`~ugcn.segment.unet.ChannelDropout`). Pass ``s`` equals the whole stack of slices run in one call
     with dropout key ``keys[s]`` (:class:`~ugcn.segment.unet.ChannelDropout` draws every mask for all ``Z`` slices and
     takes the chunk's rows), so neither the chunking nor ``S`` changes the samples.
@@ -186,31 +195,43 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
     step = 2**cfg.depth
     unet = UNet(cfg)
 
-    def passes_sliced(variables: Any, keys: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+    def slices(image: jnp.ndarray) -> jnp.ndarray:
+        """``[Z, X', Y', M]``: the normalised axial slices, in-plane sizes padded to multiples of ``2**depth``."""
         check_image(image, cfg)
         x = norm(_with_channels(image))  # [X, Y, Z, M]
-        nx, ny, nz, _ = x.shape
+        nx, ny = x.shape[:2]
         x = jnp.transpose(x, (2, 0, 1, 3))  # [Z, X, Y, M]: axial slices as a batch
-        x = jnp.pad(x, ((0, 0), (0, _round_up(nx, step) - nx), (0, _round_up(ny, step) - ny), (0, 0)), mode="edge")
+        return jnp.pad(x, ((0, 0), (0, _round_up(nx, step) - nx), (0, _round_up(ny, step) - ny), (0, 0)),
+                       mode="edge")
+
+    def prepare(variables: Any, image: jnp.ndarray) -> dict:
+        x = slices(image)
+        if stochastic and x.shape[0] * x.shape[1] * x.shape[2] * cfg.base_features * 4 <= SHARED_STEM_BYTES:
+            return {"stem": unet.apply(variables, x, train=False, stage="stem")}
+        return {"slices": x}
+
+    def passes_prepared(variables: Any, keys: jax.Array, prepared: dict) -> jnp.ndarray:
+        ((kind, x),) = prepared.items()  # the key is static: a stem computed once, or slices
+        nz = x.shape[0]
         n_passes = keys.shape[0] if stochastic else 1
         per_call = min(nz, int(batch_size) if batch_size is not None
                        else slices_per_call(x.shape[1] * x.shape[2], n_passes))
         n_chunks = -(-nz // per_call)
+        # edge padding of the slices, or of their stem (the stem works slice by slice: the same rows)
         xs = jnp.pad(x, ((0, n_chunks * per_call - nz),) + ((0, 0),) * 3, mode="edge")
         xs = xs.reshape((n_chunks, per_call) + x.shape[1:])
         offsets = jnp.arange(n_chunks, dtype=jnp.int32) * per_call
 
         if stochastic:  # every dropout mask of the S passes, for all nz slices: [S, nz, 1, 1, C] per layer
-            stem_shape = jax.eval_shape(lambda v, xc: unet.apply(v, xc, train=False, stage="stem"), variables,
-                                        xs[0, :1])
-            masks = dropout_masks(unet, variables, jnp.zeros(stem_shape.shape, stem_shape.dtype), keys,
+            stem_shape = (1,) + x.shape[1:3] + (cfg.base_features,)
+            masks = dropout_masks(unet, variables, jnp.zeros(stem_shape, jnp.float32), keys,
                                   stage="after_stem", total=nz)
 
         def chunk(args):
             xc, offset = args
             if not stochastic:
                 return logits_to_probs(unet.apply(variables, xc, train=False, dropout=False))[None]
-            stem = unet.apply(variables, xc, train=False, stage="stem")
+            stem = xc if kind == "stem" else unet.apply(variables, xc, train=False, stage="stem")
             # The S passes as one batch of S x per_call rows (pass-major), each with its own masks; the stem is
             # shared (its dropout masks go into the next convolution's kernel, unet.masked_input_conv).
             given = jax.tree_util.tree_map(
@@ -226,6 +247,9 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
             probs = jnp.swapaxes(probs, 0, 1).reshape((probs.shape[1], n_chunks * per_call) + probs.shape[3:])
         return probs if stochastic else jnp.broadcast_to(probs, (keys.shape[0],) + probs.shape[1:])
 
+    def passes_sliced(variables: Any, keys: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
+        return passes_prepared(variables, keys, {"slices": slices(image)})
+
     def to_volume(a: jnp.ndarray, image: jnp.ndarray) -> jnp.ndarray:
         nx, ny, nz = image.shape[:3]
         return jnp.moveaxis(a[..., :nz, :nx, :ny, :], -4, -2)  # [..., Z, X, Y, C] -> [..., X, Y, Z, C]
@@ -233,7 +257,7 @@ def _slices_fn(cfg: UNetConfig, norm: Normalization, stochastic: bool, batch_siz
     def passes(variables: Any, keys: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
         return to_volume(passes_sliced(variables, keys, image), image)
 
-    return passes, passes_sliced, to_volume
+    return passes, passes_sliced, to_volume, prepare, passes_prepared
 
 
 def slices_per_call(pixels_per_slice: int, n_passes: int) -> int:
@@ -385,6 +409,11 @@ class VolumeApply:
     # 24-43 ms in slice-major order, 2-core CPU, load 13).
     passes_raw: Optional[Callable[[Any, jax.Array, jnp.ndarray], jnp.ndarray]] = None
     to_volume: Optional[Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]] = None
+    # Work no dropout key touches, done once per sampler run instead of once per chunk of passes:
+    # ``prepare(variables, image) -> prepared`` and ``passes_prepared(variables, keys [S], prepared) -> f32[S, *raw]``
+    # (equal to ``passes_raw(variables, keys, image)``; 2D: the slices and the U-Net's stem over all of them).
+    prepare: Optional[Callable[[Any, jnp.ndarray], Any]] = None
+    passes_prepared: Optional[Callable[[Any, jax.Array, Any], jnp.ndarray]] = None
     dims: int = 3  # the U-Net's: samplers pick their defaults per kind (ugcn.uncertainty.sampling.default_streams)
 
     def __call__(self, variables: Any, key: jax.Array, image: jnp.ndarray) -> jnp.ndarray:
@@ -437,9 +466,9 @@ class BoundVolumeFn:
 def _volume_fn_of_variables(config: UNetConfig, norm: Normalization, stochastic: bool, batch_size: Optional[int]):
     """``fn(variables, key, image) -> probs``: the volume function with the weights as an argument."""
     if config.dims == 2:
-        passes, passes_raw, to_volume = _slices_fn(config, norm, stochastic, batch_size)
+        passes, passes_raw, to_volume, prepare, passes_prepared = _slices_fn(config, norm, stochastic, batch_size)
         return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes, passes_raw,
-                           to_volume, dims=2)
+                           to_volume, prepare, passes_prepared, dims=2)
     passes = _patches_fn(config, norm, stochastic, batch_size)
     return VolumeApply(lambda variables, key, image: passes(variables, key[None], image)[0], passes, dims=3)
 

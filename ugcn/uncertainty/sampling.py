@@ -36,6 +36,10 @@ medians, load 7-9): chunks of 10 per stream 0.97x wall / 1.02x CPU time, 4 strea
 0.96x. A per-operation profile of the 2-stream sampler at issue size (load 6) looks like the one-program profile
 (``benchmarks/profile_mcdo.py``): convolutions ~75 % of operation time (the 128^2 layers ~35 %), batch-norm + ReLU +
 dropout 13 %, pooling and concatenation 6 %, everything outside the U-Net (probabilities, running sums, merge) ~1 %.
+The 2D stem (1 -> 16 channels, 0.12-0.18 s over 64 slices of 128^2) used to run once per chunk of passes (10 times
+with 2 streams of 5 chunks); it now runs once per stream (``VolumeApply.prepare``, within ``SHARED_STEM_BYTES``):
+samples bit-identical, CPU time 21.0 s against 21.8 s (medians), wall 10.8 s against 11.2 s, but a median per-round
+ratio of only 1.004x (6 rounds, one process, load 2.1): a small saving, kept because it is exact.
 
 3D (``bench_mcdo.bench_3d``: default 3D U-Net, T = 4 in one chunk): a chunk's passes used to run as ``vmap``
 over the dropout keys after the shared stem, which carried the pass axis through XLA:CPU's 3D convolution
@@ -130,7 +134,9 @@ def reduce_passes(
         ``passes(variables, inputs [S], image) -> f32[S, X, Y, Z, C]`` attribute, that computes a chunk; when it
         also has ``passes_raw(variables, inputs [S], image) -> f32[S, *raw]`` and ``to_volume(a [..., *raw],
         image) -> [..., X, Y, Z, C]`` (a crop and transpose, e.g. the 2D model's slice-major layout), the chunks
-        are summed in the raw layout and the sums (and kept samples) mapped once at the end.
+        are summed in the raw layout and the sums (and kept samples) mapped once at the end; when it also has
+        ``prepare(variables, image) -> prepared`` and ``passes_prepared(variables, inputs [S], prepared) -> f32[S,
+        *raw]``, ``prepare`` runs once before the chunks (work that no pass input touches).
       per_pass: pytree of arrays with leading axis ``T`` (a pass's PRNG key, transform, ...).
       n_samples, chunk_size: ``T`` and the passes per ``vmap`` (``chunk_size <= T``), static.
       keep_samples: also return all ``T`` samples.
@@ -145,11 +151,15 @@ def reduce_passes(
     # passes in its own layout (passes_raw, with to_volume: the 2D model's slice-major probabilities) is summed
     # in that layout and the sums mapped once: summing transposed samples cost XLA:CPU several times more.
     # Every other chunk function's layout is the volume's own (to_volume: the identity).
+    # A function with ``prepare`` and ``passes_prepared`` (raw layout) does the work no pass input touches once,
+    # before the scan (the 2D model's slices and stem), and its chunks start from that.
     to_volume: Optional[Callable] = getattr(pass_fn, "to_volume", None)
-    batched_fn = getattr(pass_fn, "passes_raw", None) if to_volume is not None else None
-    if batched_fn is None:
+    prepare = getattr(pass_fn, "prepare", None) if to_volume is not None else None
+    batched_fn = getattr(pass_fn, "passes_prepared" if prepare is not None else "passes_raw", None)
+    if to_volume is None or batched_fn is None:
         batched_fn = getattr(pass_fn, "passes", None) or jax.vmap(pass_fn, in_axes=(None, 0, None))
-        to_volume = None
+        to_volume = prepare = None
+    data = image if prepare is None else prepare(variables, image)
 
     def finish(a: jnp.ndarray) -> jnp.ndarray:
         return a if to_volume is None else to_volume(a, image)
@@ -162,12 +172,12 @@ def reduce_passes(
     weights = (jnp.arange(padded) < n_samples).astype(jnp.float32).reshape(n_chunks, chunk_size)
     # the shape of a whole chunk: a raw layout's padding can depend on the passes per call
     first_chunk = jax.tree_util.tree_map(lambda x: x[0], chunks)
-    probs_shape = jax.eval_shape(lambda c, x: batched_fn(variables, c, x), first_chunk, image).shape[1:]
+    probs_shape = jax.eval_shape(lambda c, x: batched_fn(variables, c, x), first_chunk, data).shape[1:]
     init = empty_stats(probs_shape)
 
     def step(stats, chunk):
         chunk_inputs, chunk_weights = chunk
-        probs = batched_fn(variables, chunk_inputs, image).astype(jnp.float32)
+        probs = batched_fn(variables, chunk_inputs, data).astype(jnp.float32)
         stats = accumulate(stats, probs, chunk_weights)
         return stats, (probs if keep_samples else None)
 
