@@ -11,9 +11,10 @@ published setting; the GCN as published (``RefineConfig.preset("reference")`` wi
 fallback, when presets exist), the same with only the uncertain nodes replaced, each graph variant of
 ``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), the default without its
 sparse removal (``sparse_removal=0``), without its sparse addition (``sparse_addition=0``), without its context
-additions (``context_addition=1``), without its context removals (``context_removal=0``) and without its thin
-removals (``thin_removal=0``), each when the default has it, and the default ``RefineConfig()`` (which
-selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled
+additions (``context_addition=1``), without its context removals (``context_removal=0``), without its thin
+removals (``thin_removal=0``) and without its fill additions (``fill_addition=1``), each when the default has
+it, and the default ``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per
+regime and pooled
 over all volumes, each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
 (``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
 post-processing: never adopt a step that harms).
@@ -183,6 +184,9 @@ def gcn_methods(variants_alone: bool = True) -> dict:
                                                           "refined"), **last}
     if getattr(default, "thin_removal", 0.0) > 0.0:
         last = {"GCN (default without thin removal)": (dataclasses.replace(default, thin_removal=0.0), "refined"),
+                **last}
+    if getattr(default, "fill_addition", 1.0) < default.threshold + default.confidence_margin:
+        last = {"GCN (default without fill addition)": (dataclasses.replace(default, fill_addition=1.0), "refined"),
                 **last}
     if not variants_alone:
         methods.update(last)

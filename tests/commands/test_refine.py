@@ -212,7 +212,7 @@ def test_cli_context_options_reach_the_refined_mask(tmp_path, finished_fits, sph
     image, pred = case[0], case[1].astype(bool)
     spacing = (0.8, 0.8, 2.5)  # write_case's affine
     base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-removal", "0",
-                          "--thin-removal", "0")
+                          "--thin-removal", "0", "--fill-addition", "1")
     runs = {"off": ["--context-addition", "1"],
             "on": ["--context-addition", "0.5", "--context-sigma", "0.8", "--context-reach", "2"]}
     for name, flags in runs.items():
@@ -257,7 +257,7 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, finished_f
     write_case(src, "a", case)
     image, pred = case[0], case[1].astype(bool)
     base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
-                          "--thin-removal", "0")
+                          "--thin-removal", "0", "--fill-addition", "1")
     runs = {"off": ["--context-removal", "0"],
             "on": ["--context-removal", "0.6", "--context-removal-sigma", "0.8", "--context-removal-share", "0.3"]}
     for name, flags in runs.items():
@@ -307,7 +307,7 @@ def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits
     write_case(src, "a", case)
     pred = case[1].astype(bool)
     base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
-                          "--context-removal", "0")
+                          "--context-removal", "0", "--fill-addition", "1")
     runs = {"off": ["--thin-removal", "0"], "on": ["--thin-removal", "0.7", "--thin-removal-share", "0.1"]}
     for name, flags in runs.items():
         assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
@@ -333,3 +333,44 @@ def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits
     np.testing.assert_array_equal(refined != refined_off, changed)
     report = json.loads((tmp_path / "on" / "report.json").read_text())
     assert (report["config"]["thin_removal"], report["config"]["thin_removal_share"]) == (0.7, 0.1)
+
+
+def test_cli_fill_addition_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
+    """--fill-addition and its share and gates reach the refined mask: against --fill-addition 1 (same fit), exactly
+    the uncertain voxels outside Ŷ the margins leave out with output in (0.1, 0.9] and at least 0.2 * 27 of their
+    3x3x3 neighbourhood in Ŷ are added (numpy here), with the gates wide open; the other mask rules are off."""
+    from ugcn.cli import main
+
+    src = tmp_path / "in"
+    case = sphere_case()
+    write_case(src, "a", case)
+    pred = case[1].astype(bool)
+    base = refine_command(src, "--sparse-removal", "0", "--sparse-addition", "0", "--context-addition", "1",
+                          "--context-removal", "0", "--thin-removal", "0")
+    runs = {"off": ["--fill-addition", "1"],
+            "on": ["--fill-addition", "0.1", "--fill-addition-share", "0.2", "--fill-addition-removed", "1",
+                   "--fill-addition-fpr", "1"]}
+    for name, flags in runs.items():
+        assert main(base + ["--out", str(tmp_path / name)] + flags) == 0
+    (off, _, p_off, _), (on, _, p, g) = [(c, f, r.node_probs, r.graph) for c, f, r in finished_fits]
+    assert off.fill_addition == 1.0
+    assert (on.fill_addition, on.fill_addition_share, on.fill_addition_removed,
+            on.fill_addition_fpr) == (0.1, 0.2, 1, 1)
+    np.testing.assert_allclose(p_off, p, atol=1e-6)  # same fit: the rule alone differs
+    idx = tuple(g.node_coords.T)
+    free = ~g.label_mask
+    cls = np.where(p > 0.9, 1, np.where(p <= 0.02, 0, pred[idx]))
+    padded = np.pad(pred.astype(int), 1)
+    x, y, z = pred.shape
+    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    fill = free & ~pred[idx] & (cls == 0) & (p > 0.1) & (p <= 0.9) & (counts[idx] >= 0.2 * 27)
+    assert fill.sum() >= 3
+    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
+    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
+    changed = np.zeros(refined.shape, bool)
+    changed[tuple(g.node_coords[fill].T)] = True
+    np.testing.assert_array_equal(refined != refined_off, changed)
+    report = json.loads((tmp_path / "on" / "report.json").read_text())
+    assert (report["config"]["fill_addition"], report["config"]["fill_addition_share"],
+            report["config"]["fill_addition_removed"], report["config"]["fill_addition_fpr"]) == (0.1, 0.2, 1, 1)

@@ -110,7 +110,7 @@ def fits():
     the other mask rules off to isolate it."""
     image, pred, e, u, label = uncertain_band_case()
     config = RefineConfig(fit=FAST, sparse_addition=0.0, sparse_removal=0.0, context_addition=1.0,
-                          context_removal_sigma=1.0, thin_removal=0.0)
+                          context_removal_sigma=1.0, thin_removal=0.0, fill_addition=1.0)
     runs = {c: refine_volume(image, pred, e, u, config=dataclasses.replace(config, context_removal=c), label=label,
                              spacing=(1.0, 1.0, 1.0)) for c in (0.0, 0.5, 0.3)}
     runs["config"] = config  # the shared settings, for a further run

@@ -82,7 +82,7 @@ def fits():
     probabilities); the sparse rules and the context rules off, a loose setting so that it removes something."""
     image, pred, e, u, label = uncertain_band_case()
     config = RefineConfig(fit=FAST, sparse_addition=0.0, sparse_removal=0.0, context_addition=1.0, context_removal=0.0,
-                          context_removal_sigma=1.0, thin_removal_share=0.2)
+                          context_removal_sigma=1.0, thin_removal_share=0.2, fill_addition=1.0)
     runs = {t: refine_volume(image, pred, e, u, config=dataclasses.replace(config, thin_removal=t), label=label,
                              spacing=(1.0, 1.0, 1.0)) for t in (0.0, 0.6)}
     return (image, pred, e, u, label), runs

@@ -97,11 +97,11 @@ def selected():
     """The configured graph made known-bad (heavy random edges drown every node's own features) beside
     the local graph, which is known to fix the band."""
     image, pred, e, u, label = sphere_case()
-    # sparse_removal, sparse_addition and context_removal off: these tests check the margins and the selection
+    # the mask rules off: these tests check the margins and the selection
     # (tests/refine/test_sparse_removal.py, test_sparse_addition.py, test_context_removal.py check the rules on top)
     config = RefineConfig(fit=FAST, k_random=16, long_range="random", long_range_weight=50.0, variants=(LOCAL,),
                           sparse_removal=0.0, sparse_addition=0.0, context_removal=0.0,
-                          thin_removal=0.0)
+                          thin_removal=0.0, fill_addition=1.0)
     return sphere_case(), config, refine_volume(image, pred, e, u, config=config, label=label)
 
 
@@ -120,7 +120,7 @@ def test_selection_picks_the_known_best_variant(selected):
 def test_selected_candidate_equals_its_own_single_fit(selected):
     (image, pred, e, u, label), config, r = selected
     alone = RefineConfig(fit=FAST, k_random=0, lam=0.0, variants=(), sparse_removal=0.0, sparse_addition=0.0,
-                         context_removal=0.0, thin_removal=0.0)
+                         context_removal=0.0, thin_removal=0.0, fill_addition=1.0)
     single = refine_volume(image, pred, e, u, config=alone, label=label)
     assert single.selection["variant"] == "configured"
     np.testing.assert_allclose(single.node_probs, r.node_probs, atol=2e-4)
