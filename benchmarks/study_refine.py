@@ -12,12 +12,12 @@ fallback, when presets exist), the same with only the uncertain nodes replaced, 
 ``ugcn.refine.variants`` alone (with the default's loss, replacement and self-check), the default without its
 sparse removal (``sparse_removal=0``), without its sparse addition (``sparse_addition=0``), without its context
 additions (``context_addition=1``), without its context removals (``context_removal=0``), without its thin
-removals (``thin_removal=0``), each when the default has it, the default with the fill additions
-(``fill_addition=0.3``) while it has them off (without them when on), and the default ``RefineConfig()`` (which
-selects among the variants per volume and falls back to ``Ŷ``). Per regime and pooled over all volumes, each
-method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test (``scipy.stats.wilcoxon``), and the
-share of volumes it made worse (the rule nnU-Net applies to its own post-processing: never adopt a step that
-harms).
+removals (``thin_removal=0``) and without its fill additions (``fill_addition=1``), each when the default has
+it, and the default ``RefineConfig()`` (which selects among the variants per volume and falls back to ``Ŷ``). Per
+regime and pooled
+over all volumes, each method gets its mean ΔDice against ``Ŷ``, a paired Wilcoxon signed-rank test
+(``scipy.stats.wilcoxon``), and the share of volumes it made worse (the rule nnU-Net applies to its own
+post-processing: never adopt a step that harms).
 
 Writes ``benchmarks/results/study_refine.json`` (``{size: result}``), ``benchmarks/results/study_refine.md``
 and ``benchmarks/results/study_refine.png`` (Dice gain against CNN Dice); ``readme_results.py`` turns them
@@ -187,9 +187,6 @@ def gcn_methods(variants_alone: bool = True) -> dict:
                 **last}
     if getattr(default, "fill_addition", 1.0) < default.threshold + default.confidence_margin:
         last = {"GCN (default without fill addition)": (dataclasses.replace(default, fill_addition=1.0), "refined"),
-                **last}
-    elif hasattr(default, "fill_addition"):  # off by default until a held-out check passes: measured beside it
-        last = {"GCN (default with fill addition)": (dataclasses.replace(default, fill_addition=0.3), "refined"),
                 **last}
     if not variants_alone:
         methods.update(last)

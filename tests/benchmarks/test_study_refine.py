@@ -71,8 +71,8 @@ def test_default_is_compared_without_each_of_its_rules(study):
     config, mask = methods["GCN (default without context removal)"]
     assert mask == "refined" and config.context_removal == 0.0
     assert config == RefineConfig(context_removal=0.0)  # everything else as the default
-    config, mask = methods["GCN (default with fill addition)"]  # off by default until a held-out check passes
-    assert mask == "refined" and config == RefineConfig(fill_addition=0.3)
+    config, mask = methods["GCN (default without fill addition)"]
+    assert mask == "refined" and config == RefineConfig(fill_addition=1.0)
     assert methods["GCN (default)"][0] == RefineConfig()
     assert list(methods)[-1] == "GCN (default)"
 

@@ -116,11 +116,10 @@ def test_fill_addition_adds_exactly_what_the_rule_says(fits):
 
 
 def test_fill_addition_settings():
-    default = RefineConfig()  # off until a held-out check passes; the tuned bound is 0.3
+    default = RefineConfig()
     assert (default.fill_addition, default.fill_addition_share, default.fill_addition_removed,
-            default.fill_addition_fpr) == (1.0, 0.35, 0.03, 0.25)
-    assert not uses_fill_addition(default) and not uses_fill_addition(RefineConfig(fill_addition=0.9))
-    assert uses_fill_addition(RefineConfig(fill_addition=0.3))
+            default.fill_addition_fpr) == (0.3, 0.35, 0.03, 0.25)
+    assert uses_fill_addition(default) and not uses_fill_addition(RefineConfig(fill_addition=0.9))
     assert RefineConfig.preset("reference").fill_addition == 1.0
     assert not uses_fill_addition(RefineConfig.preset("reference"))
     for bad in (dict(fill_addition=1.5), dict(fill_addition_share=0.0), dict(fill_addition_removed=-0.1),

@@ -86,8 +86,20 @@ def test_result_masks_are_consistent(sphere_result):
             & (np.nan_to_num(level, nan=-1.0) > PIPE.thin_removal_share)
             & (counts_left[nodes] < PIPE.thin_removal * 27))
     expected = np.where(thin, 0, expected)
-    # ... the fill addition is off by default (tested on its own in test_fill_addition.py)
-    assert PIPE.fill_addition == 1.0
+    # ... and the fill additions (tested on their own in test_fill_addition.py): an uncertain node outside Ŷ not added
+    # so far, output in (0.3, 0.9], >= 10 of its 3x3x3 neighbourhood in Ŷ, in a volume where the removals took < 0.03
+    # of Ŷ and the GCN puts <= 0.25 of the labelled background above 0.5
+    assert (PIPE.fill_addition, PIPE.fill_addition_share, PIPE.fill_addition_removed,
+            PIPE.fill_addition_fpr) == (0.3, 0.35, 0.03, 0.25)
+    removed = np.sum(free & (prediction[nodes] == 1) & (expected == 0))
+    background = g.label_mask & (prediction[nodes] == 0)
+    open_volume = removed < 0.03 * r.cnn.sum() and np.mean(r.node_probs[background] > 0.5) <= 0.25
+    padded = np.pad(r.cnn.astype(int), 1)
+    counts_y = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+                   for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    fill = (free & (prediction[nodes] == 0) & (expected == 0) & (r.node_probs > 0.3) & (r.node_probs <= 0.9)
+            & (counts_y[nodes] >= 10) & open_volume)
+    expected = np.where(fill, 1, expected)
     # ... and the sparse addition: an uncertain addition is kept where, with it, >= 0.35 of its 3x3x3 neighbourhood
     # is Ŷ or a kept addition (grown until nothing changes)
     assert PIPE.sparse_addition == 0.35
