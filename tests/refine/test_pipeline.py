@@ -51,6 +51,11 @@ def test_result_masks_are_consistent(sphere_result):
     # Uncertain nodes take the GCN's class where it is confident (beyond 0.5 +- the margin), else keep Ŷ.
     nodes, free, m, mr = tuple(g.node_coords.T), ~g.label_mask, PIPE.confidence_margin, PIPE.removal_margin
     expected = np.where(r.node_probs > 0.5 + m, 1, np.where(r.node_probs <= 0.5 - mr, 0, prediction[nodes]))
+    steps = {"gcn_added": np.sum(free & (prediction[nodes] == 0) & (expected == 1)),
+             "gcn_removed": np.sum(free & (prediction[nodes] == 1) & (expected == 0))}
+
+    def count(rule, where, value):  # the uncertain nodes whose class a rule changes
+        steps[rule] = np.sum(free & where & (expected != value))
     # ... and the sparse removal: predicted, GCN output < 0.5, < 0.35 of the 3x3x3 neighbourhood predicted
     padded = np.pad(r.cnn.astype(int), 1)
     x, y, z = label.shape
@@ -64,15 +69,18 @@ def test_result_masks_are_consistent(sphere_result):
     assert PIPE.context_addition == 0.5
     loose = free & (prediction[nodes] == 0) & (r.node_probs > 0.5) & (r.node_probs <= 0.9)
     assert loose.any() and not (loose & context).any()
+    count("context_addition", loose & context, 1)
     expected = np.where(loose & context, 1, expected)
     # ... and the context removals (outputs below 0.5 inside Ŷ whose leak level passes 0.4; tested on its own in
     # test_context_removal.py)
     assert (PIPE.context_removal, PIPE.context_removal_share) == (0.5, 0.4)
     level = leak_level(image, r.cnn, g.node_coords, fg, sigma=PIPE.context_removal_sigma)
     leaky = free & (prediction[nodes] == 1) & (r.node_probs < 0.5) & (np.nan_to_num(level, nan=-1.0) > 0.4)
+    count("context_removal", leaky, 0)
     expected = np.where(leaky, 0, expected)
     sparse = (prediction[nodes] == 1) & (r.node_probs < 0.5) & (counts[nodes] < PIPE.sparse_removal * 27)
     assert PIPE.sparse_removal == 0.35
+    count("sparse_removal", sparse, 0)
     expected = np.where(sparse, 0, expected)
     # ... and the thin removals (tested on their own in test_thin_removal.py): a node still kept with output <= 0.9
     # and leak level > 0.3 goes where fewer than 0.4 * 27 of its 3x3x3 neighbourhood are left in Ŷ minus the removals
@@ -85,6 +93,7 @@ def test_result_masks_are_consistent(sphere_result):
     thin = (free & (prediction[nodes] == 1) & (expected == 1) & (r.node_probs <= 0.9)
             & (np.nan_to_num(level, nan=-1.0) > PIPE.thin_removal_share)
             & (counts_left[nodes] < PIPE.thin_removal * 27))
+    count("thin_removal", thin, 0)
     expected = np.where(thin, 0, expected)
     # ... and the fill additions (tested on their own in test_fill_addition.py): an uncertain node outside Ŷ not added
     # so far, output in (0.3, 0.9], >= 10 of its 3x3x3 neighbourhood in Ŷ, in a volume where the removals took < 0.03
@@ -99,6 +108,7 @@ def test_result_masks_are_consistent(sphere_result):
                    for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
     fill = (free & (prediction[nodes] == 0) & (expected == 0) & (r.node_probs > 0.3) & (r.node_probs <= 0.9)
             & (counts_y[nodes] >= 10) & open_volume)
+    count("fill_addition", fill, 1)
     expected = np.where(fill, 1, expected)
     # ... and the sparse addition: an uncertain addition is kept where, with it, >= 0.35 of its 3x3x3 neighbourhood
     # is Ŷ or a kept addition (grown until nothing changes)
@@ -114,12 +124,19 @@ def test_result_masks_are_consistent(sphere_result):
             break
         kept |= new
         grown[tuple(c[new] for c in nodes)] = True
+    count("sparse_addition_refused", added & ~kept, 0)
     expected = np.where(added & ~kept, 0, expected)
     np.testing.assert_array_equal(r.refined_unlabelled[nodes][free], expected[free])
     np.testing.assert_array_equal(r.refined, r.refined_unlabelled)  # the default replaces uncertain nodes only
     np.testing.assert_array_equal(r.expectation_mask[g.roi], expectation[g.roi] > 0.5)
+    # what each step did, in the pipeline's order, and the net result against Ŷ
+    steps.update(added=np.sum(free & (prediction[nodes] == 0) & (expected == 1)),
+                 removed=np.sum(free & (prediction[nodes] == 1) & (expected == 0)))
+    assert r.changes == {k: int(v) for k, v in steps.items()}
+    assert r.changes["added"] + r.changes["removed"] > 0  # the comparison above can fail on counts
     rep = r.report()
     assert rep["graph"]["nodes"] == g.n_nodes and set(rep["dice"]) == set(r.masks())
+    assert rep["changes"] == r.changes
     assert r.crf is not None and r.crf.shape == label.shape
 
 

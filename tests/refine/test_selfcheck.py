@@ -74,6 +74,7 @@ def test_a_collapsed_fit_falls_back_to_the_prediction_with_a_warning():
     assert any("self-check" in m for m in r.messages)
     rep = r.report()
     assert rep["status"] == "fallback" and rep["selfcheck"]["passed"] is False
+    assert r.changes == {} and rep["changes"] == {}  # nothing of the fit reached the masks
     # The fit itself did collapse (what the check caught): one class on every node.
     assert np.mean(r.node_probs > 0.5) in (0.0, 1.0)
 
@@ -86,3 +87,6 @@ def test_a_collapsed_fit_falls_back_to_the_prediction_with_a_warning():
     nodes = tuple(raw.graph.node_coords.T)
     np.testing.assert_array_equal(raw.refined[nodes], raw.node_probs > 0.5)
     assert not np.array_equal(raw.refined, prediction)
+    # the reference preset replaces every node: its changes count them all
+    assert raw.changes["added"] == np.sum((raw.refined[nodes] == 1) & (prediction[nodes] == 0))
+    assert raw.changes["removed"] == np.sum((raw.refined[nodes] == 0) & (prediction[nodes] == 1))

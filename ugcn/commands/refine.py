@@ -151,6 +151,8 @@ def _print_summary(name: str, result) -> None:
         line += f" (graph {result.selection['variant']})"
     if g:
         line += f", {g['nodes']} nodes ({g['unlabelled']} uncertain), {g['edges']} edges"
+    if result.changes:
+        line += f", +{result.changes['added']} / -{result.changes['removed']} voxels"
     if result.dice:
         line += ", Dice " + " ".join(f"{k}={v:.4f}" for k, v in result.dice.items())
     print(line)
@@ -199,6 +201,7 @@ def _case_summary(rep: dict) -> dict:
         "status": rep.get("status"), "variant": (rep.get("selection") or {}).get("variant"),
         "validation_balanced_accuracy": check.get("validation_balanced_accuracy"),
         "validation_dice": check.get("validation_dice"),
+        "added": (rep.get("changes") or {}).get("added"), "removed": (rep.get("changes") or {}).get("removed"),
         "dice": rep.get("dice"), "graph": rep.get("graph"),
     }
 

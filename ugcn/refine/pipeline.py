@@ -590,6 +590,12 @@ class RefineResult:
         when no fit ran).
       selection: ``variant`` (the candidate returned, ``None`` on fallback), ``why``, and every candidate's
         scores (empty when no fit ran).
+      changes: what each step did to ``Ŷ`` on the nodes the refined mask takes (the uncertain ones, or all with
+        ``replace="all"``), in the pipeline's order, each counted against the classes before it: ``gcn_added`` /
+        ``gcn_removed`` (the GCN's confident classes), then the nodes whose class each rule that ran changed
+        (``context_addition``, ``context_removal``, ``sparse_removal``, ``thin_removal``, ``fill_addition``,
+        ``sparse_addition_refused``), and ``added`` / ``removed``, the net result against ``Ŷ`` (empty when no fit
+        ran or the fit fell back to ``Ŷ``).
       messages: what was unusual, in words.
       graph_stats: nodes, edges, labelled, unlabelled, train, ROI, threshold (empty when no graph).
       timings: seconds: ``graph``, ``fit`` (includes compilation on a first call), ``crf``, ``total``.
@@ -614,6 +620,7 @@ class RefineResult:
     graph: Optional[VoxelGraph] = dataclasses.field(default=None, repr=False)
     selfcheck: dict = dataclasses.field(default_factory=dict)
     selection: dict = dataclasses.field(default_factory=dict)
+    changes: dict = dataclasses.field(default_factory=dict)
 
     def masks(self) -> dict:
         """``{name: u8[X, Y, Z]}`` of every mask that exists (``crf`` only when computed)."""
@@ -628,6 +635,7 @@ class RefineResult:
             "graph": self.graph_stats,
             "selfcheck": self.selfcheck,
             "selection": self.selection,
+            "changes": self.changes,
             "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
             "dice": self.dice,
             "voxels": {name: int(np.count_nonzero(m)) for name, m in self.masks().items()},
@@ -756,36 +764,48 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
     probs = node_probs[index]
     # A replaced node takes the GCN's class only where the GCN is confident; in the band it keeps Ŷ.
     gcn = gcn_classes(probs, y_hat, config)
+    taken = free if config.replace != "all" else np.ones_like(free)  # the nodes whose class the refined mask takes
+    changes = {"gcn_added": int(np.count_nonzero(taken & (y_hat == 0) & (gcn == 1))),
+               "gcn_removed": int(np.count_nonzero(taken & (y_hat == 1) & (gcn == 0)))}
+
+    def applied(rule: str, where: np.ndarray, value: int) -> np.ndarray:
+        """``gcn`` with ``where`` set to ``value``; ``changes[rule]`` counts the nodes whose class that changed."""
+        changes[rule] = int(np.count_nonzero(where & (gcn != value)))
+        return np.where(where, value, gcn).astype(np.uint8)
+
     if prep.context is not None:  # less confident additions where the intensity around them looks like the organ's
         loose = (free & (y_hat == 0) & (probs > config.context_addition)
                  & (probs <= config.threshold + config.confidence_margin) & prep.context)
-        gcn = np.where(loose, 1, gcn).astype(np.uint8)
+        gcn = applied("context_addition", loose, 1)
     if prep.leak is not None:  # less confident removals where the intensity inside Ŷ around them looks like the
         # tissue next to them: the CNN's leak into adjacent tissue of nearly the organ's intensity
         leaky = np.nan_to_num(prep.leak, nan=-np.inf) > config.context_removal_share
         doubtful = free & (y_hat == 1) & (probs < config.context_removal) & leaky
-        gcn = np.where(doubtful, 0, gcn).astype(np.uint8)
+        gcn = applied("context_removal", doubtful, 0)
     if config.sparse_removal > 0:  # thin, ragged uncertain foreground the GCN does not support: a leak
         sparse = free & (y_hat == 1) & (probs < config.threshold)
         sparse[sparse] = sparse_nodes(cnn, graph.node_coords[sparse], config.sparse_removal)
-        gcn = np.where(sparse, 0, gcn).astype(np.uint8)
+        gcn = applied("sparse_removal", sparse, 0)
     if prep.leak is not None and uses_thin_removal(config):  # what the removals left thin, where it looks leaky
         thin = thin_removals(cnn, graph.node_coords, free & (y_hat == 1) & (gcn == 0), free & (y_hat == 1) & (
             gcn == 1) & (probs <= config.threshold + config.confidence_margin), prep.leak, config)
-        gcn = np.where(thin, 0, gcn).astype(np.uint8)
+        gcn = applied("thin_removal", thin, 0)
     if uses_fill_addition(config):  # less confident additions that Ŷ surrounds, in a volume without signs of a leak
         background = graph.label_mask & (y_hat == 0)
         fpr = float(np.mean(probs[background] > config.threshold)) if background.any() else float("nan")
         fill = fill_additions(cnn, graph.node_coords, free & (y_hat == 0) & (gcn == 0) & (probs > config.fill_addition)
                               & (probs <= config.threshold + config.confidence_margin),
                               int(np.count_nonzero(free & (y_hat == 1) & (gcn == 0))), fpr, config)
-        gcn = np.where(fill, 1, gcn).astype(np.uint8)
+        gcn = applied("fill_addition", fill, 1)
     if config.sparse_addition > 0:  # no thin addition: what the sparse removal would remove is never added
         added = free & (y_hat == 0) & (gcn == 1)
         added[added] = ~supported_additions(cnn, graph.node_coords[added], config.sparse_addition)
-        gcn = np.where(added, 0, gcn).astype(np.uint8)
+        gcn = applied("sparse_addition_refused", added, 0)
+    changes.update(added=int(np.count_nonzero(taken & (y_hat == 0) & (gcn == 1))),
+                   removed=int(np.count_nonzero(taken & (y_hat == 1) & (gcn == 0))))
     if status == "fallback":
         refined, unlabelled = cnn.copy(), cnn.copy()
+        changes = {}
     else:
         unlabelled = cnn.copy()
         unlabelled[tuple(graph.node_coords[free].T)] = gcn[free]
@@ -805,7 +825,8 @@ def _finish(prep: _Prepared, node_probs: np.ndarray, fit_s: float, config: Refin
     timings = dict(prep.timings, fit=fit_s)
     return RefineResult(refined, unlabelled, prep.base["expectation_mask"], cnn,
                         node_probs=node_probs[index], status=status, messages=messages, graph_stats=stats,
-                        timings=timings, graph=prep.candidates[index], selfcheck=selfcheck, selection=selection)
+                        timings=timings, graph=prep.candidates[index], selfcheck=selfcheck, selection=selection,
+                        changes=changes)
 
 
 def _complete(result: RefineResult, x: RefineInput, crf: bool, t_start: float, uncertainty_name: str,
