@@ -40,6 +40,20 @@ def write_sphere_case(folder, stem, case, n_samples=4):
     save_volume(folder / "predictions" / f"{stem}.nii.gz", prediction.astype(np.uint8), affine)
 
 
+def count_neighbours(mask):
+    """Plain numpy reference for the refinement rules: per voxel, how many voxels of its 3x3x3 neighbourhood (itself
+    included) are set in ``mask`` (outside the volume counts as 0): ``int[X, Y, Z]``."""
+    padded = np.pad(np.asarray(mask).astype(int), 1)
+    x, y, z = np.asarray(mask).shape
+    return sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
+               for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+
+
+@pytest.fixture(scope="session")
+def neighbour_counts():
+    return count_neighbours
+
+
 @pytest.fixture(scope="session")
 def sphere_case():
     """:func:`build_sphere_case`."""

@@ -296,7 +296,8 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, finished_f
             report["config"]["context_removal_share"]) == (0.6, 0.8, 0.3)
 
 
-def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
+def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case,
+                                                         neighbour_counts):
     """--thin-removal and --thin-removal-share reach the refined mask: against --thin-removal 0 (same fit), exactly the
     uncertain voxels of Ŷ the margins keep with output <= 0.9, leak level above the share and fewer than the share of
     27 neighbours left in Ŷ minus the margins' removals go (numpy here); the other mask rules are off."""
@@ -319,10 +320,7 @@ def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits
     cls = np.where(p > 0.9, 1, np.where(p <= 0.02, 0, pred[idx]))
     left = pred.copy()
     left[tuple(g.node_coords[free & pred[idx] & (cls == 0)].T)] = False
-    padded = np.pad(left.astype(int), 1)
-    x, y, z = pred.shape
-    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts = neighbour_counts(left)
     thin = (free & pred[idx] & (cls == 1) & (p <= 0.9) & (np.nan_to_num(leak, nan=-1.0) > 0.1)
             & (counts[idx] < 0.7 * 27))
     assert thin.sum() >= 3
@@ -335,7 +333,8 @@ def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits
     assert (report["config"]["thin_removal"], report["config"]["thin_removal_share"]) == (0.7, 0.1)
 
 
-def test_cli_fill_addition_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case):
+def test_cli_fill_addition_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case,
+                                                          neighbour_counts):
     """--fill-addition and its share and gates reach the refined mask: against --fill-addition 1 (same fit), exactly
     the uncertain voxels outside Ŷ the margins leave out with output in (0.1, 0.9] and at least 0.2 * 27 of their
     3x3x3 neighbourhood in Ŷ are added (numpy here), with the gates wide open; the other mask rules are off."""
@@ -360,10 +359,7 @@ def test_cli_fill_addition_options_reach_the_refined_mask(tmp_path, finished_fit
     idx = tuple(g.node_coords.T)
     free = ~g.label_mask
     cls = np.where(p > 0.9, 1, np.where(p <= 0.02, 0, pred[idx]))
-    padded = np.pad(pred.astype(int), 1)
-    x, y, z = pred.shape
-    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts = neighbour_counts(pred)
     fill = free & ~pred[idx] & (cls == 0) & (p > 0.1) & (p <= 0.9) & (counts[idx] >= 0.2 * 27)
     assert fill.sum() >= 3
     refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)

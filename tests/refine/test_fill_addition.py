@@ -83,7 +83,7 @@ def fits():
     return (image, pred, e, u, label), config, runs
 
 
-def test_fill_addition_adds_exactly_what_the_rule_says(fits):
+def test_fill_addition_adds_exactly_what_the_rule_says(fits, neighbour_counts):
     (image, pred, e, u, label), config, runs = fits
     off, on = runs[1.0], runs[0.1]
     g, p = off.graph, off.node_probs
@@ -93,10 +93,7 @@ def test_fill_addition_adds_exactly_what_the_rule_says(fits):
     # numpy: the margins' classes, then the uncertain voxels outside Ŷ in (0.1, 0.9] with >= 0.2 * 27 (6) of their
     # 3x3x3 neighbourhood in Ŷ
     cls = np.where(p > 0.9, 1, np.where(p <= 0.02, 0, pred[idx]))
-    padded = np.pad(pred.astype(int), 1)
-    x, y, z = pred.shape
-    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts = neighbour_counts(pred)
     fill = free & (pred[idx] == 0) & (cls == 0) & (p > 0.1) & (p <= 0.9) & (counts[idx] >= 6)
     assert fill.sum() >= 3
     differ = on.refined[idx] != off.refined[idx]

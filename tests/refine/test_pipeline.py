@@ -36,7 +36,7 @@ def test_refinement_raises_dice_where_the_cnn_is_wrong_only_where_uncertain(sphe
     assert r.dice["refined_unlabelled"] > cnn + 0.1
 
 
-def test_result_masks_are_consistent(sphere_result):
+def test_result_masks_are_consistent(sphere_result, neighbour_counts):
     (image, prediction, expectation, uncertainty, label), r = sphere_result
     g = r.graph
     outside = np.ones(label.shape, bool)
@@ -57,10 +57,7 @@ def test_result_masks_are_consistent(sphere_result):
     def count(rule, where, value):  # the uncertain nodes whose class a rule changes
         steps[rule] = np.sum(free & where & (expected != value))
     # ... and the sparse removal: predicted, GCN output < 0.5, < 0.35 of the 3x3x3 neighbourhood predicted
-    padded = np.pad(r.cnn.astype(int), 1)
-    x, y, z = label.shape
-    counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                 for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts = neighbour_counts(r.cnn)
     # ... and the context additions (outputs 0.5-0.9 outside Ŷ where context_support passes; tested on its own in
     # test_context_addition.py): none pass on this thin shell at 3 mm
     fg = g.label_mask & (prediction[nodes] == 1)
@@ -87,9 +84,7 @@ def test_result_masks_are_consistent(sphere_result):
     assert (PIPE.thin_removal, PIPE.thin_removal_share) == (0.4, 0.3)
     left = r.cnn.astype(bool).copy()
     left[tuple(c[free & (prediction[nodes] == 1) & (expected == 0)] for c in nodes)] = False
-    padded = np.pad(left.astype(int), 1)
-    counts_left = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                      for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts_left = neighbour_counts(left)
     thin = (free & (prediction[nodes] == 1) & (expected == 1) & (r.node_probs <= 0.9)
             & (np.nan_to_num(level, nan=-1.0) > PIPE.thin_removal_share)
             & (counts_left[nodes] < PIPE.thin_removal * 27))
@@ -103,9 +98,7 @@ def test_result_masks_are_consistent(sphere_result):
     removed = np.sum(free & (prediction[nodes] == 1) & (expected == 0))
     background = g.label_mask & (prediction[nodes] == 0)
     open_volume = removed < 0.03 * r.cnn.sum() and np.mean(r.node_probs[background] > 0.5) <= 0.25
-    padded = np.pad(r.cnn.astype(int), 1)
-    counts_y = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                   for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+    counts_y = neighbour_counts(r.cnn)
     fill = (free & (prediction[nodes] == 0) & (expected == 0) & (r.node_probs > 0.3) & (r.node_probs <= 0.9)
             & (counts_y[nodes] >= 10) & open_volume)
     count("fill_addition", fill, 1)
@@ -116,9 +109,7 @@ def test_result_masks_are_consistent(sphere_result):
     added = free & (prediction[nodes] == 0) & (expected == 1)
     grown, kept = r.cnn.astype(bool).copy(), np.zeros_like(added)
     while True:
-        padded = np.pad(grown.astype(int), 1)
-        counts = sum(padded[1 + dx : 1 + dx + x, 1 + dy : 1 + dy + y, 1 + dz : 1 + dz + z]
-                     for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1))
+        counts = neighbour_counts(grown)
         new = added & ~kept & (counts[nodes] + 1 >= 10)  # 10 = ceil(0.35 * 27)
         if not new.any():
             break
