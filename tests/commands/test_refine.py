@@ -296,6 +296,15 @@ def test_cli_context_removal_options_reach_the_refined_mask(tmp_path, finished_f
             report["config"]["context_removal_share"]) == (0.6, 0.8, 0.3)
 
 
+def assert_only_nodes_changed(on, off, coords):
+    """The refined masks of the output folders ``on`` and ``off`` differ exactly at the voxels ``coords: [K, 3]``."""
+    refined = np.asarray(nib.load(str(on / "refined.nii.gz")).dataobj)
+    refined_off = np.asarray(nib.load(str(off / "refined.nii.gz")).dataobj)
+    changed = np.zeros(refined.shape, bool)
+    changed[tuple(np.asarray(coords).T)] = True
+    np.testing.assert_array_equal(refined != refined_off, changed)
+
+
 def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits, sphere_case, write_case,
                                                          neighbour_counts):
     """--thin-removal and --thin-removal-share reach the refined mask: against --thin-removal 0 (same fit), exactly the
@@ -324,11 +333,7 @@ def test_cli_thin_removal_options_reach_the_refined_mask(tmp_path, finished_fits
     thin = (free & pred[idx] & (cls == 1) & (p <= 0.9) & (np.nan_to_num(leak, nan=-1.0) > 0.1)
             & (counts[idx] < 0.7 * 27))
     assert thin.sum() >= 3
-    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
-    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
-    changed = np.zeros(refined.shape, bool)
-    changed[tuple(g.node_coords[thin].T)] = True
-    np.testing.assert_array_equal(refined != refined_off, changed)
+    assert_only_nodes_changed(tmp_path / "on", tmp_path / "off", g.node_coords[thin])
     report = json.loads((tmp_path / "on" / "report.json").read_text())
     assert (report["config"]["thin_removal"], report["config"]["thin_removal_share"]) == (0.7, 0.1)
 
@@ -362,11 +367,7 @@ def test_cli_fill_addition_options_reach_the_refined_mask(tmp_path, finished_fit
     counts = neighbour_counts(pred)
     fill = free & ~pred[idx] & (cls == 0) & (p > 0.1) & (p <= 0.9) & (counts[idx] >= 0.2 * 27)
     assert fill.sum() >= 3
-    refined = np.asarray(nib.load(str(tmp_path / "on" / "refined.nii.gz")).dataobj)
-    refined_off = np.asarray(nib.load(str(tmp_path / "off" / "refined.nii.gz")).dataobj)
-    changed = np.zeros(refined.shape, bool)
-    changed[tuple(g.node_coords[fill].T)] = True
-    np.testing.assert_array_equal(refined != refined_off, changed)
+    assert_only_nodes_changed(tmp_path / "on", tmp_path / "off", g.node_coords[fill])
     report = json.loads((tmp_path / "on" / "report.json").read_text())
     assert (report["config"]["fill_addition"], report["config"]["fill_addition_share"],
             report["config"]["fill_addition_removed"], report["config"]["fill_addition_fpr"]) == (0.1, 0.2, 1, 1)
