@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -23,6 +23,67 @@ def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False)
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+# /proc/stat's first line: the machine's CPU time since boot per state, in clock ticks (Linux).
+PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# A timed call is "disturbed" when the hypervisor took more than this fraction of the machine's CPU time during it
+# (steal time: the virtual CPUs were runnable but not running). On the 2-core development VM, calls of the 2D MC
+# sampler normally see 0-3.5 % steal; about one call in five took twice as long with 13-18 % steal and a core idle
+# for most of the call (bench_mcdo's issue case, one process, 12 calls in a row).
+DISTURBED_STEAL_FRACTION = 0.05
+
+
+def parse_proc_stat(line: str, ticks_per_second: float) -> dict:
+    """CPU seconds per state (:data:`PROC_STAT_FIELDS`) from the ``cpu ...`` line of ``/proc/stat``; states an
+    older kernel does not report are 0."""
+    name, *values = line.split()
+    if name != "cpu":
+        raise ValueError(f"not the machine-wide line of /proc/stat: {line!r}")
+    ticks = [int(v) for v in values[:len(PROC_STAT_FIELDS)]]
+    ticks += [0] * (len(PROC_STAT_FIELDS) - len(ticks))
+    return {state: t / ticks_per_second for state, t in zip(PROC_STAT_FIELDS, ticks)}
+
+
+def cpu_seconds() -> Optional[dict]:
+    """The machine's CPU seconds since boot per state (``/proc/stat``), or ``None`` where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return parse_proc_stat(f.readline(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def timed_call(fn: Callable[[], object]) -> dict:
+    """One call of ``fn``: ``{"seconds": wall time, "steal_seconds", "idle_seconds", "disturbed"}``, the last
+    three from the machine's CPU accounting over the call (``None`` where the OS has none; see
+    :func:`is_disturbed`)."""
+    before = cpu_seconds()
+    t = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t
+    after = cpu_seconds()
+    if before is None or after is None:
+        return {"seconds": seconds, "steal_seconds": None, "idle_seconds": None, "disturbed": None}
+    steal, idle = after["steal"] - before["steal"], after["idle"] - before["idle"]
+    return {"seconds": seconds, "steal_seconds": steal, "idle_seconds": idle,
+            "disturbed": is_disturbed(seconds, steal, os.cpu_count() or 1)}
+
+
+def is_disturbed(seconds: float, steal_seconds: float, cpus: int) -> bool:
+    """Whether the hypervisor's steal took more than :data:`DISTURBED_STEAL_FRACTION` of the ``cpus x seconds``
+    of CPU time a call had."""
+    return steal_seconds > DISTURBED_STEAL_FRACTION * seconds * cpus
+
+
+def summarize_calls(calls: list[dict]) -> dict:
+    """Medians of timed calls (:func:`timed_call`): over all of them (``seconds``) and over those the host did not
+    disturb (``undisturbed_seconds``, ``None`` when every call was disturbed or the OS has no accounting), with
+    the count of disturbed calls."""
+    undisturbed = [c["seconds"] for c in calls if c["disturbed"] is False]
+    return {"seconds": statistics.median(c["seconds"] for c in calls),
+            "undisturbed_seconds": statistics.median(undisturbed) if undisturbed else None,
+            "disturbed_calls": sum(1 for c in calls if c["disturbed"])}
 
 
 def machine_info() -> dict:

@@ -107,6 +107,17 @@ def mcdo_section(r: dict, size: str) -> list[str]:
     return out
 
 
+def disturbed_calls_note(measured: dict) -> str:
+    """``"; k of n calls disturbed by the host ..., the others' median x s"`` when the run recorded the
+    hypervisor's steal per call and some call exceeded the threshold (``benchmarks/common.py``), else ``""``."""
+    k = measured.get("disturbed_calls")
+    if not k:
+        return ""
+    rest = measured.get("undisturbed_seconds")
+    return (f"; {k} of {measured['repeats']} calls disturbed by the host (hypervisor steal > 5 % of the CPU time)"
+            + (f", median of the others {rest:.1f} s" if rest is not None else ""))
+
+
 def mcdo_issue_2d_lines(r: dict) -> list[str]:
     """Issue 15's 2D case (default 2D U-Net, T = 20 over 128x128x64): the measured time against the goal first,
     then the FLOP lower bound; results without the measurement show the old extrapolation, labelled as one."""
@@ -120,7 +131,8 @@ def mcdo_issue_2d_lines(r: dict) -> list[str]:
                    f"{'x'.join(map(str, measured['volume']))} volume takes **{measured['seconds']:.1f} s** (goal "
                    f"{measured['goal_seconds']:.0f} s; median of {measured['repeats']} after a first call of "
                    f"{measured['first_call_seconds']:.1f} s with compilation; {measured['gflop_per_s']:.0f} GFLOP/s"
-                   + (f"; 1-minute load {min(load):.1f}-{max(load):.1f}" if load else "") + ")"
+                   + (f"; 1-minute load {min(load):.1f}-{max(load):.1f}" if load else "")
+                   + disturbed_calls_note(measured) + ")"
                    + (f", as {measured['streams']} concurrent programs over the passes; as one program "
                       f"{measured['one_stream_seconds']:.1f} s in the same run"
                       if measured.get("streams", 1) > 1 and "one_stream_seconds" in measured else "") + ".")

@@ -213,3 +213,14 @@ def test_mcdo_section_without_the_measurement_labels_the_extrapolation(gen):
     text = "\n".join(gen.mcdo_section(_mcdo_result(measured=False), "small"))
     assert "measured:" not in text and "goal" not in text
     assert "Not measured in this run; extrapolated from this run's (smaller) network's FLOP rate: 31.7 s" in text
+
+
+def test_mcdo_section_reports_calls_the_host_disturbed(gen):
+    result = _mcdo_result(measured=True)
+    result["issue_2d_measured"].update(repeats=5, seconds=10.6, disturbed_calls=2, undisturbed_seconds=10.2)
+    text = "\n".join(gen.mcdo_section(result, "small"))
+    assert ("takes **10.6 s** (goal 10 s; median of 5 after a first call of 31.3 s with compilation; 100 GFLOP/s; "
+            "1-minute load 1.3-2.5; 2 of 5 calls disturbed by the host (hypervisor steal > 5 % of the CPU time), "
+            "median of the others 10.2 s).") in text
+    result["issue_2d_measured"].update(disturbed_calls=0, undisturbed_seconds=10.6)
+    assert "disturbed" not in "\n".join(gen.mcdo_section(result, "small"))
