@@ -337,8 +337,8 @@ def measure_issue_2d(repeats: int = 5) -> dict:
     weights), T = 20 over a 128 x 128 x 64 volume. First call (compilation + one run) timed on its own, then the
     median of ``repeats`` runs, interleaved with the same sampler as one program (``streams=1``); GFLOP/s from
     :func:`mc_flops` (the FLOPs the sampler executes: stem once per slice); the 1-minute load average before
-    and after. Each timed call records the hypervisor's steal over it (``common.timed_call``): the medians over all
-    calls and over the calls the host did not disturb are both kept, with the count of disturbed ones."""
+    and after. Each timed call also records the shares of the machine's CPU time that were idle and stolen by the
+    hypervisor (``common.timed_call``); the largest of each over the calls is kept."""
     from ugcn.uncertainty.sampling import default_streams, mc_sample
 
     load_before = os.getloadavg()[0]
@@ -363,9 +363,8 @@ def measure_issue_2d(repeats: int = 5) -> dict:
     flops = mc_flops(config, shape[:2], shape[2], T)
     return {"unet": config.to_dict(), "volume": list(shape), "n_samples": T, "repeats": repeats,
             "streams": streams, "one_stream_seconds": one_seconds,
-            "seconds": seconds, "undisturbed_seconds": default["undisturbed_seconds"],
-            "disturbed_calls": default["disturbed_calls"], "calls": rounds["default"],
-            "one_stream_undisturbed_seconds": single["undisturbed_seconds"],
+            "seconds": seconds, "max_idle_fraction": default["max_idle_fraction"],
+            "max_steal_fraction": default["max_steal_fraction"], "calls": rounds["default"],
             "first_call_seconds": first, "goal_seconds": ISSUE_2D["goal_seconds"],
             "tflop": flops["total_tflop_stem_shared"],
             "gflop_per_s": flops["total_tflop_stem_shared"] * 1e3 / seconds,

@@ -27,11 +27,6 @@ def median_time(fn: Callable[[], object], repeats: int, *, warmup: bool = False)
 
 # /proc/stat's first line: the machine's CPU time since boot per state, in clock ticks (Linux).
 PROC_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-# A timed call is "disturbed" when the hypervisor took more than this fraction of the machine's CPU time during it
-# (steal time: the virtual CPUs were runnable but not running). On the 2-core development VM, calls of the 2D MC
-# sampler normally see 0-3.5 % steal; about one call in five took twice as long with 13-18 % steal and a core idle
-# for most of the call (bench_mcdo's issue case, one process, 12 calls in a row).
-DISTURBED_STEAL_FRACTION = 0.05
 
 
 def parse_proc_stat(line: str, ticks_per_second: float) -> dict:
@@ -55,35 +50,32 @@ def cpu_seconds() -> Optional[dict]:
 
 
 def timed_call(fn: Callable[[], object]) -> dict:
-    """One call of ``fn``: ``{"seconds": wall time, "steal_seconds", "idle_seconds", "disturbed"}``, the last
-    three from the machine's CPU accounting over the call (``None`` where the OS has none; see
-    :func:`is_disturbed`)."""
+    """One call of ``fn``: ``{"seconds": wall time, "idle_fraction", "steal_fraction"}``, the last two the shares of
+    the machine's CPU time (``cpus x seconds``) that were idle and taken by the hypervisor during the call
+    (``/proc/stat``; ``None`` where the OS has no such accounting). A program meant to keep every core busy shows
+    it in ``idle_fraction``: the 2D MC sampler's two streams ran one after the other in some calls (one core idle
+    for most of the call) until each stream's thread waited for its own program."""
     before = cpu_seconds()
     t = time.perf_counter()
     fn()
     seconds = time.perf_counter() - t
     after = cpu_seconds()
     if before is None or after is None:
-        return {"seconds": seconds, "steal_seconds": None, "idle_seconds": None, "disturbed": None}
-    steal, idle = after["steal"] - before["steal"], after["idle"] - before["idle"]
-    return {"seconds": seconds, "steal_seconds": steal, "idle_seconds": idle,
-            "disturbed": is_disturbed(seconds, steal, os.cpu_count() or 1)}
-
-
-def is_disturbed(seconds: float, steal_seconds: float, cpus: int) -> bool:
-    """Whether the hypervisor's steal took more than :data:`DISTURBED_STEAL_FRACTION` of the ``cpus x seconds``
-    of CPU time a call had."""
-    return steal_seconds > DISTURBED_STEAL_FRACTION * seconds * cpus
+        return {"seconds": seconds, "idle_fraction": None, "steal_fraction": None}
+    capacity = seconds * (os.cpu_count() or 1)
+    return {"seconds": seconds, "idle_fraction": (after["idle"] - before["idle"]) / capacity,
+            "steal_fraction": (after["steal"] - before["steal"]) / capacity}
 
 
 def summarize_calls(calls: list[dict]) -> dict:
-    """Medians of timed calls (:func:`timed_call`): over all of them (``seconds``) and over those the host did not
-    disturb (``undisturbed_seconds``, ``None`` when every call was disturbed or the OS has no accounting), with
-    the count of disturbed calls."""
-    undisturbed = [c["seconds"] for c in calls if c["disturbed"] is False]
+    """Medians over timed calls (:func:`timed_call`): ``seconds``, and the largest ``idle_fraction`` and
+    ``steal_fraction`` of any call (``None`` without CPU accounting)."""
+    def largest(name):
+        values = [c[name] for c in calls if c[name] is not None]
+        return max(values) if values else None
+
     return {"seconds": statistics.median(c["seconds"] for c in calls),
-            "undisturbed_seconds": statistics.median(undisturbed) if undisturbed else None,
-            "disturbed_calls": sum(1 for c in calls if c["disturbed"])}
+            "max_idle_fraction": largest("idle_fraction"), "max_steal_fraction": largest("steal_fraction")}
 
 
 def machine_info() -> dict:

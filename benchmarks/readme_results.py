@@ -107,15 +107,13 @@ def mcdo_section(r: dict, size: str) -> list[str]:
     return out
 
 
-def disturbed_calls_note(measured: dict) -> str:
-    """``"; k of n calls disturbed by the host ..., the others' median x s"`` when the run recorded the
-    hypervisor's steal per call and some call exceeded the threshold (``benchmarks/common.py``), else ``""``."""
-    k = measured.get("disturbed_calls")
-    if not k:
+def cpu_share_note(measured: dict) -> str:
+    """``"; at most x % of the CPU time idle and y % stolen by the hypervisor in any call"`` when the run recorded
+    the machine's CPU accounting per call (``benchmarks/common.py``), else ``""``."""
+    idle, steal = measured.get("max_idle_fraction"), measured.get("max_steal_fraction")
+    if idle is None or steal is None:
         return ""
-    rest = measured.get("undisturbed_seconds")
-    return (f"; {k} of {measured['repeats']} calls disturbed by the host (hypervisor steal > 5 % of the CPU time)"
-            + (f", median of the others {rest:.1f} s" if rest is not None else ""))
+    return f"; in any call at most {100 * idle:.0f} % of the CPU time idle and {100 * steal:.0f} % stolen by the host"
 
 
 def mcdo_issue_2d_lines(r: dict) -> list[str]:
@@ -132,7 +130,7 @@ def mcdo_issue_2d_lines(r: dict) -> list[str]:
                    f"{measured['goal_seconds']:.0f} s; median of {measured['repeats']} after a first call of "
                    f"{measured['first_call_seconds']:.1f} s with compilation; {measured['gflop_per_s']:.0f} GFLOP/s"
                    + (f"; 1-minute load {min(load):.1f}-{max(load):.1f}" if load else "")
-                   + disturbed_calls_note(measured) + ")"
+                   + cpu_share_note(measured) + ")"
                    + (f", as {measured['streams']} concurrent programs over the passes; as one program "
                       f"{measured['one_stream_seconds']:.1f} s in the same run"
                       if measured.get("streams", 1) > 1 and "one_stream_seconds" in measured else "") + ".")

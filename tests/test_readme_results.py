@@ -215,12 +215,9 @@ def test_mcdo_section_without_the_measurement_labels_the_extrapolation(gen):
     assert "Not measured in this run; extrapolated from this run's (smaller) network's FLOP rate: 31.7 s" in text
 
 
-def test_mcdo_section_reports_calls_the_host_disturbed(gen):
+def test_mcdo_section_reports_idle_and_stolen_cpu_time(gen):
     result = _mcdo_result(measured=True)
-    result["issue_2d_measured"].update(repeats=5, seconds=10.6, disturbed_calls=2, undisturbed_seconds=10.2)
+    result["issue_2d_measured"].update(repeats=5, seconds=10.6, max_idle_fraction=0.031, max_steal_fraction=0.012)
     text = "\n".join(gen.mcdo_section(result, "small"))
     assert ("takes **10.6 s** (goal 10 s; median of 5 after a first call of 31.3 s with compilation; 100 GFLOP/s; "
-            "1-minute load 1.3-2.5; 2 of 5 calls disturbed by the host (hypervisor steal > 5 % of the CPU time), "
-            "median of the others 10.2 s).") in text
-    result["issue_2d_measured"].update(disturbed_calls=0, undisturbed_seconds=10.6)
-    assert "disturbed" not in "\n".join(gen.mcdo_section(result, "small"))
+            "1-minute load 1.3-2.5; in any call at most 3 % of the CPU time idle and 1 % stolen by the host).") in text

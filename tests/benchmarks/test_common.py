@@ -20,28 +20,22 @@ def test_parse_proc_stat_by_hand(common):
         common.parse_proc_stat("cpu0 1 2 3 4 5 6 7 8", 100)
 
 
-def test_disturbed_is_steal_over_five_percent_of_the_calls_cpu_time(common):
-    # two cores for 10 s: 20 CPU seconds; 5 % of them is 1 s
-    assert not common.is_disturbed(10.0, 0.99, 2)
-    assert common.is_disturbed(10.0, 1.01, 2)
-    assert common.is_disturbed(23.6, 5.98, 2)  # the slow call measured on the 2-core VM (12.7 %)
-
-
-def test_timed_call_reads_the_accounting_around_the_call(common, monkeypatch):
+def test_timed_call_shares_of_the_calls_cpu_time(common, monkeypatch):
     stats = iter([{"steal": 10.0, "idle": 100.0}, {"steal": 13.0, "idle": 104.5}])
+    clock = iter([50.0, 60.0])  # a call of 10 s on 2 cores: 20 CPU seconds
     monkeypatch.setattr(common, "cpu_seconds", lambda: next(stats))
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
     call = common.timed_call(lambda: None)
-    assert call["steal_seconds"] == pytest.approx(3.0) and call["idle_seconds"] == pytest.approx(4.5)
-    assert call["disturbed"] is True  # 3 s of steal in a call of microseconds
+    assert call == {"seconds": 10.0, "idle_fraction": pytest.approx(4.5 / 20), "steal_fraction": pytest.approx(3 / 20)}
     monkeypatch.setattr(common, "cpu_seconds", lambda: None)
-    assert common.timed_call(lambda: None)["disturbed"] is None
+    clock = iter([0.0, 2.0])
+    assert common.timed_call(lambda: None) == {"seconds": 2.0, "idle_fraction": None, "steal_fraction": None}
 
 
-def test_summarize_calls_keeps_both_medians(common):
-    calls = [{"seconds": s, "disturbed": d} for s, d in [(10.0, False), (23.0, True), (11.0, False), (10.4, False),
-                                                         (22.0, True)]]
-    summary = common.summarize_calls(calls)
-    assert summary == {"seconds": 11.0, "undisturbed_seconds": 10.4, "disturbed_calls": 2}
-    unknown = common.summarize_calls([{"seconds": 3.0, "disturbed": None}])
-    assert unknown == {"seconds": 3.0, "undisturbed_seconds": None, "disturbed_calls": 0}
+def test_summarize_calls_median_time_and_largest_shares(common):
+    calls = [{"seconds": s, "idle_fraction": i, "steal_fraction": f}
+             for s, i, f in [(10.0, 0.01, 0.002), (23.0, 0.35, 0.1), (11.0, 0.02, 0.03), (10.4, None, None)]]
+    assert common.summarize_calls(calls) == {"seconds": 10.7, "max_idle_fraction": 0.35, "max_steal_fraction": 0.1}
+    unknown = common.summarize_calls([{"seconds": 3.0, "idle_fraction": None, "steal_fraction": None}])
+    assert unknown == {"seconds": 3.0, "max_idle_fraction": None, "max_steal_fraction": None}

@@ -40,6 +40,11 @@ The 2D stem (1 -> 16 channels, 0.12-0.18 s over 64 slices of 128^2) used to run 
 with 2 streams of 5 chunks); it now runs once per stream (``VolumeApply.prepare``, within ``SHARED_STEM_BYTES``):
 samples bit-identical, CPU time 21.0 s against 21.8 s (medians), wall 10.8 s against 11.2 s, but a median per-round
 ratio of only 1.004x (6 rounds, one process, load 2.1): a small saving, kept because it is exact.
+Every stream's thread waits for its own program to finish. Before, the threads only dispatched their programs (jax
+returns before a program has run) and the caller waited for the results; then, in 15 of 66 calls at issue size (5
+runs on a quiet machine), the two programs ran one after the other: 20-25 s instead of 10-12 s, with one core idle
+for 12-17 s of the call (``/proc/stat``) and the process's CPU time that of one program (26.5-28.5 s). Waiting in the
+threads: 0 of 27 calls (two runs). ``benchmarks/common.py`` records the host's idle and steal time per timed call.
 
 3D (``bench_mcdo.bench_3d``: default 3D U-Net, T = 4 in one chunk): a chunk's passes used to run as ``vmap``
 over the dropout keys after the shared stem, which carried the pass axis through XLA:CPU's 3D convolution
@@ -342,6 +347,12 @@ def mc_sample(
         stream_keys = keys if size == n_samples else keys[first:first + size]
         return _compiled_sampler(apply, size, chunk, bool(keep_samples))(variables, stream_keys, image)
 
+    def run_to_end(first: int, size: int, chunk: int) -> MCResult:
+        # Each thread waits for its own program. When the threads only dispatched it (jax returns before a program
+        # has run) and left the waiting to the caller, the two programs ran one after the other in about one call
+        # in five: twice the time with a core idle (15 of 66 calls at issue size against 0 of 27; module docstring).
+        return jax.block_until_ready(run(first, size, chunk))
+
     if len(plan) == 1:
         result = run(*plan[0])
     else:
@@ -351,7 +362,7 @@ def mc_sample(
             _compiled_sampler(apply, size, chunk, bool(keep_samples)).lower(
                 variables, keys[first:first + size], image).compile()
         with ThreadPoolExecutor(len(plan)) as pool:  # XLA releases the GIL: the programs run at the same time
-            parts = [f.result() for f in [pool.submit(run, *p) for p in plan]]
+            parts = [f.result() for f in [pool.submit(run_to_end, *p) for p in plan]]
         stats = functools.reduce(merge, [p.stats for p in parts])
         samples = jnp.concatenate([p.samples for p in parts if p.samples is not None]) if keep_samples else None
         result = MCResult(stats, samples)
