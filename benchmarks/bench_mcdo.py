@@ -41,7 +41,7 @@ from common import machine_info, median_time, save_results, summarize_calls, tim
 
 from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
-from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights
+from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights, default_streams, mc_sample, stream_plan
 from ugcn.uncertainty.stats import accumulate, empty_stats
 
 SIZES = {
@@ -274,7 +274,6 @@ def bench_3d(settings: dict, repeats: int) -> dict:
     patch overlap (from the patch counts of :func:`patch_starts`).
     """
     from ugcn.segment.model import patch_starts
-    from ugcn.uncertainty.sampling import default_streams, mc_sample
 
     config = UNetConfig(dims=3)
     model = init_model(config, jax.random.PRNGKey(0))
@@ -339,7 +338,6 @@ def measure_issue_2d(repeats: int = 5) -> dict:
     :func:`mc_flops` (the FLOPs the sampler executes: stem once per slice); the 1-minute load average before
     and after. Each timed call also records the shares of the machine's CPU time that were idle and stolen by the
     hypervisor (``common.timed_call``); the largest of each over the calls is kept."""
-    from ugcn.uncertainty.sampling import default_streams, mc_sample
 
     load_before = os.getloadavg()[0]
     config = UNetConfig(dims=2)
@@ -422,6 +420,18 @@ def main(argv=None) -> int:
                 lambda: jax.block_until_ready(compiled(variables, keys, image)), args.repeats, warmup=True)
             rows.append(dict(method=label, chunk=chunk, keep_samples=keep,
                              seconds=seconds, compile_seconds=compile_s, memory=mem))
+
+    # What a user gets: mc_sample with its defaults (on the CPU: concurrent streams over the passes, each its own
+    # program), against which issue 15 asks the loop of single passes to lose.
+    streams = default_streams(volume_fn, T)
+    per_stream_chunk = stream_plan(T, 4, streams, shared_chunk=True)[0][2]  # mc_sample's default chunk_size, 2D
+    t = time.perf_counter()
+    jax.block_until_ready(mc_sample(volume_fn, image, key, n_samples=T).stats)
+    compile_s = time.perf_counter() - t
+    rows.append(dict(method=f"jax: mc_sample default ({streams} streams)" if streams > 1 else "jax: mc_sample default",
+                     chunk=per_stream_chunk, keep_samples=False, compile_seconds=compile_s, memory={},
+                     seconds=median_time(lambda: jax.block_until_ready(
+                         mc_sample(volume_fn, image, key, n_samples=T).stats), args.repeats)))
 
     reference = np.asarray(jax.jit(make_volume_fn(model, stochastic=False))(keys[0], image))
     torch_result = bench_torch(config, model.variables, host_image, T, 4, args.repeats, reference)
