@@ -30,6 +30,7 @@ figures (the default sampler vs the JAX loop and vs the PyTorch loop).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -41,7 +42,14 @@ from common import machine_info, median_time, save_results, summarize_calls, tim
 
 from ugcn.segment.model import init_model, make_volume_fn
 from ugcn.segment.unet import UNetConfig
-from ugcn.uncertainty.sampling import _compiled_sampler, _split_weights, default_streams, mc_sample, stream_plan
+from ugcn.uncertainty.sampling import (
+    _compiled_sampler,
+    _split_weights,
+    default_streams,
+    mc_sample,
+    model_dims,
+    stream_plan,
+)
 from ugcn.uncertainty.stats import accumulate, empty_stats
 
 SIZES = {
@@ -424,7 +432,10 @@ def main(argv=None) -> int:
     # What a user gets: mc_sample with its defaults (on the CPU: concurrent streams over the passes, each its own
     # program), against which issue 15 asks the loop of single passes to lose.
     streams = default_streams(volume_fn, T)
-    per_stream_chunk = stream_plan(T, 4, streams, shared_chunk=True)[0][2]  # mc_sample's default chunk_size, 2D
+    # passes per call of each stream: mc_sample's plan with its own default chunk_size
+    default_chunk = inspect.signature(mc_sample).parameters["chunk_size"].default
+    two_d = model_dims(_split_weights(volume_fn)[0]) == 2
+    per_stream_chunk = stream_plan(T, default_chunk, streams, shared_chunk=two_d)[0][2]
     t = time.perf_counter()
     jax.block_until_ready(mc_sample(volume_fn, image, key, n_samples=T).stats)
     compile_s = time.perf_counter() - t

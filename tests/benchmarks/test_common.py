@@ -1,6 +1,8 @@
 """benchmarks/common.py: the host's CPU accounting around timed calls, on hand-written /proc/stat lines."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 
@@ -24,7 +26,8 @@ def test_timed_call_shares_of_the_calls_cpu_time(common, monkeypatch):
     stats = iter([{"steal": 10.0, "idle": 100.0}, {"steal": 13.0, "idle": 104.5}])
     clock = iter([50.0, 60.0])  # a call of 10 s on 2 cores: 20 CPU seconds
     monkeypatch.setattr(common, "cpu_seconds", lambda: next(stats))
-    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    # the clock of common only (not the time module that pytest and jax share)
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
     call = common.timed_call(lambda: None)
     assert call == {"seconds": 10.0, "idle_fraction": pytest.approx(4.5 / 20), "steal_fraction": pytest.approx(3 / 20)}

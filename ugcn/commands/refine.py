@@ -196,12 +196,12 @@ def _settings(config, args) -> dict:
 
 def _case_summary(rep: dict) -> dict:
     """A case's entry in ``summary.json``: status, chosen variant, self-check scores, Dice, graph counts."""
-    check = rep.get("selfcheck") or {}
+    check, changes = rep.get("selfcheck") or {}, rep.get("changes") or {}
     return {
         "status": rep.get("status"), "variant": (rep.get("selection") or {}).get("variant"),
         "validation_balanced_accuracy": check.get("validation_balanced_accuracy"),
         "validation_dice": check.get("validation_dice"),
-        "added": (rep.get("changes") or {}).get("added"), "removed": (rep.get("changes") or {}).get("removed"),
+        "added": changes.get("added"), "removed": changes.get("removed"),
         "dice": rep.get("dice"), "graph": rep.get("graph"),
     }
 
